@@ -1,0 +1,1 @@
+"""audio package of jaxclap."""
