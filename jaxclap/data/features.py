@@ -1,0 +1,132 @@
+"""Record layout shared by all jaxclap builders, and caption embedding at build time.
+
+Every record holds 16 kHz int16 PCM, its captions and their precomputed sentence
+embeddings (M2D-CLAP stage 1 trains against stored embeddings, never a live text
+model), and an integer label (-1 when the source has none).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+SAMPLE_RATE = 16_000
+EMBEDDING_DTYPES = ("float16", "float32")
+NO_LABEL = -1
+
+
+class TextEmbedder(Protocol):
+  """What builders need from a sentence embedder."""
+
+  name: str
+  dim: int
+
+  def embed(self, texts: list[str]) -> np.ndarray:
+    """Returns [len(texts), dim] float32 embeddings."""
+
+
+class BadInputError(ValueError):
+  """A source file, CSV row or caption that cannot go into a dataset."""
+
+
+def check_embedding_dtype(dtype: str) -> np.dtype:
+  """Validates an `embedding_dtype` option."""
+  if dtype not in EMBEDDING_DTYPES:
+    raise ValueError(f"embedding_dtype must be one of {EMBEDDING_DTYPES}, got {dtype!r}")
+  return np.dtype(dtype)
+
+
+def features_dict(embedding_dim: int, embedding_dtype: str, extra: dict | None = None
+                  ) -> tfds.features.FeaturesDict:
+  """The feature spec of a jaxclap record (plus builder-specific `extra` features)."""
+  spec = {
+      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+      "sample_rate": tfds.features.Scalar(dtype=np.int32),
+      "id": tfds.features.Text(),
+      "captions": tfds.features.Sequence(tfds.features.Text()),
+      "caption_embeddings": tfds.features.Tensor(
+          shape=(None, embedding_dim), dtype=check_embedding_dtype(embedding_dtype)),
+      "label": tfds.features.Scalar(dtype=np.int64),
+  }
+  spec.update(extra or {})
+  return tfds.features.FeaturesDict(spec)
+
+
+def check_caption(caption: object, where: str) -> str:
+  """Returns the stripped caption or raises BadInputError naming `where`."""
+  if not isinstance(caption, str) or not caption.strip():
+    raise BadInputError(f"{where}: empty caption {caption!r}")
+  return caption.strip()
+
+
+def embed_unique(captions: Iterable[str], embedder: TextEmbedder, *, dtype: str,
+                 batch_size: int = 256, desc: str = "Embedding captions"
+                 ) -> dict[str, np.ndarray]:
+  """Embeds each distinct caption once; returns caption -> [dim] vector of `dtype`."""
+  np_dtype = check_embedding_dtype(dtype)
+  dim = int(embedder.dim)
+  unique = list(dict.fromkeys(captions))  # Keeps first-seen order, drops repeats.
+  table: dict[str, np.ndarray] = {}
+  with tqdm.tqdm(total=len(unique), desc=desc, unit="caption") as bar:
+    for start in range(0, len(unique), batch_size):
+      chunk = unique[start:start + batch_size]
+      out = np.asarray(embedder.embed(chunk))
+      if out.shape != (len(chunk), dim):
+        raise BadInputError(
+            f"text embedder {embedder.name!r} returned shape {out.shape} for {len(chunk)} "
+            f"captions; expected ({len(chunk)}, {dim}) from its declared dim={dim}")
+      if not np.isfinite(out).all():
+        raise BadInputError(f"text embedder {embedder.name!r} returned NaN/inf for a caption "
+                            f"among {chunk[:3]!r}...")
+      table.update(zip(chunk, out.astype(np_dtype)))
+      bar.update(len(chunk))
+  return table
+
+
+def stack_embeddings(captions: Sequence[str], table: dict[str, np.ndarray]) -> np.ndarray:
+  """The [len(captions), dim] embedding array of one record."""
+  return np.stack([table[c] for c in captions])
+
+
+def base_metadata(embedder: TextEmbedder, embedding_dtype: str) -> dict:
+  """Metadata every builder records next to its splits."""
+  return {
+      "text_model": str(embedder.name),
+      "embedding_dim": int(embedder.dim),
+      "embedding_dtype": embedding_dtype,
+      "sample_rate": SAMPLE_RATE,
+  }
+
+
+class BuildReport:
+  """Collects per-split counts and skipped inputs while examples are generated."""
+
+  def __init__(self, skip_bad: bool):
+    self.skip_bad = skip_bad
+    self.skipped: list[str] = []  # Error messages, each naming its file or CSV line.
+    self.clips = 0
+    self.samples = 0
+    self.captions = 0
+
+  def bad(self, error: Exception) -> None:
+    """Re-raises `error` unless skipping bad inputs, in which case records it."""
+    if not self.skip_bad:
+      raise error
+    self.skipped.append(str(error))
+
+  def add(self, num_samples: int, num_captions: int) -> None:
+    self.clips += 1
+    self.samples += num_samples
+    self.captions += num_captions
+
+  def as_dict(self) -> dict:
+    return {
+        "clips": self.clips,
+        "hours": self.samples / SAMPLE_RATE / 3600.0,
+        "captions": self.captions,
+        "skipped": len(self.skipped),
+        "skipped_inputs": self.skipped,
+    }

@@ -1,0 +1,113 @@
+"""Builders for local audio folders: captioned (AudioCaps / Clotho / WavCaps style)
+and labelled (ESC-50, labels.csv, folder per class) evaluation sets.
+
+Both read `manual_dir` (layouts in `manifests.py`), decode every file to 16 kHz mono
+(`jaxclap.audio.io`) and store it as int16 with the embeddings of its captions. The
+dataset is named `<builder>/<config>`, e.g. `captioned_folder/clotho`, so one
+builder serves many sources; pass `config=tfds.core.BuilderConfig(name=...)`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxclap.audio import io as audio_io
+from jaxclap.data import features
+from jaxclap.data import manifests
+from jaxclap.data.builders import CaptionedAudioBuilder
+
+_DECODE_CHUNK = 32  # Files decoded concurrently; bounds memory held ahead of the writer.
+
+
+def _decode(item: manifests.Item) -> np.ndarray | Exception:
+  """Decoded waveform of one item, or the error (so a worker thread never raises)."""
+  try:
+    return audio_io.load_audio(item.path)
+  except audio_io.AudioDecodeError as e:
+    return features.BadInputError(f"{item.where}: {e}")
+
+
+class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
+  """Shared generation for builders that read a `manifests.Manifest` from manual_dir."""
+
+  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
+               num_threads: int | None = None, **kwargs: Any):
+    self._manual_dir_arg = manual_dir
+    self._num_threads = num_threads or min(8, os.cpu_count() or 1)
+    self._class_names: list[str] = []
+    super().__init__(**kwargs)
+
+  def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
+    raise NotImplementedError
+
+  def class_names(self) -> list[str]:
+    return self._class_names
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+    manual_dir = Path(self._manual_dir_arg or dl_manager.manual_dir)
+    manifest = self.read_manifest(manual_dir)
+    for error in manifest.bad:
+      self.report.bad(error)
+    if not manifest.items:
+      raise features.BadInputError(f"{manual_dir}: no usable clips found")
+    self._class_names = manifest.class_names
+    table = features.embed_unique((c for item in manifest.items for c in item.captions),
+                                  self.embedder, dtype=self._embedding_dtype)
+    return {s: self._generate_examples([i for i in manifest.items if i.split == s], table)
+            for s in manifest.splits()}
+
+  def _generate_examples(self, items: list[manifests.Item], table: dict[str, np.ndarray]
+                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+    written = 0
+    with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
+      for start in range(0, len(items), _DECODE_CHUNK):
+        chunk = items[start:start + _DECODE_CHUNK]
+        for item, waveform in zip(chunk, pool.map(_decode, chunk)):
+          if isinstance(waveform, Exception):
+            self.report.bad(waveform)
+            continue
+          written += 1
+          yield item.clip_id, self.record(
+              clip_id=item.clip_id, waveform=waveform, captions=item.captions, table=table,
+              label=item.label, **self.extra_values(item))
+    if not written:
+      raise features.BadInputError(
+          f"all {len(items)} clips of a split failed to decode (first: {items[0].where})")
+    self.update_metadata()  # Refreshed after every split; TFDS stores the last call's.
+
+  def extra_values(self, item: manifests.Item) -> dict[str, Any]:
+    """Values of `extra_features` for one item."""
+    return {}
+
+
+class CaptionedFolder(_FolderBuilder, skip_registration=True):
+  """Captioned audio from a local folder + CSV (AudioCaps / Clotho / WavCaps layouts)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
+    return manifests.read_captioned(manual_dir)
+
+
+class LabelledFolder(_FolderBuilder, skip_registration=True):
+  """Labelled audio for evaluation (ESC-50 layout, labels.csv, or a folder per class)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
+    return manifests.read_labelled(manual_dir)
+
+  def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+    # ESC-50 style cross-validation folds; 0 when the source has none.
+    return {"fold": tfds.features.Scalar(dtype=np.int32)}
+
+  def extra_values(self, item: manifests.Item) -> dict[str, Any]:
+    return {"fold": item.fold}

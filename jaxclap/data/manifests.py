@@ -1,0 +1,211 @@
+"""Reads local dataset layouts (CSV or folders) into a list of clips to build.
+
+Captioned layouts (AudioCaps / Clotho / WavCaps style): a CSV with a file column,
+one or more caption columns (`caption`, `captions`, `text`, `caption_1`...) and an
+optional `split` column; rows naming the same file are merged (AudioCaps lists one
+caption per row). Labelled layouts: ESC-50 (`meta/esc50.csv` + `audio/`), a
+`labels.csv` with `file,label[,split][,fold]`, or one folder per class.
+
+Problems are reported as `features.BadInputError`s naming the CSV line or file;
+the caller decides whether to raise or skip them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from jaxclap.audio.io import AUDIO_EXTENSIONS
+from jaxclap.data.features import BadInputError
+
+FILE_COLUMNS = ("file", "file_name", "filename", "fname", "path", "audio", "audio_file")
+CAPTION_COLUMN = re.compile(r"^(caption|captions|text|raw_text)(_?\d+)?$")
+SPLIT_ALIASES = {
+    "train": "train", "training": "train", "development": "train", "dev": "train",
+    "validation": "validation", "valid": "validation", "val": "validation",
+    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
+}
+CAPTION_CSVS = ("captions.csv", "metadata.csv")
+SPLIT_CSVS = ("train.csv", "validation.csv", "test.csv")
+
+
+@dataclasses.dataclass
+class Item:
+  """One clip to build: where it came from, its audio file, captions and label."""
+
+  where: str  # e.g. "captions.csv line 7": what errors name.
+  split: str
+  path: Path
+  captions: list[str]
+  clip_id: str  # Path under manual_dir without extension: unique within a layout.
+  label: int = -1
+  fold: int = 0
+
+
+@dataclasses.dataclass
+class Manifest:
+  """Clips per split plus the inputs that could not be used."""
+
+  items: list[Item]
+  bad: list[BadInputError]
+  class_names: list[str] = dataclasses.field(default_factory=list)
+
+  def splits(self) -> list[str]:
+    return sorted({item.split for item in self.items})
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+  """Header (lower-cased) and (line number, row) pairs of a CSV file."""
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    reader = csv.reader(f)
+    try:
+      header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+      raise BadInputError(f"{path}: CSV file is empty (no header row)") from None
+    rows = [(reader.line_num, dict(zip(header, (v.strip() for v in r)))) for r in reader if any(r)]
+  return header, rows
+
+
+def _pick_column(header: list[str], names: tuple[str, ...], csv_path: Path, what: str) -> str:
+  for name in names:
+    if name in header:
+      return name
+  raise BadInputError(f"{csv_path}: no {what} column; expected one of {names}, found {header}")
+
+
+def normalise_split(value: str, where: str) -> str:
+  try:
+    return SPLIT_ALIASES[value.strip().lower()]
+  except KeyError:
+    raise BadInputError(f"{where}: unknown split {value!r}; use one of {sorted(SPLIT_ALIASES)}") from None
+
+
+def resolve_audio(name: str, roots: list[Path], where: str) -> Path:
+  """Finds `name` under one of `roots`, trying audio extensions when it has none."""
+  if not name:
+    raise BadInputError(f"{where}: empty file name")
+  rel = Path(name)
+  candidates = [rel] if rel.suffix.lower() in AUDIO_EXTENSIONS else [
+      rel, *(rel.with_name(rel.name + ext) for ext in AUDIO_EXTENSIONS)]
+  for root in roots:
+    for c in candidates:
+      if (root / c).is_file():
+        return root / c
+  raise BadInputError(f"{where}: audio file {name!r} not found (looked in {[str(r) for r in roots]})")
+
+
+def _clip_id(path: Path, manual_dir: Path) -> str:
+  return path.relative_to(manual_dir).with_suffix("").as_posix()
+
+
+def _caption_csvs(manual_dir: Path) -> list[tuple[Path, str | None]]:
+  """(CSV, split implied by its name or None) for a captioned folder."""
+  for name in CAPTION_CSVS:
+    if (manual_dir / name).is_file():
+      return [(manual_dir / name, None)]
+  per_split = [(manual_dir / n, n[:-4]) for n in SPLIT_CSVS if (manual_dir / n).is_file()]
+  if per_split:
+    return per_split
+  found = sorted(manual_dir.glob("*.csv"))
+  if len(found) == 1:
+    return [(found[0], None)]
+  raise BadInputError(
+      f"{manual_dir}: expected one of {CAPTION_CSVS}, per-split {SPLIT_CSVS}, or exactly one "
+      f"*.csv; found {[p.name for p in found]}")
+
+
+def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
+  """Reads a captioned-audio folder; rows naming the same file are merged."""
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise BadInputError(f"manual_dir {manual_dir} is not a folder")
+  merged: dict[tuple[str, Path], Item] = {}
+  bad: list[BadInputError] = []
+  for csv_path, csv_split in _caption_csvs(manual_dir):
+    header, rows = _read_csv(csv_path)
+    file_col = _pick_column(header, FILE_COLUMNS, csv_path, "file")
+    caption_cols = [h for h in header if CAPTION_COLUMN.match(h)]
+    if not caption_cols:
+      raise BadInputError(f"{csv_path}: no caption column (caption, captions, text, caption_N); "
+                          f"found {header}")
+    for line, row in rows:
+      where = f"{csv_path} line {line}"
+      try:
+        split = csv_split or normalise_split(row.get("split") or "train", where)
+        roots = [csv_path.parent, csv_path.parent / "audio", csv_path.parent / split]
+        path = resolve_audio(row.get(file_col, ""), roots, where)
+        captions = []
+        for col in caption_cols:
+          if not row.get(col):
+            raise BadInputError(f"{where} (file {row.get(file_col)!r}): empty caption in column {col!r}")
+          captions.append(row[col])
+      except BadInputError as e:
+        bad.append(e)
+        continue
+      item = merged.setdefault((split, path), Item(
+          where=where, split=split, path=path, captions=[], clip_id=_clip_id(path, manual_dir)))
+      item.captions.extend(c for c in captions if c not in item.captions)
+  return Manifest(items=list(merged.values()), bad=bad)
+
+
+def readable_class(name: str) -> str:
+  """'chirping_birds' -> 'chirping birds' (class names double as text prompts)."""
+  return re.sub(r"[_\s]+", " ", name).strip()
+
+
+def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path, file_cols: tuple[str, ...],
+                       label_cols: tuple[str, ...]) -> Manifest:
+  header, rows = _read_csv(csv_path)
+  file_col = _pick_column(header, file_cols, csv_path, "file")
+  label_col = _pick_column(header, label_cols, csv_path, "label")
+  labelled_rows = [(line, row) for line, row in rows if row.get(label_col)]
+  bad = [BadInputError(f"{csv_path} line {line}: empty label") for line, row in rows
+         if not row.get(label_col)]
+  if "target" in header and label_col == "category":
+    # ESC-50: keep the official class index order given by `target`.
+    pairs = {int(row["target"]): row[label_col] for _, row in labelled_rows}
+    names = [pairs[i] for i in sorted(pairs)]
+  else:
+    names = sorted({row[label_col] for _, row in labelled_rows})
+  index = {n: i for i, n in enumerate(names)}
+  items = []
+  for line, row in labelled_rows:
+    where = f"{csv_path} line {line}"
+    try:
+      split = normalise_split(row["split"], where) if row.get("split") else "train"
+      path = resolve_audio(row.get(file_col, ""), [audio_root, audio_root / split], where)
+      fold = int(row["fold"]) if row.get("fold") else 0
+    except (BadInputError, ValueError) as e:
+      bad.append(e if isinstance(e, BadInputError) else BadInputError(f"{where}: {e}"))
+      continue
+    name = row[label_col]
+    items.append(Item(where=where, split=split, path=path, captions=[readable_class(name)],
+                      clip_id=_clip_id(path, manual_dir), label=index[name], fold=fold))
+  return Manifest(items=items, bad=bad, class_names=[readable_class(n) for n in names])
+
+
+def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
+  """Reads ESC-50, labels.csv, or folder-per-class layouts."""
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise BadInputError(f"manual_dir {manual_dir} is not a folder")
+  if (manual_dir / "meta" / "esc50.csv").is_file():
+    return _read_labelled_csv(manual_dir, manual_dir / "meta" / "esc50.csv", manual_dir / "audio",
+                              ("filename",), ("category",))
+  if (manual_dir / "labels.csv").is_file():
+    return _read_labelled_csv(manual_dir, manual_dir / "labels.csv", manual_dir, FILE_COLUMNS,
+                              ("label", "category", "class"))
+  class_dirs = sorted(p for p in manual_dir.iterdir() if p.is_dir())
+  if not class_dirs:
+    raise BadInputError(f"{manual_dir}: no meta/esc50.csv, labels.csv or class folders")
+  items = []
+  for label, d in enumerate(class_dirs):
+    for path in sorted(d.iterdir()):
+      if path.suffix.lower() in AUDIO_EXTENSIONS:
+        items.append(Item(where=str(path), split="train", path=path,
+                          captions=[readable_class(d.name)],
+                          clip_id=_clip_id(path, manual_dir), label=label))
+  return Manifest(items=items, bad=[], class_names=[readable_class(d.name) for d in class_dirs])

@@ -1,0 +1,221 @@
+"""Training input pipeline: grain over TFDS ArrayRecord sources.
+
+Per example: a fixed-length waveform crop (zero-padded when the clip is shorter,
+with its true length so the front end pads in the log-mel domain as the official
+code does), one caption embedding drawn per epoch, the label and the record index.
+
+Determinism: every random choice comes from grain's per-record rng (seeded by
+`seed` and the record's position in the sampled stream), records are batched in
+the consuming process, so batches are identical for any `num_workers`. The
+iterator's `get_state()`/`set_state()` give exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from jaxclap.audio.io import pcm16_to_float
+
+# 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
+DEFAULT_CROP_SAMPLES = 97_120
+CAPTION_CHOICES = ("random", "first")
+
+
+def open_source(name: str, split: str = "train", data_dir: str | None = None) -> Any:
+  """The TFDS random-access source of a built dataset split (no TensorFlow)."""
+  import tensorflow_datasets as tfds  # Imported here: only opening sources needs it.
+
+  from jaxclap.data.build import DEFAULT_DATA_DIR
+
+  return tfds.data_source(name, split=split, data_dir=data_dir or DEFAULT_DATA_DIR,
+                          builder_kwargs={"file_format": "array_record"})
+
+
+class MixedSource:
+  """Random-access view over several sources, interleaved in proportion to `weights`.
+
+  One pass over the mixture ("epoch") has length max(len_i / w_i), so every record
+  of every source appears at least once; smaller sources repeat in proportion to
+  their weight. Default weights are the source sizes (plain concatenation).
+  """
+
+  def __init__(self, sources: Sequence[Any], weights: Sequence[float] | None = None):
+    if not sources:
+      raise ValueError("make_loader needs at least one source")
+    self._sources = list(sources)
+    lengths = np.array([len(s) for s in self._sources], np.float64)
+    for i, n in enumerate(lengths):
+      if n == 0:
+        raise ValueError(f"source {i} ({self._sources[i]!r}) has no records")
+    w = lengths if weights is None else np.asarray(weights, np.float64)
+    if w.shape != lengths.shape or (w <= 0).any() or not np.isfinite(w).all():
+      raise ValueError(f"weights must be {len(lengths)} positive numbers, got {weights!r}")
+    w = w / w.sum()
+    total = float(np.max(lengths / w))
+    counts = np.maximum(np.round(total * w), lengths).astype(np.int64)
+    if counts.sum() > 2**31:
+      raise ValueError(f"weights {weights!r} make a mixture epoch of {counts.sum()} records; "
+                       "give small sources less extreme weights")
+    # Spread each source's slots evenly over the epoch, then merge by position.
+    which = np.concatenate([np.full(c, i, np.int32) for i, c in enumerate(counts)])
+    slot = np.concatenate([np.arange(c) for c in counts])
+    position = np.concatenate([(np.arange(c) + 0.5) / c for c in counts])
+    order = np.lexsort((which, position))
+    self._which = which[order]
+    self._record = (slot[order] % lengths.astype(np.int64)[self._which]).astype(np.int64)
+
+  def __len__(self) -> int:
+    return len(self._which)
+
+  def __getitem__(self, key: int) -> dict[str, Any]:
+    key = int(key) % len(self)
+    source, index = int(self._which[key]), int(self._record[key])
+    return {"record": self._sources[source][index], "source": source, "index": index}
+
+  def __repr__(self) -> str:
+    return f"MixedSource({len(self._sources)} sources, {len(self)} records per pass)"
+
+
+@dataclasses.dataclass(frozen=True)
+class CropAndPick(grain.transforms.RandomMap):
+  """Crops/pads the waveform and picks one caption embedding, from the record's rng."""
+
+  crop_samples: int
+  random_crop: bool
+  caption: str
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    record = element["record"]
+    audio = np.asarray(record["audio"], np.int16)
+    n = audio.shape[0]
+    out = np.zeros(self.crop_samples, np.int16)
+    if n >= self.crop_samples:
+      start = int(rng.integers(0, n - self.crop_samples + 1)) if self.random_crop else 0
+      out[:] = audio[start:start + self.crop_samples]
+      length = self.crop_samples
+    else:
+      out[:n] = audio  # Short clip: zero-pad; audio_len tells the front end where it ends.
+      length = n
+    embeddings = np.asarray(record["caption_embeddings"])
+    pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
+    return {
+        "audio": out,
+        "audio_len": np.int32(length),
+        "text_embedding": embeddings[pick].astype(np.float32),
+        "label": np.int32(record["label"]),
+        "index": np.int64(element["index"]),
+        "source": np.int32(element["source"]),
+    }
+
+
+def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+  batch["audio"] = pcm16_to_float(batch["audio"])
+  return batch
+
+
+class BatchIterator:
+  """Batches a grain DataLoader iterator in this process; state = the grain state."""
+
+  def __init__(self, inner: grain.DataLoaderIterator, batch_size: int, drop_remainder: bool):
+    self._inner = inner
+    self._batch_size = batch_size
+    self._drop_remainder = drop_remainder
+
+  def __iter__(self) -> "BatchIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    elements = []
+    for element in self._inner:
+      elements.append(element)
+      if len(elements) == self._batch_size:
+        return _stack(elements)
+    if elements and not self._drop_remainder:
+      return _stack(elements)
+    raise StopIteration
+
+  def get_state(self) -> bytes:
+    # Batches are whole: no element is held here between calls, so the inner state is ours.
+    return self._inner.get_state()
+
+  def set_state(self, state: bytes) -> None:
+    self._inner.set_state(state)
+
+
+class Loader:
+  """Iterable over batches; each `iter()` starts from the beginning (or a set state)."""
+
+  def __init__(self, data_loader: grain.DataLoader, batch_size: int, drop_remainder: bool,
+               source: MixedSource):
+    self.data_loader = data_loader
+    self.batch_size = batch_size
+    self.drop_remainder = drop_remainder
+    self.source = source
+
+  def __iter__(self) -> BatchIterator:
+    return BatchIterator(iter(self.data_loader), self.batch_size, self.drop_remainder)
+
+
+def _ensure_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; outside an absl app, take their defaults."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # Only when the caller leaves the layout to JAX's distributed runtime.
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+  return process_index, process_count
+
+
+def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = None, *,
+                global_batch: int, crop_samples: int, seed: int, shuffle: bool = True,
+                num_epochs: int | None = None, num_workers: int = 0,
+                process_index: int | None = None, process_count: int | None = None,
+                drop_remainder: bool = True, random_crop: bool = True,
+                caption: str = "random") -> Loader:
+  """A loader of this process's batches (global_batch / process_count examples each).
+
+  `sources`: one or more random-access sources (e.g. `open_source(name, split)`).
+  `num_epochs=None` repeats forever; with several sources an epoch is one pass of the
+  mixture (see `MixedSource`).
+  """
+  if not isinstance(sources, (list, tuple)):
+    sources = [sources]
+  if caption not in CAPTION_CHOICES:
+    raise ValueError(f"caption must be one of {CAPTION_CHOICES}, got {caption!r}")
+  if crop_samples <= 0:
+    raise ValueError(f"crop_samples must be positive, got {crop_samples}")
+  index, count = _process_layout(process_index, process_count)
+  if global_batch % count:
+    raise ValueError(f"global_batch {global_batch} is not divisible by process_count {count}")
+  dims = {int(np.asarray(s[0]["caption_embeddings"]).shape[-1]) for s in sources if len(s)}
+  if len(dims) > 1:
+    raise ValueError(f"sources have different caption embedding dims {sorted(dims)}; "
+                     "build them with the same text_model")
+  mixed = MixedSource(sources, weights)
+  shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count,
+                                      drop_remainder=drop_remainder)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(mixed), shard_options=shard, shuffle=shuffle, num_epochs=num_epochs,
+      seed=seed)
+  batch = global_batch // count
+  if num_workers > 0:
+    _ensure_flags_parsed()
+  data_loader = grain.DataLoader(
+      data_source=mixed, sampler=sampler,
+      operations=[CropAndPick(crop_samples, random_crop, caption)],
+      worker_count=num_workers, worker_buffer_size=max(2, batch), shard_options=shard)
+  return Loader(data_loader, batch, drop_remainder, mixed)

@@ -1,0 +1,44 @@
+"""Feature extraction with a trained M2D encoder (official runtime layout).
+
+Inputs are normalised log-mels [B, F, T]. Inputs longer than the trained length
+(`model.input_frames`) are encoded in chunks of that length and concatenated along time;
+the last chunk is zero-padded to a whole patch, as the official runtime's `encode_lms`.
+`model` is any Flax module with `encode(x) -> [B, F'·T', D]` and `project_audio(tokens)`
+methods (jaxclap.models.m2d.M2D); `params` is its parameter tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxclap import losses
+from jaxclap.models import patches
+
+
+def encode_tokens(params: Any, x: jax.Array, *, model: Any) -> list[jax.Array]:
+  """Patch tokens [B, F'·t', D] (no cls) of each time chunk of `x`."""
+  chunks = patches.split_time_chunks(x, model.input_frames, model.patch_size)
+  return [model.apply({"params": params}, c, method="encode") for c in chunks]
+
+
+def frame_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
+  """Frame-level features [B, T', F'·D]: per time patch, frequency patches concatenated."""
+  grid_f = x.shape[1] // model.patch_size
+  return jnp.concatenate([patches.tokens_to_frames(t, grid_f)
+                          for t in encode_tokens(params, x, model=model)], axis=1)
+
+
+def clip_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
+  """Clip-level features [B, F'·D]: frame features averaged over time."""
+  return jnp.mean(frame_features(params, x, model=model).astype(jnp.float32), axis=1)
+
+
+def clap_audio_embedding(params: Any, x: jax.Array, *, model: Any,
+                         normalize: bool = True) -> jax.Array:
+  """CLAP audio embedding [B, C] from all patch tokens of all chunks (L2-normalised)."""
+  tokens = jnp.concatenate(encode_tokens(params, x, model=model), axis=1)
+  emb = model.apply({"params": params}, tokens, method="project_audio").astype(jnp.float32)
+  return losses.l2_normalize(emb) if normalize else emb

@@ -1,0 +1,37 @@
+"""Entry point: `python -m jaxclap.main --config=configs/stage1.py --workdir=DIR`."""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config file (configs/*.py); fields overridable as --config.x.y=v.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, TensorBoard, summary.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host TPU/GPU runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX %s: process %d/%d, %d devices (%s)", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.default_backend())
+  from jaxclap.train import loop  # After distributed init: importing touches no devices.
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FloatingPointError) as e:
+    # Config, data and numerics errors are the user's to fix: one clear line, exit 2.
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,106 @@
+"""Patch layout and fixed 2-D sin-cos positions, in the official M2D order.
+
+A log-mel [B, F, T] is cut into p×p patches on a (F' = F/p, T' = T/p) grid; token index is
+f·T' + t (frequency outer, time inner), pixels inside a patch are (freq, time) row-major —
+the order of flattening a [D, F', T'] conv output with an OIHW [D, 1, p, p] kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def grid_size(n_mels: int, n_frames: int, patch_size: int = 16) -> tuple[int, int]:
+  """(F', T') patch grid of an [n_mels, n_frames] input; trailing partial patches drop."""
+  return n_mels // patch_size, n_frames // patch_size
+
+
+def patchify(x: jax.Array, patch_size: int = 16) -> jax.Array:
+  """[B, F, T] → [B, F'·T', p·p]; frames beyond a whole patch are dropped."""
+  b, f, t = x.shape
+  gf, gt = f // patch_size, t // patch_size
+  x = x[:, :gf * patch_size, :gt * patch_size]
+  x = x.reshape(b, gf, patch_size, gt, patch_size)
+  return x.transpose(0, 1, 3, 2, 4).reshape(b, gf * gt, patch_size * patch_size)
+
+
+def unpatchify(patches: jax.Array, grid: tuple[int, int], patch_size: int = 16) -> jax.Array:
+  """[B, F'·T', p·p] → [B, F'·p, T'·p] (inverse of patchify)."""
+  b = patches.shape[0]
+  gf, gt = grid
+  x = patches.reshape(b, gf, gt, patch_size, patch_size).transpose(0, 1, 3, 2, 4)
+  return x.reshape(b, gf * patch_size, gt * patch_size)
+
+
+def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
+  """[N] positions → [N, dim]: [sin(pos·ω), cos(pos·ω)], ω_k = 1/10000^(k/(dim/2))."""
+  omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  out = np.outer(pos.astype(np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> np.ndarray:
+  """Fixed 2-D table [(1 +) F'·T', dim]: first half encodes time, second half frequency."""
+  if dim % 4:
+    raise ValueError(f"sincos_pos_embed: dim={dim} must be divisible by 4")
+  gf, gt = grid
+  t_idx, f_idx = np.meshgrid(np.arange(gt), np.arange(gf))   # each [F', T']
+  table = np.concatenate([_sincos_1d(dim // 2, t_idx.reshape(-1)),
+                          _sincos_1d(dim // 2, f_idx.reshape(-1))], axis=1)
+  if cls_token:
+    table = np.concatenate([np.zeros((1, dim)), table], axis=0)
+  return table.astype(np.float32)
+
+
+def fit_pos_embed(table: jax.Array, train_grid: tuple[int, int],
+                  grid: tuple[int, int]) -> jax.Array:
+  """Adapt a patch table [F'·T'_train, D] (no cls) to another grid.
+
+  Fewer time columns keep the first columns (official runtime); more are bicubically
+  resized (as for the 10 s fine-tuning models). Note jax's bicubic kernel is Keys a=-0.5,
+  torch's F.interpolate uses a=-0.75, so resized tables differ slightly from PyTorch.
+  """
+  d = table.shape[-1]
+  table = jnp.asarray(table).reshape(*train_grid, d)
+  if grid[0] == train_grid[0] and grid[1] <= train_grid[1]:
+    table = table[:, :grid[1]]
+  elif grid != train_grid:
+    table = jax.image.resize(table, (*grid, d), method="bicubic", antialias=False)
+  return table.reshape(grid[0] * grid[1], d)
+
+
+def split_time_chunks(x: jax.Array, unit_frames: int, patch_size: int = 16) -> list[jax.Array]:
+  """[B, F, T] → chunks of `unit_frames` frames (last one zero-padded to a patch multiple).
+
+  Follows the official runtime's `encode_lms`: ceil(T / unit) chunks; the final chunk is
+  padded with zeros (normalised domain) so its last partial patch is kept.
+  """
+  t = x.shape[-1]
+  n_chunk = -(-t // unit_frames)
+  pad = (patch_size - (t % unit_frames % patch_size)) % patch_size
+  if pad:
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad)))
+  return [x[..., i * unit_frames:(i + 1) * unit_frames] for i in range(n_chunk)]
+
+
+def tokens_to_frames(tokens: jax.Array, grid_f: int) -> jax.Array:
+  """[B, F'·T', D] → [B, T', F'·D] (per time patch, frequency patches concatenated)."""
+  b, l, d = tokens.shape
+  return tokens.reshape(b, grid_f, l // grid_f, d).transpose(0, 2, 1, 3).reshape(
+      b, l // grid_f, grid_f * d)
+
+
+def encode_in_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                     unit_frames: int, patch_size: int = 16) -> jax.Array:
+  """Frame features [B, T'_total, F'·D] of a long input, chunk by chunk along time.
+
+  `encode_fn` maps a chunk [B, F, t] to patch tokens [B, F'·t', D] without cls.
+  """
+  grid_f = x.shape[1] // patch_size
+  outs = [tokens_to_frames(encode_fn(c), grid_f)
+          for c in split_time_chunks(x, unit_frames, patch_size)]
+  return jnp.concatenate(outs, axis=1)

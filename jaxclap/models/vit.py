@@ -1,0 +1,164 @@
+"""Flax ViT encoder for log-mel patches (timm/MAE layout: pre-norm, qkv bias, erf GELU).
+
+Parameters are float32 and carry logical axis names ('embed', 'mlp', 'qkv', 'heads',
+'patch') so the trainer can shard them with rules; `dtype` sets the compute dtype.
+The encoder is {patch_embed, cls_token, body: {block_0.., norm}} because M2D's EMA target
+is a separate copy of exactly `body`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxclap.models import patches
+
+Dtype = Any
+_xavier = nn.initializers.xavier_uniform()
+_zeros = nn.initializers.zeros
+_ones = nn.initializers.ones
+
+
+def dense(features: int, names: tuple[str | None, str | None], dtype: Dtype,
+          name: str) -> nn.Dense:
+  """Dense layer with xavier-uniform kernel, zero bias and logical axis names."""
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                  kernel_init=nn.with_logical_partitioning(_xavier, names),
+                  bias_init=nn.with_logical_partitioning(_zeros, names[1:]))
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm over 'embed' with logical axis names on scale and bias."""
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
+                      scale_init=nn.with_logical_partitioning(_ones, ("embed",)),
+                      bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Softmax attention on [B, N, H, d] arrays; logits and softmax in float32."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  probs = jax.nn.softmax(logits * (q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection (rows q|k|v, as timm)."""
+
+  heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    if d % self.heads:
+      raise ValueError(f"Attention: width {d} not divisible by heads {self.heads}")
+    qkv = dense(3 * d, ("embed", "qkv"), self.dtype, "qkv")(x)
+    q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, n, d)
+    return dense(d, ("heads", "embed"), self.dtype, "proj")(out)
+
+
+class Mlp(nn.Module):
+  """fc1 → exact GELU → fc2."""
+
+  hidden: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x)
+    h = nn.gelu(h, approximate=False)
+    return dense(x.shape[-1], ("mlp", "embed"), self.dtype, "fc2")(h)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+  heads: int
+  mlp_ratio: float = 4.0
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    x = x + Attention(self.heads, self.dtype, name="attn")(
+        layer_norm(self.eps, self.dtype, "norm1")(x))
+    return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
+        layer_norm(self.eps, self.dtype, "norm2")(x))
+
+
+class ViTBody(nn.Module):
+  """Transformer blocks + final LayerNorm (the part M2D's EMA target copies)."""
+
+  depth: int
+  heads: int
+  mlp_ratio: float = 4.0
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(self.dtype)
+    for i in range(self.depth):
+      x = Block(self.heads, self.mlp_ratio, self.eps, self.dtype, name=f"block_{i}")(x)
+    return layer_norm(self.eps, self.dtype, "norm")(x)
+
+
+class ViTEncoder(nn.Module):
+  """Patch embedding + fixed sin-cos positions + cls token + body.
+
+  `input_frames` is the trained input length: shorter inputs keep the first time columns of
+  the position table, longer ones get a bicubically resized table.
+  """
+
+  width: int
+  depth: int
+  heads: int
+  patch_size: int = 16
+  n_mels: int = 80
+  input_frames: int = 608
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.patch_embed = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
+    self.cls_token = self.param(
+        "cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                  (None, None, "embed")),
+        (1, 1, self.width), jnp.float32)
+    self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype)
+
+  @property
+  def train_grid(self) -> tuple[int, int]:
+    return patches.grid_size(self.n_mels, self.input_frames, self.patch_size)
+
+  def pos_embed(self, grid: tuple[int, int]) -> jax.Array:
+    """Patch position table [F'·T', D] for `grid` (no cls row; the cls row is zeros)."""
+    table = patches.sincos_pos_embed(self.width, self.train_grid, cls_token=False)
+    return patches.fit_pos_embed(table, self.train_grid, grid)
+
+  def embed(self, x: jax.Array) -> jax.Array:
+    """Normalised log-mel [B, F, T] → patch tokens + positions [B, F'·T', D] (no cls)."""
+    if x.shape[1] != self.n_mels:
+      raise ValueError(f"ViTEncoder: expected {self.n_mels} mel bins, got input {x.shape}")
+    grid = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
+    tokens = self.patch_embed(patches.patchify(x.astype(self.dtype), self.patch_size))
+    return tokens + self.pos_embed(grid).astype(tokens.dtype)
+
+  def cls(self) -> jax.Array:
+    """cls token [1, 1, D] (its position row is zero)."""
+    return self.cls_token
+
+  def encode_tokens(self, tokens: jax.Array) -> jax.Array:
+    """Prepend cls to embedded tokens [B, N, D] and run the body → [B, 1 + N, D]."""
+    cls = jnp.broadcast_to(self.cls_token.astype(tokens.dtype),
+                           (tokens.shape[0], 1, self.width))
+    return self.body(jnp.concatenate([cls, tokens], axis=1))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """All patches visible: [B, F, T] → [B, 1 + F'·T', D] (cls first)."""
+    return self.encode_tokens(self.embed(x))

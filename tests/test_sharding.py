@@ -1,0 +1,76 @@
+"""Sharded training: 8 simulated CPU devices (data, data×fsdp) match 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np, ml_collections
+    from jaxclap import sharding as shd
+    from jaxclap.audio import frontend as fe
+    from jaxclap.models import m2d
+    from jaxclap.train import config as config_lib, optim, state as state_lib, step as step_lib
+
+    c = config_lib.base_config()
+    c.model.size = "test"; c.model.predictor_width = 32; c.model.predictor_depth = 1
+    c.model.predictor_heads = 2; c.model.clap_dim = 32; c.model.text_dim = 24
+    c.data.crop_frames = 64; c.train.global_batch = 8; c.optim.warmup_epochs = 1.0
+    c.model.mask_ratio = 0.5
+    fcfg = fe.FrontendConfig()
+    model = m2d.build_model({**c.model.to_dict(), "input_frames": c.data.crop_frames})
+    sched = optim.learning_rate(c.optim, global_batch=8, steps_per_epoch=2, total_steps=10)
+    tx = optim.make_optimizer(c.optim, sched)
+    rng = np.random.default_rng(0)
+    samples = (c.data.crop_frames - 1) * fcfg.hop_length
+    batches = [{"audio": rng.standard_normal((8, samples)).astype(np.float32) * 0.1,
+                "audio_len": rng.integers(samples // 2, samples + 1, 8).astype(np.int32),
+                "text_embedding": rng.standard_normal((8, 24)).astype(np.float32)}
+               for _ in range(3)]
+    init = lambda k: m2d.init_params(model, k, n_frames=c.data.crop_frames, text_dim=24)
+    out = {}
+    for name, devices, fsdp in [("one", jax.devices()[:1], 1), ("data", jax.devices(), 1),
+                                ("data_fsdp", jax.devices(), 2)]:
+      mesh = shd.make_mesh(fsdp=fsdp, devices=devices)
+      state, sh = state_lib.create_sharded_state(init_params=init, tx=tx, seed=0,
+          norm_stats=(-7.1, 4.2), mesh=mesh, rules=[("embed", "fsdp")])
+      train, _ = step_lib.jit_steps(mesh=mesh, state_sh=sh, model=model, frontend_cfg=fcfg,
+                                    tx=tx, schedule=sched, total_steps=10, train_cfg=c.train)
+      losses = []
+      for b in batches:
+        state, m = train(state, shd.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+      split = sum(not l.sharding.is_fully_replicated for l in jax.tree.leaves(state.params))
+      out[name] = {"losses": losses, "split_params": split}
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def sharded_result():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
+                        env=env, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_data_parallel_matches_one_device(sharded_result):
+  one, data = sharded_result["one"]["losses"], sharded_result["data"]["losses"]
+  for a, b in zip(one, data):
+    assert abs(a - b) <= 1e-5 * abs(a)
+
+
+def test_fsdp_matches_one_device_and_shards_params(sharded_result):
+  one, fsdp = sharded_result["one"]["losses"], sharded_result["data_fsdp"]["losses"]
+  for a, b in zip(one, fsdp):
+    assert abs(a - b) <= 1e-5 * abs(a)
+  # Some parameters really are split over the fsdp axis (not all replicated).
+  assert sharded_result["data_fsdp"]["split_params"] > 0
+  assert sharded_result["data"]["split_params"] == 0

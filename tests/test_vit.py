@@ -1,0 +1,138 @@
+"""ViT encoder: parameter count, shapes, logical names, block maths vs numpy."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from jaxclap.models import sizes, vit
+
+
+def encoder(size: str, frames: int = 608, dtype=jnp.float32) -> vit.ViTEncoder:
+  w, d, h = sizes.get_size(size)
+  return vit.ViTEncoder(w, d, h, input_frames=frames, dtype=dtype)
+
+
+def abstract_params(module, *args):
+  return jax.eval_shape(lambda r: module.init(r, *args), jax.random.key(0))["params"]
+
+
+def test_vit_base_parameter_count():
+  params = abstract_params(encoder("base"), jnp.zeros((1, 80, 608)))
+  counts = {k: sum(math.prod(p.shape) for p in jax.tree.leaves(v))
+            for k, v in nn.unbox(params).items()}
+  assert sum(counts.values()) == 85_254_144
+  assert counts["patch_embed"] == 197_376 and counts["cls_token"] == 768
+  block = sum(math.prod(p.shape) for p in jax.tree.leaves(nn.unbox(params)["body"]["block_0"]))
+  assert block == 7_087_872
+  assert set(nn.unbox(params)["body"]) == {f"block_{i}" for i in range(12)} | {"norm"}
+
+
+@pytest.mark.parametrize("frames", [208, 608])
+def test_base_shapes(frames):
+  enc = encoder("base")
+  params = abstract_params(enc, jnp.zeros((1, 80, 608)))
+  out = jax.eval_shape(lambda p, x: enc.apply({"params": p}, x), params,
+                       jax.ShapeDtypeStruct((2, 80, frames), jnp.float32))
+  assert out.shape == (2, 1 + 5 * (frames // 16), 768)
+
+
+@pytest.mark.parametrize("size,frames", [("test", 208), ("test", 608), ("tiny", 208)])
+def test_small_sizes_run(size, frames):
+  enc = encoder(size)
+  x = jax.random.normal(jax.random.key(1), (2, 80, frames))
+  params = enc.init(jax.random.key(0), x)
+  out = jax.jit(enc.apply)(params, x)
+  assert out.shape == (2, 1 + 5 * (frames // 16), sizes.get_size(size).width)
+  assert np.isfinite(np.asarray(out)).all()
+
+
+def test_every_param_has_logical_names():
+  params = abstract_params(encoder("test"), jnp.zeros((1, 80, 64)))
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert leaves and all(isinstance(p, nn.Partitioned) for p in leaves)
+  for p in leaves:
+    assert len(p.names) == p.value.ndim
+  specs = nn.get_partition_spec(params)
+  assert tuple(specs["body"]["block_0"]["attn"]["qkv"]["kernel"]) == ("embed", "qkv")
+  assert tuple(specs["body"]["block_0"]["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+  assert tuple(specs["patch_embed"]["kernel"]) == ("patch", "embed")
+
+
+def test_bf16_compute_keeps_f32_params():
+  enc = encoder("test", dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(1), (2, 80, 64))
+  params = enc.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nn.unbox(params)))
+  out = enc.apply(params, x)
+  assert out.dtype == jnp.bfloat16
+  ref = encoder("test").apply(params, x)
+  assert np.abs(np.asarray(out, np.float32) - np.asarray(ref)).max() < 0.1
+
+
+def test_unknown_size():
+  with pytest.raises(ValueError, match="huge"):
+    sizes.get_size("huge")
+
+
+def test_attention_matches_jax_dot_product_attention():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 3, 8))
+  np.testing.assert_allclose(np.asarray(vit.attention(q, k, v)),
+                             np.asarray(jax.nn.dot_product_attention(q, k, v)),
+                             rtol=1e-5, atol=1e-5)
+
+
+def _np_ln(x, p, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = x.var(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def _np_dense(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def np_block(x: np.ndarray, p: dict, heads: int, eps: float) -> np.ndarray:
+  """Independent pre-norm block: timm layout, qkv rows q|k|v, exact GELU."""
+  b, n, d = x.shape
+  hd = d // heads
+  qkv = _np_dense(_np_ln(x, p["norm1"], eps), p["attn"]["qkv"]).reshape(b, n, 3, heads, hd)
+  q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # [b, h, n, hd]
+  logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  att = (probs @ v).transpose(0, 2, 1, 3).reshape(b, n, d)
+  x = x + _np_dense(att, p["attn"]["proj"])
+  h = _np_dense(_np_ln(x, p["norm2"], eps), p["mlp"]["fc1"])
+  h = 0.5 * h * (1 + erf(h / np.sqrt(2)))
+  return x + _np_dense(h, p["mlp"]["fc2"])
+
+
+def test_block_matches_numpy_reference():
+  block = vit.Block(heads=4, mlp_ratio=4.0, eps=1e-6)
+  x = np.asarray(jax.random.normal(jax.random.key(2), (2, 9, 32)))
+  params = nn.unbox(block.init(jax.random.key(3), x))["params"]
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(4), a.shape),
+                        params)  # non-trivial norms and biases
+  out = np.asarray(block.apply({"params": params}, x))
+  ref = np_block(x.astype(np.float64), jax.tree.map(np.asarray, params), 4, 1e-6)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_embed_uses_truncated_positions_for_short_input():
+  enc = encoder("test", frames=608)
+  x = jax.random.normal(jax.random.key(5), (1, 80, 64))   # 5 × 4 patches
+  params = enc.init(jax.random.key(0), x)
+  tokens = enc.apply(params, x, method=vit.ViTEncoder.embed)
+  p = nn.unbox(params)["params"]["patch_embed"]
+  from jaxclap.models import patches
+  table = patches.sincos_pos_embed(64, (5, 38), cls_token=False).reshape(5, 38, 64)
+  expected = np.asarray(patches.patchify(x)) @ np.asarray(p["kernel"]) + np.asarray(p["bias"])
+  expected += table[:, :4].reshape(20, 64)
+  np.testing.assert_allclose(np.asarray(tokens)[0], expected[0], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="mel bins"):
+    enc.apply(params, jnp.zeros((1, 64, 64)))
