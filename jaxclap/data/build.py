@@ -94,6 +94,18 @@ def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
   }
 
 
+def _check_existing(info: dict[str, Any], text_model: str, num_clips: int | None,
+                    seed: int | None) -> None:
+  """Refuses to reuse a build made with another text model or demo size/seed."""
+  wanted = {"text_model": text_model, "num_clips": num_clips, "seed": seed}
+  built = {"text_model": info["text_model"], **{k: info["build"].get(k) for k in ("num_clips", "seed")}}
+  for key, value in wanted.items():
+    if value is not None and value != built[key]:
+      raise ValueError(
+          f"{info['data_dir']} was built with {key}={built[key]!r}, but {key}={value!r} was "
+          "requested; delete that folder or use another data_dir")
+
+
 def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
                   text_model: str = DEFAULT_TEXT_MODEL, manual_dir: str | None = None,
                   skip_bad: bool = False, num_clips: int | None = None, seed: int = 0,
@@ -106,7 +118,12 @@ def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
   kind, config = _split_name(dataset, manual_dir)
   name = _full_name(kind, config)
   data_dir = os.path.expanduser(data_dir)
-  if not is_built(name, data_dir):
+  if manual_dir is not None and not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"manual_dir {manual_dir} is not a folder")
+  if is_built(name, data_dir):
+    _check_existing(dataset_info(name, data_dir), embedder.name if embedder else text_model,
+                    num_clips if kind == DEMO else None, seed if kind == DEMO else None)
+  else:
     kwargs: dict[str, Any] = dict(data_dir=data_dir, skip_bad=skip_bad,
                                   embedding_dtype=embedding_dtype)
     if kind == DEMO:

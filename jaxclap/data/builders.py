@@ -114,5 +114,5 @@ class JaxclapDemo(CaptionedAudioBuilder, skip_registration=True):
       waveform = audio_io.check_waveform(synth.render(spec), spec.clip_id)
       yield spec.clip_id, self.record(clip_id=spec.clip_id, waveform=waveform,
                                       captions=list(spec.captions), table=table, label=spec.label)
-    self.info.metadata["seed"] = self._seed
     self.update_metadata()
+    self.info.metadata["build"].update(num_clips=self._num_clips, seed=self._seed)

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxclap.data.text_models import DEFAULT_TEXT_MODEL, resolve_text_model
 from jaxclap.models import bert
@@ -159,8 +160,7 @@ class JaxSentenceEmbedder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_seq_length)
         self.buckets = _buckets(self.max_seq_length, min_bucket)
-        width = self.model.config.hidden_size
-        self.dim = width * len(pipe.pooling)
+        self.dim = self.model.config.hidden_size * len(pipe.pooling)
         self._forward = jax.jit(functools.partial(
             _embed_batch, model=self.model, pooling=pipe.pooling, normalize=pipe.normalize))
 
@@ -189,7 +189,6 @@ class JaxSentenceEmbedder:
         for b, length in enumerate(self.buckets):
             rows = np.flatnonzero(bucket_of == b)
             jobs += [(length, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-        from tqdm.auto import tqdm  # Local import: only progress bars need it.
         bar = tqdm(total=len(ids), desc=f"embed {self.name}", unit="caption", disable=not progress)
         for length, rows in jobs:
             # Shapes come from a small set (bucket x power-of-two rows), so few compilations; a
@@ -230,7 +229,9 @@ class STSentenceEmbedder:
         self.name = name or str(text_model)
         self.model = SentenceTransformer(str(resolve_text_model(text_model)), device=device,
                                          trust_remote_code=trust_remote_code, **model_kwargs)
-        dim = self.model.get_sentence_embedding_dimension()
+        # sentence-transformers 6 renamed the getter; keep the old one for older releases.
+        get_dim = getattr(self.model, "get_embedding_dimension", None)
+        dim = (get_dim or self.model.get_sentence_embedding_dimension)()
         self.dim = int(dim) if dim else int(self.model.encode(["probe"]).shape[-1])
 
     def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:

@@ -87,7 +87,7 @@ def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Pa
         return path.resolve()
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
     if looks_like_path:
-        raise TextModelNotFoundError(f"text_model folder {path} does not exist. {_HOW_TO_GET}")
+        raise TextModelNotFoundError(f"text_model folder {text!r} does not exist. {_HOW_TO_GET}")
     if "/" not in text:
         found = _from_distribution(text)
         if found is None:

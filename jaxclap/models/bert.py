@@ -93,10 +93,12 @@ class BertConfig:
 
 
 def _normal(config: BertConfig) -> nn.initializers.Initializer:
+    """HF's weight init: N(0, initializer_range)."""
     return nn.initializers.normal(stddev=config.initializer_range)
 
 
 def _layer_norm(config: BertConfig, name: str, dtype: Any) -> nn.LayerNorm:
+    """LayerNorm with BERT's epsilon and logically named params."""
     return nn.LayerNorm(
         epsilon=config.layer_norm_eps, dtype=dtype, name=name,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
@@ -104,6 +106,7 @@ def _layer_norm(config: BertConfig, name: str, dtype: Any) -> nn.LayerNorm:
 
 
 def _dense(config: BertConfig, features: int, axes: tuple[str, str], name: str, dtype: Any) -> nn.Dense:
+    """Dense whose kernel is named ``axes`` (in, out) and whose bias follows the out axis."""
     return nn.Dense(
         features, dtype=dtype, name=name,
         kernel_init=nn.with_logical_partitioning(_normal(config), axes),

@@ -154,10 +154,12 @@ def init_params(model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80,
   """
   rng_online, rng_target = jax.random.split(rng)
   x = jnp.zeros((1, n_mels, n_frames), jnp.float32)
-  online = model.init(rng_online, x, jnp.zeros((1, text_dim), jnp.float32))["params"]
+  text = jnp.zeros((1, text_dim), jnp.float32)
+  online = jax.jit(model.init)(rng_online, x, text)["params"]
   width = sizes.get_size(model.size).width
-  target = target_body(model).init(rng_target, jnp.zeros((1, 2, width), jnp.float32))
-  return dict(online), dict(target["params"])
+  body = target_body(model)
+  target = jax.jit(body.init)(rng_target, jnp.zeros((1, 2, width), jnp.float32))["params"]
+  return dict(online), dict(target)
 
 
 def param_logical_specs(model: M2D, *, n_frames: int, n_mels: int = 80,

