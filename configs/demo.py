@@ -23,7 +23,7 @@ def get_config():
   c.model.text_dim = 384  # all-MiniLM-L6-v2.
   c.train.global_batch = 64
   c.train.epochs = 6.0
-  c.train.clap_weight = 0.1
+  c.train.clap_weight = 0.3
   c.train.ema_start = 0.99  # Demo-sized EMA: a short run needs a target that moves.
   c.train.ema_end = 0.999
   c.train.log_every = 10

@@ -46,8 +46,9 @@ def demo_data_dir(tmp_path_factory, text_embedder) -> str:
   """
   from jaxclap.data import build
 
+  del text_embedder  # Loaded first so that a missing model fails loudly in one place.
   data_dir = str(tmp_path_factory.mktemp("demo_data"))
-  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedder=text_embedder)
+  build.ensure_demo_dataset(data_dir, text_model=TEXT_MODEL, num_clips=DEMO_CLIPS)
   return data_dir
 
 

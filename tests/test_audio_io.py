@@ -99,6 +99,12 @@ def test_unreadable_file(tmp_path, monkeypatch):
     audio_io.load_audio(path)
 
 
+def test_corrupt_mp3_tries_fallback_decoder(tmp_path):
+  (tmp_path / "bad.mp3").write_bytes(b"\xff\xfb" + b"not an mp3 frame" * 50)
+  with pytest.raises(audio_io.AudioDecodeError, match="bad.mp3.*cannot decode.*librosa"):
+    audio_io.load_audio(tmp_path / "bad.mp3")
+
+
 def test_directory_instead_of_file(tmp_path):
   (tmp_path / "dir.wav").mkdir()
   with pytest.raises(audio_io.AudioDecodeError, match="dir.wav"):

@@ -64,6 +64,15 @@ def test_demo_with_real_text_model(demo_data_dir, text_embedder):
   np.testing.assert_allclose(rec["caption_embeddings"], text_embedder.embed(captions), atol=2e-3)
 
 
+def test_ensure_demo_dataset_reuses_a_complete_build(demo_data_dir):
+  marker = Path(build.dataset_info(build.DEMO, demo_data_dir)["data_dir"]) / "dataset_info.json"
+  before = marker.stat().st_mtime_ns
+  info = build.ensure_demo_dataset(demo_data_dir, text_model=TEXT_MODEL, num_clips=DEMO_CLIPS)
+  assert marker.stat().st_mtime_ns == before and sum(info["splits"].values()) == DEMO_CLIPS
+  with pytest.raises(ValueError, match="num_clips=64"):
+    build.ensure_demo_dataset(demo_data_dir, text_model=TEXT_MODEL, num_clips=100)
+
+
 def test_each_unique_caption_embedded_once(tmp_path):
   embedder = HashEmbedder()
   build.build_dataset(build.DEMO, str(tmp_path), num_clips=40, embedder=embedder)

@@ -120,6 +120,19 @@ def test_state_restore_continues_identically(train):
   assert _equal(_take(fresh, 2), expected)
 
 
+def test_state_round_trips_through_grain_checkpoint_handler(train, tmp_path):
+  from etils import epath
+  import grain
+
+  it = iter(_loader(train, seed=4))
+  _take(it, 2)
+  handler = grain.checkpoint.CheckpointHandler()
+  handler.save(epath.Path(tmp_path), item=it)
+  expected = _take(it, 1)
+  restored = handler.restore(epath.Path(tmp_path), item=iter(_loader(train, seed=4)))
+  assert _equal(_take(restored, 1), expected)
+
+
 @pytest.mark.slow
 def test_worker_count_does_not_change_batches_and_state_restores(train):
   reference = _take(_loader(train, seed=1, num_workers=0), 6)

@@ -12,7 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxclap.data import build as data_build
 
 REPO = Path(__file__).resolve().parents[1]
 # A few-second model: 64-frame crops, 2-block width-64 encoder, 1-block predictor.
@@ -25,10 +24,8 @@ SMALL = ["--config.model.size=test", "--config.model.predictor_width=32",
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("train_data"))
-  data_build.ensure_demo_dataset(d, num_clips=96, seed=0)
-  return d
+def data_dir(demo_data_dir):
+  return demo_data_dir
 
 
 def _cmd(workdir, data_dir, *extra):

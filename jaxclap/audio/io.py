@@ -16,6 +16,7 @@ import soxr
 
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+_NATIVE_EXTENSIONS = (".wav", ".flac", ".ogg")  # No fallback decoder is tried for these.
 # int16 full scale; `pcm16_to_float` divides by the same constant, so the round trip
 # is exact for values already on the int16 grid.
 _PCM16_SCALE = 32768.0
@@ -53,6 +54,9 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   try:
     data, sr = _read_soundfile(path)
   except Exception as sf_error:  # libsndfile raises several types; try the fallback.
+    if os.path.splitext(path)[1].lower() in _NATIVE_EXTENSIONS:
+      # libsndfile is the reference decoder for these; a failure means a bad file.
+      raise AudioDecodeError(f"{path}: cannot decode audio ({sf_error})") from sf_error
     try:
       data, sr = _read_librosa(path)
     except Exception as fallback_error:

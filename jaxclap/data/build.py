@@ -98,7 +98,8 @@ def _check_existing(info: dict[str, Any], text_model: str, num_clips: int | None
                     seed: int | None) -> None:
   """Refuses to reuse a build made with another text model or demo size/seed."""
   wanted = {"text_model": text_model, "num_clips": num_clips, "seed": seed}
-  built = {"text_model": info["text_model"], **{k: info["build"].get(k) for k in ("num_clips", "seed")}}
+  built = {"text_model": info["text_model"],
+           **{k: info["build"].get(k) for k in ("num_clips", "seed")}}
   for key, value in wanted.items():
     if value is not None and value != built[key]:
       raise ValueError(

@@ -80,7 +80,8 @@ def normalise_split(value: str, where: str) -> str:
   try:
     return SPLIT_ALIASES[value.strip().lower()]
   except KeyError:
-    raise BadInputError(f"{where}: unknown split {value!r}; use one of {sorted(SPLIT_ALIASES)}") from None
+    raise BadInputError(
+        f"{where}: unknown split {value!r}; use one of {sorted(SPLIT_ALIASES)}") from None
 
 
 def resolve_audio(name: str, roots: list[Path], where: str) -> Path:
@@ -94,7 +95,8 @@ def resolve_audio(name: str, roots: list[Path], where: str) -> Path:
     for c in candidates:
       if (root / c).is_file():
         return root / c
-  raise BadInputError(f"{where}: audio file {name!r} not found (looked in {[str(r) for r in roots]})")
+  raise BadInputError(
+      f"{where}: audio file {name!r} not found (looked in {[str(r) for r in roots]})")
 
 
 def _clip_id(path: Path, manual_dir: Path) -> str:
@@ -140,7 +142,8 @@ def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
         captions = []
         for col in caption_cols:
           if not row.get(col):
-            raise BadInputError(f"{where} (file {row.get(file_col)!r}): empty caption in column {col!r}")
+            raise BadInputError(
+                f"{where} (file {row.get(file_col)!r}): empty caption in column {col!r}")
           captions.append(row[col])
       except BadInputError as e:
         bad.append(e)
@@ -156,7 +159,8 @@ def readable_class(name: str) -> str:
   return re.sub(r"[_\s]+", " ", name).strip()
 
 
-def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path, file_cols: tuple[str, ...],
+def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
+                       file_cols: tuple[str, ...],
                        label_cols: tuple[str, ...]) -> Manifest:
   header, rows = _read_csv(csv_path)
   file_col = _pick_column(header, file_cols, csv_path, "file")

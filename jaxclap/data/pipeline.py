@@ -18,7 +18,6 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from jaxclap.audio.io import pcm16_to_float
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
 DEFAULT_CROP_SAMPLES = 97_120
@@ -92,13 +91,14 @@ class CropAndPick(grain.transforms.RandomMap):
     record = element["record"]
     audio = np.asarray(record["audio"], np.int16)
     n = audio.shape[0]
-    out = np.zeros(self.crop_samples, np.int16)
     if n >= self.crop_samples:
       start = int(rng.integers(0, n - self.crop_samples + 1)) if self.random_crop else 0
-      out[:] = audio[start:start + self.crop_samples]
+      out = audio[start:start + self.crop_samples]
       length = self.crop_samples
     else:
-      out[:n] = audio  # Short clip: zero-pad; audio_len tells the front end where it ends.
+      out = np.empty(self.crop_samples, np.int16)
+      out[:n] = audio
+      out[n:] = 0  # Short clip: zero-pad; audio_len tells the front end where it ends.
       length = n
     embeddings = np.asarray(record["caption_embeddings"])
     pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
@@ -113,8 +113,12 @@ class CropAndPick(grain.transforms.RandomMap):
 
 
 def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0]}
-  batch["audio"] = pcm16_to_float(batch["audio"])
+  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "audio"}
+  # Convert int16 -> float32 straight into the batch array (no int16 batch copy).
+  audio = np.empty((len(elements), elements[0]["audio"].shape[0]), np.float32)
+  for row, e in zip(audio, elements):
+    np.multiply(e["audio"], np.float32(1.0 / 32768.0), out=row)
+  batch["audio"] = audio
   return batch
 
 
@@ -145,6 +149,10 @@ class BatchIterator:
 
   def set_state(self, state: bytes) -> None:
     self._inner.set_state(state)
+
+  def start_prefetch(self) -> None:
+    """Starts reading ahead (grain's Orbax CheckpointHandler calls this after restore)."""
+    self._inner.start_prefetch()
 
 
 class Loader:

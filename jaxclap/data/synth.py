@@ -123,7 +123,8 @@ def _draw_source(kind: str, rng: np.random.Generator) -> Source:
         f"several notes forming a {root} {quality} chord"))
   if kind == "plucked string":
     return Source(kind, dict(tonal, partials=_harmonics(hz, 8, 1.0), envelope="pluck",
-                             decay=float(rng.uniform(2.0, 6.0)), repeat=float(rng.uniform(0.5, 1.0))), (
+                             decay=float(rng.uniform(2.0, 6.0)),
+                             repeat=float(rng.uniform(0.5, 1.0))), (
         f"a plucked string playing {note}", f"repeated guitar-like plucks on the note {note}",
         f"a string instrument picked at {note}"))
   if kind == "organ":
@@ -138,7 +139,8 @@ def _draw_source(kind: str, rng: np.random.Generator) -> Source:
         f"a metallic bell chime around {hz:.0f} Hz"))
   if kind in ("white noise", "pink noise", "brown noise"):
     colour = kind.split()[0]
-    alt = {"white": "hiss", "pink": "rushing noise like a waterfall", "brown": "deep rumbling noise"}
+    alt = {"white": "hiss", "pink": "rushing noise like a waterfall",
+           "brown": "deep rumbling noise"}
     return Source(kind, dict(exponent={"white": 0.0, "pink": 0.5, "brown": 1.0}[colour]), (
         f"{colour} noise", f"a steady {alt[colour]}", f"broadband {colour} noise"))
   if kind in ("rising chirp", "falling chirp"):
@@ -160,7 +162,8 @@ def _draw_source(kind: str, rng: np.random.Generator) -> Source:
     rate = float(rng.uniform(3.0, 9.0))
     return Source(kind, dict(tonal, partials=_harmonics(hz, 4, 1.2), envelope="sustain",
                              am_rate=rate, am_depth=float(rng.uniform(0.5, 0.9))), (
-        f"a tone at {note} with tremolo", f"a pulsing tone whose volume wavers {rate:.0f} times a second",
+        f"a tone at {note} with tremolo",
+        f"a pulsing tone whose volume wavers {rate:.0f} times a second",
         f"a throbbing {note} note"))
   if kind == "vibrato tone":
     rate = float(rng.uniform(4.0, 8.0))

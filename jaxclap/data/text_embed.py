@@ -35,237 +35,239 @@ _JAX_POOLING = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 
 @runtime_checkable
 class SentenceEmbedder(Protocol):
-    """Maps captions to fixed-size float32 vectors."""
+  """Maps captions to fixed-size float32 vectors."""
 
-    name: str  # The text_model value; stored in the dataset metadata.
-    dim: int
+  name: str  # The text_model value; stored in the dataset metadata.
+  dim: int
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Returns float32 ``[len(texts), dim]``."""
-        ...
+  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Returns float32 ``[len(texts), dim]``."""
+    ...
 
 
 def check_captions(texts: Sequence[str]) -> list[str]:
-    """Returns ``texts`` as a list; rejects non-strings and empty/whitespace-only captions by index."""
-    if isinstance(texts, str):
-        raise TypeError("Expected a sequence of captions, got a single string")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"Caption {i} is {type(text).__name__}, not str: {text!r}")
-        if not text.strip():
-            raise ValueError(f"Caption {i} is empty or whitespace only ({text!r}); every clip needs a caption")
-    return texts
+  """Returns ``texts`` as a list; rejects non-strings and empty/whitespace-only captions by index."""
+  if isinstance(texts, str):
+    raise TypeError("Expected a sequence of captions, got a single string")
+  texts = list(texts)
+  for i, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"Caption {i} is {type(text).__name__}, not str: {text!r}")
+    if not text.strip():
+      raise ValueError(
+          f"Caption {i} is empty or whitespace only ({text!r}); every clip needs a caption")
+  return texts
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class SentencePipeline:
-    """What a sentence-transformers folder asks for around its transformer."""
+  """What a sentence-transformers folder asks for around its transformer."""
 
-    transformer_dir: Path
-    max_seq_length: int | None  # From sentence_bert_config.json; None: the tokenizer's own.
-    do_lower_case: bool
-    pooling: tuple[str, ...]
-    normalize: bool
+  transformer_dir: Path
+  max_seq_length: int | None  # From sentence_bert_config.json; None: the tokenizer's own.
+  do_lower_case: bool
+  pooling: tuple[str, ...]
+  normalize: bool
 
-    @classmethod
-    def from_folder(cls, folder: Path) -> "SentencePipeline":
-        """Reads ``modules.json`` and friends; a plain HF folder means mean pooling, no normalisation."""
-        modules_file = folder / "modules.json"
-        if not modules_file.is_file():
-            return cls(folder, None, False, ("mean",), False)
-        transformer_dir, pooling, normalize = None, None, False
-        for module in _read_json(modules_file):
-            kind, path = module.get("type", ""), folder / module.get("path", "")
-            if kind.endswith(".Transformer") and transformer_dir is None:
-                transformer_dir = path
-            elif kind.endswith(".Pooling") and pooling is None:
-                pooling = _pooling_modes(path / "config.json")
-            elif kind.endswith(".Normalize"):
-                normalize = True
-            else:
-                raise ValueError(f"{modules_file}: module {kind!r} is not supported by the jax backend; "
-                                 "use backend='st'")
-        if transformer_dir is None:
-            raise ValueError(f"{modules_file} lists no {_ST_TRANSFORMER} module")
-        st_config = transformer_dir / "sentence_bert_config.json"
-        st = _read_json(st_config) if st_config.is_file() else {}
-        return cls(transformer_dir, st.get("max_seq_length"), bool(st.get("do_lower_case", False)),
-                   pooling or ("mean",), normalize)
+  @classmethod
+  def from_folder(cls, folder: Path) -> "SentencePipeline":
+    """Reads ``modules.json`` and friends; a plain HF folder means mean pooling, no normalisation."""
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+      return cls(folder, None, False, ("mean",), False)
+    transformer_dir, pooling, normalize = None, None, False
+    for module in _read_json(modules_file):
+      kind, path = module.get("type", ""), folder / module.get("path", "")
+      if kind.endswith(".Transformer") and transformer_dir is None:
+        transformer_dir = path
+      elif kind.endswith(".Pooling") and pooling is None:
+        pooling = _pooling_modes(path / "config.json")
+      elif kind.endswith(".Normalize"):
+        normalize = True
+      else:
+        raise ValueError(f"{modules_file}: module {kind!r} is not supported by the jax backend; "
+                         "use backend='st'")
+    if transformer_dir is None:
+      raise ValueError(f"{modules_file} lists no {_ST_TRANSFORMER} module")
+    st_config = transformer_dir / "sentence_bert_config.json"
+    st = _read_json(st_config) if st_config.is_file() else {}
+    return cls(transformer_dir, st.get("max_seq_length"), bool(st.get("do_lower_case", False)),
+               pooling or ("mean",), normalize)
 
 
 def _pooling_modes(path: Path) -> tuple[str, ...]:
-    """Pooling modes from ``1_Pooling/config.json`` (new ``pooling_mode`` or legacy boolean keys)."""
-    raw = _read_json(path)
-    if "pooling_mode" in raw:
-        mode = raw["pooling_mode"]
-        modes = (mode,) if isinstance(mode, str) else tuple(mode)
-    else:
-        modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if raw.get(key))
-    unsupported = [m for m in modes if m not in _JAX_POOLING]
-    if not modes or unsupported:
-        raise ValueError(f"{path}: pooling {list(modes)} is not supported by the jax backend "
-                         f"(supported: {list(_JAX_POOLING)}); use backend='st'")
-    return modes
+  """Pooling modes from ``1_Pooling/config.json`` (new ``pooling_mode`` or legacy boolean keys)."""
+  raw = _read_json(path)
+  if "pooling_mode" in raw:
+    mode = raw["pooling_mode"]
+    modes = (mode,) if isinstance(mode, str) else tuple(mode)
+  else:
+    modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if raw.get(key))
+  unsupported = [m for m in modes if m not in _JAX_POOLING]
+  if not modes or unsupported:
+    raise ValueError(f"{path}: pooling {list(modes)} is not supported by the jax backend "
+                     f"(supported: {list(_JAX_POOLING)}); use backend='st'")
+  return modes
 
 
 def _pool(hidden: jax.Array, mask: jax.Array, modes: tuple[str, ...]) -> jax.Array:
-    """Sentence-transformers pooling over valid tokens; several modes are concatenated."""
-    m = mask[..., None].astype(hidden.dtype)
-    count = jnp.maximum(m.sum(axis=1), 1e-9)
-    total = (hidden * m).sum(axis=1)
-    out = {
-        "cls": lambda: hidden[:, 0],
-        "max": lambda: jnp.where(m > 0, hidden, -jnp.inf).max(axis=1),
-        "mean": lambda: total / count,
-        "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
-    }
-    return jnp.concatenate([out[mode]() for mode in modes], axis=-1)
+  """Sentence-transformers pooling over valid tokens; several modes are concatenated."""
+  m = mask[..., None].astype(hidden.dtype)
+  count = jnp.maximum(m.sum(axis=1), 1e-9)
+  total = (hidden * m).sum(axis=1)
+  out = {
+      "cls": lambda: hidden[:, 0],
+      "max": lambda: jnp.where(m > 0, hidden, -jnp.inf).max(axis=1),
+      "mean": lambda: total / count,
+      "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
+  }
+  return jnp.concatenate([out[mode]() for mode in modes], axis=-1)
 
 
 def _buckets(max_len: int, smallest: int = 16) -> list[int]:
-    """Powers of two from ``smallest`` up to ``max_len``, plus ``max_len`` itself."""
-    sizes, n = [], smallest
-    while n < max_len:
-        sizes.append(n)
-        n *= 2
-    return sizes + [max_len]
+  """Powers of two from ``smallest`` up to ``max_len``, plus ``max_len`` itself."""
+  sizes, n = [], smallest
+  while n < max_len:
+    sizes.append(n)
+    n *= 2
+  return sizes + [max_len]
 
 
 class JaxSentenceEmbedder:
-    """BERT-family sentence-transformers folder run in Flax; no PyTorch needed."""
+  """BERT-family sentence-transformers folder run in Flax; no PyTorch needed."""
 
-    def __init__(self, folder: str | Path, *, name: str | None = None, min_bucket: int = 16):
-        from tokenizers import Tokenizer  # Local import keeps `import jaxclap.data` light.
+  def __init__(self, folder: str | Path, *, name: str | None = None, min_bucket: int = 16):
+    from tokenizers import Tokenizer  # Local import keeps `import jaxclap.data` light.
 
-        folder = Path(folder)
-        self.name = name or str(folder)
-        pipe = SentencePipeline.from_folder(folder)
-        self.pipeline = pipe
-        self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
-        tokenizer_file = pipe.transformer_dir / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
-                                    "tokenizer.json (save one with transformers' AutoTokenizer)")
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
-        self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_seq_length)
-        self.buckets = _buckets(self.max_seq_length, min_bucket)
-        self.dim = self.model.config.hidden_size * len(pipe.pooling)
-        self._forward = jax.jit(functools.partial(
-            _embed_batch, model=self.model, pooling=pipe.pooling, normalize=pipe.normalize))
+    folder = Path(folder)
+    self.name = name or str(folder)
+    pipe = SentencePipeline.from_folder(folder)
+    self.pipeline = pipe
+    self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
+    tokenizer_file = pipe.transformer_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+      raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
+                              "tokenizer.json (save one with transformers' AutoTokenizer)")
+    self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
+    self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
+    self.tokenizer.no_padding()
+    self.tokenizer.enable_truncation(self.max_seq_length)
+    self.buckets = _buckets(self.max_seq_length, min_bucket)
+    self.dim = self.model.config.hidden_size * len(pipe.pooling)
+    self._forward = jax.jit(functools.partial(
+        _embed_batch, model=self.model, pooling=pipe.pooling, normalize=pipe.normalize))
 
-    @staticmethod
-    def _tokenizer_max_length(folder: Path) -> int:
-        """HF's ``model_max_length`` when sentence_bert_config.json gives none (as sentence-transformers)."""
-        config = folder / "tokenizer_config.json"
-        value = _read_json(config).get("model_max_length") if config.is_file() else None
-        return int(value) if isinstance(value, (int, float)) and value < 1e6 else 512
+  @staticmethod
+  def _tokenizer_max_length(folder: Path) -> int:
+    """HF's ``model_max_length`` when sentence_bert_config.json gives none (as sentence-transformers)."""
+    config = folder / "tokenizer_config.json"
+    value = _read_json(config).get("model_max_length") if config.is_file() else None
+    return int(value) if isinstance(value, (int, float)) and value < 1e6 else 512
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids with special tokens, truncated to ``max_seq_length``."""
-        texts = check_captions(texts)
-        if self.pipeline.do_lower_case:
-            texts = [t.lower() for t in texts]
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids with special tokens, truncated to ``max_seq_length``."""
+    texts = check_captions(texts)
+    if self.pipeline.do_lower_case:
+      texts = [t.lower() for t in texts]
+    return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Embeds batches padded to their own length bucket, so batch-mates never change a caption's padding."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        ids = self.tokenize(texts)
-        out = np.zeros((len(ids), self.dim), np.float32)
-        bucket_of = np.searchsorted(self.buckets, [len(x) for x in ids])
-        jobs = []
-        for b, length in enumerate(self.buckets):
-            rows = np.flatnonzero(bucket_of == b)
-            jobs += [(length, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-        bar = tqdm(total=len(ids), desc=f"embed {self.name}", unit="caption", disable=not progress)
-        for length, rows in jobs:
-            # Shapes come from a small set (bucket x power-of-two rows), so few compilations; a
-            # caption's vector changes with its batch only by matmul blocking (~1e-7).
-            num_rows = min(batch_size, 1 << (len(rows) - 1).bit_length())
-            input_ids = np.zeros((num_rows, length), np.int32)
-            mask = np.zeros((num_rows, length), np.int32)
-            for r, i in enumerate(rows):
-                input_ids[r, :len(ids[i])] = ids[i]
-                mask[r, :len(ids[i])] = 1
-            mask[len(rows):, 0] = 1  # Filler rows attend to one token, keeping them finite.
-            out[rows] = np.asarray(self._forward(self.params, input_ids, mask))[:len(rows)]
-            bar.update(len(rows))
-        bar.close()
-        return out
+  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Embeds in batches padded to each caption's own length bucket (batch-mates never add padding)."""
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = self.tokenize(texts)
+    out = np.zeros((len(ids), self.dim), np.float32)
+    bucket_of = np.searchsorted(self.buckets, [len(x) for x in ids])
+    jobs = []
+    for b, length in enumerate(self.buckets):
+      rows = np.flatnonzero(bucket_of == b)
+      jobs += [(length, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    bar = tqdm(total=len(ids), desc=f"embed {self.name}", unit="caption", disable=not progress)
+    for length, rows in jobs:
+      # Shapes come from a small set (bucket x power-of-two rows), so few compilations; a
+      # caption's vector changes with its batch only by matmul blocking (~1e-7).
+      num_rows = min(batch_size, 1 << (len(rows) - 1).bit_length())
+      input_ids = np.zeros((num_rows, length), np.int32)
+      mask = np.zeros((num_rows, length), np.int32)
+      for r, i in enumerate(rows):
+        input_ids[r, :len(ids[i])] = ids[i]
+        mask[r, :len(ids[i])] = 1
+      mask[len(rows):, 0] = 1  # Filler rows attend to one token, keeping them finite.
+      out[rows] = np.asarray(self._forward(self.params, input_ids, mask))[:len(rows)]
+      bar.update(len(rows))
+    bar.close()
+    return out
 
 
 def _embed_batch(params: Any, input_ids: jax.Array, mask: jax.Array, *, model: bert.BertModel,
                  pooling: tuple[str, ...], normalize: bool) -> jax.Array:
-    """Encoder, pooling and optional L2 normalisation, as sentence-transformers composes them."""
-    hidden = model.apply({"params": params}, input_ids, mask)
-    x = _pool(hidden, mask, pooling)
-    if normalize:
-        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-    return x.astype(jnp.float32)
+  """Encoder, pooling and optional L2 normalisation, as sentence-transformers composes them."""
+  hidden = model.apply({"params": params}, input_ids, mask)
+  x = _pool(hidden, mask, pooling)
+  if normalize:
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  return x.astype(jnp.float32)
 
 
 class STSentenceEmbedder:
-    """Any sentence-transformers model (NV-Embed-v2, GTE, Qwen embedders); needs the ``[st]`` extra."""
+  """Any sentence-transformers model (NV-Embed-v2, GTE, Qwen embedders); needs the ``[st]`` extra."""
 
-    def __init__(self, text_model: str, *, name: str | None = None, device: str | None = None,
-                 trust_remote_code: bool = False, **model_kwargs: Any):
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise ImportError("backend='st' needs PyTorch and sentence-transformers: "
-                              "pip install 'jaxclap[st]'") from e
-        self.name = name or str(text_model)
-        self.model = SentenceTransformer(str(resolve_text_model(text_model)), device=device,
-                                         trust_remote_code=trust_remote_code, **model_kwargs)
-        # sentence-transformers 6 renamed the getter; keep the old one for older releases.
-        get_dim = getattr(self.model, "get_embedding_dimension", None)
-        dim = (get_dim or self.model.get_sentence_embedding_dimension)()
-        self.dim = int(dim) if dim else int(self.model.encode(["probe"]).shape[-1])
+  def __init__(self, text_model: str, *, name: str | None = None, device: str | None = None,
+               trust_remote_code: bool = False, **model_kwargs: Any):
+    try:
+      from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+      raise ImportError("backend='st' needs PyTorch and sentence-transformers: "
+                        "pip install 'jaxclap[st]'") from e
+    self.name = name or str(text_model)
+    self.model = SentenceTransformer(str(resolve_text_model(text_model)), device=device,
+                                     trust_remote_code=trust_remote_code, **model_kwargs)
+    # sentence-transformers 6 renamed the getter; keep the old one for older releases.
+    get_dim = getattr(self.model, "get_embedding_dimension", None)
+    dim = (get_dim or self.model.get_sentence_embedding_dimension)()
+    self.dim = int(dim) if dim else int(self.model.encode(["probe"]).shape[-1])
 
-    def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """sentence-transformers ``encode`` as float32 ``[N, dim]``."""
-        texts = check_captions(texts)
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        vectors = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                                    convert_to_numpy=True)
-        return np.asarray(vectors, dtype=np.float32)
+  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """sentence-transformers ``encode`` as float32 ``[N, dim]``."""
+    texts = check_captions(texts)
+    if not texts:
+      return np.zeros((0, self.dim), np.float32)
+    vectors = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                                convert_to_numpy=True)
+    return np.asarray(vectors, dtype=np.float32)
 
 
 def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = "jax",
                            **kwargs: Any) -> SentenceEmbedder:
-    """``backend='jax'`` for BERT-family folders (no PyTorch); ``'st'`` for sentence-transformers."""
-    if backend == "st":
-        return STSentenceEmbedder(text_model, **kwargs)
-    if backend != "jax":
-        raise ValueError(f"backend={backend!r}; expected 'jax' or 'st'")
-    folder = resolve_text_model(text_model)
-    transformer_dir = SentencePipeline.from_folder(folder).transformer_dir
-    config = _read_json(transformer_dir / "config.json") if (transformer_dir / "config.json").is_file() else {}
-    if config.get("model_type") != "bert":
-        raise ValueError(f"text_model={text_model!r} ({transformer_dir}) has model_type="
-                         f"{config.get('model_type')!r}; the jax backend runs BERT models only. "
-                         "Use backend='st' (pip install 'jaxclap[st]').")
-    return JaxSentenceEmbedder(folder, name=str(text_model), **kwargs)
+  """``backend='jax'`` for BERT-family folders (no PyTorch); ``'st'`` for sentence-transformers."""
+  if backend == "st":
+    return STSentenceEmbedder(text_model, **kwargs)
+  if backend != "jax":
+    raise ValueError(f"backend={backend!r}; expected 'jax' or 'st'")
+  folder = resolve_text_model(text_model)
+  transformer_dir = SentencePipeline.from_folder(folder).transformer_dir
+  config_file = transformer_dir / "config.json"
+  config = _read_json(config_file) if config_file.is_file() else {}
+  if config.get("model_type") != "bert":
+    raise ValueError(f"text_model={text_model!r} ({transformer_dir}) has model_type="
+                     f"{config.get('model_type')!r}; the jax backend runs BERT models only. "
+                     "Use backend='st' (pip install 'jaxclap[st]').")
+  return JaxSentenceEmbedder(folder, name=str(text_model), **kwargs)
 
 
 def embed_unique(embedder: SentenceEmbedder, captions: Sequence[str], *, batch_size: int = 64,
                  progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Embeds each distinct caption once: ``embeddings[index[i]]`` is caption ``i``'s vector."""
-    captions = check_captions(captions)
-    first: dict[str, int] = {}
-    index = np.fromiter((first.setdefault(c, len(first)) for c in captions), np.int64, len(captions))
-    unique = list(first)
-    return unique, embedder.embed(unique, batch_size=batch_size, progress=progress), index
+  """Embeds each distinct caption once: ``embeddings[index[i]]`` is caption ``i``'s vector."""
+  captions = check_captions(captions)
+  first: dict[str, int] = {}
+  index = np.fromiter((first.setdefault(c, len(first)) for c in captions), np.int64, len(captions))
+  unique = list(first)
+  return unique, embedder.embed(unique, batch_size=batch_size, progress=progress), index

@@ -1,0 +1,228 @@
+"""Stage-1 train-step speed on CPU: jaxclap (JAX) against the PyTorch recipe, one process.
+
+For (a) the demo config's model (tiny, 80×208) and (b) ViT-B 80×608 at a small batch, times
+the full stage-1 train step — log-mel front end (in both), masking, online encoder,
+predictor, EMA target forward, norm_mse + λ·InfoNCE, gradients, clipping, AdamW, EMA update
+— in JAX (`jaxclap.train.step.jit_steps`, 1-device mesh) and in PyTorch
+(bench/torch_m2d.py, float32, all cores). The JAX and PyTorch steps, and the two matmul
+peak probes (f32 `jnp.dot` and `torch.mm`), are run alternately in the same loop so that
+load from other processes hits both alike; medians are reported.
+
+  python bench/train_step.py [--quick] [--reps 5] [--vitb_batch 4] [--demo_batch 64]
+                             [--profile]   # ViT-B per-part breakdown (JAX and PyTorch)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import torch
+
+from jaxclap import sharding as shd
+from jaxclap.audio import frontend
+from jaxclap.models import m2d, sizes
+from jaxclap.train import config as config_lib, optim, state as state_lib, step as step_lib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch_m2d  # noqa: E402  (sibling bench module)
+
+ROOT = Path(__file__).resolve().parents[1]
+NORM_STATS = frontend.DEFAULT_NORM_STATS
+TOTAL_STEPS = 1000  # Only shapes the lr/EMA schedules; irrelevant to speed.
+
+
+def _blocks_flops(n_tok: int, d: int, depth: int, mlp_ratio: float = 4.0) -> float:
+  """Forward matmul FLOPs of `depth` pre-norm blocks on n_tok tokens of width d."""
+  linear = 2 * n_tok * d * d * (3 + 1 + 2 * mlp_ratio)  # qkv, proj, fc1 + fc2
+  return depth * (linear + 4 * n_tok * n_tok * d)      # + q·kᵀ and p·v
+
+
+def analytic_step_flops(model_cfg: Any, n_frames: int, batch: int, patch: int = 16) -> float:
+  """Matmul FLOPs of one stage-1 step: trained parts fwd+bwd (3×), target forward (1×).
+
+  Parts whose input needs no gradient (patch embedding, text projection) count 2×. The
+  front end (rfft + mel, ≈0.03 GFLOP/clip at 80×608) and element-wise ops are left out.
+  """
+  w, depth, _ = sizes.get_size(model_cfg.size)
+  n = (80 // patch) * (n_frames // patch)
+  v = m2d.num_visible(n, model_cfg.mask_ratio)
+  m = n - v
+  pw, clap, text = model_cfg.predictor_width, model_cfg.clap_dim, model_cfg.text_dim
+  online = _blocks_flops(v + 1, w, depth)
+  predictor = (2 * (v + 1) * w * pw + _blocks_flops(n + 1, pw, model_cfg.predictor_depth)
+               + 2 * m * pw * w)
+  head = _blocks_flops(v + 1, w, 1, mlp_ratio=1.0) + (2 * w * clap if clap != w else 0)
+  no_input_grad = 2 * n * patch * patch * w + (2 * text * clap if text != clap else 0)
+  target = _blocks_flops(m + 1, w, depth)
+  return batch * (3 * (online + predictor + head) + 2 * no_input_grad + target)
+
+
+def load_config(name: str) -> ml_collections.ConfigDict:
+  """`get_config()` of configs/<name>.py."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def synthetic_batch(batch: int, n_frames: int, text_dim: int, seed: int = 0) -> dict:
+  """Full-length noise clips giving `n_frames` log-mel frames, and random text embeddings."""
+  rng = np.random.default_rng(seed)
+  s = (n_frames - 1) * frontend.FrontendConfig().hop_length
+  return {"audio": (0.1 * rng.standard_normal((batch, s))).astype(np.float32),
+          "audio_len": np.full((batch,), s, np.int32),
+          "text_embedding": rng.standard_normal((batch, text_dim)).astype(np.float32)}
+
+
+def jax_train_step(c: ml_collections.ConfigDict, batch: dict) -> tuple[Callable, float, float]:
+  """(run one step and block, XLA cost-analysis FLOPs, compile seconds) for the JAX trainer."""
+  frames = c.data.crop_frames
+  model = m2d.build_model({**c.model.to_dict(), "input_frames": frames})
+  fcfg = frontend.FrontendConfig.for_sample_rate(c.frontend.sample_rate)
+  b = batch["audio"].shape[0]
+  sched = optim.learning_rate(c.optim, global_batch=b, steps_per_epoch=10,
+                              total_steps=TOTAL_STEPS)
+  tx = optim.make_optimizer(c.optim, sched)
+  mesh = shd.make_mesh(devices=jax.devices()[:1])
+  init = lambda k: m2d.init_params(model, k, n_frames=frames, text_dim=c.model.text_dim)
+  state, state_sh = state_lib.create_sharded_state(
+      init_params=init, tx=tx, seed=0, norm_stats=NORM_STATS, mesh=mesh, rules=c.mesh.rules)
+  train, _ = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, model=model, frontend_cfg=fcfg,
+                                tx=tx, schedule=sched, total_steps=TOTAL_STEPS,
+                                train_cfg=c.train)
+  gbatch = shd.global_batch(batch, mesh)
+  t0 = time.perf_counter()
+  compiled = train.lower(state, gbatch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = {"state": state}
+
+  def run() -> None:
+    holder["state"], metrics = compiled(holder["state"], gbatch)
+    jax.block_until_ready(metrics["loss"])
+
+  return run, float((cost or {}).get("flops", 0.0)), compile_s
+
+
+def torch_train_step(c: ml_collections.ConfigDict, batch: dict) -> Callable:
+  """Run-one-step closure for the PyTorch baseline (same config, float32)."""
+  torch.manual_seed(0)
+  model = torch_m2d.TorchM2D(c.model, n_frames=c.data.crop_frames,
+                             clap_weight=c.train.clap_weight, norm_stats=NORM_STATS)
+  b = batch["audio"].shape[0]
+  opt = torch_m2d.make_optimizer(model, lr=c.optim.base_lr * b / 256,
+                                 weight_decay=c.optim.weight_decay,
+                                 betas=(c.optim.b1, c.optim.b2))
+  wave = torch.from_numpy(batch["audio"])
+  text = torch.from_numpy(batch["text_embedding"])
+  return lambda: torch_m2d.train_step(model, opt, wave, text, ema_decay=c.train.ema_start,
+                                      grad_clip=c.optim.grad_clip)
+
+
+def matmul_probes(n: int = 2048) -> dict[str, tuple[Callable, float]]:
+  """f32 n×n matmul in JAX and in torch: (run-and-block, FLOPs)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  ta = torch.randn(n, n)
+  return {"jax_dot": (lambda: jax.block_until_ready(dot(a, a)), 2.0 * n**3),
+          "torch_mm": (lambda: torch.mm(ta, ta), 2.0 * n**3)}
+
+
+def alternate(fns: dict[str, Callable], reps: int, warmup: int = 1) -> dict[str, list[float]]:
+  """Wall times of each fn, run in turn (a, b, c, a, b, c, ...) after `warmup` rounds."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t)
+  return times
+
+
+def bench_config(title: str, c: ml_collections.ConfigDict, batch_size: int,
+                 reps: int) -> dict[str, float]:
+  """Times JAX and PyTorch steps plus matmul probes, alternating; prints a summary."""
+  c.train.global_batch = batch_size
+  frames = c.data.crop_frames
+  batch = synthetic_batch(batch_size, frames, c.model.text_dim)
+  print(f"\n== {title}: size={c.model.size} 80x{frames} batch={batch_size} "
+        f"predictor={c.model.predictor_width}x{c.model.predictor_depth} "
+        f"text_dim={c.model.text_dim} clap_dim={c.model.clap_dim} ==", flush=True)
+  jax_run, xla_flops, compile_s = jax_train_step(c, batch)
+  torch_run = torch_train_step(c, batch)
+  probes = matmul_probes()
+  ana = analytic_step_flops(c.model, frames, batch_size)
+  t = alternate({"jax_dot": probes["jax_dot"][0], "jax_step": jax_run,
+                 "torch_mm": probes["torch_mm"][0], "torch_step": torch_run}, reps)
+  med = {k: statistics.median(v) for k, v in t.items()}
+  peak_jax = probes["jax_dot"][1] / med["jax_dot"]
+  peak_torch = probes["torch_mm"][1] / med["torch_mm"]
+  pair_ratio = statistics.median([tt / tj for tj, tt in zip(t["jax_step"], t["torch_step"])])
+  print(f"JAX compile {compile_s:.1f} s; analytic {ana / batch_size / 1e9:.2f} GFLOP/clip, "
+        f"XLA cost analysis {xla_flops / batch_size / 1e9:.2f} GFLOP/clip")
+  print("step times (s), in run order: " + "; ".join(
+      f"{k} [{', '.join(f'{x:.3f}' for x in v)}]" for k, v in t.items() if "step" in k))
+  print(f"matmul peak (f32 2048², median of {reps}): jnp.dot {peak_jax / 1e9:.1f} GFLOP/s, "
+        f"torch.mm {peak_torch / 1e9:.1f} GFLOP/s")
+  rows = [("JAX", med["jax_step"], peak_jax), ("PyTorch", med["torch_step"], peak_torch)]
+  for name, sec, peak in rows:
+    line = (f"{name:8s} {sec * 1e3:8.1f} ms/step  {batch_size / sec:7.2f} clips/s  "
+            f"analytic {ana / sec / 1e9:6.1f} GFLOP/s = {ana / sec / peak:5.1%} of own peak")
+    if name == "JAX" and xla_flops:
+      line += f"  (XLA-count {xla_flops / sec / 1e9:.1f} GFLOP/s = {xla_flops / sec / peak:.1%})"
+    print(line)
+  ratio = med["torch_step"] / med["jax_step"]
+  print(f"JAX/PyTorch clips/s: {ratio:.2f}x (ratio of medians), {pair_ratio:.2f}x "
+        f"(median of per-round ratios); target >= 1.3x", flush=True)
+  return {"ratio": ratio, "jax_s": med["jax_step"], "torch_s": med["torch_step"]}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="smoke run: few reps, small batches")
+  parser.add_argument("--reps", type=int, default=5, help="timed rounds per config")
+  parser.add_argument("--demo_batch", type=int, default=64)
+  parser.add_argument("--vitb_batch", type=int, default=4)
+  parser.add_argument("--profile", action="store_true", help="ViT-B per-part breakdown")
+  args = parser.parse_args()
+  if args.quick:
+    args.reps, args.demo_batch, args.vitb_batch = 2, 16, 2
+
+  torch.set_num_threads(os.cpu_count())
+  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+              if l.startswith("model name")), platform.processor())
+  print(f"machine: {os.cpu_count()} cores, {cpu}; load average {os.getloadavg()}")
+  print(f"python {platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}"
+        f", {len(jax.devices())} device), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}")
+  print("front end: included in both steps (JAX on-device log-mel; torch.stft log-mel)")
+
+  demo = load_config("demo")
+  bench_config("demo (configs/demo.py)", demo, args.demo_batch, args.reps)
+  vitb = config_lib.base_config()
+  vitb.model.dtype = "float32"
+  bench_config("ViT-B (base_config, float32)", vitb, args.vitb_batch, args.reps)
+  if args.profile:
+    import profile_parts  # noqa: PLC0415  (sibling bench module, only when asked)
+    profile_parts.run(vitb, args.vitb_batch, args.reps)
+  print(f"\nload average at end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+  main()
