@@ -27,8 +27,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import flax.linen as nn
 import numpy as np
+import optax
 import torch
+from torch.nn import utils as nn_utils
 
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend
@@ -193,6 +196,118 @@ def bench_config(title: str, c: ml_collections.ConfigDict, batch_size: int,
   return {"ratio": ratio, "jax_s": med["jax_step"], "torch_s": med["torch_step"]}
 
 
+def _jax_vjp(fn: Callable, *args: Any) -> Callable:
+  """Run-and-block closure of fwd + bwd of fn(*args) (gradients w.r.t. every argument)."""
+  ct = jax.random.normal(jax.random.key(9), jax.eval_shape(fn, *args).shape)
+  grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * ct), argnums=tuple(range(len(args)))))
+  return lambda: jax.block_until_ready(grad(*args))
+
+
+def _torch_vjp(fn: Callable, *args: torch.Tensor) -> Callable:
+  """Run closure of fwd + bwd of fn(*args) with a fixed random cotangent."""
+  with torch.no_grad():
+    ct = torch.randn(fn(*args).shape)
+
+  def run() -> None:
+    fn(*args).backward(ct)
+  return run
+
+
+def profile_parts(c: ml_collections.ConfigDict, b: int, reps: int) -> None:
+  """Times the step's parts in JAX and PyTorch (alternating) at the same shapes."""
+  frames = c.data.crop_frames
+  model = m2d.build_model({**c.model.to_dict(), "input_frames": frames})
+  w, depth, _ = sizes.get_size(c.model.size)
+  n = 5 * (frames // 16)
+  v = m2d.num_visible(n, c.model.mask_ratio)
+  m, pw = n - v, c.model.predictor_width
+  online, target = nn.unbox(m2d.init_params(model, jax.random.key(0), n_frames=frames,
+                                            text_dim=c.model.text_dim))
+  batch = synthetic_batch(b, frames, c.model.text_dim)
+  fcfg = frontend.FrontendConfig()
+  vis, msk = m2d.sample_masks(jax.random.key(1), b, n, c.model.mask_ratio)
+  r = lambda *shape: jax.random.normal(jax.random.key(len(shape) + shape[-2]), shape)
+  enc_in, z, tgt_in = r(b, v + 1, w), r(b, v + 1, w), r(b, m + 1, w)
+  apply = lambda f: (lambda p, *a: model.apply({"params": p}, *a, method=f))
+  grid = (5, frames // 16)
+  body = m2d.target_body(model)
+  tx = optim.make_optimizer(c.optim, optim.learning_rate(
+      c.optim, global_batch=b, steps_per_epoch=10, total_steps=TOTAL_STEPS))
+
+  def update(params, opt_state, tgt, grads):
+    upd, opt_state = tx.update(grads, opt_state, params)
+    params = m2d.clamp_logit_scale(optax.apply_updates(params, upd))
+    return params, opt_state, m2d.ema_update(tgt, params["encoder"]["body"], 0.9999)
+
+  upd_jit = jax.jit(update, donate_argnums=(0, 1, 2))
+  hold = {"s": jax.tree.map(jnp.copy, (online, tx.init(online), target))}  # Donated.
+  grads = jax.tree.map(jnp.ones_like, online)
+
+  def jax_update() -> None:
+    hold["s"] = upd_jit(*hold["s"], grads)
+    jax.block_until_ready(hold["s"])
+
+  fe_jit = jax.jit(lambda a: m2d.waveform_input(a, fcfg, NORM_STATS))
+  jax_parts = {
+      "front end": lambda: jax.block_until_ready(fe_jit(batch)),
+      "online encoder fwd+bwd": _jax_vjp(apply(lambda md, t: md.encoder.encode_tokens(t)),
+                                         online, enc_in[:, 1:]),
+      "predictor fwd+bwd": _jax_vjp(
+          lambda p, zz: apply(lambda md, a: md.predictor(a, vis, msk, grid))(p, zz), online, z),
+      "target fwd": (lambda f: lambda: jax.block_until_ready(f(target, tgt_in)))(
+          jax.jit(lambda p, t: body.apply({"params": p}, t))),
+      "clip+AdamW+EMA": jax_update,
+  }
+  tm = torch_m2d.TorchM2D(c.model, n_frames=frames, clap_weight=c.train.clap_weight)
+  topt = torch_m2d.make_optimizer(tm, lr=1e-4)
+  wave, text = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["text_embedding"])
+  torch_m2d.train_step(tm, topt, wave, text, ema_decay=0.9999)  # Populates .grad.
+  tt = lambda a: torch.from_numpy(np.array(a)).requires_grad_(True)
+  tvis, tmsk = (torch.from_numpy(np.array(a)).long() for a in (vis, msk))
+
+  def torch_update() -> None:
+    nn_utils.clip_grad_norm_(tm.parameters(), c.optim.grad_clip, foreach=True)
+    topt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(list(tm.target.parameters()), list(tm.encoder.body.parameters()),
+                           1e-4)
+
+  def torch_target() -> None:
+    with torch.no_grad():
+      tm.target(tt(tgt_in))
+
+  torch_parts = {
+      "front end": lambda: tm.frontend(wave),
+      "online encoder fwd+bwd": _torch_vjp(lambda t: tm.encoder.body(tm.encoder.with_cls(t)),
+                                           tt(enc_in[:, 1:])),
+      "predictor fwd+bwd": _torch_vjp(lambda zz: tm.predictor(zz, tvis, tmsk), tt(z)),
+      "target fwd": torch_target,
+      "clip+AdamW+EMA": torch_update,
+  }
+  flops = {"online encoder fwd+bwd": 3 * b * _blocks_flops(v + 1, w, depth),
+           "predictor fwd+bwd": 3 * b * (_blocks_flops(n + 1, pw, c.model.predictor_depth)
+                                         + 2 * (v + 1) * w * pw + 2 * m * pw * w),
+           "target fwd": b * _blocks_flops(m + 1, w, depth)}
+  probes = matmul_probes()
+  fns = {"jax_dot": probes["jax_dot"][0], "torch_mm": probes["torch_mm"][0]}
+  for k in jax_parts:
+    fns["jax " + k], fns["torch " + k] = jax_parts[k], torch_parts[k]
+  t = {k: statistics.median(x) for k, x in alternate(fns, reps).items()}
+  peak = {"jax": probes["jax_dot"][1] / t["jax_dot"],
+          "torch": probes["torch_mm"][1] / t["torch_mm"]}
+  print(f"\n== ViT-B parts, batch {b} (medians of {reps}, alternating; % = of own matmul "
+        f"peak: jnp.dot {peak['jax'] / 1e9:.1f}, torch.mm {peak['torch'] / 1e9:.1f} GFLOP/s) ==")
+  for k in jax_parts:
+    cells = []
+    for fw in ("jax", "torch"):
+      sec = t[f"{fw} {k}"]
+      cell = f"{fw} {sec * 1e3:8.1f} ms"
+      if k in flops:
+        cell += f" {flops[k] / sec / 1e9:6.1f} GFLOP/s ({flops[k] / sec / peak[fw]:5.1%})"
+      cells.append(f"{cell:42s}")
+    print(f"{k:24s} " + "  ".join(cells))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="smoke run: few reps, small batches")
@@ -200,27 +315,30 @@ def main() -> None:
   parser.add_argument("--demo_batch", type=int, default=64)
   parser.add_argument("--vitb_batch", type=int, default=4)
   parser.add_argument("--profile", action="store_true", help="ViT-B per-part breakdown")
+  parser.add_argument("--configs", default="demo,vitb", help="which full steps to time")
   args = parser.parse_args()
   if args.quick:
     args.reps, args.demo_batch, args.vitb_batch = 2, 16, 2
 
-  torch.set_num_threads(os.cpu_count())
+  # All cores this process may use (= os.cpu_count() unless pinned with taskset).
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
   cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
               if l.startswith("model name")), platform.processor())
-  print(f"machine: {os.cpu_count()} cores, {cpu}; load average {os.getloadavg()}")
+  print(f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {cpu}; "
+        f"load average {os.getloadavg()}")
   print(f"python {platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}"
         f", {len(jax.devices())} device), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}")
   print("front end: included in both steps (JAX on-device log-mel; torch.stft log-mel)")
 
-  demo = load_config("demo")
-  bench_config("demo (configs/demo.py)", demo, args.demo_batch, args.reps)
+  if "demo" in args.configs:
+    bench_config("demo (configs/demo.py)", load_config("demo"), args.demo_batch, args.reps)
   vitb = config_lib.base_config()
   vitb.model.dtype = "float32"
-  bench_config("ViT-B (base_config, float32)", vitb, args.vitb_batch, args.reps)
+  if "vitb" in args.configs:
+    bench_config("ViT-B (base_config, float32)", vitb, args.vitb_batch, args.reps)
   if args.profile:
-    import profile_parts  # noqa: PLC0415  (sibling bench module, only when asked)
-    profile_parts.run(vitb, args.vitb_batch, args.reps)
+    profile_parts(vitb, args.vitb_batch, args.reps)
   print(f"\nload average at end {os.getloadavg()}")
 
 

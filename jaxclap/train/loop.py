@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import jax
@@ -114,7 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"the device count {n_dev}")
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
-  model = m2d.build_model(config.model)
+  # The trained crop fixes the position table's width and the chunk length of long inputs.
+  model = m2d.build_model({**config.model.to_dict(), "input_frames": config.data.crop_frames})
 
   epoch_size = sum(facts[name]["splits"][split] for name, split, _ in train_specs)
   steps_per_epoch = max(epoch_size // config.train.global_batch, 1)
