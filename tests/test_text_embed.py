@@ -153,26 +153,7 @@ def test_empty_caption_names_its_index(embedder):
     embedder.embed(["a dog", "rain", "   "])
   with pytest.raises(TypeError, match=r"Caption 1 is bytes"):
     embedder.embed(["a dog", b"rain"])
-  with pytest.raises(ValueError, match=r"Caption 3 is empty"):
-    text_embed.embed_unique(embedder, ["a", "b", "a", ""])
   assert embedder.embed([]).shape == (0, 384)
-
-
-def test_embed_unique_embeds_each_caption_once(embedder):
-  captions = ["a dog barks", "rain", "a dog barks", "wind", "rain", "a dog barks"]
-  calls = []
-
-  class Counting:
-    name, dim = embedder.name, embedder.dim
-
-    def embed(self, texts, *, batch_size=64, progress=False):
-      calls.append(list(texts))
-      return embedder.embed(texts, batch_size=batch_size, progress=progress)
-
-  unique, vectors, index = text_embed.embed_unique(Counting(), captions, progress=False)
-  assert unique == ["a dog barks", "rain", "wind"] and calls == [unique]
-  assert index.tolist() == [0, 1, 0, 2, 1, 0] and vectors.shape == (3, 384)
-  np.testing.assert_allclose(vectors[index], embedder.embed(captions), atol=1e-6)
 
 
 def test_cls_pooling_and_no_normalize(tmp_path, folder, embedder):

@@ -72,13 +72,21 @@ def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
   proc = subprocess.Popen(_cmd(killed, data_dir, *steps), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while time.time() < deadline and not any(s >= 5 for s in _steps(killed)):
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)  # Most likely during the asynchronous save of a later step.
+  in_flight = []
+  while time.time() < deadline and proc.poll() is None:
+    # Kill while a save is being written (Orbax's temporary folder exists) after step 3.
+    in_flight = [p.name for p in (killed / "checkpoints").glob("*.orbax-checkpoint-tmp*")]
+    if in_flight and any(s >= 3 for s in _steps(killed)):
+      break
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL
   before = _steps(killed)
   assert before and max(before) < 14
+  # A save cut short by the kill leaves only its temporary folder: never a "latest" step.
+  for leftover in (killed / "checkpoints").glob("*.orbax-checkpoint-tmp*"):
+    assert int(leftover.name.split(".")[0]) not in before
   _run(killed, data_dir, *steps)
   assert _summary(killed)["start_step"] == max(before)
   _assert_trees_equal(_state(ref, 14), _state(killed, 14))

@@ -1,7 +1,7 @@
 """Sentence embeddings for captions: a PyTorch-free JAX backend and an optional sentence-transformers one.
 
-The dataset builders call :func:`load_sentence_embedder` once and :func:`embed_unique` per split, so
-each distinct caption is embedded once; the vectors become the stage-1 distillation targets.
+The dataset builders call :func:`load_sentence_embedder` once and embed each distinct caption once
+(`jaxclap.data.features.embed_unique`); the vectors become the stage-1 distillation targets.
 """
 
 from __future__ import annotations
@@ -261,13 +261,3 @@ def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = 
                      f"{config.get('model_type')!r}; the jax backend runs BERT models only. "
                      "Use backend='st' (pip install 'jaxclap[st]').")
   return JaxSentenceEmbedder(folder, name=str(text_model), **kwargs)
-
-
-def embed_unique(embedder: SentenceEmbedder, captions: Sequence[str], *, batch_size: int = 64,
-                 progress: bool = True) -> tuple[list[str], np.ndarray, np.ndarray]:
-  """Embeds each distinct caption once: ``embeddings[index[i]]`` is caption ``i``'s vector."""
-  captions = check_captions(captions)
-  first: dict[str, int] = {}
-  index = np.fromiter((first.setdefault(c, len(first)) for c in captions), np.int64, len(captions))
-  unique = list(first)
-  return unique, embedder.embed(unique, batch_size=batch_size, progress=progress), index

@@ -48,7 +48,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, fronten
         body, init, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
     grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
 
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = m2d.clamp_logit_scale(optax.apply_updates(state.params, updates))
   decay = m2d.ema_decay(state.step, total_steps, ema_start, ema_end)
@@ -56,7 +56,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, fronten
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
   metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), ema_decay=decay,
-                 param_norm=optax.global_norm(params))
+                 param_norm=optax.tree.norm(params))
   new_state = state.replace(step=state.step + 1, params=params, target=target,
                             opt_state=opt_state, bad_step=bad_step)
   return new_state, metrics
