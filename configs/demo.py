@@ -12,6 +12,7 @@ def get_config():
   c = config_lib.base_config()
   c.data.train = "jaxclap_demo:train:1.0"
   c.data.val = "jaxclap_demo:validation"
+  c.data.zero_shot = "jaxclap_demo:test"
   c.data.build_demo = True
   c.data.demo_clips = 2000
   c.data.crop_frames = 208  # 2.08 s crops: 5×13 patches.

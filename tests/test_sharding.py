@@ -13,8 +13,8 @@ _SCRIPT = textwrap.dedent("""
     import jax, numpy as np, ml_collections
     from jaxclap import sharding as shd
     from jaxclap.audio import frontend as fe
-    from jaxclap.models import m2d
-    from jaxclap.train import config as config_lib, optim, state as state_lib, step as step_lib
+    from jaxclap.train import config as config_lib, objectives, optim, state as state_lib
+    from jaxclap.train import step as step_lib
 
     c = config_lib.base_config()
     c.model.size = "test"; c.model.predictor_width = 32; c.model.predictor_depth = 1
@@ -22,7 +22,8 @@ _SCRIPT = textwrap.dedent("""
     c.data.crop_frames = 64; c.train.global_batch = 8; c.optim.warmup_epochs = 1.0
     c.model.mask_ratio = 0.5
     fcfg = fe.FrontendConfig()
-    model = m2d.build_model({**c.model.to_dict(), "input_frames": c.data.crop_frames})
+    objective = objectives.build(c, frontend_cfg=fcfg, total_steps=10,
+                                 input_frames=c.data.crop_frames, sentence_model=None)
     sched = optim.learning_rate(c.optim, global_batch=8, steps_per_epoch=2, total_steps=10)
     tx = optim.make_optimizer(c.optim, sched)
     rng = np.random.default_rng(0)
@@ -31,15 +32,14 @@ _SCRIPT = textwrap.dedent("""
                 "audio_len": rng.integers(samples // 2, samples + 1, 8).astype(np.int32),
                 "text_embedding": rng.standard_normal((8, 24)).astype(np.float32)}
                for _ in range(3)]
-    init = lambda k: m2d.init_params(model, k, n_frames=c.data.crop_frames, text_dim=24)
     out = {}
     for name, devices, fsdp in [("one", jax.devices()[:1], 1), ("data", jax.devices(), 1),
                                 ("data_fsdp", jax.devices(), 2)]:
       mesh = shd.make_mesh(fsdp=fsdp, devices=devices)
-      state, sh = state_lib.create_sharded_state(init_params=init, tx=tx, seed=0,
+      state, sh = state_lib.create_sharded_state(init_params=objective.init, tx=tx, seed=0,
           norm_stats=(-7.1, 4.2), mesh=mesh, rules=[("embed", "fsdp")])
-      train, _ = step_lib.jit_steps(mesh=mesh, state_sh=sh, model=model, frontend_cfg=fcfg,
-                                    tx=tx, schedule=sched, total_steps=10, train_cfg=c.train)
+      train = step_lib.jit_steps(mesh=mesh, state_sh=sh, objective=objective, tx=tx,
+                                 schedule=sched)["train"]
       losses = []
       for b in batches:
         state, m = train(state, shd.global_batch(b, mesh))

@@ -2,7 +2,8 @@
 
 Per example: a fixed-length waveform crop (zero-padded when the clip is shorter,
 with its true length so the front end pads in the log-mel domain as the official
-code does), one caption embedding drawn per epoch, the label and the record index.
+code does), one caption and its embedding drawn per epoch, the label and the record
+index. Captions stay on the host (stage 2 tokenises them); the rest are arrays.
 
 Determinism: every random choice comes from grain's per-record rng (seeded by
 `seed` and the record's position in the sampled stream), records are batched in
@@ -102,7 +103,9 @@ class CropAndPick(grain.transforms.RandomMap):
       length = n
     embeddings = np.asarray(record["caption_embeddings"])
     pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
+    caption = record["captions"][pick]
     return {
+        "caption": caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
         "audio": out,
         "audio_len": np.int32(length),
         "text_embedding": embeddings[pick].astype(np.float32),

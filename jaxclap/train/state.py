@@ -19,7 +19,7 @@ class TrainState:
   """Everything a step reads and writes; saved whole in every checkpoint."""
   step: jax.Array  # int32 scalar: updates applied so far.
   params: Any  # Trained (online) parameters, logit scale included.
-  target: Any  # EMA target encoder body (blocks + final norm).
+  frozen: Any  # Untrained params: EMA target (stage 1) or frozen audio encoder (stage 2).
   opt_state: Any  # Optimizer state of `params`.
   rng: jax.Array  # uint32[2] base key; each step folds in its step number.
   norm_stats: jax.Array  # float32[2]: log-mel (mean, std).
@@ -37,29 +37,29 @@ def create_sharded_state(
 ) -> tuple[TrainState, TrainState]:
   """Initialises the state directly into its shardings; returns (state, shardings).
 
-  `init_params(rng)` returns (online, target), possibly boxed with logical axis names;
-  the names decide how parameters, their optimizer moments and the target are sharded.
+  `init_params(rng)` returns (params, frozen), possibly boxed with logical axis names;
+  the names decide how parameters, their optimizer moments and frozen trees are sharded.
   """
   key = jax.random.PRNGKey(seed)
   init_key, state_key = jax.random.split(key)
-  boxed_online, boxed_target = jax.eval_shape(init_params, init_key)
-  online_sh = shd.logical_shardings(boxed_online, mesh, rules)
-  target_sh = shd.logical_shardings(boxed_target, mesh, rules)
+  boxed_params, boxed_frozen = jax.eval_shape(init_params, init_key)
+  params_sh = shd.logical_shardings(boxed_params, mesh, rules)
+  frozen_sh = shd.logical_shardings(boxed_frozen, mesh, rules)
   repl = shd.replicated(mesh)
 
   def init(k, stats):
-    online, target = nn.unbox(init_params(k))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=online, target=target,
-                      opt_state=tx.init(online), rng=state_key,
+    params, frozen = nn.unbox(init_params(k))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
+                      opt_state=tx.init(params), rng=state_key,
                       norm_stats=jnp.asarray(stats, jnp.float32),
                       bad_step=jnp.full((), -1, jnp.int32))
 
   abstract = jax.eval_shape(init, init_key, jnp.zeros(2, jnp.float32))
   opt_sh = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, online_sh,
+      tx, lambda _, s: s, abstract.opt_state, params_sh,
       transform_non_params=lambda _: repl,
       is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  state_sh = TrainState(step=repl, params=online_sh, target=target_sh, opt_state=opt_sh,
+  state_sh = TrainState(step=repl, params=params_sh, frozen=frozen_sh, opt_state=opt_sh,
                         rng=repl, norm_stats=repl, bad_step=repl)
   state = jax.jit(init, out_shardings=state_sh)(init_key, jnp.asarray(norm_stats, jnp.float32))
   return state, state_sh

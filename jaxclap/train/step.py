@@ -1,4 +1,4 @@
-"""The stage-1 train step and validation functions, pure and jitted with shardings."""
+"""The train step and validation functions of every stage, pure and jitted with shardings."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from jaxclap import sharding as shd
-from jaxclap.models import m2d
 from jaxclap.train.state import TrainState
 
 
@@ -19,17 +19,17 @@ def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
   return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, frontend_cfg,
-               tx: optax.GradientTransformation, schedule: Callable, total_steps: int,
-               clap_weight: float, ema_start: float, ema_end: float,
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective,
+               tx: optax.GradientTransformation, schedule: Callable,
                grad_accum: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update: M2D + λ·CLAP gradients, AdamW, logit-scale clamp, EMA target update."""
+  """One update: the stage's loss and gradients, AdamW, then its post-update rule.
+
+  Stage 1's rule clamps the logit scale and moves the EMA target; stage 2's clamps only.
+  """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, micro, key):
-    return m2d.stage1_loss(params, state.target, micro, key, model=model,
-                           frontend_cfg=frontend_cfg, norm_stats=state.norm_stats,
-                           clap_weight=clap_weight)
+    return objective.loss(params, state.frozen, micro, key, state.norm_stats)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if grad_accum == 1:
@@ -41,62 +41,68 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, fronten
       (_, m), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
       return jax.tree.map(jnp.add, carry, (g, m)), None
 
-    zeros = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda v: v[0], _split_micro(
-        batch, grad_accum)), rng)
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (zeros[1], zeros[0][1]))
-    (grads, metrics), _ = jax.lax.scan(
-        body, init, (_split_micro(batch, grad_accum), jnp.arange(grad_accum)))
+    micro = _split_micro(batch, grad_accum)
+    shapes = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda v: v[0], micro), rng)
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (shapes[1], shapes[0][1]))
+    (grads, metrics), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
     grads, metrics = jax.tree.map(lambda x: x / grad_accum, (grads, metrics))
 
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = m2d.clamp_logit_scale(optax.apply_updates(state.params, updates))
-  decay = m2d.ema_decay(state.step, total_steps, ema_start, ema_end)
-  target = m2d.ema_update(state.target, params["encoder"]["body"], decay)
+  params, frozen, extra = objective.after_update(optax.apply_updates(state.params, updates),
+                                                 state.frozen, state.step)
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-  metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step), ema_decay=decay,
+  metrics = dict(metrics, **extra, grad_norm=grad_norm, lr=schedule(state.step),
                  param_norm=optax.tree.norm(params))
-  new_state = state.replace(step=state.step + 1, params=params, target=target,
+  new_state = state.replace(step=state.step + 1, params=params, frozen=frozen,
                             opt_state=opt_state, bad_step=bad_step)
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model, frontend_cfg,
-              clap_weight: float) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
-  """Validation loss with fixed masks, and unmasked CLAP embeddings for retrieval."""
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, objective
+              ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+  """Validation loss with fixed masks, and unmasked (audio, text) embeddings for retrieval."""
   key = jax.random.PRNGKey(0)  # Same masks at every validation, so losses compare.
-  _, metrics = m2d.stage1_loss(state.params, state.target, batch, key, model=model,
-                               frontend_cfg=frontend_cfg, norm_stats=state.norm_stats,
-                               clap_weight=clap_weight)
-  audio_emb, text_emb = m2d.clap_embeddings(state.params, batch, model=model,
-                                            frontend_cfg=frontend_cfg,
-                                            norm_stats=state.norm_stats)
-  return metrics, audio_emb, text_emb
+  _, metrics = objective.loss(state.params, state.frozen, batch, key, state.norm_stats)
+  audio = objective.audio_embed(state.params, state.frozen, batch, state.norm_stats)
+  text = objective.text_embed(state.params, state.frozen, batch)
+  return metrics, audio, text
 
 
-def jit_steps(*, mesh: Mesh, state_sh: TrainState, model, frontend_cfg, tx, schedule,
-              total_steps: int, train_cfg) -> tuple[Callable, Callable]:
-  """The train and eval steps jitted once with explicit shardings; the state is donated."""
+def jit_steps(*, mesh: Mesh, state_sh: TrainState, objective, tx, schedule,
+              grad_accum: int = 1) -> dict[str, Callable]:
+  """Train, eval and embedding functions jitted once with explicit shardings.
+
+  The train step donates the state. Returns {"train", "eval", "audio", "text"}.
+  """
   repl = shd.replicated(mesh)
   batch_sh = shd.batch_sharding(mesh)
-  train = functools.partial(
-      train_step, model=model, frontend_cfg=frontend_cfg, tx=tx, schedule=schedule,
-      total_steps=total_steps, clap_weight=train_cfg.clap_weight,
-      ema_start=train_cfg.ema_start, ema_end=train_cfg.ema_end,
-      grad_accum=train_cfg.grad_accum)
-  train_jit = jax.jit(train, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
-                      donate_argnums=(0,))
-  evaluate = functools.partial(eval_step, model=model, frontend_cfg=frontend_cfg,
-                               clap_weight=train_cfg.clap_weight)
-  eval_jit = jax.jit(evaluate, in_shardings=(state_sh, batch_sh),
-                     out_shardings=(repl, repl, repl))
-  return train_jit, eval_jit
+  train = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule,
+                            grad_accum=grad_accum)
+  audio = lambda st, b: objective.audio_embed(st.params, st.frozen, b, st.norm_stats)
+  text = lambda st, t: objective.text_embed(st.params, st.frozen, t)
+  return {
+      "train": jax.jit(train, in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,)),
+      "eval": jax.jit(functools.partial(eval_step, objective=objective),
+                      in_shardings=(state_sh, batch_sh), out_shardings=(repl, repl, repl)),
+      "audio": jax.jit(audio, in_shardings=(state_sh, batch_sh), out_shardings=repl),
+      "text": jax.jit(text, in_shardings=(state_sh, repl), out_shardings=repl),
+  }
 
 
 def retrieval_recall(audio_emb: Any, text_emb: Any, ks=(1, 5, 10)) -> dict[str, float]:
-  """Audio→text recall@k where clip i's caption is text i (host-side numpy)."""
-  import numpy as np
+  """Audio→text and text→audio recall@k where clip i's caption is text i (host numpy)."""
   sims = np.asarray(audio_emb) @ np.asarray(text_emb).T
-  ranks = (sims > np.diag(sims)[:, None]).sum(axis=1)  # Captions scored above the true one.
-  return {f"a2t_R@{k}": float((ranks < k).mean()) for k in ks}
+  out = {}
+  for name, s in (("a2t", sims), ("t2a", sims.T)):
+    ranks = (s > np.diag(s)[:, None]).sum(axis=1)  # Candidates scored above the true one.
+    out.update({f"{name}_R@{k}": float((ranks < k).mean()) for k in ks})
+  return out
+
+
+def zero_shot_accuracy(audio_emb: Any, labels: Any, class_emb: Any) -> float:
+  """Top-1 accuracy of the nearest class prompt (host-side numpy)."""
+  pred = np.argmax(np.asarray(audio_emb) @ np.asarray(class_emb).T, axis=1)
+  return float((pred == np.asarray(labels)).mean())

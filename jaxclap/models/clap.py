@@ -1,0 +1,53 @@
+"""Stage-2 CLAP model: the stage-1 audio encoder, a fresh semantic-token pooler, a text tower."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxclap.models import clap_heads, sizes, vit
+
+LOGIT_SCALE_INIT = math.log(100.0)  # Stage 2 restarts the temperature at 0.01.
+
+
+class CLAP(nn.Module):
+  """Audio encoder (`encoder`, stage-1 names) + `audio_proj` pooler + `text_tower`."""
+
+  text_tower: nn.Module
+  size: str = "base"
+  patch_size: int = 16
+  n_mels: int = 80
+  input_frames: int = 608  # Width of the stage-1 position table (longer input: resized).
+  clap_dim: int = 768
+  dtype: vit.Dtype = jnp.float32
+
+  def setup(self):
+    w, d, h = sizes.get_size(self.size)
+    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
+                                  dtype=self.dtype)
+    self.audio_proj = clap_heads.audio_head("semantic", self.clap_dim, self.dtype)
+    self.logit_scale = self.param(
+        "logit_scale", nn.with_logical_partitioning(
+            nn.initializers.constant(LOGIT_SCALE_INIT), ()), (), jnp.float32)
+
+  def audio(self, x: jax.Array, keep_idx: jax.Array | None = None) -> jax.Array:
+    """Normalised log-mel [B, F, T] → CLAP audio embedding [B, C] (not normalised).
+
+    `keep_idx` [B, K] selects the patches left by structured masking (None: all).
+    """
+    tokens = self.encoder.embed(x)
+    if keep_idx is not None:
+      tokens = jnp.take_along_axis(tokens, keep_idx[..., None], axis=1)
+    return self.audio_proj(self.encoder.encode_tokens(tokens)[:, 1:])
+
+  def text(self, input_ids: jax.Array, attention_mask: jax.Array,
+           deterministic: bool = True) -> jax.Array:
+    """Token ids [B, L] → CLAP text embedding [B, C] (not normalised)."""
+    return self.text_tower(input_ids, attention_mask, deterministic=deterministic)
+
+  def __call__(self, x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array):
+    """Initialisation path: both towers."""
+    return self.audio(x), self.text(input_ids, attention_mask), self.logit_scale

@@ -1,0 +1,171 @@
+"""What each stage trains: its parameters, loss, post-update rule and embeddings.
+
+The one trainer (`loop.py`, `step.py`) calls these; stages differ only here. `params` are
+trained by the optimizer; `frozen` are not (stage 1: the EMA target; stage 2: the audio
+encoder unless it is fine-tuned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxclap import losses
+from jaxclap.audio import frontend as fe
+from jaxclap.models import clap, m2d, masks, patches
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1:
+  """M2D + λ·CLAP against precomputed sentence embeddings; EMA target update."""
+
+  model: m2d.M2D
+  frontend_cfg: fe.FrontendConfig
+  n_frames: int
+  clap_weight: float
+  ema_start: float
+  ema_end: float
+  total_steps: int
+  sentence_embedder: Callable[[list[str]], np.ndarray] | None = None  # Zero-shot prompts.
+  batch_keys: tuple[str, ...] = ("audio", "audio_len", "text_embedding")
+
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
+    return m2d.init_params(self.model, rng, n_frames=self.n_frames,
+                           n_mels=self.frontend_cfg.n_mels, text_dim=self.model.text_dim)
+
+  def loss(self, params, frozen, batch, rng, norm_stats):
+    return m2d.stage1_loss(params, frozen, batch, rng, model=self.model,
+                           frontend_cfg=self.frontend_cfg, norm_stats=norm_stats,
+                           clap_weight=self.clap_weight)
+
+  def after_update(self, params, frozen, step):
+    params = m2d.clamp_logit_scale(params)
+    decay = m2d.ema_decay(step, self.total_steps, self.ema_start, self.ema_end)
+    frozen = m2d.ema_update(frozen, params["encoder"]["body"], decay)
+    return params, frozen, {"ema_decay": decay}
+
+  def audio_embed(self, params, frozen, batch, norm_stats):
+    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    return jnp.asarray(_clap_audio(params, x, self.model))
+
+  def text_embed(self, params, frozen, text_inputs):
+    text = self.model.apply({"params": params}, text_inputs["text_embedding"],
+                            method=m2d.M2D.project_text)
+    return losses.l2_normalize(text.astype(jnp.float32))
+
+  def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray] | None:
+    """Host-side text inputs for captions/prompts (None: no sentence model at hand)."""
+    if self.sentence_embedder is None:
+      return None
+    return {"text_embedding": np.asarray(self.sentence_embedder(captions), np.float32)}
+
+
+def _clap_audio(params, x, model):
+  from jaxclap import features  # Chunking of long inputs as the official runtime does.
+  return features.clap_audio_embedding(params, x, model=model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2:
+  """CLAP between the (frozen) stage-1 audio encoder + fresh pooler and a text tower."""
+
+  model: clap.CLAP
+  frontend_cfg: fe.FrontendConfig
+  n_frames: int
+  tokenizer: Callable[[list[str]], dict[str, np.ndarray]]
+  init_text: Callable[[jax.Array], Any]  # Pretrained (or fresh) text-tower params.
+  mask_rows: int = 0  # Structured masking: whole frequency rows ...
+  mask_cols: int = 0  # ... and time columns dropped per example.
+  finetune_audio: bool = False
+  batch_keys: tuple[str, ...] = ("audio", "audio_len", "input_ids", "attention_mask")
+
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
+    audio_key, text_key = jax.random.split(rng)
+    ids = self.tokenizer(["a"])
+    x = jnp.zeros((1, self.frontend_cfg.n_mels, self.n_frames), jnp.float32)
+    params = dict(self.model.init(audio_key, x, jnp.asarray(ids["input_ids"]),
+                                  jnp.asarray(ids["attention_mask"]))["params"])
+    params["text_tower"] = self.init_text(text_key)
+    if self.finetune_audio:
+      return params, {}
+    return {k: v for k, v in params.items() if k != "encoder"}, {"encoder": params["encoder"]}
+
+  def _merged(self, params, frozen):
+    return {**params, **jax.lax.stop_gradient(frozen)}
+
+  def loss(self, params, frozen, batch, rng, norm_stats):
+    mask_key, dropout_key = jax.random.split(rng)
+    p = self._merged(params, frozen)
+    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    keep = None
+    if self.mask_rows or self.mask_cols:
+      gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.model.patch_size)
+      keep = masks.structured_keep(mask_key, x.shape[0], gf, gt, self.mask_rows, self.mask_cols)
+    audio = self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio)
+    text = self.model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
+                            deterministic=False, method=clap.CLAP.text,
+                            rngs={"dropout": dropout_key})
+    scale = p["logit_scale"]
+    loss = losses.clip_infonce(audio_emb=audio, text_emb=text, logit_scale=scale)
+    return loss, {"loss": loss, "loss_clap": loss, "logit_scale": scale}
+
+  def after_update(self, params, frozen, step):
+    del step
+    return m2d.clamp_logit_scale(params), frozen, {}
+
+  def audio_embed(self, params, frozen, batch, norm_stats):
+    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    emb = self.model.apply({"params": self._merged(params, frozen)}, x, method=clap.CLAP.audio)
+    return losses.l2_normalize(emb.astype(jnp.float32))
+
+  def text_embed(self, params, frozen, text_inputs):
+    emb = self.model.apply({"params": self._merged(params, frozen)}, text_inputs["input_ids"],
+                           text_inputs["attention_mask"], method=clap.CLAP.text)
+    return losses.l2_normalize(emb.astype(jnp.float32))
+
+  def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray]:
+    return self.tokenizer(captions)
+
+
+def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_frames: int,
+          sentence_model: str | None):
+  """The objective of `config.stage`; `input_frames` is the stage-1 position-table width."""
+  model_cfg = {**config.model.to_dict(), "input_frames": input_frames}
+  if config.stage == "stage1":
+    embedder = None
+    if sentence_model:
+      embedder = _lazy_sentence_embedder(sentence_model)
+    return Stage1(model=m2d.build_model(model_cfg), frontend_cfg=frontend_cfg,
+                  n_frames=config.data.crop_frames, clap_weight=config.train.clap_weight,
+                  ema_start=config.train.ema_start, ema_end=config.train.ema_end,
+                  total_steps=total_steps, sentence_embedder=embedder)
+  from jaxclap.models import text_tower  # Stage 2 only: HF folders, SentencePiece.
+  dtype = jnp.dtype(config.model.dtype)
+  tower, tokenizer, init_text = text_tower.build_text_tower(
+      config.text, out_dim=config.model.clap_dim, dtype=dtype)
+  model = clap.CLAP(text_tower=tower, size=config.model.size,
+                    patch_size=config.model.patch_size, n_mels=frontend_cfg.n_mels,
+                    input_frames=input_frames, clap_dim=config.model.clap_dim, dtype=dtype)
+  gf, gt = patches.grid_size(frontend_cfg.n_mels, config.data.crop_frames,
+                             config.model.patch_size)
+  rows, cols = masks.structured_counts(gf, gt, config.model.structured_mask)
+  return Stage2(model=model, frontend_cfg=frontend_cfg, n_frames=config.data.crop_frames,
+                tokenizer=tokenizer, init_text=init_text, mask_rows=rows, mask_cols=cols,
+                finetune_audio=config.model.finetune_audio)
+
+
+def _lazy_sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
+  """Loads the dataset's sentence model on first use (zero-shot prompts of stage 1)."""
+  cache: dict[str, Any] = {}
+
+  def embed(texts: list[str]) -> np.ndarray:
+    if "model" not in cache:
+      from jaxclap.data import text_embed
+      cache["model"] = text_embed.load_sentence_embedder(name)
+    return cache["model"].embed(texts)
+
+  return embed

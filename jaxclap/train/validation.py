@@ -1,0 +1,61 @@
+"""Validation during training: losses, audio↔text retrieval and zero-shot accuracy."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+
+from jaxclap import sharding as shd
+from jaxclap.train import step as step_lib
+
+
+def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
+  """The arrays a stage's step reads, tokenising the captions on the host when it needs."""
+  out = {k: batch[k] for k in objective.batch_keys if k in batch}
+  missing = [k for k in objective.batch_keys if k not in out]
+  if missing:
+    out.update(objective.text_inputs([str(c) for c in batch["caption"]]))
+  return shd.global_batch(out, mesh)
+
+
+def _limited(loader: Iterable, n: int):
+  for i, batch in enumerate(loader):
+    if n and i >= n:
+      return
+    yield batch
+
+
+def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
+              max_batches: int) -> dict[str, float]:
+  """Validation loss (fixed masks) and a→t / t→a R@1/5/10 over first captions."""
+  metrics, audio, text = [], [], []
+  for batch in _limited(loader, max_batches):
+    m, a, t = steps["eval"](state, device_batch(batch, objective, mesh))
+    metrics.append(jax.device_get(m))
+    audio.append(np.asarray(a))
+    text.append(np.asarray(t))
+  if not metrics:
+    return {}
+  out = {f"val_{k}": float(np.mean([m[k] for m in metrics]))
+         for k in metrics[0] if k.startswith("loss")}
+  out.update(step_lib.retrieval_recall(np.concatenate(audio), np.concatenate(text)))
+  return out
+
+
+def zero_shot(steps: dict[str, Callable], state, loader, objective, mesh, *,
+              class_names: list[str], template: str) -> dict[str, float]:
+  """Top-1 accuracy of "{class} can be heard"-style prompts on a labelled split."""
+  prompts = objective.text_inputs([template.format(n) for n in class_names])
+  if prompts is None or not class_names:
+    return {}
+  class_emb = np.asarray(steps["text"](state, prompts))
+  audio, labels = [], []
+  for batch in loader:
+    audio.append(np.asarray(steps["audio"](state, device_batch(batch, objective, mesh))))
+    labels.append(batch["label"])
+  if not audio:
+    return {}
+  acc = step_lib.zero_shot_accuracy(np.concatenate(audio), np.concatenate(labels), class_emb)
+  return {"zero_shot_acc": acc, "zero_shot_chance": 1.0 / len(class_names)}
