@@ -9,13 +9,15 @@ peak probes (f32 `jnp.dot` and `torch.mm`), are run alternately in the same loop
 load from other processes hits both alike; medians are reported.
 
   python bench/train_step.py [--quick] [--reps 5] [--vitb_batch 4] [--demo_batch 64]
-                             [--profile]   # ViT-B per-part breakdown (JAX and PyTorch)
+                             [--profile]   # per-part breakdown (JAX and PyTorch)
+  taskset -c 0 python bench/train_step.py  # one core, one thread each: robust to load
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import os
 import platform
 import statistics
@@ -36,7 +38,8 @@ from torch.nn import utils as nn_utils
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend
 from jaxclap.models import m2d, sizes
-from jaxclap.train import config as config_lib, optim, state as state_lib, step as step_lib
+from jaxclap.train import config as config_lib, objectives, optim
+from jaxclap.train import state as state_lib, step as step_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_m2d  # noqa: E402  (sibling bench module)
@@ -72,12 +75,13 @@ def analytic_step_flops(model_cfg: Any, n_frames: int, batch: int, patch: int = 
   return batch * (3 * (online + predictor + head) + 2 * no_input_grad + target)
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-  """`get_config()` of configs/<name>.py."""
+def load_config(name: str, stage: str = "stage1") -> ml_collections.ConfigDict:
+  """Stage-1 config of configs/<name>.py (`get_config(stage)` where it takes a stage)."""
   spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  takes_stage = bool(inspect.signature(module.get_config).parameters)
+  return module.get_config(stage) if takes_stage else module.get_config()
 
 
 def synthetic_batch(batch: int, n_frames: int, text_dim: int, seed: int = 0) -> dict:
@@ -91,20 +95,19 @@ def synthetic_batch(batch: int, n_frames: int, text_dim: int, seed: int = 0) -> 
 
 def jax_train_step(c: ml_collections.ConfigDict, batch: dict) -> tuple[Callable, float, float]:
   """(run one step and block, XLA cost-analysis FLOPs, compile seconds) for the JAX trainer."""
-  frames = c.data.crop_frames
-  model = m2d.build_model({**c.model.to_dict(), "input_frames": frames})
   fcfg = frontend.FrontendConfig.for_sample_rate(c.frontend.sample_rate)
   b = batch["audio"].shape[0]
   sched = optim.learning_rate(c.optim, global_batch=b, steps_per_epoch=10,
                               total_steps=TOTAL_STEPS)
   tx = optim.make_optimizer(c.optim, sched)
+  objective = objectives.build(c, frontend_cfg=fcfg, total_steps=TOTAL_STEPS,
+                               input_frames=c.data.crop_frames, sentence_model=None)
   mesh = shd.make_mesh(devices=jax.devices()[:1])
-  init = lambda k: m2d.init_params(model, k, n_frames=frames, text_dim=c.model.text_dim)
   state, state_sh = state_lib.create_sharded_state(
-      init_params=init, tx=tx, seed=0, norm_stats=NORM_STATS, mesh=mesh, rules=c.mesh.rules)
-  train, _ = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, model=model, frontend_cfg=fcfg,
-                                tx=tx, schedule=sched, total_steps=TOTAL_STEPS,
-                                train_cfg=c.train)
+      init_params=objective.init, tx=tx, seed=0, norm_stats=NORM_STATS, mesh=mesh,
+      rules=c.mesh.rules)
+  train = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
+                             schedule=sched, grad_accum=c.train.grad_accum)["train"]
   gbatch = shd.global_batch(batch, mesh)
   t0 = time.perf_counter()
   compiled = train.lower(state, gbatch).compile()
@@ -213,7 +216,7 @@ def _torch_vjp(fn: Callable, *args: torch.Tensor) -> Callable:
   return run
 
 
-def profile_parts(c: ml_collections.ConfigDict, b: int, reps: int) -> None:
+def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -> None:
   """Times the step's parts in JAX and PyTorch (alternating) at the same shapes."""
   frames = c.data.crop_frames
   model = m2d.build_model({**c.model.to_dict(), "input_frames": frames})
@@ -295,7 +298,7 @@ def profile_parts(c: ml_collections.ConfigDict, b: int, reps: int) -> None:
   t = {k: statistics.median(x) for k, x in alternate(fns, reps).items()}
   peak = {"jax": probes["jax_dot"][1] / t["jax_dot"],
           "torch": probes["torch_mm"][1] / t["torch_mm"]}
-  print(f"\n== ViT-B parts, batch {b} (medians of {reps}, alternating; % = of own matmul "
+  print(f"\n== {title} parts, batch {b} (medians of {reps}, alternating; % = of own matmul "
         f"peak: jnp.dot {peak['jax'] / 1e9:.1f}, torch.mm {peak['torch'] / 1e9:.1f} GFLOP/s) ==")
   for k in jax_parts:
     cells = []
@@ -314,8 +317,9 @@ def main() -> None:
   parser.add_argument("--reps", type=int, default=5, help="timed rounds per config")
   parser.add_argument("--demo_batch", type=int, default=64)
   parser.add_argument("--vitb_batch", type=int, default=4)
-  parser.add_argument("--profile", action="store_true", help="ViT-B per-part breakdown")
-  parser.add_argument("--configs", default="demo,vitb", help="which full steps to time")
+  parser.add_argument("--profile", action="store_true", help="per-part breakdown (slower)")
+  parser.add_argument("--configs", default="demo,vitb", help="comma list: demo, vitb")
+  parser.add_argument("--no_steps", action="store_true", help="with --profile: parts only")
   args = parser.parse_args()
   if args.quick:
     args.reps, args.demo_batch, args.vitb_batch = 2, 16, 2
@@ -331,15 +335,23 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), numpy {np.__version__}")
   print("front end: included in both steps (JAX on-device log-mel; torch.stft log-mel)")
 
-  if "demo" in args.configs:
-    bench_config("demo (configs/demo.py)", load_config("demo"), args.demo_batch, args.reps)
+  demo = load_config("demo")
   vitb = config_lib.base_config()
   vitb.model.dtype = "float32"
-  if "vitb" in args.configs:
-    bench_config("ViT-B (base_config, float32)", vitb, args.vitb_batch, args.reps)
-  if args.profile:
-    profile_parts(vitb, args.vitb_batch, args.reps)
+  runs = [("demo", "demo (configs/demo.py)", demo, args.demo_batch),
+          ("vitb", "ViT-B (base_config, float32)", vitb, args.vitb_batch)]
+  for key, title, c, b in runs:
+    if key in args.configs and not args.no_steps:
+      bench_config(title, c, b, args.reps)
+  for key, title, c, b in runs if args.profile else []:
+    if key in args.configs:
+      profile_parts(title.split(" (")[0], c, b, args.reps)
+  load, usable = os.getloadavg()[0], len(os.sched_getaffinity(0))
   print(f"\nload average at end {os.getloadavg()}")
+  if load > os.cpu_count():
+    print(f"WARNING: load average {load:.1f} > {os.cpu_count()} cores. Under oversubscription "
+          f"torch's OpenMP pool ({usable} threads) loses far more than XLA's; for a fair ratio "
+          "rerun on an idle machine or pinned to one core (taskset -c 0).")
 
 
 if __name__ == "__main__":

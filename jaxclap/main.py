@@ -24,9 +24,13 @@ def main(argv: list[str]) -> None:
     jax.distributed.initialize()
   logging.info("JAX %s: process %d/%d, %d devices (%s)", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.default_backend())
-  from jaxclap.train import loop  # After distributed init: importing touches no devices.
+  # Imported after distributed init; importing touches no devices.
+  from jaxclap.train import loop, sequence
   try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if "stages" in _CONFIG.value:
+      sequence.run_stages(_CONFIG.value, _WORKDIR.value)
+    else:
+      loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FloatingPointError) as e:
     # Config, data and numerics errors are the user's to fix: one clear line, exit 2.
     print(f"error: {e}", file=sys.stderr, flush=True)

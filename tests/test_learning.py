@@ -15,7 +15,7 @@ def data_dir(tmp_path_factory, text_embedder):
 
 
 def _config(data_dir, seed):
-  c = demo.get_config()  # Demo-sized EMA decay and CLAP weight; a smaller model and crop.
+  c = demo.stage1()  # Demo-sized EMA decay and CLAP weight; a smaller model and crop.
   c.seed = seed
   c.data.data_dir = data_dir
   c.data.build_demo = False

@@ -29,7 +29,7 @@ def data_dir(demo_data_dir):
 
 
 def _cmd(workdir, data_dir, *extra):
-  return [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py",
+  return [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py:stage1",
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *SMALL, *extra]
 
 

@@ -140,22 +140,27 @@ def _buckets(max_len: int, smallest: int = 16) -> list[int]:
   return sizes + [max_len]
 
 
+def load_tokenizer(transformer_dir: Path) -> Any:
+  """The fast ``tokenizers.Tokenizer`` from ``transformer_dir/tokenizer.json``."""
+  from tokenizers import Tokenizer  # Local import keeps `import jaxclap.data` light.
+
+  tokenizer_file = Path(transformer_dir) / "tokenizer.json"
+  if not tokenizer_file.is_file():
+    raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
+                            "tokenizer.json (save one with transformers' AutoTokenizer)")
+  return Tokenizer.from_file(str(tokenizer_file))
+
+
 class JaxSentenceEmbedder:
   """BERT-family sentence-transformers folder run in Flax; no PyTorch needed."""
 
   def __init__(self, folder: str | Path, *, name: str | None = None, min_bucket: int = 16):
-    from tokenizers import Tokenizer  # Local import keeps `import jaxclap.data` light.
-
     folder = Path(folder)
     self.name = name or str(folder)
     pipe = SentencePipeline.from_folder(folder)
     self.pipeline = pipe
     self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
-    tokenizer_file = pipe.transformer_dir / "tokenizer.json"
-    if not tokenizer_file.is_file():
-      raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
-                              "tokenizer.json (save one with transformers' AutoTokenizer)")
-    self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    self.tokenizer = load_tokenizer(pipe.transformer_dir)
     max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
     self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
     self.tokenizer.no_padding()
