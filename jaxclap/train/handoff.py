@@ -51,14 +51,13 @@ def _paths(tree: Any, prefix: str = "") -> dict[str, Any]:
 def _fill(current: Any, saved: Any, where: str, errors: list[str]) -> Any:
   """`saved` laid into `current`'s structure and shardings; mismatches go to `errors`."""
   cur, sav = _paths(current), _paths(saved)
-  for k in sorted(set(cur) - set(sav)):
-    errors.append(f"missing {where}/{k}")
-  for k in sorted(set(sav) - set(cur)):
-    errors.append(f"unexpected {where}/{k}")
+  # Shapes first: they say most about a wrong model size.
   for k in sorted(set(cur) & set(sav)):
     if tuple(np.shape(sav[k])) != tuple(cur[k].shape):
       errors.append(f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model "
                     f"{tuple(cur[k].shape)}")
+  errors.extend(f"missing {where}/{k}" for k in sorted(set(cur) - set(sav)))
+  errors.extend(f"unexpected {where}/{k}" for k in sorted(set(sav) - set(cur)))
 
   def put(path, leaf):
     key = "/".join(str(getattr(p, "key", p)) for p in path)
