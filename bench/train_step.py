@@ -348,7 +348,7 @@ def main() -> None:
       profile_parts(title.split(" (")[0], c, b, args.reps)
   load, usable = os.getloadavg()[0], len(os.sched_getaffinity(0))
   print(f"\nload average at end {os.getloadavg()}")
-  if load > os.cpu_count():
+  if load > os.cpu_count() and usable > 1:
     print(f"WARNING: load average {load:.1f} > {os.cpu_count()} cores. Under oversubscription "
           f"torch's OpenMP pool ({usable} threads) loses far more than XLA's; for a fair ratio "
           "rerun on an idle machine or pinned to one core (taskset -c 0).")

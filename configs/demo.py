@@ -41,7 +41,7 @@ def stage1():
   c.model.predictor_depth = 2
   c.model.predictor_heads = 6
   c.model.text_dim = 384  # all-MiniLM-L6-v2.
-  c.train.epochs = 5.0
+  c.train.epochs = 4.0
   c.train.clap_weight = 0.3
   c.train.ema_start = 0.99
   c.train.ema_end = 0.999
