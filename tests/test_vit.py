@@ -136,3 +136,18 @@ def test_embed_uses_truncated_positions_for_short_input():
   np.testing.assert_allclose(np.asarray(tokens)[0], expected[0], rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="mel bins"):
     enc.apply(params, jnp.zeros((1, 64, 64)))
+
+
+def test_key_mask_equals_dropping_padded_keys():
+  """Masked keys contribute nothing: same output as attention over the real keys only."""
+  import jax
+  import numpy as np
+  from jaxclap.models import vit
+  rng = np.random.default_rng(0)
+  q, k, v = (jax.numpy.asarray(rng.standard_normal((2, 7, 2, 4)), jax.numpy.float32)
+             for _ in range(3))
+  mask = np.ones((2, 7), np.int32)
+  mask[:, 5:] = 0
+  masked = vit.attention(q, k, v, jax.numpy.asarray(mask))
+  short = vit.attention(q, k[:, :5], v[:, :5])
+  np.testing.assert_allclose(np.asarray(masked), np.asarray(short), atol=1e-6)

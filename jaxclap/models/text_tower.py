@@ -38,46 +38,6 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Arra
   raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
 
 
-class MaskedAttention(nn.Module):
-  """`vit.Attention` (fused qkv, same names) that ignores padding keys."""
-
-  heads: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    b, n, d = x.shape
-    if d % self.heads:
-      raise ValueError(f"MaskedAttention: width {d} not divisible by heads {self.heads}")
-    qkv = vit.dense(3 * d, ("embed", "qkv"), self.dtype, "qkv")(x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
-    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (q.shape[-1] ** -0.5)
-    keys = attention_mask[:, None, None, :].astype(bool)
-    # Finite fill: a row with no valid key (never produced by our tokenizers) stays finite.
-    probs = jax.nn.softmax(jnp.where(keys, logits, -1e9), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, n, d)
-    return vit.dense(d, ("heads", "embed"), self.dtype, "proj")(out)
-
-
-class MaskedBlock(nn.Module):
-  """`vit.Block` with a key-padding mask: x + attn(norm1(x)); x + mlp(norm2(x))."""
-
-  heads: int
-  mlp_ratio: float = 4.0
-  eps: float = 1e-6
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    d = x.shape[-1]
-    x = x + MaskedAttention(self.heads, self.dtype, name="attn")(
-        vit.layer_norm(self.eps, self.dtype, "norm1")(x), attention_mask)
-    return x + vit.Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-        vit.layer_norm(self.eps, self.dtype, "norm2")(x))
-
-
 class ScratchTextEncoder(nn.Module):
   """Learned token + position embeddings, pre-norm masked blocks, final LayerNorm → [B, L, D].
 
@@ -104,7 +64,7 @@ class ScratchTextEncoder(nn.Module):
                      (self.max_len, self.width), jnp.float32)
     x = x + pos[None, :length].astype(self.dtype)
     for i in range(self.depth):
-      x = MaskedBlock(self.heads, self.mlp_ratio, 1e-6, self.dtype, name=f"block_{i}")(
+      x = vit.Block(self.heads, self.mlp_ratio, 1e-6, self.dtype, name=f"block_{i}")(
           x, attention_mask)
     return vit.layer_norm(1e-6, self.dtype, "norm")(x)
 

@@ -37,10 +37,18 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
                       bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Softmax attention on [B, N, H, d] arrays; logits and softmax in float32."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array,
+              key_mask: jax.Array | None = None) -> jax.Array:
+  """Softmax attention on [B, N, H, d] arrays; logits and softmax in float32.
+
+  `key_mask` [B, N] (1 = real token) hides padding keys, for text towers.
+  """
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  probs = jax.nn.softmax(logits * (q.shape[-1] ** -0.5), axis=-1).astype(v.dtype)
+  logits = logits * (q.shape[-1] ** -0.5)
+  if key_mask is not None:
+    # A finite fill keeps a row with no valid key finite (our tokenizers never make one).
+    logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, -1e9)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
@@ -51,13 +59,13 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     b, n, d = x.shape
     if d % self.heads:
       raise ValueError(f"Attention: width {d} not divisible by heads {self.heads}")
     qkv = dense(3 * d, ("embed", "qkv"), self.dtype, "qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
-    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(b, n, d)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], key_mask).reshape(b, n, d)
     return dense(d, ("heads", "embed"), self.dtype, "proj")(out)
 
 
@@ -83,10 +91,10 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     d = x.shape[-1]
     x = x + Attention(self.heads, self.dtype, name="attn")(
-        layer_norm(self.eps, self.dtype, "norm1")(x))
+        layer_norm(self.eps, self.dtype, "norm1")(x), key_mask)
     return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
         layer_norm(self.eps, self.dtype, "norm2")(x))
 
