@@ -31,8 +31,8 @@ def main(argv: list[str]) -> None:
       sequence.run_stages(_CONFIG.value, _WORKDIR.value)
     else:
       loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError) as e:
-    # Config, data and numerics errors are the user's to fix: one clear line, exit 2.
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    # Config, data, missing-file and numerics errors are the user's to fix: one line, exit 2.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 
