@@ -56,8 +56,8 @@ class PreemptionGuard:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, dict]:
-  """Builds the demo set if asked, then checks every source's embedding dim and sizes."""
+def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, dict]:
+  """Builds the demo set if asked; returns train/val/zero-shot specs and per-dataset facts."""
   data_dir = os.path.expanduser(config.data.data_dir)
   train = config_lib.parse_sources(config.data.train, with_weight=True)
   val = config_lib.parse_sources(config.data.val, with_weight=False) if config.data.val else []
