@@ -35,8 +35,15 @@ def load(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   meta = ckpt.read_meta(manager, step)
   manager.close()
-  state = ocp.StandardCheckpointer().restore(directory / str(step) / "state")
-  return jax.device_get(state), meta, f"{directory / str(step)}"
+  return _host_state(directory / str(step) / "state"), meta, f"{directory / str(step)}"
+
+
+def _host_state(path: epath.Path) -> dict[str, Any]:
+  """A saved train state as numpy arrays, whatever device layout wrote it."""
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
 
 
 def _paths(tree: Any, prefix: str = "") -> dict[str, Any]:
