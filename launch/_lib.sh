@@ -17,6 +17,12 @@ cmd() {
   fi
 }
 
+# set_opt --some-flag VALUE: sets SOME_FLAG=VALUE (the variable named after the flag).
+set_opt() {
+  local var
+  var=$(printf '%s' "${1#--}" | tr 'a-z-' 'A-Z_')
+  printf -v "$var" '%s' "$2"
+}
 die() { printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2; exit 2; }
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 

@@ -29,12 +29,9 @@ while (($#)); do
     --dry-run) DRY_RUN=1 ;;
     --workdir|--data-dir|--config)
       (($# >= 2)) || die "$1 needs a value"
-      var=$(printf '%s' "${1#--}" | tr 'a-z-' 'A-Z_')
-      printf -v "$var" '%s' "$2"; shift ;;
+      set_opt "$1" "$2"; shift ;;
     --workdir=*|--data-dir=*|--config=*)
-      key="${1%%=*}"
-      var=$(printf '%s' "${key#--}" | tr 'a-z-' 'A-Z_')
-      printf -v "$var" '%s' "${1#*=}" ;;
+      set_opt "${1%%=*}" "${1#*=}" ;;
     --config.*) EXTRA+=("$1") ;;
     --) shift; EXTRA+=("$@"); break ;;
     *) die "unknown argument $1 (see --help)" ;;

@@ -59,14 +59,11 @@ while (($#)); do
     --tpu-name|--zone|--project|--accelerator-type|--runtime-version|--queued-id|--workdir|\
     --data-dir|--config|--repo|--commit|--worker|--max-attempts|--retry-sleep)
       (($# >= 2)) || die "$1 needs a value"
-      var=$(printf '%s' "${1#--}" | tr 'a-z-' 'A-Z_')
-      printf -v "$var" '%s' "$2"; shift ;;
+      set_opt "$1" "$2"; shift ;;
     --tpu-name=*|--zone=*|--project=*|--accelerator-type=*|--runtime-version=*|--queued-id=*|\
     --workdir=*|--data-dir=*|--config=*|--repo=*|--commit=*|--worker=*|--max-attempts=*|\
     --retry-sleep=*)
-      key="${1%%=*}"
-      var=$(printf '%s' "${key#--}" | tr 'a-z-' 'A-Z_')
-      printf -v "$var" '%s' "${1#*=}" ;;
+      set_opt "${1%%=*}" "${1#*=}" ;;
     --config.*) EXTRA+=("$1") ;;
     --) shift; EXTRA+=("$@"); break ;;
     -*) die "unknown option $1 (see --help)" ;;
