@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxclap import sharding as shd
 from jaxclap.train import step as step_lib
@@ -54,7 +55,8 @@ def zero_shot(steps: dict[str, Callable], state, loader, objective, mesh, *,
   audio, labels = [], []
   for batch in loader:
     audio.append(np.asarray(steps["audio"](state, device_batch(batch, objective, mesh))))
-    labels.append(batch["label"])
+    # Embeddings come back for the global batch; labels are this process's slice.
+    labels.append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)))
   if not audio:
     return {}
   acc = step_lib.zero_shot_accuracy(np.concatenate(audio), np.concatenate(labels), class_emb)
