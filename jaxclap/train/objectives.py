@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclap import losses
+from jaxclap import features, losses
 from jaxclap.audio import frontend as fe
 from jaxclap.models import clap, m2d, masks, patches
 
@@ -50,7 +50,7 @@ class Stage1:
 
   def audio_embed(self, params, frozen, batch, norm_stats):
     x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
-    return jnp.asarray(_clap_audio(params, x, self.model))
+    return features.clap_audio_embedding(params, x, model=self.model)  # Chunks long input.
 
   def text_embed(self, params, frozen, text_inputs):
     text = self.model.apply({"params": params}, text_inputs["text_embedding"],
@@ -62,11 +62,6 @@ class Stage1:
     if self.sentence_embedder is None:
       return None
     return {"text_embedding": np.asarray(self.sentence_embedder(captions), np.float32)}
-
-
-def _clap_audio(params, x, model):
-  from jaxclap import features  # Chunking of long inputs as the official runtime does.
-  return features.clap_audio_embedding(params, x, model=model)
 
 
 @dataclasses.dataclass(frozen=True)
