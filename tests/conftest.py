@@ -70,3 +70,51 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "P
   path.parent.mkdir(parents=True, exist_ok=True)
   sf.write(str(path), audio, sample_rate, subtype=subtype)
   return path
+
+
+def small_config(stage: str, data_dir: str):
+  """A demo-recipe config shrunk for tests: `test`-size ViT, 64-frame crops, batch 8."""
+  from configs import demo
+
+  c = getattr(demo, stage)()
+  c.data.data_dir = data_dir
+  c.data.build_demo = False
+  c.data.crop_frames = 64
+  c.model.size = "test"
+  c.model.clap_dim = 64
+  c.train.global_batch = 8
+  c.train.val_every = 0
+  c.train.log_every = 1
+  c.train.checkpoint_every = 1000
+  c.frontend.norm_stats_crops = 32
+  if stage == "stage1":
+    c.model.predictor_width = 32
+    c.model.predictor_depth = 1
+    c.model.predictor_heads = 2
+    c.train.num_steps = 3
+  else:
+    c.text.max_len = 16
+    c.train.num_steps = 2
+  return c
+
+
+@pytest.fixture(scope="session")
+def stage1_workdir(demo_data_dir, tmp_path_factory) -> str:
+  """A workdir with a 3-step `small_config("stage1")` checkpoint (MiniLM sentence model)."""
+  from jaxclap.train import loop
+
+  workdir = str(tmp_path_factory.mktemp("stage1_run"))
+  loop.train_and_evaluate(small_config("stage1", demo_data_dir), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def stage2_workdir(stage1_workdir, demo_data_dir, tmp_path_factory) -> str:
+  """A workdir with a 2-step stage-2 checkpoint (MiniLM text tower) started from stage 1."""
+  from jaxclap.train import loop
+
+  c = small_config("stage2", demo_data_dir)
+  c.init.workdir = stage1_workdir
+  workdir = str(tmp_path_factory.mktemp("stage2_run"))
+  loop.train_and_evaluate(c, workdir)
+  return workdir

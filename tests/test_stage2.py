@@ -7,37 +7,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import demo
 from jaxclap.train import handoff, loop
-
-
-def _small(c, data_dir):
-  c.data.data_dir = data_dir
-  c.data.build_demo = False
-  c.data.crop_frames = 64
-  c.model.size = "test"
-  c.model.clap_dim = 64
-  c.train.global_batch = 8
-  c.train.val_every = 0
-  c.train.log_every = 1
-  c.train.checkpoint_every = 1000
-  c.frontend.norm_stats_crops = 32
-  return c
+from conftest import small_config
 
 
 def _stage1(data_dir):
-  c = _small(demo.stage1(), data_dir)
-  c.model.predictor_width = 32
-  c.model.predictor_depth = 1
-  c.model.predictor_heads = 2
-  c.train.num_steps = 3
-  return c
+  return small_config("stage1", data_dir)
 
 
 def _stage2(data_dir, init, stage="stage2"):
-  c = _small(getattr(demo, stage)(), data_dir)
-  c.text.max_len = 16
-  c.train.num_steps = 2
+  c = small_config(stage, data_dir)
   c.init.workdir = str(init)
   return c
 

@@ -43,6 +43,14 @@ class CLAP(nn.Module):
       tokens = jnp.take_along_axis(tokens, keep_idx[..., None], axis=1)
     return self.audio_proj(self.encoder.encode_tokens(tokens)[:, 1:])
 
+  def encode(self, x: jax.Array) -> jax.Array:
+    """All patches visible: normalised log-mel [B, F, T] → patch tokens [B, F'·T', D]."""
+    return self.encoder(x)[:, 1:]
+
+  def project_audio(self, tokens: jax.Array) -> jax.Array:
+    """CLAP audio embedding (not normalised) from patch tokens [B, N, D]."""
+    return self.audio_proj(tokens)
+
   def text(self, input_ids: jax.Array, attention_mask: jax.Array,
            deterministic: bool = True) -> jax.Array:
     """Token ids [B, L] → CLAP text embedding [B, C] (not normalised)."""
