@@ -9,6 +9,8 @@ import textwrap
 
 import pytest
 
+from jaxclap.data import iterator_state
+
 _WORKER = textwrap.dedent('''
 import json, sys, os
 pid, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -77,12 +79,16 @@ def test_two_processes_match_one_process():
       assert abs(a - b) <= 1e-5 * abs(a)
 
 
-def _main(pid: int, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+def _main(pid: int | None, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
+  """jaxclap.main as process `pid` of 2 (4 devices each), or alone on 8 devices (pid None)."""
+  devices = 8 if pid is None else 4
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
+  layout = [] if pid is None else [
+      "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+      f"--process_id={pid}"]
   cmd = [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py:stage1",
-         f"--workdir={workdir}", "--distributed", f"--coordinator_address=localhost:{port}",
-         "--num_processes=2", f"--process_id={pid}", f"--config.data.data_dir={data_dir}",
+         f"--workdir={workdir}", *layout, f"--config.data.data_dir={data_dir}",
          "--config.data.build_demo=False", "--config.model.size=test",
          "--config.model.predictor_width=32", "--config.model.predictor_depth=1",
          "--config.model.predictor_heads=2", "--config.model.clap_dim=64",
@@ -93,17 +99,30 @@ def _main(pid: int, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _data_files(workdir, step):
+  data = workdir / "checkpoints" / str(step) / "data"
+  return sorted(f.name for f in data.iterdir() if f.suffix == ".json")
+
+
 @pytest.mark.slow
-def test_two_process_training_checkpoints_and_resumes(demo_data_dir, tmp_path):
-  """jaxclap.main over 2 processes: per-process data state in the checkpoint, then resume."""
-  for extra in (["--config.train.stop_after=2"], []):
+def test_checkpoints_move_between_two_processes_and_one(demo_data_dir, tmp_path):
+  """2 processes save step 2; 1 process resumes to 3; 2 processes resume from that to 4."""
+  starts = []
+  for pids, extra in (((0, 1), ["--config.train.stop_after=2"]),
+                      ((None,), ["--config.train.stop_after=3"]), ((0, 1), [])):
     port = _free_port()
-    procs = [_main(i, port, tmp_path, demo_data_dir, *extra) for i in range(2)]
+    procs = [_main(i, port, tmp_path, demo_data_dir, *extra) for i in pids]
     for p in procs:
       _, err = p.communicate(timeout=600)
       assert p.returncode == 0, err[-3000:]
-  data = tmp_path / "checkpoints" / "4" / "data"
-  assert sorted(f.name for f in data.iterdir() if f.suffix == ".json") == [
-      "process_0-of-2.json", "process_1-of-2.json"]
-  summary = json.loads((tmp_path / "summary.json").read_text())
-  assert summary["start_step"] == 2 and summary["end_step"] == 4
+    starts.append(json.loads((tmp_path / "summary.json").read_text())["start_step"])
+  assert starts == [0, 2, 3]
+  assert _data_files(tmp_path, 2) == ["process_0-of-2.json", "process_1-of-2.json"]
+  assert _data_files(tmp_path, 3) == ["process_0-of-1.json"]
+  assert _data_files(tmp_path, 4) == ["process_0-of-2.json", "process_1-of-2.json"]
+  # Every layout read the same global records: 4 steps of 16, none skipped or repeated.
+  for step, files in ((3, ["process_0-of-1.json"]), (4, ["process_1-of-2.json"])):
+    name = files[0]
+    state = (tmp_path / "checkpoints" / str(step) / "data" / name).read_text()
+    p, c = iterator_state.parse_layout(name)
+    assert iterator_state.records_consumed(state, process_index=p, process_count=c) == 16 * step

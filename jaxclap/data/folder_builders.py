@@ -97,17 +97,39 @@ class CaptionedFolder(_FolderBuilder, skip_registration=True):
 
 
 class LabelledFolder(_FolderBuilder, skip_registration=True):
-  """Labelled audio for evaluation (ESC-50 layout, labels.csv, or a folder per class)."""
+  """Labelled audio for evaluation (ESC-50 layout, labels.csv, or a folder per class).
+
+  Single- or multi-label (label lists in labels.csv; grammar in `manifests`). Every record
+  has `labels`, the int32 class indices of the clip (variable length, at least one), and
+  `label` (the class index; -1 in a multi-label set). The metadata's `multi_label` says
+  which kind the set is.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
+  def __init__(self, **kwargs: Any):
+    self._multi_label = False
+    super().__init__(**kwargs)
+
   def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
-    return manifests.read_labelled(manual_dir)
+    manifest = manifests.read_labelled(manual_dir)
+    self._multi_label = manifest.multi_label
+    return manifest
 
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
-    # ESC-50 style cross-validation folds; 0 when the source has none.
-    return {"fold": tfds.features.Scalar(dtype=np.int32)}
+    return {
+        # ESC-50 style cross-validation folds; 0 when the source has none.
+        "fold": tfds.features.Scalar(dtype=np.int32),
+        # All class indices of the clip; raw bytes, as a variable-length int array.
+        "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32,
+                                       encoding=tfds.features.Encoding.BYTES),
+    }
 
   def extra_values(self, item: manifests.Item) -> dict[str, Any]:
-    return {"fold": item.fold}
+    labels = item.labels or [item.label]
+    return {"fold": item.fold, "labels": np.asarray(labels, np.int32)}
+
+  def update_metadata(self) -> None:
+    super().update_metadata()
+    self.info.metadata["multi_label"] = bool(self._multi_label)

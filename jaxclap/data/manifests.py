@@ -6,6 +6,18 @@ optional `split` column; rows naming the same file are merged (AudioCaps lists o
 caption per row). Labelled layouts: ESC-50 (`meta/esc50.csv` + `audio/`), a
 `labels.csv` with `file,label[,split][,fold]`, or one folder per class.
 
+Multi-label `labels.csv` (AudioSet style), one row per clip:
+  - a `label`/`category`/`class` cell holds one class name, or several separated by ";"
+    (commas stay part of a name: "Male speech, man speaking" is one label);
+  - a `labels`/`positive_labels` cell holds labels separated by ";" or ",";
+  - whitespace around each label is ignored; an empty label ("dog;;cat", "dog;") is an
+    error naming the CSV line;
+  - optional vocabulary `classes.csv` (or AudioSet's `class_labels_indices.csv`) next to
+    labels.csv with columns `[index,][mid,]name|display_name`: then every label must be
+    one of its names or mids (else an error naming the CSV line) and class indices follow
+    its order; without it, classes are the sorted distinct labels.
+The set is multi-label when any row holds more than one label.
+
 Problems are reported as `features.BadInputError`s naming the CSV line or file;
 the caller decides whether to raise or skip them.
 """
@@ -41,8 +53,9 @@ class Item:
   path: Path
   captions: list[str]
   clip_id: str  # Path under manual_dir without extension: unique within a layout.
-  label: int = -1
+  label: int = -1  # Single-label sets: the class index; multi-label sets: -1.
   fold: int = 0
+  labels: list[int] = dataclasses.field(default_factory=list)  # All class indices.
 
 
 @dataclasses.dataclass
@@ -52,6 +65,7 @@ class Manifest:
   items: list[Item]
   bad: list[BadInputError]
   class_names: list[str] = dataclasses.field(default_factory=list)
+  multi_label: bool = False  # Some clip has several labels (`Item.labels`).
 
   def splits(self) -> list[str]:
     return sorted({item.split for item in self.items})
@@ -159,36 +173,96 @@ def readable_class(name: str) -> str:
   return re.sub(r"[_\s]+", " ", name).strip()
 
 
+LABEL_COLUMNS = ("label", "category", "class")
+LABEL_LIST_COLUMNS = ("labels", "positive_labels")
+VOCABULARY_CSVS = ("classes.csv", "class_labels_indices.csv")
+
+
+def split_labels(cell: str, column: str, where: str) -> list[str]:
+  """Labels of one CSV cell (grammar in the module docstring); distinct, in cell order."""
+  separators = r"[;,]" if column in LABEL_LIST_COLUMNS else r";"
+  parts = [p.strip() for p in re.split(separators, cell)]
+  if any(not p for p in parts):
+    raise BadInputError(f"{where}: empty label in {cell!r}")
+  return list(dict.fromkeys(parts))
+
+
+def _read_vocabulary(csv_dir: Path) -> tuple[Path, list[str], dict[str, int]] | None:
+  """(file, class names, name-or-mid -> index) of a classes.csv next to labels.csv."""
+  for name in VOCABULARY_CSVS:
+    path = csv_dir / name
+    if path.is_file():
+      break
+  else:
+    return None
+  header, rows = _read_csv(path)
+  name_col = _pick_column(header, ("name", "display_name", "label", "class"), path, "name")
+  if "index" in header:
+    try:
+      rows = sorted(rows, key=lambda r: int(r[1]["index"]))
+    except ValueError as e:
+      raise BadInputError(f"{path}: bad index column: {e}") from None
+  names, lookup = [], {}
+  for line, row in rows:
+    if not row.get(name_col):
+      raise BadInputError(f"{path} line {line}: empty class name")
+    lookup[row[name_col]] = len(names)
+    if row.get("mid"):
+      lookup[row["mid"]] = len(names)
+    names.append(row[name_col])
+  return path, names, lookup
+
+
 def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
                        file_cols: tuple[str, ...],
                        label_cols: tuple[str, ...]) -> Manifest:
   header, rows = _read_csv(csv_path)
   file_col = _pick_column(header, file_cols, csv_path, "file")
   label_col = _pick_column(header, label_cols, csv_path, "label")
-  labelled_rows = [(line, row) for line, row in rows if row.get(label_col)]
-  bad = [BadInputError(f"{csv_path} line {line}: empty label") for line, row in rows
-         if not row.get(label_col)]
-  if "target" in header and label_col == "category":
+  bad: list[BadInputError] = []
+  labelled_rows = []
+  for line, row in rows:
+    if not row.get(label_col):
+      bad.append(BadInputError(f"{csv_path} line {line}: empty label"))
+      continue
+    try:
+      labelled_rows.append((line, row, split_labels(row[label_col], label_col,
+                                                    f"{csv_path} line {line}")))
+    except BadInputError as e:
+      bad.append(e)
+  vocabulary = None if label_col == "category" else _read_vocabulary(csv_path.parent)
+  if vocabulary is not None:
+    vocab_path, names, index = vocabulary
+  elif "target" in header and label_col == "category":
     # ESC-50: keep the official class index order given by `target`.
-    pairs = {int(row["target"]): row[label_col] for _, row in labelled_rows}
+    pairs = {int(row["target"]): row[label_col] for _, row, _ in labelled_rows}
     names = [pairs[i] for i in sorted(pairs)]
+    index = {n: i for i, n in enumerate(names)}
   else:
-    names = sorted({row[label_col] for _, row in labelled_rows})
-  index = {n: i for i, n in enumerate(names)}
+    names = sorted({n for _, _, labels in labelled_rows for n in labels})
+    index = {n: i for i, n in enumerate(names)}
+  multi = any(len(labels) > 1 for _, _, labels in labelled_rows)
   items = []
-  for line, row in labelled_rows:
+  for line, row, labels in labelled_rows:
     where = f"{csv_path} line {line}"
     try:
+      unknown = [n for n in labels if n not in index]
+      if unknown:
+        raise BadInputError(f"{where}: unknown label {unknown[0]!r} (not a name or mid in "
+                            f"{vocab_path})")
       split = normalise_split(row["split"], where) if row.get("split") else "train"
       path = resolve_audio(row.get(file_col, ""), [audio_root, audio_root / split], where)
       fold = int(row["fold"]) if row.get("fold") else 0
     except (BadInputError, ValueError) as e:
       bad.append(e if isinstance(e, BadInputError) else BadInputError(f"{where}: {e}"))
       continue
-    name = row[label_col]
-    items.append(Item(where=where, split=split, path=path, captions=[readable_class(name)],
-                      clip_id=_clip_id(path, manual_dir), label=index[name], fold=fold))
-  return Manifest(items=items, bad=bad, class_names=[readable_class(n) for n in names])
+    ids = list(dict.fromkeys(index[n] for n in labels))
+    items.append(Item(where=where, split=split, path=path,
+                      captions=[readable_class(names[i]) for i in ids],
+                      clip_id=_clip_id(path, manual_dir), label=-1 if multi else ids[0],
+                      fold=fold, labels=ids))
+  return Manifest(items=items, bad=bad, class_names=[readable_class(n) for n in names],
+                  multi_label=multi)
 
 
 def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
@@ -201,7 +275,7 @@ def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
                               ("filename",), ("category",))
   if (manual_dir / "labels.csv").is_file():
     return _read_labelled_csv(manual_dir, manual_dir / "labels.csv", manual_dir, FILE_COLUMNS,
-                              ("label", "category", "class"))
+                              LABEL_COLUMNS + LABEL_LIST_COLUMNS)
   class_dirs = sorted(p for p in manual_dir.iterdir() if p.is_dir())
   if not class_dirs:
     raise BadInputError(f"{manual_dir}: no meta/esc50.csv, labels.csv or class folders")
@@ -211,5 +285,5 @@ def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
       if path.suffix.lower() in AUDIO_EXTENSIONS:
         items.append(Item(where=str(path), split="train", path=path,
                           captions=[readable_class(d.name)],
-                          clip_id=_clip_id(path, manual_dir), label=label))
+                          clip_id=_clip_id(path, manual_dir), label=label, labels=[label]))
   return Manifest(items=items, bad=[], class_names=[readable_class(d.name) for d in class_dirs])

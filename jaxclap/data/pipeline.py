@@ -219,9 +219,13 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
   mixed = MixedSource(sources, weights)
   shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count,
                                       drop_remainder=drop_remainder)
+  # Endless (training) streams shuffle globally and give process p elements p, p + count,
+  # ...: the same records and crops reach each global step whatever the process count, so a
+  # run can resume on another topology (iterator_state.py). Finite (evaluation) passes
+  # shard the records so that every process gets the same number of batches.
   sampler = grain.samplers.IndexSampler(
-      num_records=len(mixed), shard_options=shard, shuffle=shuffle, num_epochs=num_epochs,
-      seed=seed)
+      num_records=len(mixed), shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+      shard_options=grain.sharding.NoSharding() if num_epochs is None else shard)
   batch = global_batch // count
   if num_workers > 0:
     _ensure_flags_parsed()

@@ -12,8 +12,13 @@ import os
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from jaxclap.data import iterator_state
 
 # Config sections whose change alters the model or its inputs: resuming across them is refused.
 MODEL_KEYS = ("model", "frontend.sample_rate", "data.crop_frames", "stage")
@@ -70,12 +75,44 @@ def save(manager: ocp.CheckpointManager, step: int, *, state: Any, iterator: Ite
 
 def restore(manager: ocp.CheckpointManager, step: int, *, abstract_state: Any,
             iterator: IteratorSnapshot | None) -> tuple[Any, dict[str, Any]]:
-  """Restores the state into `abstract_state`'s shardings and rewinds `iterator`."""
+  """Restores the state into `abstract_state`'s shardings and rewinds `iterator`.
+
+  A checkpoint written by another number of processes restores too: Orbax reshards the
+  arrays and the input position is carried over as a count of global records.
+  """
   items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-  if iterator is not None:
+  data_dir = epath.Path(manager.directory) / str(step) / "data"
+  mine = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+  same_layout = mine.exists()
+  if iterator is not None and same_layout:
     items["data"] = grain.checkpoint.CheckpointRestore(iterator)
   out = manager.restore(step, args=ocp.args.Composite(**items))
+  if iterator is not None and not same_layout:
+    _reshard_iterator(data_dir, iterator)
   return out.state, out.meta
+
+
+def _reshard_iterator(data_dir: epath.Path, iterator: IteratorSnapshot) -> None:
+  """Moves the input position saved by another process layout onto this one."""
+  files = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
+  if not files:
+    raise ValueError(f"{data_dir}: the checkpoint holds no input-iterator state for process "
+                     f"{jax.process_index()} of {jax.process_count()}, nor for any other layout")
+  counts = set()
+  for f in files:
+    p, c = iterator_state.parse_layout(f.name)
+    counts.add(iterator_state.records_consumed(f.read_text(), process_index=p, process_count=c))
+  if len(counts) != 1:
+    raise ValueError(f"{data_dir}: processes saved different input positions {sorted(counts)}")
+  consumed = counts.pop()
+  state = iterator_state.state_for(consumed, iterator.live.get_state(),
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  iterator.set_state(json.dumps(state).encode())
+  iterator.start_prefetch()
+  logging.info("Input position moved from %d saved process state(s) to process %d of %d at "
+               "%d global records", len(files), jax.process_index(), jax.process_count(),
+               consumed)
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:

@@ -1,0 +1,449 @@
+"""Checkpoint conversion to and from the official PyTorch M2D / M2D-CLAP format.
+
+  python -m jaxclap.convert to_torch --checkpoint=WORKDIR_OR_STEP --output=DIR [--tag=T]
+      [--input_frames=N] [--encoder_only] [--params_only] [--text_model=HF_FOLDER]
+  python -m jaxclap.convert from_torch --checkpoint=FOLDER/checkpoint-N.pth --output=WORKDIR
+      [--text_model=HF_FOLDER] [--step=N]
+
+`to_torch` writes `<output>/<official folder name>/checkpoint-<step>.pth` (a dict with the
+state dict under "model") and a `.safetensors` twin; the official loader reads its
+configuration from that folder name. `from_torch` writes `<output>/checkpoints/<step>/
+{state,meta}`, which `jaxclap.restore.restore`, a later stage's `init.workdir` and further
+pre-training (`init.workdir` with `init.parts=all`) accept. Official `.pth` files are read
+with `torch.load(weights_only=True)`: tensors, plain containers and `argparse.Namespace`
+only, so no code from the file runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pickle
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxclap import convert_keys as ck
+from jaxclap.models import sizes
+
+META_KEY = "jaxclap_meta"  # JSON of the run facts, in "args" (.pth) and the safetensors header.
+_SAFE_TYPES = (argparse.Namespace,)  # Benign non-tensor types official checkpoints carry.
+_STRIP = ("module.ar.runtime.backbone.", "backbone.")  # Prefixes of EVAR / runtime saves.
+# Keys recomputed or unused by jaxclap: fixed tables and BERT's pooler (CLAP uses the CLS).
+_DERIVED = re.compile(r"^(pos_embed|decoder_pos_embed|norm_stats|"
+                      + re.escape(ck.TEXT_PREFIX) + r"(pooler\..*|embeddings\.position_ids))$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+  """What `from_torch` wrote and how it read the file."""
+
+  step_dir: Path  # <output>/checkpoints/<step>
+  stage: str  # "stage1" (audio side, M2D heads) or "stage2" (with the BERT text tower).
+  filled: tuple[str, ...]  # Parts the file lacked, initialised fresh (or copied).
+  notes: tuple[str, ...]  # Things the user should know (dropped text side, defaults).
+
+
+# ---------------------------------------------------------------------------------------
+# Export.
+
+
+def _sentence_letter(meta: dict[str, Any]) -> str | None:
+  """Official text-encoder letter of a stage-1 run's sentence model (None: not official)."""
+  names = " ".join(str(v).lower() for v in (meta.get("text_models") or {}).values())
+  return "A" if "gte-base" in names else "N" if "nv-embed" in names else None
+
+
+def _bert_pooler(text_model: str, width: int) -> tuple[dict[str, np.ndarray], str | None]:
+  """BERT's pooler (not trained by jaxclap; the official BertModel has one) from the folder."""
+  from safetensors.numpy import load_file
+  from jaxclap.data.text_embed import SentencePipeline
+  from jaxclap.data.text_models import resolve_text_model
+
+  folder = SentencePipeline.from_folder(resolve_text_model(text_model)).transformer_dir
+  state = load_file(str(folder / "model.safetensors"))
+  out = {}
+  for leaf in ("weight", "bias"):
+    for key in (f"pooler.dense.{leaf}", f"bert.pooler.dense.{leaf}"):
+      if key in state:
+        out[f"pooler.dense.{leaf}"] = np.asarray(state[key], np.float32)
+  if len(out) == 2:
+    return out, None
+  return ({"pooler.dense.weight": np.zeros((width, width), np.float32),
+           "pooler.dense.bias": np.zeros((width,), np.float32)},
+          f"{folder} has no BERT pooler; wrote a zero pooler (CLAP uses the CLS state only)")
+
+
+def export_state(restored: Any, *, input_frames: int | None = None,
+                 encoder_only: bool = False, params_only: bool = False
+                 ) -> tuple[dict[str, np.ndarray], ck.FolderName, list[str]]:
+  """(official state dict, folder name without tag, notes) of a `restore.Restored`."""
+  cfg = restored.config
+  width = sizes.get_size(cfg.model.size).width
+  patch, n_mels = cfg.model.patch_size, restored.frontend_cfg.n_mels
+  train_frames = int(restored.model.input_frames)
+  frames = int(input_frames or train_frames)
+  if frames < patch:
+    raise ValueError(f"input_frames={frames} is shorter than one patch ({patch} frames)")
+  notes = []
+  tree = dict(restored.params)
+  if encoder_only:
+    tree = {"encoder": tree["encoder"]}
+  elif restored.stage == "stage1" and not params_only:
+    tree["target"] = restored.target
+  elif params_only:
+    tree.pop("predictor", None)
+  state = {"norm_stats": np.asarray(restored.norm_stats, np.float32)}
+  state.update(ck.tree_to_official(tree))
+  state["pos_embed"] = ck.pos_embed(width, n_mels, train_frames, frames, patch)
+  if frames != train_frames:
+    notes.append(f"position table fitted from the trained {train_frames} frames to {frames}")
+  if "predictor" in tree:
+    state["decoder_pos_embed"] = ck.decoder_pos_embed(cfg.model.predictor_width, n_mels,
+                                                      frames, patch)
+  letter, included = None, False
+  if "text_tower" in tree:
+    letter, included = "B", True
+    bert_width = restored.model.text_tower.bert_config.hidden_size
+    pooler, note = _bert_pooler(cfg.text.model, bert_width)
+    state.update({ck.TEXT_PREFIX + k: v for k, v in pooler.items()})
+    notes += [note] if note else []
+    if cfg.text.pooling != "cls":
+      notes.append(f"text.pooling={cfg.text.pooling!r}: the official runtime embeds text "
+                   "with BERT's CLS token, so its text embeddings will differ")
+  elif restored.stage == "stage1" and not encoder_only:
+    letter = _sentence_letter(restored.meta)
+  name = ck.FolderName(model=f"m2d{'' if encoder_only else '_clap'}_vit_{cfg.model.size}",
+                       n_mels=n_mels, frames=frames, patch=(patch, patch),
+                       sample_rate=restored.frontend_cfg.sample_rate, text_encoder=letter,
+                       text_included=included)
+  return state, name, notes
+
+
+def to_torch(checkpoint: str, output: str, *, tag: str = "jaxclap",
+             input_frames: int | None = None, encoder_only: bool = False,
+             params_only: bool = False, text_model: str | None = None,
+             safetensors: bool = True) -> tuple[Path, list[str]]:
+  """Writes the official `.pth` (+ `.safetensors`) of a jaxclap checkpoint; (path, notes)."""
+  import torch
+  from jaxclap import restore as restore_lib
+
+  if not tag or "/" in tag:
+    raise ValueError(f"--tag={tag!r}: need a non-empty folder-name part without '/'")
+  r = restore_lib.restore(checkpoint, text_model=text_model)
+  state, name, notes = export_state(r, input_frames=input_frames, encoder_only=encoder_only,
+                                    params_only=params_only)
+  name = dataclasses.replace(name, tag=tag)
+  folder = Path(output) / str(name)
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = json.dumps({"config": json.loads(r.config.to_json_best_effort()),
+                     "text_models": r.meta.get("text_models") or {},
+                     "stage": r.stage, "step": r.step, "input_frames": name.frames,
+                     "trained_input_frames": int(r.model.input_frames),
+                     "total_steps": int(r.meta.get("total_steps", 1)),
+                     "encoder_only": encoder_only, "params_only": params_only})
+  path = folder / f"checkpoint-{r.step}.pth"
+  torch.save({"model": {k: torch.from_numpy(np.array(v, np.float32, order="C")) for k, v in state.items()},
+              "args": argparse.Namespace(**{META_KEY: meta})}, path)
+  if safetensors:
+    from safetensors.numpy import save_file
+    save_file({k: np.array(v, np.float32, order="C") for k, v in state.items()},
+              str(path.with_suffix(".safetensors")), metadata={META_KEY: meta})
+  return path, notes
+
+
+# ---------------------------------------------------------------------------------------
+# Import.
+
+
+def load_official(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
+  """(float32 state dict, jaxclap meta or None) of an official `.pth` or `.safetensors`.
+
+  Pickles are read with `weights_only=True` and only `argparse.Namespace` allow-listed:
+  anything else (a class, a function) is refused before it can run.
+  """
+  path = Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no checkpoint file {path}")
+  if path.suffix == ".safetensors":
+    from safetensors import safe_open
+    with safe_open(str(path), framework="np") as f:
+      meta = (f.metadata() or {}).get(META_KEY)
+      state = {k: f.get_tensor(k) for k in f.keys()}
+    return _clean(state, path), json.loads(meta) if meta else None
+  import torch
+  try:
+    with torch.serialization.safe_globals(list(_SAFE_TYPES)):
+      raw = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    first = str(e).strip().splitlines()
+    unsupported = [l for l in first if "Unsupported global" in l or "GLOBAL" in l]
+    raise ValueError(f"{path}: refused to unpickle: {(unsupported or first or ['?'])[0]}. Only "
+                     "tensors, plain containers and argparse.Namespace are accepted; nothing "
+                     "from the file was run.") from None
+  except (RuntimeError, EOFError, OSError) as e:
+    raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path}: holds a {type(raw).__name__}, not a state dict")
+  args = raw.get("args")
+  meta = getattr(args, META_KEY, None) if isinstance(args, argparse.Namespace) else None
+  state = raw["model"] if isinstance(raw.get("model"), dict) else raw
+  bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+  if bad:
+    raise ValueError(f"{path}: state dict entries are not tensors: {bad[:5]}")
+  return _clean({k: v.detach().float().numpy() for k, v in state.items()}, path), \
+      json.loads(meta) if meta else None
+
+
+def _clean(state: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
+  """Strips runtime-wrapper prefixes; float32 numpy values."""
+  for prefix in _STRIP:
+    if state and all(k.startswith(prefix) for k in state if k != "norm_stats"):
+      state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+  if not state:
+    raise ValueError(f"{path}: empty state dict")
+  return {k: np.asarray(v, np.float32) for k, v in state.items()}
+
+
+def _count(state: dict[str, np.ndarray], prefix: str) -> int:
+  """Number of `<prefix><i>.` blocks."""
+  ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+  return max(ids) + 1 if ids else 0
+
+
+def _config(name: ck.FolderName, state: dict[str, np.ndarray], saved: dict[str, Any] | None,
+            stage: str, text_model: str | None, source: str):
+  """The run config the file describes: folder name and shapes (+ saved jaxclap facts)."""
+  from jaxclap import restore as restore_lib
+  from jaxclap.train import config as config_lib
+
+  config = (restore_lib.config_from_meta({"config": saved["config"]}, source)
+            if saved and "config" in saved else config_lib.base_config())
+  width, depth, _ = sizes.get_size(name.size)
+  for key in ("cls_token", "patch_embed.proj.weight", "pos_embed"):
+    if key not in state:
+      raise ValueError(f"{source}: missing key {key!r}; not an M2D checkpoint?")
+  if state["cls_token"].shape[-1] != width or _count(state, "blocks.") != depth:
+    raise ValueError(f"{source}: the folder name says ViT size {name.size!r} (width {width}, "
+                     f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
+                     f"and {_count(state, 'blocks.')} blocks")
+  if name.patch[0] != name.patch[1]:
+    raise ValueError(f"{source}: patch {name.patch} is not square; jaxclap uses square patches")
+  if name.n_mels != 80:
+    raise ValueError(f"{source}: F={name.n_mels} mel bins; jaxclap's front end has 80")
+  config.stage = stage
+  config.model.size, config.model.patch_size = name.size, name.patch[0]
+  config.frontend.sample_rate = name.sample_rate
+  if not saved:
+    config.data.crop_frames = name.frames
+  if "audio_proj.0.weight" in state:
+    config.model.clap_head, config.model.clap_dim = "mlp", state["audio_proj.2.weight"].shape[0]
+  else:
+    config.model.clap_head, config.model.clap_dim = "semantic", width
+  config.model.text_dim = (state["text_proj.weight"].shape[1]
+                           if stage == "stage1" and "text_proj.weight" in state
+                           and not any(k.startswith(ck.TEXT_PREFIX) for k in state)
+                           else config.model.clap_dim)
+  if "decoder_embed.weight" in state:
+    config.model.predictor_width = state["decoder_embed.weight"].shape[0]
+    config.model.predictor_depth = _count(state, "decoder_blocks.")
+    if config.model.predictor_width % config.model.predictor_heads:
+      raise ValueError(f"{source}: predictor width {config.model.predictor_width} is not "
+                       f"divisible by {config.model.predictor_heads} heads")
+  if stage == "stage2":
+    if config.model.clap_head != "semantic":
+      raise ValueError(f"{source}: jaxclap's stage-2 model has the semantic-token pooler; "
+                       "this file has the 2024 MLP head (import it without --text_model)")
+    config.text.kind, config.text.model = "bert", text_model
+    if not saved:
+      config.text.pooling = "cls"
+    config.init.parts, config.init.workdir = "all", ""
+  config_lib.validate(config)
+  return config
+
+
+def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
+  """Flat {path: shape} of (params, frozen) the objective initialises (no allocation)."""
+  import flax.linen as nn
+  import jax
+
+  params, frozen = jax.eval_shape(objective.init, jax.random.key(0))
+  shape = lambda t: {k: tuple(v.shape) for k, v in ck.flatten(nn.unbox(t)).items()}
+  return shape(params), shape(frozen)
+
+
+def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
+               step: int | None = None) -> Imported:
+  """Imports an official `.pth`/`.safetensors` as a jaxclap Orbax checkpoint in `output`."""
+  import flax.linen as nn
+  import jax
+  import orbax.checkpoint as ocp
+  from jaxclap.audio import frontend as fe
+  from jaxclap.train import checkpoint as ckpt
+  from jaxclap.train import objectives
+
+  file = Path(checkpoint)
+  name = ck.parse_folder_name(file.parent.name)
+  state, saved = load_official(file)
+  source = str(file)
+  has_text = any(k.startswith("text_encoder.") for k in state)
+  if text_model and not has_text:
+    raise ValueError(f"{source}: --text_model given, but the file has no text encoder "
+                     f"({ck.TEXT_PREFIX}*)")
+  stage = "stage2" if has_text and text_model else "stage1"
+  notes, filled = [], []
+  if has_text and not text_model:
+    notes.append("the file holds a BERT text encoder; without --text_model only the audio "
+                 "side was imported, as a stage-1-style checkpoint (text side dropped)")
+    state = {k: v for k, v in state.items()
+             if not k.startswith(("text_encoder.", "text_proj."))}
+  if "norm_stats" not in state:
+    notes.append("no norm_stats in the file: using the legacy [-7.1, 4.2]")
+  norm_stats = [float(x) for x in state.get("norm_stats", np.asarray([-7.1, 4.2]))]
+  config = _config(name, state, saved, stage, text_model, source)
+  width = sizes.get_size(name.size).width
+  table = ck.pos_embed(width, name.n_mels, name.frames, name.frames, name.patch[0])
+  if state["pos_embed"].shape != table.shape:
+    raise ValueError(f"{source}: 'pos_embed' has shape {state['pos_embed'].shape}, expected "
+                     f"{table.shape} for a {name.n_mels}x{name.frames} input")
+  diff = float(np.max(np.abs(state["pos_embed"] - table)))
+  if diff > 1e-5:
+    raise ValueError(f"{source}: 'pos_embed' is not the fixed sin-cos table of the "
+                     f"{name.n_mels}x{name.frames} grid (max difference {diff:.3g}); it was "
+                     "probably interpolated from another length, which jaxclap cannot hold")
+  fcfg = fe.FrontendConfig.for_sample_rate(name.sample_rate)
+  objective = objectives.build(config, frontend_cfg=fcfg, total_steps=1,
+                               input_frames=name.frames, sentence_model=None)
+  want_params, want_frozen = _expected(objective)
+  if stage == "stage1":
+    shapes = {**want_params, **{f"target.{k}": v for k, v in want_frozen.items()}}
+  else:
+    shapes = {k: v for k, v in {**want_params, **want_frozen}.items()
+              if not k.startswith("text_tower.bert.")}
+  flat, missing = ck.official_to_tree(state, shapes, source)
+  groups = {"predictor": "decoder_", "target": "target_", "audio_proj": "audio_proj.",
+            "logit_scale": "logit_scale"} if stage == "stage1" else {}
+  for group, prefix in groups.items():
+    absent = [p for p in shapes if p.split(".")[0] == group and p not in flat]
+    if absent and not any(k.startswith(prefix) for k in state):
+      filled.append(group)
+      missing = [m for m in missing if not m.startswith(prefix)]
+  if missing:
+    raise ValueError(f"{source}: missing keys {missing[:8]}" +
+                     (f" ... ({len(missing)} in all)" if len(missing) > 8 else ""))
+  if filled:
+    fresh_params, fresh_frozen = nn.unbox(objective.init(jax.random.key(0)))
+    fresh = {**ck.flatten(fresh_params), **{f"target.{k}": v
+                                            for k, v in ck.flatten(fresh_frozen).items()}}
+    for path in shapes:
+      if path.split(".")[0] in filled:
+        if path.startswith("target."):  # An EMA target starts as the online body.
+          flat[path] = flat[path.replace("target.", "encoder.body.", 1)]
+        else:
+          flat[path] = np.asarray(fresh[path], np.float32)
+    notes.append(f"not in the file, initialised fresh: {filled} (target: a copy of the "
+                 "encoder body)")
+  used = {ck.official_name(p) for p in flat}
+  if stage == "stage2":
+    bert_tree = ck.bert_from_official(state, objective.model.text_tower.bert_config, source)
+    used |= {k for k in state if k.startswith(ck.TEXT_PREFIX)}
+  unexpected = sorted(k for k in set(state) - used if not _DERIVED.match(k))
+  if unexpected:
+    raise ValueError(f"{source}: unexpected keys for this configuration: {unexpected[:8]}" +
+                     (f" ... ({len(unexpected)} in all)" if len(unexpected) > 8 else ""))
+  tree = ck.unflatten(flat)
+  if stage == "stage1":
+    params, frozen = {k: v for k, v in tree.items() if k != "target"}, tree["target"]
+  else:
+    tree.setdefault("text_tower", {})["bert"] = bert_tree
+    params, frozen = {k: v for k, v in tree.items() if k != "encoder"}, {"encoder":
+                                                                          tree["encoder"]}
+  if step is None:
+    m = re.search(r"(\d+)$", file.stem)
+    step = int(m.group(1)) if m else 0
+  saved = saved or {}
+  meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": norm_stats,
+          "text_models": (saved.get("text_models") or {}) if stage == "stage1"
+          and not has_text and saved.get("stage") == "stage1" else {},
+          "input_frames": name.frames, "stage": stage,
+          "total_steps": int(saved.get("total_steps", 1)), "steps_per_epoch": 1, "step": step,
+          "imported": {"source": source, "folder": str(name), "filled": filled,
+                       "notes": notes}}
+  train_state = {"step": np.asarray(step, np.int32), "params": params, "frozen": frozen,
+                 "rng": np.asarray(jax.random.PRNGKey(0)),
+                 "norm_stats": np.asarray(norm_stats, np.float32),
+                 "bad_step": np.asarray(-1, np.int32)}
+  directory = Path(output).expanduser().absolute() / "checkpoints"
+  if directory.is_dir() and any(directory.iterdir()):
+    raise ValueError(f"{directory} already holds checkpoints; choose a new --output")
+  manager = ckpt.make_manager(str(directory.parent), keep=1, async_save=False)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return Imported(step_dir=directory / str(step), stage=stage, filled=tuple(filled),
+                  notes=tuple(notes))
+
+
+# ---------------------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv: list[str]) -> int:
+  """CLI body; returns the process exit code."""
+  from absl import flags
+
+  f = flags.FLAGS
+  commands = ("to_torch", "from_torch")
+  if len(argv) != 2 or argv[1] not in commands:
+    print(f"usage: python -m jaxclap.convert {{{','.join(commands)}}} --checkpoint=... "
+          "--output=...", file=sys.stderr)
+    return 2
+  if not f.checkpoint or not f.output:
+    print("error: --checkpoint and --output are required", file=sys.stderr)
+    return 2
+  try:
+    if argv[1] == "to_torch":
+      path, notes = to_torch(f.checkpoint, f.output, tag=f.tag, input_frames=f.input_frames,
+                             encoder_only=f.encoder_only, params_only=f.params_only,
+                             text_model=f.text_model, safetensors=f.safetensors)
+      print(f"wrote {path}" + (" and its .safetensors twin" if f.safetensors else ""))
+    else:
+      out = from_torch(f.checkpoint, f.output, text_model=f.text_model, step=f.step)
+      path, notes = out.step_dir, list(out.notes)
+      print(f"wrote {out.stage} checkpoint {path}")
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for note in notes:
+    print(f"note: {note}")
+  return 0
+
+
+def _define_flags() -> None:
+  from absl import flags
+
+  flags.DEFINE_string("checkpoint", None, "to_torch: jaxclap workdir / checkpoints dir / step "
+                      "dir; from_torch: an official .pth or .safetensors file.")
+  flags.DEFINE_string("output", None, "to_torch: folder for the official folder; from_torch: "
+                      "the new jaxclap workdir.")
+  flags.DEFINE_string("tag", "jaxclap", "to_torch: last part of the official folder name.")
+  flags.DEFINE_integer("input_frames", None, "to_torch: chunk length (position table); "
+                       "default: the trained length.")
+  flags.DEFINE_bool("encoder_only", False, "to_torch: only the audio encoder (m2d_vit_*).")
+  flags.DEFINE_bool("params_only", False, "to_torch: no predictor / EMA target (release file).")
+  flags.DEFINE_bool("safetensors", True, "to_torch: also write a .safetensors twin.")
+  flags.DEFINE_string("text_model", None, "HF folder (tokenizer + config) of the BERT text "
+                      "tower; from_torch: needed to import a stage-2 text encoder.")
+  flags.DEFINE_integer("step", None, "from_torch: step to save as (default: from the name).")
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))

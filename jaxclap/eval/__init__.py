@@ -1,0 +1,1 @@
+"""Evaluation: metrics, linear/few-shot probes and plots on frozen jaxclap models."""

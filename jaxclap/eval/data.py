@@ -1,0 +1,94 @@
+"""Evaluation inputs: whole clips of a built TFDS split, and batched embedding of clips.
+
+Evaluation sees each clip whole (no random crop). Clips of different lengths are
+batched by padding with silence to the next multiple of `bucket_s`, so at most that
+much silence is added and the model sees few distinct shapes (jit compiles per shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxclap.data import build
+from jaxclap.data import pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+  """Float waveforms of one split with their labels and captions."""
+
+  name: str  # "<dataset>:<split>".
+  audio: list[np.ndarray]  # float32 [samples] per clip, in [-1, 1].
+  labels: np.ndarray  # int64 [N]; -1 where the source has no label.
+  captions: list[list[str]]
+  ids: list[str]
+  sample_rate: int
+
+  def __len__(self) -> int:
+    return len(self.audio)
+
+
+def _text(value: bytes | str) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_split(dataset: str, split: str, data_dir: str, *, max_clips: int | None = None
+               ) -> EvalSplit:
+  """Reads every record (or the first `max_clips`) of a built split into memory."""
+  info = build.dataset_info(dataset, data_dir)
+  if split not in info["splits"]:
+    raise ValueError(f"dataset {dataset!r} under {data_dir} has no split {split!r}; "
+                     f"it has {sorted(info['splits'])}")
+  source = pipeline.open_source(dataset, split, data_dir)
+  n = len(source) if max_clips is None else min(max_clips, len(source))
+  if n == 0:
+    raise ValueError(f"{dataset}:{split} under {data_dir} is empty")
+  records = [source[i] for i in range(n)]
+  rates = {int(r["sample_rate"]) for r in records}
+  if len(rates) != 1:
+    raise ValueError(f"{dataset}:{split}: clips have several sample rates {sorted(rates)}")
+  return EvalSplit(
+      name=f"{dataset}:{split}",
+      audio=[np.asarray(r["audio"], np.int16).astype(np.float32) / 32768.0 for r in records],
+      labels=np.asarray([int(r["label"]) for r in records], np.int64),
+      captions=[[_text(c) for c in r["captions"]] for r in records],
+      ids=[_text(r["id"]) for r in records],
+      sample_rate=rates.pop())
+
+
+def class_names(dataset: str, data_dir: str) -> list[str]:
+  """Label names of a built dataset (index = label); empty when it has none."""
+  return build.dataset_info(dataset, data_dir)["class_names"]
+
+
+def check_labelled(split: EvalSplit, num_classes: int) -> None:
+  """Every clip must carry a label in [0, num_classes)."""
+  bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    raise ValueError(f"{split.name}: clip {split.ids[i]!r} has label {split.labels[i]}, "
+                     f"outside [0, {num_classes}); {bad.size} such clips")
+
+
+def embed_clips(fn: Callable[..., np.ndarray], clips: Sequence[np.ndarray], *,
+                sample_rate: int, batch_size: int = 32, bucket_s: float = 0.5) -> np.ndarray:
+  """`fn(audio [B, S], sample_rate=...) -> [B, ...]` over variable-length clips, in order."""
+  if not clips:
+    raise ValueError("embed_clips: no clips")
+  bucket = max(1, int(round(bucket_s * sample_rate)))
+  padded_len = np.asarray([-(-max(len(c), 1) // bucket) * bucket for c in clips])
+  out: list[np.ndarray | None] = [None] * len(clips)
+  for length in np.unique(padded_len):
+    members = np.flatnonzero(padded_len == length)
+    for start in range(0, members.size, batch_size):
+      idx = members[start:start + batch_size]
+      batch = np.zeros((idx.size, int(length)), np.float32)
+      for row, i in zip(batch, idx):
+        row[:len(clips[i])] = clips[i]
+      emb = np.asarray(fn(batch, sample_rate=sample_rate))
+      for row, i in zip(emb, idx):
+        out[i] = row
+  return np.stack(out)

@@ -1,0 +1,450 @@
+"""Supervised fine-tuning of a trained jaxclap audio encoder (the stage-1.1 recipe).
+
+The whole encoder and a head (BatchNorm without affine + Linear on the time-averaged
+F'·D feature) are trained with LARS, warm-up + cosine, mixup, SpecAugment and structured
+patch masking on a labelled TFDS split; every epoch ends with a validation pass, the
+best epoch's parameters are kept and scored on the test split.
+
+Input length: training crops of `unit_frames` frames; the encoder's position table is
+resized from its trained width to the crop's columns (bicubic, `patches.fit_pos_embed`),
+shorter input takes its first columns. Evaluation pads whole clips to one length and
+encodes them in `unit_frames` chunks (as `jaxclap.features`).
+
+  from configs import finetune as ft_config
+  run_finetune("/runs/stage1", data_dir="~/jaxclap_data", dataset="jaxclap_demo",
+               config=ft_config.get_config(), workdir="/runs/ft")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Iterator
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from jaxclap import restore as restore_lib
+from jaxclap.audio import frontend as fe
+from jaxclap.data import build, pipeline
+from jaxclap.eval import augment, metrics
+from jaxclap.models import m2d, masks, patches, sizes, vit
+
+
+class FinetuneNet(nn.Module):
+  """Pre-trained ViT encoder + BatchNorm (no scale/bias) + Linear on the pooled feature."""
+
+  size: str
+  num_classes: int
+  patch_size: int = 16
+  n_mels: int = 80
+  input_frames: int = 608  # Width of the pre-trained position table (frames).
+  unit_frames: int = 608  # Fine-tuning input length: the table is fitted to it.
+  head_input: str = "frames"  # "frames" (F'·D) or "tokens" (D); see augment.mask_counts.
+  bn_momentum: float = 0.9
+  head_init_std: float = 0.01
+  dtype: vit.Dtype = jnp.float32
+
+  def setup(self):
+    w, d, h = sizes.get_size(self.size)
+    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
+                                  dtype=self.dtype)
+    self.norm = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5, use_bias=False,
+                             use_scale=False)
+    self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(
+        self.head_init_std), bias_init=nn.initializers.zeros)
+
+  def tokens(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+    """Normalised log-mel [B, F, t ≤ unit] → encoded patch tokens [B, K, D] (no cls)."""
+    if x.shape[1] != self.n_mels:
+      raise ValueError(f"FinetuneNet: expected {self.n_mels} mel bins, got input {x.shape}")
+    gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
+    unit_t = self.unit_frames // self.patch_size
+    if gt > unit_t:
+      raise ValueError(f"FinetuneNet.tokens: {x.shape[2]} frames exceed the unit length "
+                       f"{self.unit_frames}; encode in chunks")
+    table = self.encoder.pos_embed((gf, unit_t)).reshape(gf, unit_t, -1)[:, :gt]
+    tok = self.encoder.patch_embed(patches.patchify(x.astype(self.dtype), self.patch_size))
+    tok = tok + table.reshape(gf * gt, -1).astype(tok.dtype)
+    if keep is not None:
+      tok = jnp.take_along_axis(tok, keep[..., None], axis=1)
+    return self.encoder.encode_tokens(tok)[:, 1:]
+
+  def features(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
+               kept_grid: tuple[int, int] | None = None) -> jax.Array:
+    """Head input [B, F'·D] ("frames") or [B, D] ("tokens"): the mean over the time
+    patches that hold audio (frame < valid_frames) of the kept tokens.
+
+    `keep` [B, rows·cols] sorted token indices of a `kept_grid` = (rows, cols) sub-grid
+    (structured masking; x is one crop); None encodes all of x chunk by chunk.
+    """
+    b, d = x.shape[0], sizes.get_size(self.size).width
+    p = self.patch_size
+    gf = x.shape[1] // p
+    if keep is not None:
+      rows, cols = kept_grid
+      grid = self.tokens(x, keep).reshape(b, rows, cols, d)
+      start = (keep[:, :cols] % (x.shape[2] // p)) * p  # First frame of each kept column.
+    else:
+      parts, starts = [], []
+      for i, chunk in enumerate(patches.split_time_chunks(x, self.unit_frames, p)):
+        t = chunk.shape[2] // p
+        parts.append(self.tokens(chunk).reshape(b, gf, t, d))
+        starts.append(i * self.unit_frames + p * np.arange(t))
+      grid = jnp.concatenate(parts, axis=2)
+      start = jnp.broadcast_to(jnp.asarray(np.concatenate(starts)), (b, grid.shape[2]))
+    w = (start < valid_frames[:, None]).astype(jnp.float32)
+    w = jnp.where(jnp.sum(w, axis=1, keepdims=True) > 0, w, 1.0)  # No audio: plain mean.
+    pooled = jnp.einsum("brtd,bt->brd", grid.astype(jnp.float32), w) / jnp.sum(
+        w, axis=1)[:, None, None]
+    if self.head_input == "tokens":
+      return jnp.mean(pooled, axis=1)
+    return pooled.reshape(b, -1)
+
+  def head(self, feature: jax.Array, train: bool) -> jax.Array:
+    """BatchNorm (batch statistics when training, running ones otherwise) → logits."""
+    return self.classifier(self.norm(feature, use_running_average=not train))
+
+  def __call__(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
+               kept_grid: tuple[int, int] | None = None, *, train: bool = False) -> jax.Array:
+    return self.head(self.features(x, valid_frames, keep, kept_grid), train)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def targets(record: dict[str, Any], num_classes: int, where: str) -> np.ndarray:
+  """Label vector [classes] float32 of a record: multi-hot of `labels`, else one-hot."""
+  labels = np.asarray(record["labels"] if "labels" in record else [record["label"]])
+  labels = labels.astype(np.int64).reshape(-1)
+  if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"{where}: clip {record.get('id')!r} has labels {labels.tolist()}, "
+                     f"outside [0, {num_classes})")
+  out = np.zeros(num_classes, np.float32)
+  out[labels] = 1.0
+  return out
+
+
+def _fit(audio: np.ndarray, samples: int, start: int = 0) -> tuple[np.ndarray, int]:
+  """int16 clip → float32 [samples] from `start` (zero-padded) and its true length."""
+  out = np.zeros(samples, np.float32)
+  piece = audio[start:start + samples]
+  out[:piece.size] = piece.astype(np.float32) / 32768.0
+  return out, int(piece.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainExample(grain.transforms.RandomMap):
+  """A random crop of a record's audio and its label vector (grain's per-record rng)."""
+
+  crop_samples: int
+  num_classes: int
+  where: str
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    audio = np.asarray(record["audio"], np.int16)
+    start = int(rng.integers(0, max(audio.size - self.crop_samples, 0) + 1))
+    wave, length = _fit(audio, self.crop_samples, start)
+    return {"audio": wave, "audio_len": np.int32(length),
+            "target": targets(record, self.num_classes, self.where)}
+
+
+def train_batches(source: Any, *, batch: int, crop_samples: int, num_classes: int, seed: int,
+                  where: str, num_workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled batches {audio [B, S], audio_len [B], target [B, classes]}."""
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=True,
+      num_epochs=None, seed=seed)
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler, worker_count=num_workers,
+      operations=[TrainExample(crop_samples, num_classes, where),
+                  grain.transforms.Batch(batch, drop_remainder=True)])
+  return iter(loader)
+
+
+def eval_batches(source: Any, *, samples: int, batch: int, num_classes: int, where: str
+                 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+  """Whole clips in order, padded to `samples`, in batches of `batch` (the last one padded
+  with silent rows); yields (batch, number of real rows)."""
+  for begin in range(0, len(source), batch):
+    idx = range(begin, min(begin + batch, len(source)))
+    out = {"audio": np.zeros((batch, samples), np.float32), "audio_len": np.ones(batch, np.int32),
+           "target": np.zeros((batch, num_classes), np.float32)}
+    for row, i in enumerate(idx):
+      record = source[i]
+      out["audio"][row], out["audio_len"][row] = _fit(np.asarray(record["audio"], np.int16),
+                                                      samples)
+      out["target"][row] = targets(record, num_classes, f"{where}[{i}]")
+    yield out, len(idx)
+
+
+def longest_clip(sources: list[Any]) -> int:
+  """Samples in the longest clip of the sources."""
+  return max(int(np.asarray(s[i]["audio"]).size) for s in sources for i in range(len(s)))
+
+
+# ---------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the jitted steps close over (static for a run)."""
+
+  net: FinetuneNet
+  frontend_cfg: fe.FrontendConfig
+  norm_stats: tuple[float, float]
+  multi_label: bool
+  mixup: float
+  freq_mask: int
+  time_mask: int  # Already scaled to the crop length.
+  mask_rows: int
+  mask_cols: int
+
+
+def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Array:
+  """BCE averaged over classes and clips (multi-label) or soft-target softmax CE."""
+  if multi_label:
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
+  return jnp.mean(optax.softmax_cross_entropy(logits, target))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """LARS with warm-up + cosine; biases and norms (1-D) skip trust ratio and decay."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.lr, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+
+  def matrices(params):
+    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+  tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=matrices,
+                  trust_coefficient=config.trust_coefficient, trust_ratio_mask=matrices,
+                  momentum=config.momentum)
+  return tx, schedule
+
+
+def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
+               opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
+  """One update: log-mel → mixup → SpecAugment → structured masking → head → loss."""
+  x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
+  valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
+  mix_key, spec_key, mask_key = jax.random.split(rng, 3)
+  lam, perm = augment.mixup_params(mix_key, x.shape[0], setup.mixup)
+  x, y = augment.mix(x, lam, perm), augment.mix(batch["target"], lam, perm)
+  valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
+  x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
+  keep = kept = None
+  if setup.mask_rows or setup.mask_cols:
+    gf, gt = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
+    keep = masks.structured_keep(mask_key, x.shape[0], gf, gt, setup.mask_rows, setup.mask_cols)
+    kept = (gf - setup.mask_rows, gt - setup.mask_cols)
+
+  def objective(p):
+    logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
+                                      keep, kept, train=True, mutable=["batch_stats"])
+    return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
+
+  (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  params = optax.apply_updates(params, updates)
+  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+
+
+def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
+                ) -> jax.Array:
+  """Logits [B, classes] of whole (padded) clips, chunked, running BatchNorm statistics."""
+  x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
+  valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
+  return setup.net.apply({"params": params, "batch_stats": batch_stats}, x, valid)
+
+
+def score(y_score: np.ndarray, y_true: np.ndarray, multi_label: bool) -> float:
+  """mAP (multi-label) or top-1 accuracy."""
+  if multi_label:
+    return metrics.mean_average_precision(y_score, y_true)
+  return metrics.accuracy(y_score, np.argmax(y_true, axis=1))
+
+
+# ------------------------------------------------------------------------------- run
+
+
+def build_net(restored: restore_lib.Restored, num_classes: int, unit_frames: int,
+              config: ml_collections.ConfigDict) -> FinetuneNet:
+  """The fine-tuning network around the restored encoder's architecture."""
+  model = restored.model
+  return FinetuneNet(size=model.size, num_classes=num_classes, patch_size=model.patch_size,
+                     n_mels=model.n_mels, input_frames=model.input_frames,
+                     unit_frames=unit_frames, head_input=config.head_input,
+                     bn_momentum=config.bn_momentum, head_init_std=config.head_init_std,
+                     dtype=model.dtype)
+
+
+def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
+  """(params, batch_stats): a fresh head on the pre-trained encoder parameters."""
+  x = jnp.zeros((2, net.n_mels, net.unit_frames), jnp.float32)
+  variables = jax.jit(lambda r: net.init(r, x, jnp.full((2,), net.unit_frames)))(
+      jax.random.key(seed))
+  params = dict(nn.unbox(variables["params"]))
+  want = jax.tree_util.tree_map(np.shape, params["encoder"])
+  have = jax.tree_util.tree_map(np.shape, encoder_params)
+  if want != have:
+    raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
+  params["encoder"] = jax.tree_util.tree_map(jnp.asarray, encoder_params)
+  return params, variables["batch_stats"]
+
+
+def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
+  return {prefix + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def save_variables(path: str, params: Any, batch_stats: Any) -> None:
+  """Writes params and batch_stats as one npz ("params/encoder/...", "batch_stats/...")."""
+  np.savez(path, **_flatten(params, "params/"), **_flatten(batch_stats, "batch_stats/"))
+
+
+def load_variables(path: str) -> dict[str, Any]:
+  """{"params": ..., "batch_stats": ...} nested dicts back from `save_variables`."""
+  out: dict[str, Any] = {}
+  with np.load(path) as f:
+    for key in f.files:
+      node = out
+      *parents, leaf = key.split("/")
+      for name in parents:
+        node = node.setdefault(name, {})
+      node[leaf] = f[key]
+  return out
+
+
+def _splits(dataset: str, data_dir: str, config) -> tuple[dict[str, Any], str]:
+  """Dataset facts and the split that picks the best epoch (test when none is given)."""
+  info = build.dataset_info(dataset, data_dir)
+  for role, split in (("train", config.train_split), ("test", config.test_split)):
+    if info["splits"].get(split, 0) == 0:
+      raise ValueError(f"{dataset} under {data_dir} has no (or an empty) {role} split "
+                       f"{split!r}; it has {info['splits']}")
+  if not info["class_names"]:
+    raise ValueError(f"{dataset} under {data_dir} has no class names: not a labelled set")
+  val = config.val_split if info["splits"].get(config.val_split, 0) else config.test_split
+  if val != config.val_split:
+    logging.warning("No %r split: the test split picks the best epoch", config.val_split)
+  return info, val
+
+
+def _multi_label(config, dataset: str, data_dir: str) -> bool:
+  if config.multi_label is not None:
+    return bool(config.multi_label)
+  import tensorflow_datasets as tfds  # Metadata only.
+
+  return bool((tfds.builder(dataset, data_dir=data_dir).info.metadata or {}).get(
+      "multi_label", False))
+
+
+def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
+                 config: ml_collections.ConfigDict, workdir: str | None = None
+                 ) -> dict[str, Any]:
+  """Fine-tunes `checkpoint`'s encoder on `dataset`; returns and (with a workdir) writes
+  finetune.json with {"task", "metric", "val", "test", "epochs", "steps", ...}."""
+  data_dir = os.path.expanduser(data_dir)
+  restored = restore_lib.restore(checkpoint)
+  info, val_split = _splits(dataset, data_dir, config)
+  classes = info["class_names"]
+  multi_label = _multi_label(config, dataset, data_dir)
+  fcfg = restored.frontend_cfg
+  if config.crop_seconds > 0:
+    crop_samples = int(round(config.crop_seconds * fcfg.sample_rate))
+  else:
+    crop_samples = (int(restored.model.input_frames) - 1) * fcfg.hop_length
+  unit_frames = fcfg.num_frames(crop_samples)
+  net = build_net(restored, len(classes), unit_frames, config)
+  gf, gt = patches.grid_size(net.n_mels, unit_frames, net.patch_size)
+  rows, cols = augment.mask_counts(config.head_input, gf, gt, config.mask_ratio)
+  setup = Setup(net=net, frontend_cfg=fcfg, norm_stats=restored.norm_stats,
+                multi_label=multi_label, mixup=config.mixup, freq_mask=config.freq_mask,
+                time_mask=augment.scaled_time_mask(config.time_mask, unit_frames),
+                mask_rows=rows, mask_cols=cols)
+
+  sources = {s: pipeline.open_source(dataset, s, data_dir)
+             for s in {config.train_split, val_split, config.test_split}}
+  n_train = len(sources[config.train_split])
+  batch = min(config.batch, n_train)
+  if batch < config.batch:
+    logging.warning("Batch %d > %d training clips: using %d", config.batch, n_train, batch)
+  steps_per_epoch = n_train // batch
+  total = config.epochs * steps_per_epoch
+  total = min(total, config.max_steps) if config.max_steps > 0 else total
+  tx, schedule = make_optimizer(config, total, int(round(config.warmup_epochs * steps_per_epoch)))
+  eval_samples = (int(round(config.eval_seconds * fcfg.sample_rate)) if config.eval_seconds > 0
+                  else longest_clip([sources[val_split], sources[config.test_split]]))
+
+  params, batch_stats = init_variables(net, restored.params["encoder"], config.seed)
+  opt_state = tx.init(params)
+  step_fn = jax.jit(lambda *a: train_step(setup, tx, *a), donate_argnums=(0, 1, 2))
+  eval_fn = jax.jit(lambda *a: eval_logits(setup, *a))
+
+  def evaluate(split: str, p, bs) -> float:
+    scores, truth = [], []
+    for b, n in eval_batches(sources[split], samples=eval_samples, batch=config.eval_batch,
+                             num_classes=len(classes), where=f"{dataset}:{split}"):
+      scores.append(np.asarray(eval_fn(p, bs, b))[:n])
+      truth.append(b["target"][:n])
+    return score(np.concatenate(scores), np.concatenate(truth), multi_label)
+
+  batches = train_batches(sources[config.train_split], batch=batch, crop_samples=crop_samples,
+                          num_classes=len(classes), seed=config.seed,
+                          where=f"{dataset}:{config.train_split}",
+                          num_workers=config.num_workers)
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  logging.info("Fine-tuning %s on %s: %d classes (%s), %d steps of %d, crop %d frames, "
+               "masking %d rows/%d cols, eval clips %d samples", restored.source, dataset,
+               len(classes), "multi-label" if multi_label else "single-label", total, batch,
+               unit_frames, rows, cols, eval_samples)
+  history, best, step, start = [], None, 0, time.time()
+  epoch = 0
+  while step < total:
+    epoch += 1
+    for _ in range(min(steps_per_epoch, total - step)):
+      params, batch_stats, opt_state, out = step_fn(
+          params, batch_stats, opt_state, next(batches), jax.random.fold_in(base_key, step))
+      step += 1
+      loss = float(out["loss"])
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"fine-tuning loss is {loss} at step {step} (epoch {epoch})")
+      if step % config.log_every == 0:
+        logging.info("step %d loss %.4f grad_norm %.3f lr %.4g", step, loss,
+                     float(out["grad_norm"]), float(schedule(step)))
+    val = evaluate(val_split, params, batch_stats)
+    history.append({"epoch": epoch, "step": step, "loss": loss, "val": val})
+    logging.info("epoch %d step %d loss %.4f val %s %.4f", epoch, step, loss,
+                 "mAP" if multi_label else "accuracy", val)
+    if best is None or val > best["val"]:
+      best = {"val": val, "epoch": epoch, "step": step,
+              "params": jax.device_get(params), "batch_stats": jax.device_get(batch_stats)}
+  test = evaluate(config.test_split, best["params"], best["batch_stats"])
+  result = {
+      "task": "finetune", "metric": "mAP" if multi_label else "accuracy",
+      "val": best["val"], "test": test, "epochs": epoch, "steps": step,
+      "best_epoch": best["epoch"], "best_step": best["step"], "dataset": dataset,
+      "val_split": val_split, "test_split": config.test_split, "checkpoint": restored.source,
+      "multi_label": multi_label, "class_names": classes, "unit_frames": unit_frames,
+      "input_frames": int(net.input_frames), "size": net.size, "head_input": net.head_input,
+      "norm_stats": list(restored.norm_stats), "seconds": round(time.time() - start, 1),
+      "history": history, "config": json.loads(config.to_json_best_effort()),
+  }
+  if workdir:
+    workdir = os.path.expanduser(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if config.save_params:
+      save_variables(os.path.join(workdir, "finetuned.npz"), best["params"], best["batch_stats"])
+    with open(os.path.join(workdir, "finetune.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  return result
