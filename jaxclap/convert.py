@@ -147,12 +147,12 @@ def to_torch(checkpoint: str, output: str, *, tag: str = "jaxclap",
                      "total_steps": int(r.meta.get("total_steps", 1)),
                      "encoder_only": encoder_only, "params_only": params_only})
   path = folder / f"checkpoint-{r.step}.pth"
-  torch.save({"model": {k: torch.from_numpy(np.array(v, np.float32, order="C")) for k, v in state.items()},
+  arrays = {k: np.array(v, np.float32, order="C") for k, v in state.items()}  # 0-d stays 0-d.
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in arrays.items()},
               "args": argparse.Namespace(**{META_KEY: meta})}, path)
   if safetensors:
     from safetensors.numpy import save_file
-    save_file({k: np.array(v, np.float32, order="C") for k, v in state.items()},
-              str(path.with_suffix(".safetensors")), metadata={META_KEY: meta})
+    save_file(arrays, str(path.with_suffix(".safetensors")), metadata={META_KEY: meta})
   return path, notes
 
 
@@ -171,20 +171,19 @@ def load_official(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
     raise FileNotFoundError(f"no checkpoint file {path}")
   if path.suffix == ".safetensors":
     from safetensors import safe_open
-    with safe_open(str(path), framework="np") as f:
+    with safe_open(str(path), framework="pt") as f:  # "pt" reads bfloat16 too.
       meta = (f.metadata() or {}).get(META_KEY)
-      state = {k: f.get_tensor(k) for k in f.keys()}
+      state = {k: f.get_tensor(k).float().numpy() for k in f.keys()}
     return _clean(state, path), json.loads(meta) if meta else None
   import torch
   try:
     with torch.serialization.safe_globals(list(_SAFE_TYPES)):
       raw = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
-    first = str(e).strip().splitlines()
-    unsupported = [l for l in first if "Unsupported global" in l or "GLOBAL" in l]
-    raise ValueError(f"{path}: refused to unpickle: {(unsupported or first or ['?'])[0]}. Only "
-                     "tensors, plain containers and argparse.Namespace are accepted; nothing "
-                     "from the file was run.") from None
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    what = f"it references {found.group(1)!r}" if found else str(e).strip().splitlines()[0]
+    raise ValueError(f"{path}: refused to unpickle: {what}. Only tensors, plain containers and "
+                     "argparse.Namespace are accepted; nothing from the file was run.") from None
   except (RuntimeError, EOFError, OSError) as e:
     raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
   if not isinstance(raw, dict):
@@ -325,13 +324,12 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
     shapes = {k: v for k, v in {**want_params, **want_frozen}.items()
               if not k.startswith("text_tower.bert.")}
   flat, missing = ck.official_to_tree(state, shapes, source)
-  groups = {"predictor": "decoder_", "target": "target_", "audio_proj": "audio_proj.",
-            "logit_scale": "logit_scale"} if stage == "stage1" else {}
-  for group, prefix in groups.items():
-    absent = [p for p in shapes if p.split(".")[0] == group and p not in flat]
-    if absent and not any(k.startswith(prefix) for k in state):
+  # Stage 1 only: whole parts an encoder-only or release file lacks are initialised.
+  for group in ("predictor", "target", "audio_proj", "logit_scale") if stage == "stage1" else ():
+    keys = {ck.official_name(p) for p in shapes if p.split(".")[0] == group}
+    if keys and not keys & set(state):
       filled.append(group)
-      missing = [m for m in missing if not m.startswith(prefix)]
+      missing = [m for m in missing if m not in keys]
   if missing:
     raise ValueError(f"{source}: missing keys {missing[:8]}" +
                      (f" ... ({len(missing)} in all)" if len(missing) > 8 else ""))

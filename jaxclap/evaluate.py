@@ -37,6 +37,7 @@ class Evaluation:
   splits: dict[str, str] = dataclasses.field(default_factory=lambda: {
       "train": "train", "validation": "validation", "test": "test"})
   batch_size: int = 32
+  bucket_s: float | None = None  # Pad clips to the longest (None) or to multiples of this.
   max_clips: int | None = None  # Per split (quick runs); None: every clip.
   shots: tuple[int, ...] = (1, 5)
   seeds: tuple[int, ...] = (0, 1, 2)
@@ -57,7 +58,7 @@ class Evaluation:
       ev = self.split(role)
       self._embedded[kind, role] = eval_data.embed_clips(
           getattr(self.model, kind), ev.audio, sample_rate=ev.sample_rate,
-          batch_size=self.batch_size)
+          batch_size=self.batch_size, bucket_s=self.bucket_s)
     return self._embedded[kind, role]
 
   def loaded(self) -> dict[str, eval_data.EvalSplit]:

@@ -61,4 +61,4 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[np.ndarray, 
   x = _audio(audio, model)
   emb, seconds = model.model.frame_features(x, sample_rate=model.sample_rate,
                                             return_timestamps=True)
-  return emb.astype(np.float32), (seconds * 1000.0).astype(np.float32)
+  return emb.astype(np.float32), (np.asarray(seconds, np.float64) * 1000.0).astype(np.float32)

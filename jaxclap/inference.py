@@ -81,9 +81,13 @@ class SegmentedLogMel:
 
 
 def time_chunks(lm: np.ndarray, unit_frames: int, patch_size: int) -> list[np.ndarray]:
-  """[F, T] → chunks of the trained length, the last one zero-padded to a whole patch."""
-  return [np.asarray(c)[0] for c in patches.split_time_chunks(lm[None], unit_frames,
-                                                               patch_size)]
+  """[F, T] → views of `patches.split_time_chunks`' chunks (last one padded to a patch)."""
+  t = lm.shape[-1]
+  chunks = [lm[:, i:i + unit_frames] for i in range(0, t, unit_frames)]
+  pad = (patch_size - (t % unit_frames % patch_size)) % patch_size
+  if pad:
+    chunks[-1] = np.pad(chunks[-1], ((0, 0), (0, pad)))
+  return chunks
 
 
 def _batch_rows(n: int, batch_size: int) -> int:
@@ -132,8 +136,8 @@ class Model:
 
   Audio arguments: a float array [N, samples] or [samples] (one clip; outputs keep a batch
   axis of 1), a list of 1-D float arrays of any lengths, or file paths (decoded, mixed to
-  mono and resampled with soxr). Arrays need `sample_rate=`; they are resampled to
-  `self.sample_rate`.
+  mono and resampled with soxr; `sample_rate` is not used for them). Arrays need
+  `sample_rate=` and are resampled to `self.sample_rate`.
   """
 
   def __init__(self, model: nn.Module, params: Any, *, frontend_cfg: fe.FrontendConfig,
@@ -200,8 +204,7 @@ class Model:
   def timestamps(self, num_frames: int) -> np.ndarray:
     """Centre (seconds) of each frame feature: the mean time of its patch's log-mel frames."""
     hop_s = self.frontend_cfg.hop_length / self.sample_rate
-    return ((np.arange(num_frames) * self.patch_size + (self.patch_size - 1) / 2) * hop_s
-            ).astype(np.float32)
+    return (np.arange(num_frames) * self.patch_size + (self.patch_size - 1) / 2) * hop_s
 
   def iter_outputs(self, waves: Iterable[np.ndarray], kind: str = "clip", *,
                    progress: bool | None = None, total: int | None = None
@@ -365,6 +368,6 @@ def prepare_audio(audio: AudioInput, sample_rate: int | None,
     if not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"audio clip {i}: expected float samples in [-1, 1], got dtype "
                        f"{x.dtype} (convert int16 PCM with x / 32768)")
-    x = audio_io.check_waveform(x.astype(np.float32), f"audio clip {i}")
+    x = audio_io.check_waveform(x.astype(np.float32, copy=False), f"audio clip {i}")
     waves.append(audio_io.resample(x, int(sample_rate), target_rate))
   return waves, stacked

@@ -1,8 +1,10 @@
 """Evaluation inputs: whole clips of a built TFDS split, and batched embedding of clips.
 
 Evaluation sees each clip whole (no random crop). Clips of different lengths are
-batched by padding with silence to the next multiple of `bucket_s`, so at most that
-much silence is added and the model sees few distinct shapes (jit compiles per shape).
+batched by padding with silence at the end, as EVAR pads every clip of a task to one
+length: by default to the longest clip, so the model sees a single input shape (jit
+compiles once per shape, which costs far more than the padding on small models); with
+`bucket_s`, to the next multiple of it instead (at most that much silence per clip).
 """
 
 from __future__ import annotations
@@ -74,18 +76,21 @@ def check_labelled(split: EvalSplit, num_classes: int) -> None:
 
 
 def embed_clips(fn: Callable[..., np.ndarray], clips: Sequence[np.ndarray], *,
-                sample_rate: int, batch_size: int = 32, bucket_s: float = 0.5) -> np.ndarray:
+                sample_rate: int, batch_size: int = 32, bucket_s: float | None = None
+                ) -> np.ndarray:
   """`fn(audio [B, S], sample_rate=...) -> [B, ...]` over variable-length clips, in order."""
   if not clips:
     raise ValueError("embed_clips: no clips")
-  bucket = max(1, int(round(bucket_s * sample_rate)))
+  longest = max(max(len(c) for c in clips), 1)
+  bucket = longest if bucket_s is None else max(1, int(round(bucket_s * sample_rate)))
   padded_len = np.asarray([-(-max(len(c), 1) // bucket) * bucket for c in clips])
+  rows = min(batch_size, len(clips))  # Every call has this many rows: one shape per bucket.
   out: list[np.ndarray | None] = [None] * len(clips)
   for length in np.unique(padded_len):
     members = np.flatnonzero(padded_len == length)
-    for start in range(0, members.size, batch_size):
-      idx = members[start:start + batch_size]
-      batch = np.zeros((idx.size, int(length)), np.float32)
+    for start in range(0, members.size, rows):
+      idx = members[start:start + rows]
+      batch = np.zeros((rows, int(length)), np.float32)  # Spare rows stay silent.
       for row, i in zip(batch, idx):
         row[:len(clips[i])] = clips[i]
       emb = np.asarray(fn(batch, sample_rate=sample_rate))

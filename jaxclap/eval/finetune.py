@@ -7,8 +7,10 @@ best epoch's parameters are kept and scored on the test split.
 
 Input length: training crops of `unit_frames` frames; the encoder's position table is
 resized from its trained width to the crop's columns (bicubic, `patches.fit_pos_embed`),
-shorter input takes its first columns. Evaluation pads whole clips to one length and
-encodes them in `unit_frames` chunks (as `jaxclap.features`).
+shorter input takes its first columns. Evaluation pads whole clips to one length, cuts
+them into `unit_frames` chunks (the last one zero-padded to a whole unit, as the official
+runtime's `encode_lms`), encodes all chunks as one batch, and averages only the time
+patches that hold audio.
 
   from configs import finetune as ft_config
   run_finetune("/runs/stage1", data_dir="~/jaxclap_data", dataset="jaxclap_demo",
@@ -84,7 +86,7 @@ class FinetuneNet(nn.Module):
     patches that hold audio (frame < valid_frames) of the kept tokens.
 
     `keep` [B, rows·cols] sorted token indices of a `kept_grid` = (rows, cols) sub-grid
-    (structured masking; x is one crop); None encodes all of x chunk by chunk.
+    (structured masking; x is one crop); None encodes all of x in unit-length chunks.
     """
     b, d = x.shape[0], sizes.get_size(self.size).width
     p = self.patch_size
@@ -94,13 +96,16 @@ class FinetuneNet(nn.Module):
       grid = self.tokens(x, keep).reshape(b, rows, cols, d)
       start = (keep[:, :cols] % (x.shape[2] // p)) * p  # First frame of each kept column.
     else:
-      parts, starts = [], []
-      for i, chunk in enumerate(patches.split_time_chunks(x, self.unit_frames, p)):
-        t = chunk.shape[2] // p
-        parts.append(self.tokens(chunk).reshape(b, gf, t, d))
-        starts.append(i * self.unit_frames + p * np.arange(t))
-      grid = jnp.concatenate(parts, axis=2)
-      start = jnp.broadcast_to(jnp.asarray(np.concatenate(starts)), (b, grid.shape[2]))
+      # Whole unit-length chunks (the last one zero-padded, as the official runtime) go
+      # through the encoder as one batch; padded patches get no weight below.
+      unit, n = self.unit_frames, -(-x.shape[2] // self.unit_frames)
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, n * unit - x.shape[2])))
+      chunks = x.reshape(b, x.shape[1], n, unit).transpose(0, 2, 1, 3).reshape(b * n, -1, unit)
+      t = unit // p
+      grid = self.tokens(chunks).reshape(b, n, gf, t, d).transpose(0, 2, 1, 3, 4)
+      grid = grid.reshape(b, gf, n * t, d)
+      starts = (unit * np.arange(n)[:, None] + p * np.arange(t)[None, :]).reshape(-1)
+      start = jnp.broadcast_to(jnp.asarray(starts), (b, n * t))
     w = (start < valid_frames[:, None]).astype(jnp.float32)
     w = jnp.where(jnp.sum(w, axis=1, keepdims=True) > 0, w, 1.0)  # No audio: plain mean.
     pooled = jnp.einsum("brtd,bt->brd", grid.astype(jnp.float32), w) / jnp.sum(
@@ -289,17 +294,33 @@ def build_net(restored: restore_lib.Restored, num_classes: int, unit_frames: int
 
 
 def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
-  """(params, batch_stats): a fresh head on the pre-trained encoder parameters."""
-  x = jnp.zeros((2, net.n_mels, net.unit_frames), jnp.float32)
-  variables = jax.jit(lambda r: net.init(r, x, jnp.full((2,), net.unit_frames)))(
+  """(params, batch_stats): a fresh head on the pre-trained encoder parameters.
+
+  The head is drawn directly (the network is only traced for its shapes: compiling its
+  init would cost as much as a training step).
+  """
+  shapes = jax.eval_shape(lambda r: net.init(
+      r, jnp.zeros((2, net.n_mels, net.unit_frames)), jnp.full((2,), net.unit_frames)),
       jax.random.key(seed))
-  params = dict(nn.unbox(variables["params"]))
-  want = jax.tree_util.tree_map(np.shape, params["encoder"])
+  shapes = nn.unbox(shapes)
   have = jax.tree_util.tree_map(np.shape, encoder_params)
-  if want != have:
+  if jax.tree_util.tree_map(lambda a: a.shape, shapes["params"]["encoder"]) != have:
     raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
-  params["encoder"] = jax.tree_util.tree_map(jnp.asarray, encoder_params)
-  return params, variables["batch_stats"]
+  kernel = shapes["params"]["classifier"]["kernel"]
+  params = {
+      "encoder": jax.tree_util.tree_map(jnp.asarray, encoder_params),
+      "classifier": {
+          "kernel": nn.initializers.normal(net.head_init_std)(
+              jax.random.key(seed), kernel.shape, kernel.dtype),
+          "bias": jnp.zeros((net.num_classes,), jnp.float32)},
+  }
+  stats = {"norm": {"mean": jnp.zeros(kernel.shape[0], jnp.float32),
+                    "var": jnp.ones(kernel.shape[0], jnp.float32)}}
+  expected = jax.tree_util.tree_map(lambda a: a.shape, {**shapes["params"]})
+  if jax.tree_util.tree_map(np.shape, params) != expected or jax.tree_util.tree_map(
+      np.shape, stats) != jax.tree_util.tree_map(lambda a: a.shape, shapes["batch_stats"]):
+    raise AssertionError("FinetuneNet's head layout changed; update init_variables")
+  return params, stats
 
 
 def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
@@ -382,7 +403,9 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   steps_per_epoch = n_train // batch
   total = config.epochs * steps_per_epoch
   total = min(total, config.max_steps) if config.max_steps > 0 else total
-  tx, schedule = make_optimizer(config, total, int(round(config.warmup_epochs * steps_per_epoch)))
+  # Warm-up keeps its share of the run when max_steps cuts the run short.
+  warmup = int(round(config.warmup_epochs / max(config.epochs, 1e-9) * total))
+  tx, schedule = make_optimizer(config, total, warmup)
   eval_samples = (int(round(config.eval_seconds * fcfg.sample_rate)) if config.eval_seconds > 0
                   else longest_clip([sources[val_split], sources[config.test_split]]))
 

@@ -23,11 +23,12 @@ class CLAP(nn.Module):
   input_frames: int = 608  # Width of the stage-1 position table (longer input: resized).
   clap_dim: int = 768
   dtype: vit.Dtype = jnp.float32
+  remat: str = "none"  # Rematerialise encoder blocks (vit.block_class).
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
     self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, remat=self.remat)
     self.audio_proj = clap_heads.audio_head("semantic", self.clap_dim, self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.with_logical_partitioning(

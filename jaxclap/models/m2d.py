@@ -32,6 +32,7 @@ class Predictor(nn.Module):
   heads: int = 16
   out_dim: int = 768
   dtype: vit.Dtype = jnp.float32
+  remat: str = "none"  # See vit.block_class.
 
   @nn.compact
   def __call__(self, z: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array,
@@ -47,8 +48,9 @@ class Predictor(nn.Module):
     x_ = jnp.take_along_axis(shuffled, restore[..., None], axis=1)
     pos = patches.sincos_pos_embed(self.width, grid, cls_token=True)
     x = jnp.concatenate([x[:, :1], x_], axis=1) + pos.astype(x.dtype)
+    block = vit.block_class(self.remat)
     for i in range(self.depth):
-      x = vit.Block(self.heads, 4.0, 1e-6, self.dtype, name=f"block_{i}")(x)
+      x = block(self.heads, 4.0, 1e-6, self.dtype, name=f"block_{i}")(x)
     x = vit.layer_norm(1e-6, self.dtype, "norm")(x)
     y = jnp.take_along_axis(x[:, 1:], masked_idx[..., None], axis=1)  # [B, M, width]
     return vit.dense(self.out_dim, ("mlp", "embed"), self.dtype, "pred")(y)
@@ -69,13 +71,14 @@ class M2D(nn.Module):
   clap_dim: int = 768
   text_dim: int = 768
   dtype: vit.Dtype = jnp.float32
+  remat: str = "none"  # Rematerialise encoder and predictor blocks (vit.block_class).
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
     self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, remat=self.remat)
     self.predictor = Predictor(self.predictor_width, self.predictor_depth,
-                               self.predictor_heads, w, self.dtype)
+                               self.predictor_heads, w, self.dtype, self.remat)
     self.audio_proj = clap_heads.audio_head(self.clap_head, self.clap_dim, self.dtype)
     self.text_proj = clap_heads.TextProjection(self.clap_dim, self.dtype)
     self.logit_scale = self.param(
@@ -143,7 +146,8 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
              predictor_depth=get("predictor_depth", 8),
              predictor_heads=get("predictor_heads", 16),
              clap_head=get("clap_head", "semantic"), clap_dim=get("clap_dim", 768),
-             text_dim=model_cfg["text_dim"], dtype=_dtype(get("dtype", "float32")))
+             text_dim=model_cfg["text_dim"], dtype=_dtype(get("dtype", "float32")),
+             remat=get("remat", "none"))
 
 
 def init_params(model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80,

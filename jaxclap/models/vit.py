@@ -99,6 +99,24 @@ class Block(nn.Module):
         layer_norm(self.eps, self.dtype, "norm2")(x))
 
 
+REMAT_POLICIES = ("none", "full", "save_dots")
+
+
+def block_class(remat: str = "none") -> type[nn.Module]:
+  """`Block`, or `Block` rematerialised in the backward pass (same parameter names).
+
+  "full" keeps only each block's input and recomputes the rest; "save_dots" also keeps
+  the matmul outputs (less recompute, more memory).
+  """
+  if remat == "none":
+    return Block
+  if remat == "full":
+    return nn.remat(Block)
+  if remat == "save_dots":
+    return nn.remat(Block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+  raise ValueError(f"model.remat={remat!r}; expected one of {REMAT_POLICIES}")
+
+
 class ViTBody(nn.Module):
   """Transformer blocks + final LayerNorm (the part M2D's EMA target copies)."""
 
@@ -107,12 +125,14 @@ class ViTBody(nn.Module):
   mlp_ratio: float = 4.0
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # Activation rematerialisation of each block (REMAT_POLICIES).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(self.dtype)
+    block = block_class(self.remat)
     for i in range(self.depth):
-      x = Block(self.heads, self.mlp_ratio, self.eps, self.dtype, name=f"block_{i}")(x)
+      x = block(self.heads, self.mlp_ratio, self.eps, self.dtype, name=f"block_{i}")(x)
     return layer_norm(self.eps, self.dtype, "norm")(x)
 
 
@@ -131,6 +151,7 @@ class ViTEncoder(nn.Module):
   input_frames: int = 608
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # See block_class.
 
   def setup(self):
     self.patch_embed = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
@@ -138,7 +159,7 @@ class ViTEncoder(nn.Module):
         "cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                   (None, None, "embed")),
         (1, 1, self.width), jnp.float32)
-    self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype)
+    self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype, self.remat)
 
   @property
   def train_grid(self) -> tuple[int, int]:

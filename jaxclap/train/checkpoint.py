@@ -23,6 +23,8 @@ from jaxclap.data import iterator_state
 # Config sections whose change alters the model or its inputs: resuming across them is refused.
 MODEL_KEYS = ("model", "frontend.sample_rate", "data.crop_frames", "stage")
 TEXT_KEYS = ("text",)  # Also model-defining in stage 2.
+# How the model is computed, not what it is: these may change between runs of one workdir.
+EXECUTION_KEYS = ("model.remat", "model.dtype")
 
 
 class IteratorSnapshot:
@@ -140,7 +142,7 @@ def model_config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
   before = _flatten(saved)
   diffs = []
   for key in sorted(set(now) | set(before)):
-    if not any(key == m or key.startswith(m + ".") for m in keys):
+    if not any(key == m or key.startswith(m + ".") for m in keys) or key in EXECUTION_KEYS:
       continue
     a, b = _normalise(before.get(key)), _normalise(now.get(key))
     if a != b:

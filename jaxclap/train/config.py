@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.clap_dim = 768  # CLAP embedding width.
   c.model.text_dim = 4096  # Sentence-embedding width (NV-Embed-v2); checked against the data.
   c.model.dtype = "float32"  # Compute dtype: "float32" or "bfloat16" (params stay float32).
+  # Activation rematerialisation of transformer blocks: "none", "full" (recompute each block
+  # in the backward pass: least memory) or "save_dots" (keep matmul outputs). Same params.
+  c.model.remat = "none"
   c.model.structured_mask = 0.0  # Stage 2: fraction of patches dropped as whole rows/columns.
   c.model.finetune_audio = False  # Stage 2: also train the audio encoder (frozen by default).
 
@@ -180,6 +183,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "must be in (0, 1)")
   _check(c.model.clap_head in ("semantic", "mlp"), "model.clap_head", c.model.clap_head,
          "expected 'semantic' or 'mlp'")
+  _check(c.model.remat in ("none", "full", "save_dots"), "model.remat", c.model.remat,
+         "must be 'none', 'full' or 'save_dots'")
   _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
          "expected 'float32' or 'bfloat16'")
   _check(c.model.text_dim > 0, "model.text_dim", c.model.text_dim, "must be > 0")

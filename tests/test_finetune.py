@@ -1,0 +1,300 @@
+"""Tests of supervised fine-tuning (stage-1.1 recipe): augmentations, head, runs, data."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import finetune as ft_config
+from conftest import HashEmbedder, write_wav
+from jaxclap import features, restore
+from jaxclap.data import build
+from jaxclap.data.features import BadInputError
+from jaxclap.eval import augment, finetune
+from jaxclap.models import patches
+
+DEMO_FT_CLIPS = 300  # 240 train / 30 validation / 30 test clips.
+
+
+def _config(**overrides):
+  c = ft_config.get_config()
+  c.batch, c.epochs, c.warmup_epochs, c.eval_batch, c.log_every = 16, 2, 0.5, 32, 1000
+  c.update(overrides)
+  return c
+
+
+@pytest.fixture(scope="module")
+def ft_demo_dir(tmp_path_factory) -> str:
+  """A 300-clip demo set (hash caption embeddings: fine-tuning reads only audio + labels)."""
+  data_dir = str(tmp_path_factory.mktemp("ft_demo"))
+  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_FT_CLIPS, embedder=HashEmbedder())
+  return data_dir
+
+
+@pytest.fixture(scope="module")
+def restored(stage1_workdir):
+  return restore.restore(stage1_workdir)
+
+
+# --------------------------------------------------------------------- augmentations
+
+
+def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
+  rng = jax.random.key(3)
+  x = jax.random.normal(jax.random.key(0), (8, 4, 6))
+  y = jax.nn.one_hot(jnp.arange(8) % 5, 5)
+  xm, ym = augment.mixup(rng, x, y, alpha=0.5)
+  lam, perm = augment.mixup_params(rng, 8, 0.5)
+  assert 0 < float(lam.min()) and float(lam.max()) < 1 and float(lam.std()) > 0.05
+  assert sorted(np.asarray(perm).tolist()) == list(range(8))
+  np.testing.assert_allclose(xm, lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(ym, lam[:, None] * y + (1 - lam[:, None]) * y[perm], atol=1e-6)
+  np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)  # Still a distribution.
+  # Per example, the λ that explains the label also explains the input.
+  moved = np.asarray(perm) != np.arange(8)
+  lam_y = np.asarray(ym)[np.arange(8), np.asarray(jnp.arange(8) % 5)]
+  own, other = np.asarray(y)[np.arange(8), np.arange(8) % 5], np.asarray(y[perm])[
+      np.arange(8), np.arange(8) % 5]
+  lam_from_y = (lam_y - other) / np.where(own - other == 0, 1, own - other)
+  ok = moved & (own != other)
+  np.testing.assert_allclose(lam_from_y[ok], np.asarray(lam)[ok], atol=1e-6)
+  xo, yo = augment.mixup(rng, x, y, alpha=0.0)  # Off: unchanged.
+  np.testing.assert_array_equal(xo, x)
+  np.testing.assert_array_equal(yo, y)
+
+
+def test_spec_augment_masks_the_drawn_bands():
+  x = jnp.ones((4, 80, 208)) + jax.random.uniform(jax.random.key(1), (4, 80, 208))
+  rng = jax.random.key(7)
+  out = np.asarray(augment.spec_augment(rng, x, 30, 40))
+  f_key, t_key = jax.random.split(rng)
+  f_start, f_width = map(np.asarray, augment.draw_bands(f_key, 4, 80, 30))
+  t_start, t_width = map(np.asarray, augment.draw_bands(t_key, 4, 208, 40))
+  assert (f_width < 30).all() and (t_width < 40).all() and f_width.max() > 0
+  for b in range(4):
+    rows = np.flatnonzero((out[b] == 0).all(axis=1))
+    cols = np.flatnonzero((out[b] == 0).all(axis=0))
+    np.testing.assert_array_equal(rows, np.arange(f_start[b], f_start[b] + f_width[b]))
+    np.testing.assert_array_equal(cols, np.arange(t_start[b], t_start[b] + t_width[b]))
+    assert (out[b] == 0).sum() == f_width[b] * 208 + t_width[b] * 80 - f_width[b] * t_width[b]
+  # Exact widths: band_mask hides exactly `width` entries from `start`.
+  m = np.asarray(augment.band_mask(10, jnp.array([2, 0]), jnp.array([3, 0])))
+  np.testing.assert_array_equal(m.sum(axis=1), [3, 0])
+  assert m[0, 2:5].all()
+  np.testing.assert_array_equal(augment.spec_augment(rng, x, 0, 0), x)
+
+
+def test_time_mask_scaling_and_mask_counts():
+  assert augment.scaled_time_mask(192, 1001) == 192
+  assert augment.scaled_time_mask(192, 208) == 40
+  assert augment.mask_counts("frames", 5, 62, 0.5) == (0, 31)
+  assert augment.mask_counts("tokens", 5, 62, 0.5) == (1, 23)
+  assert augment.mask_counts("frames", 5, 4, 0.0) == (0, 0)
+  with pytest.raises(ValueError, match="head_input"):
+    augment.mask_counts("cls", 5, 4, 0.5)
+
+
+# -------------------------------------------------------------------------- network
+
+
+def _net(restored, unit_frames=64, **kw):
+  c = _config(**kw)
+  return finetune.build_net(restored, 13, unit_frames, c)
+
+
+def test_batchnorm_has_no_affine_params(restored):
+  net = _net(restored)
+  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  assert "norm" not in params and set(params) == {"encoder", "classifier"}
+  assert set(stats["norm"]) == {"mean", "var"} and stats["norm"]["mean"].shape == (5 * 64,)
+  assert params["classifier"]["kernel"].shape == (5 * 64, 13)
+  np.testing.assert_array_equal(params["encoder"]["cls_token"],
+                                restored.params["encoder"]["cls_token"])
+
+
+def test_head_input_is_the_time_averaged_feature(restored):
+  net = _net(restored)
+  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  x = jax.random.normal(jax.random.key(2), (3, 80, 128))  # Two 64-frame chunks.
+  full = jnp.full((3,), 128)
+  feat = net.apply({"params": params, "batch_stats": stats}, x, full, method="features")
+  expected = features.clip_features(restored.params, x, model=restored.model)
+  np.testing.assert_allclose(feat, expected, rtol=1e-5, atol=1e-5)
+  logits = net.apply({"params": params, "batch_stats": stats}, x, full)
+  k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
+  np.testing.assert_allclose(logits, feat / np.sqrt(1 + 1e-5) @ k + b, rtol=1e-4, atol=1e-6)
+  # Padding is left out: only time patches starting before valid_frames are averaged.
+  frames = features.frame_features(restored.params, x, model=restored.model)  # [3, 8, 320]
+  short = net.apply({"params": params, "batch_stats": stats}, x, jnp.array([128, 40, 1]),
+                    method="features")
+  np.testing.assert_allclose(short[1], frames[1, :3].mean(axis=0), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(short[2], frames[2, :1].mean(axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_position_table_is_resized_to_the_crop(restored):
+  net = _net(restored, unit_frames=128)  # Trained table: 4 columns; crops: 8.
+  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  x = jax.random.normal(jax.random.key(4), (2, 80, 128))
+  tokens = net.apply({"params": params, "batch_stats": stats}, x, method="tokens")
+  # The encoder itself resizes (bicubic) for input longer than its trained length.
+  expected = restored.model.apply({"params": restored.params}, x, method="encode")
+  np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
+  # Interpolated from the trained 5x4 table, not a fresh 5x8 sin-cos table.
+  table = net.apply({"params": params, "batch_stats": stats},
+                    method=lambda m: m.encoder.pos_embed((5, 8)))
+  fresh = patches.sincos_pos_embed(64, (5, 8), cls_token=False)
+  assert np.abs(np.asarray(table) - fresh).max() > 0.05
+
+
+def test_masked_training_features_use_the_kept_grid(restored):
+  net = _net(restored)
+  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  x = jax.random.normal(jax.random.key(5), (2, 80, 64))
+  keep = jnp.array([[t + 4 * f for f in range(5) for t in (0, 2)]] * 2)  # Columns 0 and 2.
+  feat = net.apply({"params": params, "batch_stats": stats}, x, jnp.full((2,), 64), keep,
+                   (5, 2), method="features")
+  tok = net.apply({"params": params, "batch_stats": stats}, x, keep, method="tokens")
+  expected = tok.reshape(2, 5, 2, -1).mean(axis=2).reshape(2, -1)
+  np.testing.assert_allclose(feat, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_reject_labels_out_of_range():
+  np.testing.assert_array_equal(finetune.targets({"label": 2}, 4, "x"), [0, 0, 1, 0])
+  np.testing.assert_array_equal(finetune.targets({"labels": np.array([0, 3])}, 4, "x"),
+                                [1, 0, 0, 1])
+  with pytest.raises(ValueError, match=r"ds:train\[5\].*clip b'c'.*\[-1\]"):
+    finetune.targets({"label": -1, "id": b"c"}, 4, "ds:train[5]")
+
+
+def test_config_presets():
+  paper = ft_config.get_config("as2m")
+  assert (paper.lr, paper.batch, paper.epochs, paper.warmup_epochs) == (2.0, 64, 70, 15.0)
+  assert (paper.mixup, paper.mask_ratio, paper.freq_mask, paper.time_mask) == (0.5, 0.5, 30, 192)
+  assert paper.crop_seconds == 10.0 and paper.multi_label is None
+  with pytest.raises(ValueError, match="unknown preset 'x'"):
+    ft_config.get_config("x")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.mark.slow
+def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
+  c = _config(epochs=4, warmup_epochs=0.5, batch=32)
+  result = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
+                                 config=c, workdir=str(tmp_path))
+  assert result["task"] == "finetune" and result["metric"] == "accuracy"
+  assert result["epochs"] == 4 and result["steps"] == 4 * (240 // 32)
+  assert len(result["history"]) == 4
+  assert result["val"] == max(h["val"] for h in result["history"])
+  assert result["test"] >= 3 / 13, result  # Chance is 1/13.
+  saved = json.loads((tmp_path / "finetune.json").read_text())
+  assert saved["test"] == result["test"] and saved["unit_frames"] == 64
+  variables = finetune.load_variables(str(tmp_path / "finetuned.npz"))
+  assert variables["params"]["classifier"]["kernel"].shape == (320, 13)
+  assert set(variables["batch_stats"]["norm"]) == {"mean", "var"}
+
+
+def test_same_seed_same_run(stage1_workdir, ft_demo_dir, tmp_path):
+  def run(seed, name):
+    c = _config(epochs=1, max_steps=2, seed=seed, batch=8)
+    out = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
+                                config=c, workdir=str(tmp_path / name))
+    with np.load(tmp_path / name / "finetuned.npz") as f:
+      return out, {k: f[k] for k in f.files}
+
+  (a, pa), (b, pb) = run(0, "a"), run(0, "b")
+  assert (a["val"], a["test"], a["history"]) == (b["val"], b["test"], b["history"])
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+  assert a["steps"] == 2
+  # The two steps trained the encoder (so equality above is not trivially of init params).
+  start = restore.restore(stage1_workdir).params["encoder"]["patch_embed"]["kernel"]
+  assert not np.allclose(pa["params/encoder/patch_embed/kernel"], start)
+
+
+# ----------------------------------------------------------------------- multi-label
+
+
+def _tone(hz, seconds=1.0, sr=16000):
+  t = np.arange(int(sr * seconds)) / sr
+  return 0.3 * np.sin(2 * np.pi * hz * t)
+
+
+def _multi_label_folder(root, rows_extra=()):
+  rng = np.random.default_rng(0)
+  sounds = {"low": lambda: _tone(200), "high": lambda: _tone(3000),
+            "noise": lambda: 0.1 * rng.standard_normal(16000)}
+  rows = ["file,labels,split"]
+  combos = [("low",), ("high",), ("noise",), ("low", "high"), ("low", "noise"),
+            ("high", "noise"), ("low", "high", "noise")]
+  for i in range(28):
+    combo = combos[i % len(combos)]
+    split = ("train", "train", "validation", "test")[i % 4]
+    write_wav(root / f"c{i}.wav", sum(sounds[n]() for n in combo) / len(combo), 16000)
+    rows.append(f"c{i}.wav,\"{','.join(combo)}\",{split}")
+  rows.extend(rows_extra)
+  (root / "labels.csv").write_text("\n".join(rows) + "\n")
+  return root
+
+
+def test_multi_label_csv_builds_and_finetunes(stage1_workdir, tmp_path):
+  root = _multi_label_folder(tmp_path / "tags")
+  data_dir = str(tmp_path / "data")
+  info = build.build_dataset("labelled_folder/tags", data_dir, manual_dir=str(root),
+                             embedder=HashEmbedder())
+  assert info["class_names"] == ["high", "low", "noise"]
+  assert tfds.builder("labelled_folder/tags", data_dir=data_dir).info.metadata["multi_label"]
+  source = tfds.data_source("labelled_folder/tags", split="train", data_dir=data_dir)
+  recs = {r["id"].decode(): r for r in (source[i] for i in range(len(source)))}
+  np.testing.assert_array_equal(recs["c4"]["labels"], [1, 2])  # "low,noise".
+  np.testing.assert_array_equal(recs["c1"]["labels"], [0])  # "high".
+  assert recs["c4"]["label"] == -1 and recs["c1"]["label"] == -1
+  assert [c.decode() for c in recs["c4"]["captions"]] == ["low", "noise"]
+  c = _config(epochs=4, batch=8, max_steps=3)
+  result = finetune.run_finetune(stage1_workdir, data_dir=data_dir,
+                                 dataset="labelled_folder/tags", config=c,
+                                 workdir=str(tmp_path / "ft"))
+  assert result["metric"] == "mAP" and result["multi_label"]
+  assert 0.0 <= result["test"] <= 1.0 and 0.0 <= result["val"] <= 1.0
+  assert (result["steps"], result["epochs"]) == (3, 3)
+  assert os.path.isfile(tmp_path / "ft" / "finetune.json")
+
+
+@pytest.mark.parametrize("extra,vocab,message", [
+    ("c0.wav,\"low,,high\",train", None, r"labels.csv line 30: empty label in 'low,,high'"),
+    ("c1.wav,\"low;bird\",train", "index,mid,display_name\n0,/m/1,low\n1,/m/2,high\n"
+     "2,/m/3,noise\n", r"labels.csv line 30: unknown label 'bird'.*classes.csv"),
+])
+def test_bad_label_names_file_and_row(tmp_path, extra, vocab, message):
+  root = _multi_label_folder(tmp_path / "bad", [extra])
+  if vocab:
+    (root / "classes.csv").write_text(vocab)
+  with pytest.raises(BadInputError, match=message):
+    build.build_dataset("labelled_folder/bad", str(tmp_path / "data"), manual_dir=str(root),
+                        embedder=HashEmbedder())
+
+
+def test_single_label_column_keeps_commas_and_vocabulary_order(tmp_path):
+  root = tmp_path / "speech"
+  write_wav(root / "a.wav", _tone(300), 16000)
+  write_wav(root / "b.wav", _tone(600), 16000)
+  (root / "labels.csv").write_text("file,label\na.wav,\"Male speech, man speaking\"\n"
+                                   "b.wav,/m/09x0r\n")
+  (root / "class_labels_indices.csv").write_text(
+      "index,mid,display_name\n1,/m/09x0r,Speech\n0,/m/05zppz,\"Male speech, man speaking\"\n")
+  info = build.build_dataset("labelled_folder/speech", str(tmp_path / "d"),
+                             manual_dir=str(root), embedder=HashEmbedder())
+  assert info["class_names"] == ["Male speech, man speaking", "Speech"]
+  source = tfds.data_source("labelled_folder/speech", split="train", data_dir=str(tmp_path / "d"))
+  got = {r["id"].decode(): (int(r["label"]), r["labels"].tolist())
+         for r in (source[i] for i in range(len(source)))}
+  assert got == {"a": (0, [0]), "b": (1, [1])}
+  assert not tfds.builder("labelled_folder/speech",
+                          data_dir=str(tmp_path / "d")).info.metadata["multi_label"]
