@@ -29,7 +29,7 @@ Settings (flag or environment variable; flags win):
   --spot                 SPOT=1            spot capacity (create)
   --queued               QUEUED=1          use a queued resource (create/delete/resume-loop)
   --queued-id ID         QUEUED_ID         queued resource id (default: TPU_NAME-qr)
-  --workdir DIR          WORKDIR           run folder, the same path on every worker (run)
+  --workdir DIR          WORKDIR           run folder: gs://bucket/dir or a path every worker shares
   --data-dir DIR         DATA_DIR          TFDS data dir seen by every worker (run)
   --config FILE          CONFIG            local config file, copied to workers (default
                                            configs/stage1.py)
@@ -149,24 +149,14 @@ do_setup() {
     "if [ ! -d $REMOTE_DIR/.git ]; then git clone -q $(quote_args "$REPO") $REMOTE_DIR; fi" \
     "cd $REMOTE_DIR && git fetch -q origin && git checkout -q --detach $(quote_args "$COMMIT")" \
     "python3 -m venv ~/$REMOTE_VENV && . ~/$REMOTE_VENV/bin/activate" \
-    "pip install -q -U pip && pip install -q -c constraints.txt -e . 'jax[tpu]'" \
+    "pip install -q -U pip && pip install -q -c constraints.txt -e . 'jax[tpu]' gcsfs google-cloud-storage" \
     "mkdir -p ~/$STAGE_DIR"
   ssh_workers all "$remote"
-}
-
-# jaxclap.train.loop resolves --workdir with os.path.abspath/os.makedirs, so it must be a
-# filesystem path that every worker shares (gcsfuse mount, Filestore, ...), not a gs:// URL.
-check_workdir() {
-  case "$WORKDIR" in
-    *://*) die "WORKDIR=$WORKDIR: jaxclap treats --workdir as a local path; mount the bucket \
-on every worker (e.g. gcsfuse) or use a shared filesystem and pass that path" ;;
-  esac
 }
 
 do_run() {
   require WORKDIR --workdir
   require DATA_DIR --data-dir
-  check_workdir
   [[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
   COMMIT="${COMMIT:-$(git rev-parse HEAD)}"
   local staged
@@ -192,8 +182,12 @@ do_logs() {
 
 # Exit 0 iff WORKDIR/summary.json exists and records a run that was not preempted.
 run_finished() {
-  local check
-  check="grep -qs '\"preempted\": false' $(quote_args "$WORKDIR/summary.json")"
+  local check summary
+  summary=$(quote_args "$WORKDIR/summary.json")
+  case "$WORKDIR" in
+    gs://*) check="gcloud storage cat $summary 2>/dev/null | grep -qs '\"preempted\": false'" ;;
+    *) check="grep -qs '\"preempted\": false' $summary" ;;
+  esac
   if [[ "$DRY_RUN" == 1 ]]; then ssh_workers 0 "$check"; return 1; fi
   ssh_workers 0 "$check" 2>/dev/null
 }
@@ -213,7 +207,6 @@ ensure_ready() {
 
 do_resume_loop() {
   require WORKDIR --workdir
-  check_workdir
   local attempt
   for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
     if run_finished; then log "run in $WORKDIR finished"; return 0; fi

@@ -96,6 +96,15 @@ def test_tpu_run_stages_config_and_runs_distributed():
   subprocess.run(["bash", "-n", "-c", remote], check=True)
 
 
+def test_tpu_run_accepts_a_bucket_workdir():
+  _, ssh = _commands(_run("tpu_pod.sh", "--dry-run", "run",
+                          env={**TPU_ENV, "WORKDIR": "gs://bkt/runs/s1"}).stdout)
+  assert "--workdir=gs://bkt/runs/s1" in _flag(ssh, "--command")
+  check = _commands(_run("tpu_pod.sh", "--dry-run", "resume-loop",
+                         env={**TPU_ENV, "WORKDIR": "gs://bkt/runs/s1"}).stdout)[0]
+  assert "gcloud storage cat gs://bkt/runs/s1/summary.json" in _flag(check, "--command")
+
+
 def test_tpu_resume_loop_checks_summary_then_runs():
   cmds = _commands(_run("tpu_pod.sh", "--dry-run", "resume-loop", env=TPU_ENV).stdout)
   assert "summary.json" in _flag(cmds[0], "--command") and _flag(cmds[0], "--worker") == "0"
@@ -111,7 +120,7 @@ def test_tpu_logs_and_delete():
 
 
 @pytest.mark.parametrize("args,env,needle", [
-    (["run"], {**TPU_ENV, "WORKDIR": "gs://bkt/run"}, "WORKDIR=gs://bkt/run"),
+    (["run"], {k: v for k, v in TPU_ENV.items() if k != "WORKDIR"}, "WORKDIR is not set"),
     (["run"], {k: v for k, v in TPU_ENV.items() if k != "DATA_DIR"}, "DATA_DIR is not set"),
     (["frobnicate"], TPU_ENV, "unknown subcommand frobnicate"),
     (["run", "--config", "nope.py"], TPU_ENV, "CONFIG=nope.py"),

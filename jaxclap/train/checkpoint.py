@@ -8,7 +8,6 @@ a save leaves the previous step as the latest complete checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import grain
@@ -18,6 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from jaxclap import paths
 from jaxclap.data import iterator_state
 
 # Config sections whose change alters the model or its inputs: resuming across them is refused.
@@ -57,7 +57,7 @@ class IteratorSnapshot:
 
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `keep` steps under `<workdir>/checkpoints`."""
-  directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+  directory = paths.resolve(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
   handlers = {"state": ocp.StandardCheckpointHandler(),

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxclap import paths
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
@@ -58,7 +59,7 @@ class PreemptionGuard:
 
 def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, dict]:
   """Builds the demo set if asked; returns train/val/zero-shot specs and per-dataset facts."""
-  data_dir = os.path.expanduser(config.data.data_dir)
+  data_dir = paths.data_dir(config.data.data_dir)
   train = config_lib.parse_sources(config.data.train, with_weight=True)
   val = config_lib.parse_sources(config.data.val, with_weight=False) if config.data.val else []
   zs = (config_lib.parse_sources(config.data.zero_shot, with_weight=False)
@@ -104,9 +105,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   > from scratch.
   """
   config_lib.validate(config)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  data_dir = os.path.expanduser(config.data.data_dir)
+  workdir_path = paths.resolve(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  workdir = os.fspath(workdir_path)
+  data_dir = paths.data_dir(config.data.data_dir)
   train_specs, val_specs, zs_specs, facts = _data_facts(config)
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
@@ -256,8 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary["final_validation"] = run_validation(step)
   summary.update(progress.summary(), end_step=step, preempted=preempted)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
   progress.close()
   manager.close()
   return summary
