@@ -108,6 +108,13 @@ def test_frame_kind_and_parquet(model, folder, tmp_path):
   assert table["num_frames"] == z["num_frames"].tolist()
   first = np.asarray(table["embedding"][0], np.float32)
   np.testing.assert_array_equal(first, z["embeddings"][:z["num_frames"][0]])
+  clip_pq = str(tmp_path / "c.parquet")
+  embed.embed_files([folder], checkpoint="ckpt", output=clip_pq, model=model, fmt="parquet")
+  clips = pq.read_table(clip_pq).to_pydict()
+  assert clips["id"] == table["id"]
+  starts = np.concatenate([[0], np.cumsum(z["num_frames"])[:-1]])
+  means = [z["embeddings"][s:s + n].mean(0) for s, n in zip(starts, z["num_frames"])]
+  np.testing.assert_allclose(np.asarray(clips["embedding"], np.float32), means, atol=1e-5)
 
 
 def test_bad_files(model, folder, tmp_path):

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -80,6 +81,29 @@ def test_pooler_matches_head_with_padding(models, stage):
   valid = np.arange(40)[None].repeat(2, 0) < 30
   got = inference._pool(m.params["audio_proj"], padded, valid, kind="semantic", heads=1)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_model_without_checkpoint_mlp_head_and_bfloat16():
+  """A Model from a bare network (as the benchmark builds it): 2024 mean-MLP head, bf16."""
+  from jaxclap.models import m2d
+
+  net = m2d.build_model({"size": "test", "text_dim": 16, "clap_head": "mlp", "clap_dim": 32,
+                         "input_frames": 64, "predictor_width": 32, "predictor_depth": 1,
+                         "predictor_heads": 2})
+  params, _ = nn.unbox(m2d.init_params(net, jax.random.key(0), n_frames=64, text_dim=16))
+  m = inference.Model(net, params, frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2))
+  assert (m.embedding_dim, m.feature_dim, m.stage) == (32, 320, "stage1")
+  wave = 0.1 * np.random.default_rng(0).standard_normal(23456, dtype=np.float32)
+  want = np.asarray(features.clap_audio_embedding(params, _log_mel(m, wave), model=net))
+  np.testing.assert_allclose(m.audio_embedding(wave, sample_rate=16000), want, atol=1e-5)
+  with pytest.raises(ValueError, match="no text side"):
+    m.text_embedding(["a dog"])
+  half = inference.Model(net, params, frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2),
+                         dtype="bfloat16")
+  a = m.clip_features(wave, sample_rate=16000)[0]
+  b = half.clip_features(wave, sample_rate=16000)[0]
+  assert b.dtype == np.float32 and _cosine(a, b) > 0.99
 
 
 def test_segmented_log_mel_matches_whole_clip(models):
