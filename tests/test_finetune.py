@@ -47,23 +47,26 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
   rng = jax.random.key(3)
   x = jax.random.normal(jax.random.key(0), (8, 4, 6))
   y = jax.nn.one_hot(jnp.arange(8) % 5, 5)
-  xm, ym = augment.mixup(rng, x, y, alpha=0.5)
-  lam, perm = augment.mixup_params(rng, 8, 0.5)
+  draws = np.random.default_rng(0)
+  lam = jnp.asarray([augment.mixup_lambda(draws, 0.5) for _ in range(8)])
   assert 0 < float(lam.min()) and float(lam.max()) < 1 and float(lam.std()) > 0.05
-  assert sorted(np.asarray(perm).tolist()) == list(range(8))
+  xm, ym, perm = augment.mixup(rng, x, y, lam)
+  perm = np.asarray(perm)
+  assert sorted(perm.tolist()) == list(range(8)) and (perm != np.arange(8)).any()
+  np.testing.assert_array_equal(perm, jax.random.permutation(rng, 8))
   np.testing.assert_allclose(xm, lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm],
                              rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(ym, lam[:, None] * y + (1 - lam[:, None]) * y[perm], atol=1e-6)
   np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)  # Still a distribution.
-  # Per example, the λ that explains the label also explains the input.
-  moved = np.asarray(perm) != np.arange(8)
-  lam_y = np.asarray(ym)[np.arange(8), np.asarray(jnp.arange(8) % 5)]
-  own, other = np.asarray(y)[np.arange(8), np.arange(8) % 5], np.asarray(y[perm])[
-      np.arange(8), np.arange(8) % 5]
-  lam_from_y = (lam_y - other) / np.where(own - other == 0, 1, own - other)
-  ok = moved & (own != other)
-  np.testing.assert_allclose(lam_from_y[ok], np.asarray(lam)[ok], atol=1e-6)
-  xo, yo = augment.mixup(rng, x, y, alpha=0.0)  # Off: unchanged.
+  # Per example, the weight that the label got is the weight that the input got.
+  own = np.arange(8) % 5
+  moved = (own != own[perm])
+  lam_y = np.asarray(ym)[np.arange(8), own]
+  xn, xmn = np.asarray(x)[:, 0, 0], np.asarray(xm)[:, 0, 0]
+  lam_x = (xmn - xn[perm]) / (xn - xn[perm])
+  np.testing.assert_allclose(lam_y[moved], lam_x[moved], rtol=1e-4)
+  assert augment.mixup_lambda(draws, 0.0) == 1.0  # Off: no mixing.
+  xo, yo, _ = augment.mixup(rng, x, y, jnp.ones(8))
   np.testing.assert_array_equal(xo, x)
   np.testing.assert_array_equal(yo, y)
 
@@ -161,6 +164,14 @@ def test_masked_training_features_use_the_kept_grid(restored):
   tok = net.apply({"params": params, "batch_stats": stats}, x, keep, method="tokens")
   expected = tok.reshape(2, 5, 2, -1).mean(axis=2).reshape(2, -1)
   np.testing.assert_allclose(feat, expected, rtol=1e-5, atol=1e-5)
+  # "tokens" head: rows may go too (here rows 1 and 3, columns 0 and 2); D-dim mean.
+  net_t = _net(restored, head_input="tokens")
+  keep_t = jnp.array([[t + 4 * f for f in (1, 3) for t in (0, 2)]] * 2)
+  feat_t = net_t.apply({"params": params, "batch_stats": stats}, x, jnp.full((2,), 64), keep_t,
+                       (2, 2), method="features")
+  tok_t = net_t.apply({"params": params, "batch_stats": stats}, x, keep_t, method="tokens")
+  assert feat_t.shape == (2, 64)
+  np.testing.assert_allclose(feat_t, tok_t.mean(axis=1), rtol=1e-5, atol=1e-5)
 
 
 def test_targets_reject_labels_out_of_range():
@@ -178,12 +189,14 @@ def test_config_presets():
   assert paper.crop_seconds == 10.0 and paper.multi_label is None
   with pytest.raises(ValueError, match="unknown preset 'x'"):
     ft_config.get_config("x")
+  finetune.validate(ft_config.get_config())
+  with pytest.raises(ValueError, match="bad mask_ratio=1.0"):
+    finetune.validate(_config(mask_ratio=1.0))
 
 
 # ----------------------------------------------------------------------------- runs
 
 
-@pytest.mark.slow
 def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   c = _config(epochs=4, warmup_epochs=0.5, batch=32)
   result = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",

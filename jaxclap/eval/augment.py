@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxclap.models import masks
 
@@ -17,26 +18,27 @@ TIME_MASK_REF_FRAMES = 1001
 HEAD_INPUTS = ("frames", "tokens")
 
 
-def mixup_params(rng: jax.Array, batch: int, alpha: float) -> tuple[jax.Array, jax.Array]:
-  """Per-example λ ~ Beta(α, α) [B] and the partner permutation [B]; α = 0: no mixing."""
-  lam_key, perm_key = jax.random.split(rng)
-  perm = jax.random.permutation(perm_key, batch)
-  if alpha <= 0:
-    return jnp.ones((batch,), jnp.float32), perm
-  return jax.random.beta(lam_key, alpha, alpha, (batch,)).astype(jnp.float32), perm
+def mixup_lambda(rng: np.random.Generator, alpha: float) -> np.float32:
+  """One example's mixing weight λ ~ Beta(α, α), drawn on the host (α = 0: 1, no mixing).
+
+  Host-side because jax.random.beta's rejection sampler triples the step's compile time;
+  the trainer draws it with each example's crop from grain's per-record generator.
+  """
+  return np.float32(rng.beta(alpha, alpha) if alpha > 0 else 1.0)
 
 
 def mix(x: jax.Array, lam: jax.Array, perm: jax.Array) -> jax.Array:
-  """λ·x + (1 − λ)·x[perm], λ broadcast over every axis after the first."""
+  """λ·x + (1 − λ)·x[perm], λ [B] broadcast over every axis after the first."""
   lam = lam.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
   return lam * x + (1 - lam) * x[perm]
 
 
-def mixup(rng: jax.Array, x: jax.Array, y: jax.Array, alpha: float
-          ) -> tuple[jax.Array, jax.Array]:
-  """Mixes inputs and label vectors of each example with one partner, same λ for both."""
-  lam, perm = mixup_params(rng, x.shape[0], alpha)
-  return mix(x, lam, perm), mix(y, lam, perm)
+def mixup(rng: jax.Array, x: jax.Array, y: jax.Array, lam: jax.Array
+          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Mixes each example's input and label vector with a random partner's, with the same
+  per-example λ [B] for both; returns (x, y, partner permutation)."""
+  perm = jax.random.permutation(rng, x.shape[0])
+  return mix(x, lam, perm), mix(y, lam, perm), perm
 
 
 def draw_bands(rng: jax.Array, batch: int, size: int, max_width: int

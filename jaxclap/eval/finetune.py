@@ -148,29 +148,34 @@ def _fit(audio: np.ndarray, samples: int, start: int = 0) -> tuple[np.ndarray, i
 
 @dataclasses.dataclass(frozen=True)
 class TrainExample(grain.transforms.RandomMap):
-  """A random crop of a record's audio and its label vector (grain's per-record rng)."""
+  """A random crop of a record's audio, its label vector and mixup weight (grain's
+  per-record rng)."""
 
   crop_samples: int
   num_classes: int
   where: str
+  mixup: float = 0.0  # Beta(α, α) of the example's mixup weight (0: λ = 1).
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     audio = np.asarray(record["audio"], np.int16)
     start = int(rng.integers(0, max(audio.size - self.crop_samples, 0) + 1))
     wave, length = _fit(audio, self.crop_samples, start)
     return {"audio": wave, "audio_len": np.int32(length),
-            "target": targets(record, self.num_classes, self.where)}
+            "target": targets(record, self.num_classes, self.where),
+            "mix_lambda": augment.mixup_lambda(rng, self.mixup)}
 
 
 def train_batches(source: Any, *, batch: int, crop_samples: int, num_classes: int, seed: int,
-                  where: str, num_workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless shuffled batches {audio [B, S], audio_len [B], target [B, classes]}."""
+                  where: str, mixup: float = 0.0, num_workers: int = 0
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless shuffled batches {audio [B, S], audio_len [B], target [B, classes],
+  mix_lambda [B]}."""
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=True,
       num_epochs=None, seed=seed)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=num_workers,
-      operations=[TrainExample(crop_samples, num_classes, where),
+      operations=[TrainExample(crop_samples, num_classes, where, mixup),
                   grain.transforms.Batch(batch, drop_remainder=True)])
   return iter(loader)
 
@@ -207,7 +212,6 @@ class Setup:
   frontend_cfg: fe.FrontendConfig
   norm_stats: tuple[float, float]
   multi_label: bool
-  mixup: float
   freq_mask: int
   time_mask: int  # Already scaled to the crop length.
   mask_rows: int
@@ -239,12 +243,13 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_s
 
 def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
                opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
-  """One update: log-mel → mixup → SpecAugment → structured masking → head → loss."""
+  """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking →
+  head → loss."""
   x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
   mix_key, spec_key, mask_key = jax.random.split(rng, 3)
-  lam, perm = augment.mixup_params(mix_key, x.shape[0], setup.mixup)
-  x, y = augment.mix(x, lam, perm), augment.mix(batch["target"], lam, perm)
+  lam = batch["mix_lambda"]
+  x, y, perm = augment.mixup(mix_key, x, batch["target"], lam)
   valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
   x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
   keep = kept = None
@@ -308,7 +313,8 @@ def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[An
     raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
   kernel = shapes["params"]["classifier"]["kernel"]
   params = {
-      "encoder": jax.tree_util.tree_map(jnp.asarray, encoder_params),
+      # Copies: the step donates its inputs, which must not alias the caller's arrays.
+      "encoder": jax.tree_util.tree_map(jnp.array, encoder_params),
       "classifier": {
           "kernel": nn.initializers.normal(net.head_init_std)(
               jax.random.key(seed), kernel.shape, kernel.dtype),
@@ -361,6 +367,22 @@ def _splits(dataset: str, data_dir: str, config) -> tuple[dict[str, Any], str]:
   return info, val
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad knob."""
+  checks = [
+      ("lr", config.lr > 0), ("batch", config.batch >= 1), ("epochs", config.epochs >= 1),
+      ("eval_batch", config.eval_batch >= 1), ("max_steps", config.max_steps >= 0),
+      ("warmup_epochs", 0 <= config.warmup_epochs <= config.epochs),
+      ("mixup", config.mixup >= 0), ("mask_ratio", 0 <= config.mask_ratio < 1),
+      ("freq_mask", config.freq_mask >= 0), ("time_mask", config.time_mask >= 0),
+      ("crop_seconds", config.crop_seconds >= 0), ("eval_seconds", config.eval_seconds >= 0),
+      ("head_input", config.head_input in augment.HEAD_INPUTS),
+  ]
+  for key, ok in checks:
+    if not ok:
+      raise ValueError(f"finetune config: bad {key}={config[key]!r}")
+
+
 def _multi_label(config, dataset: str, data_dir: str) -> bool:
   if config.multi_label is not None:
     return bool(config.multi_label)
@@ -375,6 +397,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
                  ) -> dict[str, Any]:
   """Fine-tunes `checkpoint`'s encoder on `dataset`; returns and (with a workdir) writes
   finetune.json with {"task", "metric", "val", "test", "epochs", "steps", ...}."""
+  validate(config)
   data_dir = os.path.expanduser(data_dir)
   restored = restore_lib.restore(checkpoint)
   info, val_split = _splits(dataset, data_dir, config)
@@ -390,7 +413,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   gf, gt = patches.grid_size(net.n_mels, unit_frames, net.patch_size)
   rows, cols = augment.mask_counts(config.head_input, gf, gt, config.mask_ratio)
   setup = Setup(net=net, frontend_cfg=fcfg, norm_stats=restored.norm_stats,
-                multi_label=multi_label, mixup=config.mixup, freq_mask=config.freq_mask,
+                multi_label=multi_label, freq_mask=config.freq_mask,
                 time_mask=augment.scaled_time_mask(config.time_mask, unit_frames),
                 mask_rows=rows, mask_cols=cols)
 
@@ -424,7 +447,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
 
   batches = train_batches(sources[config.train_split], batch=batch, crop_samples=crop_samples,
                           num_classes=len(classes), seed=config.seed,
-                          where=f"{dataset}:{config.train_split}",
+                          where=f"{dataset}:{config.train_split}", mixup=config.mixup,
                           num_workers=config.num_workers)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   logging.info("Fine-tuning %s on %s: %d classes (%s), %d steps of %d, crop %d frames, "
@@ -450,8 +473,9 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
     logging.info("epoch %d step %d loss %.4f val %s %.4f", epoch, step, loss,
                  "mAP" if multi_label else "accuracy", val)
     if best is None or val > best["val"]:
-      best = {"val": val, "epoch": epoch, "step": step,
-              "params": jax.device_get(params), "batch_stats": jax.device_get(batch_stats)}
+      host = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), (params, batch_stats))
+      best = {"val": val, "epoch": epoch, "step": step, "params": host[0],
+              "batch_stats": host[1]}
   test = evaluate(config.test_split, best["params"], best["batch_stats"])
   result = {
       "task": "finetune", "metric": "mAP" if multi_label else "accuracy",
