@@ -208,63 +208,6 @@ def _clean(state: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in state.items()}
 
 
-def _count(state: dict[str, np.ndarray], prefix: str) -> int:
-  """Number of `<prefix><i>.` blocks."""
-  ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-  return max(ids) + 1 if ids else 0
-
-
-def _config(name: ck.FolderName, state: dict[str, np.ndarray], saved: dict[str, Any] | None,
-            stage: str, text_model: str | None, source: str):
-  """The run config the file describes: folder name and shapes (+ saved jaxclap facts)."""
-  from jaxclap import restore as restore_lib
-  from jaxclap.train import config as config_lib
-
-  config = (restore_lib.config_from_meta({"config": saved["config"]}, source)
-            if saved and "config" in saved else config_lib.base_config())
-  width, depth, _ = sizes.get_size(name.size)
-  for key in ("cls_token", "patch_embed.proj.weight", "pos_embed"):
-    if key not in state:
-      raise ValueError(f"{source}: missing key {key!r}; not an M2D checkpoint?")
-  if state["cls_token"].shape[-1] != width or _count(state, "blocks.") != depth:
-    raise ValueError(f"{source}: the folder name says ViT size {name.size!r} (width {width}, "
-                     f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
-                     f"and {_count(state, 'blocks.')} blocks")
-  if name.patch[0] != name.patch[1]:
-    raise ValueError(f"{source}: patch {name.patch} is not square; jaxclap uses square patches")
-  if name.n_mels != 80:
-    raise ValueError(f"{source}: F={name.n_mels} mel bins; jaxclap's front end has 80")
-  config.stage = stage
-  config.model.size, config.model.patch_size = name.size, name.patch[0]
-  config.frontend.sample_rate = name.sample_rate
-  if not saved:
-    config.data.crop_frames = name.frames
-  if "audio_proj.0.weight" in state:
-    config.model.clap_head, config.model.clap_dim = "mlp", state["audio_proj.2.weight"].shape[0]
-  else:
-    config.model.clap_head, config.model.clap_dim = "semantic", width
-  config.model.text_dim = (state["text_proj.weight"].shape[1]
-                           if stage == "stage1" and "text_proj.weight" in state
-                           and not any(k.startswith(ck.TEXT_PREFIX) for k in state)
-                           else config.model.clap_dim)
-  if "decoder_embed.weight" in state:
-    config.model.predictor_width = state["decoder_embed.weight"].shape[0]
-    config.model.predictor_depth = _count(state, "decoder_blocks.")
-    if config.model.predictor_width % config.model.predictor_heads:
-      raise ValueError(f"{source}: predictor width {config.model.predictor_width} is not "
-                       f"divisible by {config.model.predictor_heads} heads")
-  if stage == "stage2":
-    if config.model.clap_head != "semantic":
-      raise ValueError(f"{source}: jaxclap's stage-2 model has the semantic-token pooler; "
-                       "this file has the 2024 MLP head (import it without --text_model)")
-    config.text.kind, config.text.model = "bert", text_model
-    if not saved:
-      config.text.pooling = "cls"
-    config.init.parts, config.init.workdir = "all", ""
-  config_lib.validate(config)
-  return config
-
-
 def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
   """Flat {path: shape} of (params, frozen) the objective initialises (no allocation)."""
   import flax.linen as nn
@@ -275,48 +218,12 @@ def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
   return shape(params), shape(frozen)
 
 
-def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
-               step: int | None = None) -> Imported:
-  """Imports an official `.pth`/`.safetensors` as a jaxclap Orbax checkpoint in `output`."""
+def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, source: str
+                     ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+  """(params, frozen, filled parts) of `objective`'s network from an official state dict."""
   import flax.linen as nn
   import jax
-  import orbax.checkpoint as ocp
-  from jaxclap.audio import frontend as fe
-  from jaxclap.train import checkpoint as ckpt
-  from jaxclap.train import objectives
 
-  file = Path(checkpoint)
-  name = ck.parse_folder_name(file.parent.name)
-  state, saved = load_official(file)
-  source = str(file)
-  has_text = any(k.startswith("text_encoder.") for k in state)
-  if text_model and not has_text:
-    raise ValueError(f"{source}: --text_model given, but the file has no text encoder "
-                     f"({ck.TEXT_PREFIX}*)")
-  stage = "stage2" if has_text and text_model else "stage1"
-  notes, filled = [], []
-  if has_text and not text_model:
-    notes.append("the file holds a BERT text encoder; without --text_model only the audio "
-                 "side was imported, as a stage-1-style checkpoint (text side dropped)")
-    state = {k: v for k, v in state.items()
-             if not k.startswith(("text_encoder.", "text_proj."))}
-  if "norm_stats" not in state:
-    notes.append("no norm_stats in the file: using the legacy [-7.1, 4.2]")
-  norm_stats = [float(x) for x in state.get("norm_stats", np.asarray([-7.1, 4.2]))]
-  config = _config(name, state, saved, stage, text_model, source)
-  width = sizes.get_size(name.size).width
-  table = ck.pos_embed(width, name.n_mels, name.frames, name.frames, name.patch[0])
-  if state["pos_embed"].shape != table.shape:
-    raise ValueError(f"{source}: 'pos_embed' has shape {state['pos_embed'].shape}, expected "
-                     f"{table.shape} for a {name.n_mels}x{name.frames} input")
-  diff = float(np.max(np.abs(state["pos_embed"] - table)))
-  if diff > 1e-5:
-    raise ValueError(f"{source}: 'pos_embed' is not the fixed sin-cos table of the "
-                     f"{name.n_mels}x{name.frames} grid (max difference {diff:.3g}); it was "
-                     "probably interpolated from another length, which jaxclap cannot hold")
-  fcfg = fe.FrontendConfig.for_sample_rate(name.sample_rate)
-  objective = objectives.build(config, frontend_cfg=fcfg, total_steps=1,
-                               input_frames=name.frames, sentence_model=None)
   want_params, want_frozen = _expected(objective)
   if stage == "stage1":
     shapes = {**want_params, **{f"target.{k}": v for k, v in want_frozen.items()}}
@@ -324,7 +231,7 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
     shapes = {k: v for k, v in {**want_params, **want_frozen}.items()
               if not k.startswith("text_tower.bert.")}
   flat, missing = ck.official_to_tree(state, shapes, source)
-  # Stage 1 only: whole parts an encoder-only or release file lacks are initialised.
+  filled = []  # Stage 1: whole parts an encoder-only or release file lacks are initialised.
   for group in ("predictor", "target", "audio_proj", "logit_scale") if stage == "stage1" else ():
     keys = {ck.official_name(p) for p in shapes if p.split(".")[0] == group}
     if keys and not keys & set(state):
@@ -335,19 +242,14 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                      (f" ... ({len(missing)} in all)" if len(missing) > 8 else ""))
   if filled:
     fresh_params, fresh_frozen = nn.unbox(objective.init(jax.random.key(0)))
-    fresh = {**ck.flatten(fresh_params), **{f"target.{k}": v
-                                            for k, v in ck.flatten(fresh_frozen).items()}}
+    fresh = ck.flatten({**fresh_params, "target": fresh_frozen})
     for path in shapes:
-      if path.split(".")[0] in filled:
-        if path.startswith("target."):  # An EMA target starts as the online body.
-          flat[path] = flat[path.replace("target.", "encoder.body.", 1)]
-        else:
-          flat[path] = np.asarray(fresh[path], np.float32)
-    notes.append(f"not in the file, initialised fresh: {filled} (target: a copy of the "
-                 "encoder body)")
+      if path.startswith("target.") and "target" in filled:  # EMA starts as the online body.
+        flat[path] = flat[path.replace("target.", "encoder.body.", 1)]
+      elif path.split(".")[0] in filled:
+        flat[path] = np.asarray(fresh[path], np.float32)
   used = {ck.official_name(p) for p in flat}
   if stage == "stage2":
-    bert_tree = ck.bert_from_official(state, objective.model.text_tower.bert_config, source)
     used |= {k for k in state if k.startswith(ck.TEXT_PREFIX)}
   unexpected = sorted(k for k in set(state) - used if not _DERIVED.match(k))
   if unexpected:
@@ -355,18 +257,66 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                      (f" ... ({len(unexpected)} in all)" if len(unexpected) > 8 else ""))
   tree = ck.unflatten(flat)
   if stage == "stage1":
-    params, frozen = {k: v for k, v in tree.items() if k != "target"}, tree["target"]
-  else:
-    tree.setdefault("text_tower", {})["bert"] = bert_tree
-    params, frozen = {k: v for k, v in tree.items() if k != "encoder"}, {"encoder":
-                                                                          tree["encoder"]}
+    return {k: v for k, v in tree.items() if k != "target"}, tree["target"], filled
+  tree.setdefault("text_tower", {})["bert"] = ck.bert_from_official(
+      state, objective.model.text_tower.bert_config, source)
+  return {k: v for k, v in tree.items() if k != "encoder"}, {"encoder": tree["encoder"]}, []
+
+
+def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
+               step: int | None = None) -> Imported:
+  """Imports an official `.pth`/`.safetensors` as a jaxclap Orbax checkpoint in `output`."""
+  import jax
+  import orbax.checkpoint as ocp
+  from jaxclap.audio import frontend as fe
+  from jaxclap.train import checkpoint as ckpt
+  from jaxclap.train import objectives
+
+  directory = Path(output).expanduser().absolute() / "checkpoints"
+  if directory.is_dir() and any(directory.iterdir()):
+    raise ValueError(f"{directory} already holds checkpoints; choose a new --output")
+  file = Path(checkpoint)
+  name = ck.parse_folder_name(file.parent.name)
+  state, saved = load_official(file)
+  source = str(file)
+  has_text = any(k.startswith("text_encoder.") for k in state)
+  if text_model and not has_text:
+    raise ValueError(f"{source}: --text_model given, but the file has no text encoder "
+                     f"({ck.TEXT_PREFIX}*)")
+  stage = "stage2" if has_text and text_model else "stage1"
+  notes = []
+  if has_text and not text_model:
+    notes.append("the file holds a BERT text encoder; without --text_model only the audio "
+                 "side was imported, as a stage-1-style checkpoint (text side dropped)")
+    state = {k: v for k, v in state.items()
+             if not k.startswith(("text_encoder.", "text_proj."))}
+  if "norm_stats" not in state:
+    notes.append("no norm_stats in the file: using the legacy [-7.1, 4.2]")
+  norm_stats = [float(x) for x in state.get("norm_stats", np.asarray([-7.1, 4.2]))]
+  config = ck.run_config(name, state, saved, stage, text_model, source)
+  table = ck.pos_embed(sizes.get_size(name.size).width, name.n_mels, name.frames, name.frames,
+                       name.patch[0])
+  if state["pos_embed"].shape != table.shape:
+    raise ValueError(f"{source}: 'pos_embed' has shape {state['pos_embed'].shape}, expected "
+                     f"{table.shape} for a {name.n_mels}x{name.frames} input")
+  diff = float(np.max(np.abs(state["pos_embed"] - table)))
+  if diff > 1e-5:
+    raise ValueError(f"{source}: 'pos_embed' is not the fixed sin-cos table of the "
+                     f"{name.n_mels}x{name.frames} grid (max difference {diff:.3g}); it was "
+                     "probably interpolated from another length, which jaxclap cannot hold")
+  objective = objectives.build(config, frontend_cfg=fe.FrontendConfig.for_sample_rate(
+      name.sample_rate), total_steps=1, input_frames=name.frames, sentence_model=None)
+  params, frozen, filled = _tree_from_state(state, objective, stage, source)
+  if filled:
+    notes.append(f"not in the file, initialised fresh: {filled} (an EMA target starts as a "
+                 "copy of the encoder body)")
   if step is None:
     m = re.search(r"(\d+)$", file.stem)
     step = int(m.group(1)) if m else 0
   saved = saved or {}
+  keep_sentence = stage == "stage1" and not has_text and saved.get("stage") == "stage1"
   meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": norm_stats,
-          "text_models": (saved.get("text_models") or {}) if stage == "stage1"
-          and not has_text and saved.get("stage") == "stage1" else {},
+          "text_models": (saved.get("text_models") or {}) if keep_sentence else {},
           "input_frames": name.frames, "stage": stage,
           "total_steps": int(saved.get("total_steps", 1)), "steps_per_epoch": 1, "step": step,
           "imported": {"source": source, "folder": str(name), "filled": filled,
@@ -375,9 +325,6 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                  "rng": np.asarray(jax.random.PRNGKey(0)),
                  "norm_stats": np.asarray(norm_stats, np.float32),
                  "bad_step": np.asarray(-1, np.int32)}
-  directory = Path(output).expanduser().absolute() / "checkpoints"
-  if directory.is_dir() and any(directory.iterdir()):
-    raise ValueError(f"{directory} already holds checkpoints; choose a new --output")
   manager = ckpt.make_manager(str(directory.parent), keep=1, async_save=False)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state),
                                              meta=ocp.args.JsonSave(meta)), force=True)

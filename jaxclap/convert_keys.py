@@ -1,9 +1,9 @@
 """Names and layouts of the official PyTorch M2D / M2D-CLAP checkpoints (no PyTorch needed).
 
-Two jobs, both pure numpy: the folder-name grammar the official loader parses its
-configuration from (`<model>-<F>x<T>p<ph>x<pw>p<sr>[p<TE>[pTI]]-<tag>`), and the mapping
-between jaxclap parameter trees and the official flat state dict (names, transposes,
-fixed position tables). `jaxclap.convert` does the file I/O on top of these.
+The folder-name grammar the official loader parses its configuration from
+(`<model>-<F>x<T>p<ph>x<pw>p<sr>[p<TE>[pTI]]-<tag>`), the mapping between jaxclap parameter
+trees and the official flat state dict (names, transposes, fixed position tables), and the
+jaxclap run config a file describes. `jaxclap.convert` does the file I/O on top of these.
 """
 
 from __future__ import annotations
@@ -239,3 +239,67 @@ def bert_from_official(state: Mapping[str, np.ndarray], config: bert.BertConfig,
   hf = {k: v for k, v in hf.items() if not k.startswith("pooler.")}
   return bert.params_from_hf(hf, dataclasses.replace(config, add_pooling_layer=False),
                              source=source)
+
+
+# ---------------------------------------------------------------------------------------
+# The run config a file describes.
+
+
+def count_blocks(state: dict[str, np.ndarray], prefix: str) -> int:
+  """Number of `<prefix><i>.` blocks."""
+  ids = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+  return max(ids) + 1 if ids else 0
+
+
+def run_config(name: FolderName, state: dict[str, np.ndarray], saved: dict[str, Any] | None,
+               stage: str, text_model: str | None, source: str) -> Any:
+  """The jaxclap run config an official state dict describes: its folder name and shapes,
+  over the config jaxclap saved in the file (`saved`, when it wrote it)."""
+  from jaxclap import restore as restore_lib
+  from jaxclap.train import config as config_lib
+
+  config = (restore_lib.config_from_meta({"config": saved["config"]}, source)
+            if saved and "config" in saved else config_lib.base_config())
+  width, depth, _ = sizes.get_size(name.size)
+  for key in ("cls_token", "patch_embed.proj.weight", "pos_embed"):
+    if key not in state:
+      raise ValueError(f"{source}: missing key {key!r}; not an M2D checkpoint?")
+  if state["cls_token"].shape[-1] != width or count_blocks(state, "blocks.") != depth:
+    raise ValueError(f"{source}: the folder name says ViT size {name.size!r} (width {width}, "
+                     f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
+                     f"and {count_blocks(state, 'blocks.')} blocks")
+  if name.patch[0] != name.patch[1]:
+    raise ValueError(f"{source}: patch {name.patch} is not square; jaxclap uses square patches")
+  if name.n_mels != 80:
+    raise ValueError(f"{source}: F={name.n_mels} mel bins; jaxclap's front end has 80")
+  config.stage = stage
+  config.model.size, config.model.patch_size = name.size, name.patch[0]
+  config.frontend.sample_rate = name.sample_rate
+  if not saved:
+    config.data.crop_frames = name.frames
+  if "audio_proj.0.weight" in state:
+    if "audio_proj.2.weight" not in state:
+      raise ValueError(f"{source}: missing key 'audio_proj.2.weight' of the 2024 MLP head")
+    config.model.clap_head, config.model.clap_dim = "mlp", state["audio_proj.2.weight"].shape[0]
+  else:
+    config.model.clap_head, config.model.clap_dim = "semantic", width
+  config.model.text_dim = (state["text_proj.weight"].shape[1]
+                           if stage == "stage1" and "text_proj.weight" in state
+                           and not any(k.startswith(TEXT_PREFIX) for k in state)
+                           else config.model.clap_dim)
+  if "decoder_embed.weight" in state:
+    config.model.predictor_width = state["decoder_embed.weight"].shape[0]
+    config.model.predictor_depth = count_blocks(state, "decoder_blocks.")
+    if config.model.predictor_width % config.model.predictor_heads:
+      raise ValueError(f"{source}: predictor width {config.model.predictor_width} is not "
+                       f"divisible by {config.model.predictor_heads} heads")
+  if stage == "stage2":
+    if config.model.clap_head != "semantic":
+      raise ValueError(f"{source}: jaxclap's stage-2 model has the semantic-token pooler; "
+                       "this file has the 2024 MLP head (import it without --text_model)")
+    config.text.kind, config.text.model = "bert", text_model
+    if not saved:
+      config.text.pooling = "cls"
+    config.init.parts, config.init.workdir = "all", ""
+  config_lib.validate(config)
+  return config
