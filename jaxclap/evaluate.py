@@ -1,11 +1,13 @@
-"""Evaluation CLI: zero-shot, retrieval, linear and few-shot probes of a trained checkpoint.
+"""Evaluation CLI: zero-shot, retrieval, linear and few-shot probes, fine-tuning.
 
   python -m jaxclap.evaluate --checkpoint=RUN_DIR --data_dir=~/jaxclap_data \
       --dataset=jaxclap_demo --tasks=zero_shot,retrieval,linear_probe,few_shot --workdir=OUT
+  # + fine-tuning of the whole encoder (the stage-1.1 recipe, configs/finetune.py):
+  ... --tasks=linear_probe,finetune --finetune_config=configs/finetune.py:demo
 
 Prints a Markdown table and writes OUT/eval.json and OUT/eval.md (plus OUT/plots/*.png
-with --plots). Zero-shot and retrieval use the test split; the probes train on the train
-split, early-stop on the validation split and report the test split.
+with --plots). Zero-shot and retrieval use the test split; the probes and fine-tuning train
+on the train split, pick the best epoch on the validation split and report the test split.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from jaxclap.eval import data as eval_data
 from jaxclap.eval import metrics, plots, probe
@@ -33,17 +36,20 @@ class Evaluation:
   dataset: str
   data_dir: str
   class_names: list[str]
+  checkpoint: str = ""  # Where `model` came from (tasks that re-load it, e.g. fine-tuning).
+  workdir: str | None = None  # Output folder; tasks may write under it.
   template: str = plots.DEFAULT_TEMPLATE
   splits: dict[str, str] = dataclasses.field(default_factory=lambda: {
       "train": "train", "validation": "validation", "test": "test"})
-  batch_size: int = 32
-  bucket_s: float | None = None  # Pad clips to the longest (None) or to multiples of this.
   max_clips: int | None = None  # Per split (quick runs); None: every clip.
   shots: tuple[int, ...] = (1, 5)
   seeds: tuple[int, ...] = (0, 1, 2)
   probe_config: probe.ProbeConfig = probe.ProbeConfig()
-  _loaded: dict[str, eval_data.EvalSplit] = dataclasses.field(default_factory=dict)
-  _embedded: dict[tuple[str, str], np.ndarray] = dataclasses.field(default_factory=dict)
+  finetune_config: Any = None  # configs/finetune.py's ConfigDict (task "finetune").
+  _loaded: dict[str, eval_data.EvalSplit] = dataclasses.field(
+      default_factory=dict, init=False, repr=False)
+  _embedded: dict[tuple[str, str], np.ndarray] = dataclasses.field(
+      default_factory=dict, init=False, repr=False)
 
   def split(self, role: str) -> eval_data.EvalSplit:
     """The split playing `role` ("train", "validation" or "test")."""
@@ -56,9 +62,8 @@ class Evaluation:
     """`kind` ("clip_features" or "audio_embedding") of every clip of a split, cached."""
     if (kind, role) not in self._embedded:
       ev = self.split(role)
-      self._embedded[kind, role] = eval_data.embed_clips(
-          getattr(self.model, kind), ev.audio, sample_rate=ev.sample_rate,
-          batch_size=self.batch_size, bucket_s=self.bucket_s)
+      self._embedded[kind, role] = np.asarray(
+          getattr(self.model, kind)(ev.audio, sample_rate=ev.sample_rate))
     return self._embedded[kind, role]
 
   def loaded(self) -> dict[str, eval_data.EvalSplit]:
@@ -93,8 +98,7 @@ def zero_shot(ev: Evaluation) -> dict[str, float]:
 def retrieval(ev: Evaluation) -> dict[str, float]:
   """a2t / t2a R@1/5/10 and mAP@10 over every caption of every test clip."""
   texts, caption_clip = metrics.flatten_captions(ev.split("test").captions)
-  text_emb = np.concatenate([np.asarray(ev.model.text_embedding(texts[i:i + ev.batch_size]))
-                             for i in range(0, len(texts), ev.batch_size)])
+  text_emb = np.asarray(ev.model.text_embedding(texts))
   out = metrics.retrieval_from_embeddings(ev.embed("audio_embedding", "test"), text_emb,
                                           caption_clip)
   return {**out, "clips": len(ev.split("test")), "captions": len(texts)}
@@ -116,64 +120,45 @@ def few_shot(ev: Evaluation) -> dict[str, float]:
   return {**out, "chance": 1.0 / len(ev.class_names)}
 
 
-# Task name -> function of the Evaluation returning flat {metric: number}. The one place a
-# task name picks code; fine-tuning (jaxclap.eval.finetune.run_finetune) is added here.
+def finetune(ev: Evaluation) -> dict[str, float]:
+  """The whole encoder fine-tuned (stage-1.1 recipe); test accuracy (or mAP) at the best
+  validation epoch, beside the frozen-feature probes."""
+  from jaxclap.eval import finetune as finetune_lib  # Deferred: LARS/augment only here.
+
+  if ev.finetune_config is None:
+    raise ValueError("task 'finetune' needs a fine-tuning config (--finetune_config="
+                     "configs/finetune.py, or finetune_config= in Python)")
+  config = ev.finetune_config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train_split, config.val_split = ev.splits["train"], ev.splits["validation"]
+    config.test_split = ev.splits["test"]
+  out = finetune_lib.run_finetune(
+      ev.checkpoint, data_dir=ev.data_dir, dataset=ev.dataset, config=config,
+      workdir=os.path.join(ev.workdir, "finetune") if ev.workdir else None)
+  metric = out["metric"]
+  result = {metric: out["test"], f"val_{metric}": out["val"], "best_epoch": out["best_epoch"],
+            "epochs": out["epochs"], "steps": out["steps"]}
+  if metric == "accuracy":
+    result["chance"] = 1.0 / len(ev.class_names)
+  return result
+
+
+# Task name -> function of the Evaluation returning flat {metric: number}: the one place a
+# task name picks code.
 TASKS: dict[str, Callable[[Evaluation], dict[str, float]]] = {
     "zero_shot": zero_shot,
     "retrieval": retrieval,
     "linear_probe": linear_probe,
     "few_shot": few_shot,
+    "finetune": finetune,
 }
 
 
-def load_model(path: str) -> Any:
-  """The checkpoint as an inference model (clip_features, audio/text embeddings)."""
-  return _RestoredModel(path)
+def load_model(path: str, *, batch_size: int = 16, text_model: str | None = None) -> Any:
+  """The checkpoint as an inference model (`jaxclap.load`)."""
+  from jaxclap import inference  # Deferred: --help and flag errors need no JAX or Orbax.
 
-
-class _RestoredModel:
-  """Private stand-in for `jaxclap.load` (jaxclap/inference.py) over restore + features."""
-
-  def __init__(self, path: str):
-    import jax  # Deferred: importing the CLI module for --help needs no JAX.
-
-    from jaxclap import features, restore
-    from jaxclap.audio import frontend as fe
-
-    r = restore.restore(path)
-    self._restored = r
-    self.stage = r.stage
-    self.sample_rate = r.frontend_cfg.sample_rate
-    self.input_seconds = r.model.input_frames * r.frontend_cfg.hop_length / self.sample_rate
-    self._params = jax.device_put(r.params)
-
-    def lms(audio):
-      return fe.normalize(fe.log_mel(audio, None, r.frontend_cfg), *r.norm_stats)
-
-    self._clip = jax.jit(lambda p, a: features.clip_features(p, lms(a), model=r.model))
-    self._audio = jax.jit(lambda p, a: features.clap_audio_embedding(p, lms(a), model=r.model))
-    self._text = jax.jit(lambda p, t: r.objective.text_embed(p, {}, t))
-
-  def _input(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    from jaxclap.audio import io as audio_io
-
-    audio = np.atleast_2d(np.asarray(audio, np.float32))
-    if sample_rate != self.sample_rate:
-      audio = np.stack([audio_io.resample(a, sample_rate, self.sample_rate) for a in audio])
-    return audio
-
-  def clip_features(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    return np.asarray(self._clip(self._params, self._input(audio, sample_rate)))
-
-  def audio_embedding(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    return np.asarray(self._audio(self._params, self._input(audio, sample_rate)))
-
-  def text_embedding(self, texts: Sequence[str]) -> np.ndarray:
-    inputs = self._restored.objective.text_inputs(list(texts))
-    if inputs is None:
-      raise ValueError(f"{self._restored.source}: stage-1 checkpoint names no sentence model; "
-                       "text embeddings (zero-shot, retrieval) are unavailable")
-    return np.asarray(self._text(self._params, inputs))
+  return inference.load(path, batch_size=batch_size, text_model=text_model)
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
@@ -186,29 +171,40 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def check_tasks(tasks: Sequence[str], template: str) -> None:
+  """Task names must be in TASKS and the template must hold one '{}' for the class."""
+  unknown = [t for t in tasks if t not in TASKS]
+  if unknown or not tasks:
+    raise ValueError(f"unknown or no task(s) {list(unknown) or list(tasks)}; "
+                     f"known: {sorted(TASKS)}")
+  if template.count("{}") != 1:
+    raise ValueError(f"zero-shot template {template!r} must contain '{{}}' exactly once")
+
+
 def run(ev: Evaluation, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
   """Runs `tasks` in order; returns {task: metrics}."""
-  unknown = [t for t in tasks if t not in TASKS]
-  if unknown:
-    raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+  check_tasks(tasks, ev.template)
   return {t: TASKS[t](ev) for t in tasks}
 
 
 def evaluate(checkpoint: str, *, data_dir: str, workdir: str,
              dataset: str = "jaxclap_demo", tasks: Sequence[str] = DEFAULT_TASKS,
-             with_plots: bool = False, model: Any = None, **options: Any) -> dict[str, Any]:
+             with_plots: bool = False, model: Any = None, batch_size: int = 16,
+             text_model: str | None = None, **options: Any) -> dict[str, Any]:
   """Loads the checkpoint (unless `model` is given), runs tasks, writes eval.json/eval.md.
 
-  `options` are further `Evaluation` fields (template, splits, shots, seeds, ...).
+  `batch_size` and `text_model` go to `jaxclap.load`; `options` are further
+  `Evaluation` fields (template, splits, shots, seeds, max_clips, probe_config).
   """
-  unknown = [t for t in tasks if t not in TASKS]
-  if unknown or not tasks:
-    raise ValueError(f"unknown or no task(s) {list(unknown) or list(tasks)}; "
-                     f"known: {sorted(TASKS)}")
+  check_tasks(tasks, options.get("template", plots.DEFAULT_TEMPLATE))
+  if "finetune" in tasks and options.get("finetune_config") is None:
+    raise ValueError("task 'finetune' needs a fine-tuning config (--finetune_config="
+                     "configs/finetune.py, or finetune_config= in Python)")
   names = eval_data.class_names(dataset, data_dir)  # Fails early on a missing dataset.
-  model = model if model is not None else load_model(checkpoint)
+  if model is None:
+    model = load_model(checkpoint, batch_size=batch_size, text_model=text_model)
   ev = Evaluation(model=model, dataset=dataset, data_dir=data_dir, class_names=names,
-                  **options)
+                  checkpoint=checkpoint, workdir=workdir, **options)
   results = run(ev, tasks)
   report = {
       "checkpoint": checkpoint, "dataset": dataset, "data_dir": data_dir,
@@ -220,7 +216,7 @@ def evaluate(checkpoint: str, *, data_dir: str, workdir: str,
   if with_plots:
     report["plots"] = plots.write_demo_plots(
         workdir, model, data_dir, dataset=dataset, split=ev.splits["test"],
-        template=ev.template, batch_size=ev.batch_size)
+        template=ev.template, **({"max_clips": ev.max_clips} if ev.max_clips else {}))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)
@@ -242,9 +238,15 @@ _SPLITS = flags.DEFINE_list("splits", ["train", "validation", "test"],
                             "Dataset splits used as train, validation, test.")
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Few-shot k values.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Few-shot seeds.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Clips per model call.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Encoder chunks per jitted model call.")
+_TEXT_MODEL = flags.DEFINE_string(
+    "text_model", None, "Stage-2 text tower folder, when the checkpoint's path is not here.")
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Read at most this many clips per split.")
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write the demo plots under workdir/plots.")
+_FINETUNE = config_flags.DEFINE_config_file(
+    "finetune_config", None, "Fine-tuning config file for task 'finetune' (e.g. "
+    "configs/finetune.py or configs/finetune.py:as2m); override knobs with "
+    "--finetune_config.epochs=3 etc.", lock_config=True)
 
 
 def main(argv: list[str]) -> None:
@@ -256,9 +258,11 @@ def main(argv: list[str]) -> None:
     report = evaluate(
         _CHECKPOINT.value, data_dir=_DATA_DIR.value, workdir=_WORKDIR.value,
         dataset=_DATASET.value, tasks=_TASKS.value, with_plots=_PLOTS.value,
-        template=_TEMPLATE.value, batch_size=_BATCH.value, max_clips=_MAX_CLIPS.value,
+        template=_TEMPLATE.value, batch_size=_BATCH.value,
+        text_model=_TEXT_MODEL.value, max_clips=_MAX_CLIPS.value,
         splits=dict(zip(("train", "validation", "test"), _SPLITS.value)),
-        shots=tuple(_ints(_SHOTS.value, "--shots")), seeds=tuple(_ints(_SEEDS.value, "--seeds")))
+        shots=tuple(_ints(_SHOTS.value, "--shots")), seeds=tuple(_ints(_SEEDS.value, "--seeds")),
+        finetune_config=_FINETUNE.value)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -1,16 +1,13 @@
-"""Evaluation inputs: whole clips of a built TFDS split, and batched embedding of clips.
+"""Evaluation inputs: whole clips of a built TFDS split with their labels and captions.
 
-Evaluation sees each clip whole (no random crop). Clips of different lengths are
-batched by padding with silence at the end, as EVAR pads every clip of a task to one
-length: by default to the longest clip, so the model sees a single input shape (jit
-compiles once per shape, which costs far more than the padding on small models); with
-`bucket_s`, to the next multiple of it instead (at most that much silence per clip).
+Evaluation sees each clip whole, at its own length (no crop, no padding): the inference
+model (`jaxclap.load`) takes a list of variable-length waveforms and gives each clip its
+own front end, as the official runtime does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -73,27 +70,3 @@ def check_labelled(split: EvalSplit, num_classes: int) -> None:
     i = int(bad[0])
     raise ValueError(f"{split.name}: clip {split.ids[i]!r} has label {split.labels[i]}, "
                      f"outside [0, {num_classes}); {bad.size} such clips")
-
-
-def embed_clips(fn: Callable[..., np.ndarray], clips: Sequence[np.ndarray], *,
-                sample_rate: int, batch_size: int = 32, bucket_s: float | None = None
-                ) -> np.ndarray:
-  """`fn(audio [B, S], sample_rate=...) -> [B, ...]` over variable-length clips, in order."""
-  if not clips:
-    raise ValueError("embed_clips: no clips")
-  longest = max(max(len(c) for c in clips), 1)
-  bucket = longest if bucket_s is None else max(1, int(round(bucket_s * sample_rate)))
-  padded_len = np.asarray([-(-max(len(c), 1) // bucket) * bucket for c in clips])
-  rows = min(batch_size, len(clips))  # Every call has this many rows: one shape per bucket.
-  out: list[np.ndarray | None] = [None] * len(clips)
-  for length in np.unique(padded_len):
-    members = np.flatnonzero(padded_len == length)
-    for start in range(0, members.size, rows):
-      idx = members[start:start + rows]
-      batch = np.zeros((rows, int(length)), np.float32)  # Spare rows stay silent.
-      for row, i in zip(batch, idx):
-        row[:len(clips[i])] = clips[i]
-      emb = np.asarray(fn(batch, sample_rate=sample_rate))
-      for row, i in zip(emb, idx):
-        out[i] = row
-  return np.stack(out)

@@ -266,7 +266,7 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
   (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
 def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]

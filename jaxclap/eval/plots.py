@@ -3,8 +3,9 @@
 Figures are built with matplotlib's object API (`Figure` + Agg canvas), never pyplot,
 so no global backend or figure state is touched. Every writer returns the path written.
 
-`model` arguments are duck-typed like `jaxclap.load(path)`: `audio_embedding(audio
-[N, S], sample_rate=)` and `text_embedding(texts)` (L2-normalised), `clip_features(...)`.
+`model` arguments are duck-typed like `jaxclap.load(path)`: `audio_embedding(audio,
+sample_rate=)` (audio: [N, S] or a list of clips) and `text_embedding(texts)`, both
+L2-normalised; the timeline's default window also reads `input_frames`, `frontend_cfg`.
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ def similarity_matrix(sims: np.ndarray, path: str, *, row_labels: Sequence[str],
 
 
 def window_seconds(model: Any) -> float:
-  """The model's trained crop length in seconds (`model.input_seconds`)."""
-  seconds = getattr(model, "input_seconds", None)
-  if not seconds:
-    raise ValueError(f"{type(model).__name__} has no input_seconds; pass window_s")
-  return float(seconds)
+  """The model's trained crop in seconds: `input_frames` log-mel frames at its hop."""
+  frames, cfg = getattr(model, "input_frames", None), getattr(model, "frontend_cfg", None)
+  if not frames or cfg is None:
+    raise ValueError(f"{type(model).__name__} has no input_frames/frontend_cfg; pass window_s")
+  return (frames - 1) * cfg.hop_length / cfg.sample_rate  # Samples giving exactly `frames`.
 
 
 def sliding_zero_shot(model: Any, audio: np.ndarray, *, sample_rate: int,
@@ -145,7 +146,7 @@ def write_demo_plots(workdir: str, model: Any, data_dir: str, *,
                      dataset: str = "jaxclap_demo", split: str = "test",
                      template: str = DEFAULT_TEMPLATE, max_clips: int = 300,
                      timeline_clips: int = 3, hop_s: float = 1.0,
-                     window_s: float | None = None, batch_size: int = 32) -> dict[str, str]:
+                     window_s: float | None = None) -> dict[str, str]:
   """Writes the demo's plots under `workdir/plots/`; returns {name: path}.
 
   embedding_map: t-SNE of the CLAP audio embeddings of (up to `max_clips`) clips of
@@ -159,8 +160,7 @@ def write_demo_plots(workdir: str, model: Any, data_dir: str, *,
   ev = eval_data.load_split(dataset, split, data_dir, max_clips=max_clips)
   eval_data.check_labelled(ev, len(names))
   out_dir = os.path.join(workdir, "plots")
-  audio = eval_data.embed_clips(model.audio_embedding, ev.audio, sample_rate=ev.sample_rate,
-                                batch_size=batch_size)
+  audio = np.asarray(model.audio_embedding(ev.audio, sample_rate=ev.sample_rate))
   class_emb = np.asarray(model.text_embedding([template.format(n) for n in names]))
   paths = {"embedding_map": embedding_map(audio, ev.labels, names,
                                           os.path.join(out_dir, "embedding_map.png"),

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -90,19 +89,3 @@ def jit_steps(*, mesh: Mesh, state_sh: TrainState, objective, tx, schedule,
       "audio": jax.jit(audio, in_shardings=(state_sh, batch_sh), out_shardings=repl),
       "text": jax.jit(text, in_shardings=(state_sh, repl), out_shardings=repl),
   }
-
-
-def retrieval_recall(audio_emb: Any, text_emb: Any, ks=(1, 5, 10)) -> dict[str, float]:
-  """Audio→text and text→audio recall@k where clip i's caption is text i (host numpy)."""
-  sims = np.asarray(audio_emb) @ np.asarray(text_emb).T
-  out = {}
-  for name, s in (("a2t", sims), ("t2a", sims.T)):
-    ranks = (s > np.diag(s)[:, None]).sum(axis=1)  # Candidates scored above the true one.
-    out.update({f"{name}_R@{k}": float((ranks < k).mean()) for k in ks})
-  return out
-
-
-def zero_shot_accuracy(audio_emb: Any, labels: Any, class_emb: Any) -> float:
-  """Top-1 accuracy of the nearest class prompt (host-side numpy)."""
-  pred = np.argmax(np.asarray(audio_emb) @ np.asarray(class_emb).T, axis=1)
-  return float((pred == np.asarray(labels)).mean())

@@ -9,7 +9,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxclap import sharding as shd
-from jaxclap.train import step as step_lib
+from jaxclap.eval import metrics as eval_metrics
 
 
 def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
@@ -30,7 +30,7 @@ def _limited(loader: Iterable, n: int):
 
 def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
               max_batches: int) -> dict[str, float]:
-  """Validation loss (fixed masks) and a→t / t→a R@1/5/10 over first captions."""
+  """Validation loss (fixed masks); a→t / t→a R@1/5/10 and mAP@10, one caption per clip."""
   metrics, audio, text = [], [], []
   for batch in _limited(loader, max_batches):
     m, a, t = steps["eval"](state, device_batch(batch, objective, mesh))
@@ -41,7 +41,7 @@ def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
     return {}
   out = {f"val_{k}": float(np.mean([m[k] for m in metrics]))
          for k in metrics[0] if k.startswith("loss")}
-  out.update(step_lib.retrieval_recall(np.concatenate(audio), np.concatenate(text)))
+  out.update(eval_metrics.retrieval_from_embeddings(np.concatenate(audio), np.concatenate(text)))
   return out
 
 
@@ -59,5 +59,5 @@ def zero_shot(steps: dict[str, Callable], state, loader, objective, mesh, *,
     labels.append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)))
   if not audio:
     return {}
-  acc = step_lib.zero_shot_accuracy(np.concatenate(audio), np.concatenate(labels), class_emb)
+  acc = eval_metrics.zero_shot_accuracy(np.concatenate(audio), np.concatenate(labels), class_emb)
   return {"zero_shot_acc": acc, "zero_shot_chance": 1.0 / len(class_names)}
