@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
 from jaxclap.train import loop
@@ -25,6 +26,13 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     results[name] = loop.train_and_evaluate(stage_cfg, stage_dir)
     previous = stage_dir
   print(format_table(results), flush=True)
+  if config.get("plots") and previous is not None and jax.process_index() == 0:
+    import jaxclap  # The plots read the last stage back as a user would.
+    from jaxclap.eval import plots
+
+    model = jaxclap.load(previous, progress=False)
+    written = plots.write_demo_plots(workdir, model, config.data_dir)
+    print("plots: " + ", ".join(written.values()), flush=True)
   return results
 
 
