@@ -63,8 +63,8 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
   moved = (own != own[perm])
   lam_y = np.asarray(ym)[np.arange(8), own]
   xn, xmn = np.asarray(x)[:, 0, 0], np.asarray(xm)[:, 0, 0]
-  lam_x = (xmn - xn[perm]) / (xn - xn[perm])
-  np.testing.assert_allclose(lam_y[moved], lam_x[moved], rtol=1e-4)
+  lam_x = (xmn[moved] - xn[perm][moved]) / (xn[moved] - xn[perm][moved])  # Partner ≠ self.
+  np.testing.assert_allclose(lam_y[moved], lam_x, rtol=1e-4)
   assert augment.mixup_lambda(draws, 0.0) == 1.0  # Off: no mixing.
   xo, yo, _ = augment.mixup(rng, x, y, jnp.ones(8))
   np.testing.assert_array_equal(xo, x)

@@ -1,5 +1,7 @@
 """Activation rematerialisation: the same loss and gradients; the forward is recomputed."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from jaxclap.audio import frontend as fe
 from jaxclap.models import m2d
 
 
+@functools.lru_cache(maxsize=None)  # The "none" reference serves every test in a worker.
 def _loss_and_grad(remat: str, batch: int = 2, size: str = "test"):
   model = m2d.build_model({"size": size, "text_dim": 16, "clap_dim": 32, "input_frames": 96,
                            "predictor_width": 32, "predictor_depth": 2, "predictor_heads": 2,
