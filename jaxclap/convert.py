@@ -97,9 +97,19 @@ def export_state(restored: Any, *, input_frames: int | None = None,
     tree["target"] = restored.target
   elif params_only:
     tree.pop("predictor", None)
+  encoder = dict(tree["encoder"])
+  stored = encoder.pop("pos_embed", None)  # model.pos_table="stored" (an imported table).
+  tree["encoder"] = encoder
   state = {"norm_stats": np.asarray(restored.norm_stats, np.float32)}
   state.update(ck.tree_to_official(tree))
-  state["pos_embed"] = ck.pos_embed(width, n_mels, train_frames, frames, patch)
+  if stored is None:
+    state["pos_embed"] = ck.pos_embed(width, n_mels, train_frames, frames, patch)
+  else:
+    from jaxclap.models import patches  # JAX: only for an imported (stored) table.
+
+    grid = lambda f: patches.grid_size(n_mels, f, patch)
+    table = np.asarray(patches.fit_pos_embed(stored, grid(train_frames), grid(frames)))
+    state["pos_embed"] = np.concatenate([np.zeros((1, width), np.float32), table])[None]
   if frames != train_frames:
     notes.append(f"position table fitted from the trained {train_frames} frames to {frames}")
   if "predictor" in tree:
@@ -218,9 +228,16 @@ def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
   return shape(params), shape(frozen)
 
 
-def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, source: str
+_STORED_POS = "encoder.pos_embed"  # Flat path of a stored position table (pos_table="stored").
+
+
+def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, source: str,
+                     stored_pos: np.ndarray | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-  """(params, frozen, filled parts) of `objective`'s network from an official state dict."""
+  """(params, frozen, filled parts) of `objective`'s network from an official state dict.
+
+  `stored_pos` [1 + F'·T', D]: the file's position table, when the network stores one.
+  """
   import flax.linen as nn
   import jax
 
@@ -230,7 +247,12 @@ def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, s
   else:
     shapes = {k: v for k, v in {**want_params, **want_frozen}.items()
               if not k.startswith("text_tower.bert.")}
+  shapes.pop(_STORED_POS, None)  # Not an official key: laid in from `stored_pos` below.
   flat, missing = ck.official_to_tree(state, shapes, source)
+  if stored_pos is not None:
+    flat[_STORED_POS] = stored_pos[1:]
+    # The official forward adds the table's row 0 to the cls token; fold it in.
+    flat["encoder.cls_token"] = flat["encoder.cls_token"] + stored_pos[0]
   filled = []  # Stage 1: whole parts an encoder-only or release file lacks are initialised.
   for group in ("predictor", "target", "audio_proj", "logit_scale") if stage == "stage1" else ():
     keys = {ck.official_name(p) for p in shapes if p.split(".")[0] == group}
@@ -248,7 +270,7 @@ def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, s
         flat[path] = flat[path.replace("target.", "encoder.body.", 1)]
       elif path.split(".")[0] in filled:
         flat[path] = np.asarray(fresh[path], np.float32)
-  used = {ck.official_name(p) for p in flat}
+  used = {ck.official_name(p) for p in flat if p != _STORED_POS}
   if stage == "stage2":
     used |= {k for k in state if k.startswith(ck.TEXT_PREFIX)}
   unexpected = sorted(k for k in set(state) - used if not _DERIVED.match(k))
@@ -300,13 +322,16 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
     raise ValueError(f"{source}: 'pos_embed' has shape {state['pos_embed'].shape}, expected "
                      f"{table.shape} for a {name.n_mels}x{name.frames} input")
   diff = float(np.max(np.abs(state["pos_embed"] - table)))
-  if diff > 1e-5:
-    raise ValueError(f"{source}: 'pos_embed' is not the fixed sin-cos table of the "
-                     f"{name.n_mels}x{name.frames} grid (max difference {diff:.3g}); it was "
-                     "probably interpolated from another length, which jaxclap cannot hold")
+  stored = None
+  if diff > 1e-5:  # E.g. interpolated by stage-1.1 fine-tuning: kept as a frozen parameter.
+    stored = np.asarray(state["pos_embed"], np.float32)[0]
+    config.model.pos_table = "stored"
+    notes.append(f"'pos_embed' is not the fixed sin-cos table of the {name.n_mels}x"
+                 f"{name.frames} grid (max difference {diff:.3g}): imported as a stored, "
+                 "frozen table (model.pos_table='stored')")
   objective = objectives.build(config, frontend_cfg=fe.FrontendConfig.for_sample_rate(
       name.sample_rate), total_steps=1, input_frames=name.frames, sentence_model=None)
-  params, frozen, filled = _tree_from_state(state, objective, stage, source)
+  params, frozen, filled = _tree_from_state(state, objective, stage, source, stored)
   if filled:
     notes.append(f"not in the file, initialised fresh: {filled} (an EMA target starts as a "
                  "copy of the encoder body)")

@@ -16,7 +16,9 @@ from jaxclap import convert, features, restore
 from jaxclap import convert_keys as ck
 from jaxclap.audio import frontend
 from jaxclap.models import m2d
+from jaxclap.train import loop
 import torch_reference as tr
+from conftest import small_config
 
 LENGTHS = (201, 609, 1001, 2501)  # 2 s, 6.08 s, 10 s, 25 s of 16 kHz log-mel frames.
 TOL = 1e-4
@@ -225,6 +227,40 @@ def test_official_stage1_training_state_round_trips(tmp_path):
     assert np.array_equal(original[k], exported[k]), k
 
 
+def test_interpolated_position_table_imports_as_stored(tmp_path, demo_data_dir):
+  """A table that is not sin-cos (e.g. resized by stage-1.1 fine-tuning) is kept, frozen."""
+  model = tr.OfficialM2D(size="test", frames=64, clap_head="semantic", logit_scale=True)
+  tr.randomize_(model, seed=6, norm_stats=(-7.0, 4.0))
+  with torch.no_grad():  # A 5×3 sin-cos grid resized bicubically to 5×4 (torch's kernel).
+    d = model.pos_embed.shape[-1]
+    short = torch.from_numpy(tr.sincos_table(d, 5, 3)[1:]).float().reshape(1, 5, 3, d)
+    grown = torch.nn.functional.interpolate(short.permute(0, 3, 1, 2), size=(5, 4),
+                                            mode="bicubic", align_corners=False)
+    table = grown.permute(0, 2, 3, 1).reshape(1, 20, d)
+    row0 = torch.full((1, 1, d), 0.01)  # Official forwards add row 0 to the cls token.
+    model.pos_embed.copy_(torch.cat([row0, table], dim=1))
+  path = tr.write_official(model.eval(), tmp_path / "m2d_clap_vit_test-80x64p16x16p16k-i")
+  out = convert.from_torch(str(path), str(tmp_path / "jax"))
+  assert any("stored, frozen table" in n for n in out.notes)
+  r = restore.restore(str(tmp_path / "jax"))
+  assert r.config.model.pos_table == "stored"
+  _audio_parity(model, r, lengths=(201, 40))
+  # Back out: the same function (row 0 now folded into the cls token).
+  again, _ = convert.to_torch(str(tmp_path / "jax"), str(tmp_path / "again"), tag="i")
+  back = tr.OfficialM2D.from_file(again).eval()
+  exported, _ = convert.load_official(again)
+  np.testing.assert_array_equal(exported["pos_embed"][0, 1:], table[0].numpy())
+  _audio_parity(back, r, lengths=(201,))
+  # A later stage keeps the stored table (and its training leaves it unchanged).
+  c = small_config("stage2", demo_data_dir)
+  c.init.workdir = str(tmp_path / "jax")
+  c.text.max_len = 16
+  loop.train_and_evaluate(c, str(tmp_path / "s2"))
+  s2 = restore.restore(str(tmp_path / "s2"))
+  assert s2.config.model.pos_table == "stored"
+  np.testing.assert_array_equal(s2.params["encoder"]["pos_embed"], table[0].numpy())
+
+
 def test_encoder_only_params_only_and_shorter_chunks(stage1_workdir, tmp_path):
   enc, _ = convert.to_torch(stage1_workdir, str(tmp_path), tag="e", encoder_only=True)
   assert enc.parent.name == "m2d_vit_test-80x64p16x16p16k-e"
@@ -278,7 +314,7 @@ def test_malformed_files_give_clear_errors(tmp_path):
                   "missing keys \\['blocks.1.attn.qkv.weight'\\]"),
       "shape": ({**good, "norm.weight": torch.ones(65)}, "'norm.weight' has shape \\(65,\\)"),
       "extra": ({**good, "head.weight": torch.ones(3)}, "unexpected keys .*head.weight"),
-      "pos": ({**good, "pos_embed": good["pos_embed"] + 0.1}, "'pos_embed' is not the fixed"),
+      "pos": ({**good, "pos_embed": good["pos_embed"][:, :-5]}, "'pos_embed' has shape"),
   }
   for case, (state, message) in cases.items():
     p = write(f"{case}/{name}", state)

@@ -151,3 +151,23 @@ def test_key_mask_equals_dropping_padded_keys():
   masked = vit.attention(q, k, v, jax.numpy.asarray(mask))
   short = vit.attention(q, k[:, :5], v[:, :5])
   np.testing.assert_allclose(np.asarray(masked), np.asarray(short), atol=1e-6)
+
+
+def test_stored_position_table_starts_as_sincos_and_stays_fixed():
+  """pos_table="stored" (imported official tables): same outputs at init, no gradient, no decay."""
+  from jaxclap.train import optim
+
+  x = jax.random.normal(jax.random.key(0), (2, 80, 64))
+  kw = dict(width=32, depth=1, heads=2, input_frames=64)
+  plain, stored = vit.ViTEncoder(**kw), vit.ViTEncoder(**kw, pos_table="stored")
+  p_plain = plain.init(jax.random.key(1), x)["params"]
+  p_stored = nn.unbox(stored.init(jax.random.key(1), x)["params"])
+  assert p_stored["pos_embed"].shape == (5 * 4, 32)
+  rest = {k: v for k, v in p_stored.items() if k != "pos_embed"}
+  np.testing.assert_allclose(stored.apply({"params": p_stored}, x),
+                             plain.apply({"params": nn.unbox(rest)}, x), atol=1e-6)
+  grads = jax.grad(lambda p: jnp.sum(stored.apply({"params": p}, x) ** 2))(p_stored)
+  assert not np.any(np.asarray(grads["pos_embed"]))
+  assert not optim.decay_mask({"encoder": p_stored})["encoder"]["pos_embed"]
+  with pytest.raises(ValueError, match="model.pos_table='learned'"):
+    vit.ViTEncoder(**kw, pos_table="learned").init(jax.random.key(1), x)

@@ -24,11 +24,12 @@ class CLAP(nn.Module):
   clap_dim: int = 768
   dtype: vit.Dtype = jnp.float32
   remat: str = "none"  # Rematerialise encoder blocks (vit.block_class).
+  pos_table: str = "sincos"  # Encoder position table (vit.ViTEncoder.pos_table).
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
     self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, remat=self.remat)
+                                  dtype=self.dtype, remat=self.remat, pos_table=self.pos_table)
     self.audio_proj = clap_heads.audio_head("semantic", self.clap_dim, self.dtype)
     self.logit_scale = self.param(
         "logit_scale", nn.with_logical_partitioning(

@@ -72,11 +72,12 @@ class M2D(nn.Module):
   text_dim: int = 768
   dtype: vit.Dtype = jnp.float32
   remat: str = "none"  # Rematerialise encoder and predictor blocks (vit.block_class).
+  pos_table: str = "sincos"  # Encoder position table (vit.ViTEncoder.pos_table).
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
     self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, remat=self.remat)
+                                  dtype=self.dtype, remat=self.remat, pos_table=self.pos_table)
     self.predictor = Predictor(self.predictor_width, self.predictor_depth,
                                self.predictor_heads, w, self.dtype, self.remat)
     self.audio_proj = clap_heads.audio_head(self.clap_head, self.clap_dim, self.dtype)
@@ -147,7 +148,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
              predictor_heads=get("predictor_heads", 16),
              clap_head=get("clap_head", "semantic"), clap_dim=get("clap_dim", 768),
              text_dim=model_cfg["text_dim"], dtype=_dtype(get("dtype", "float32")),
-             remat=get("remat", "none"))
+             remat=get("remat", "none"), pos_table=get("pos_table", "sincos"))
 
 
 def init_params(model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80,

@@ -100,6 +100,7 @@ class Block(nn.Module):
 
 
 REMAT_POLICIES = ("none", "full", "save_dots")
+POS_TABLES = ("sincos", "stored")
 
 
 def block_class(remat: str = "none") -> type[nn.Module]:
@@ -152,6 +153,9 @@ class ViTEncoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   remat: str = "none"  # See block_class.
+  # "sincos": the fixed table, computed. "stored": a saved table (an imported official file
+  # whose table was interpolated, e.g. by stage-1.1 fine-tuning), a parameter kept frozen.
+  pos_table: str = "sincos"
 
   def setup(self):
     self.patch_embed = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
@@ -160,6 +164,17 @@ class ViTEncoder(nn.Module):
                                                   (None, None, "embed")),
         (1, 1, self.width), jnp.float32)
     self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype, self.remat)
+    if self.pos_table not in POS_TABLES:
+      raise ValueError(f"model.pos_table={self.pos_table!r}; expected one of {POS_TABLES}")
+    if self.pos_table == "stored":
+      self.stored_pos_embed = self.param(
+          "pos_embed", nn.with_logical_partitioning(self._sincos_init, (None, "embed")),
+          (self.train_grid[0] * self.train_grid[1], self.width), jnp.float32)
+
+  def _sincos_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+    del key
+    table = patches.sincos_pos_embed(self.width, self.train_grid, cls_token=False)
+    return jnp.asarray(table, dtype).reshape(shape)
 
   @property
   def train_grid(self) -> tuple[int, int]:
@@ -167,7 +182,10 @@ class ViTEncoder(nn.Module):
 
   def pos_embed(self, grid: tuple[int, int]) -> jax.Array:
     """Patch position table [F'·T', D] for `grid` (no cls row; the cls row is zeros)."""
-    table = patches.sincos_pos_embed(self.width, self.train_grid, cls_token=False)
+    if self.pos_table == "stored":
+      table = jax.lax.stop_gradient(self.stored_pos_embed)  # Fixed, as the official table.
+    else:
+      table = patches.sincos_pos_embed(self.width, self.train_grid, cls_token=False)
     return patches.fit_pos_embed(table, self.train_grid, grid)
 
   def embed(self, x: jax.Array) -> jax.Array:

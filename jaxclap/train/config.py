@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Activation rematerialisation of transformer blocks: "none", "full" (recompute each block
   # in the backward pass: least memory) or "save_dots" (keep matmul outputs). Same params.
   c.model.remat = "none"
+  # Encoder position table: "sincos" (fixed, computed: every jaxclap run) or "stored" (a
+  # frozen parameter; set by `jaxclap.convert from_torch` for official files whose table
+  # is not the sin-cos one, and inherited by later stages).
+  c.model.pos_table = "sincos"
   c.model.structured_mask = 0.0  # Stage 2: fraction of patches dropped as whole rows/columns.
   c.model.finetune_audio = False  # Stage 2: also train the audio encoder (frozen by default).
 
@@ -183,6 +187,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "must be in (0, 1)")
   _check(c.model.clap_head in ("semantic", "mlp"), "model.clap_head", c.model.clap_head,
          "expected 'semantic' or 'mlp'")
+  _check(c.model.pos_table in ("sincos", "stored"), "model.pos_table", c.model.pos_table,
+         "must be 'sincos' or 'stored'")
   _check(c.model.remat in ("none", "full", "save_dots"), "model.remat", c.model.remat,
          "must be 'none', 'full' or 'save_dots'")
   _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,

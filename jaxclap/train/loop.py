@@ -142,6 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif config.init.workdir:
     init_state, init_meta, init_source = handoff.load(config.init.workdir)
     logging.info("Starting from %s (%s)", init_source, config.init.parts)
+    # A stored (imported) position table is part of the encoder: the next stage keeps it.
+    table = init_meta.get("config", {}).get("model", {}).get("pos_table", "sincos")
+    if table != config.model.pos_table:
+      logging.info("model.pos_table=%r from %s", table, init_source)
+      config.model.pos_table = table
   # The trained position table's width comes from stage 1 and travels with the checkpoints.
   input_frames = int((resume_meta or init_meta or {}).get("input_frames",
                                                           config.data.crop_frames))

@@ -145,7 +145,7 @@ def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_fr
   model = clap.CLAP(text_tower=tower, size=config.model.size,
                     patch_size=config.model.patch_size, n_mels=frontend_cfg.n_mels,
                     input_frames=input_frames, clap_dim=config.model.clap_dim, dtype=dtype,
-                    remat=config.model.remat)
+                    remat=config.model.remat, pos_table=config.model.pos_table)
   gf, gt = patches.grid_size(frontend_cfg.n_mels, config.data.crop_frames,
                              config.model.patch_size)
   rows, cols = masks.structured_counts(gf, gt, config.model.structured_mask)

@@ -8,7 +8,7 @@ import jax
 import optax
 
 # Parameters that are tokens, positions or the temperature are never decayed.
-_NO_DECAY_NAMES = ("cls_token", "mask_token", "sem_token", "pos", "logit_scale")
+_NO_DECAY_NAMES = ("cls_token", "mask_token", "sem_token", "pos", "pos_embed", "logit_scale")
 
 
 def decay_mask(params: Any) -> Any:
