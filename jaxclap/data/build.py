@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import tensorflow_datasets as tfds
 
+from jaxclap import paths
 from jaxclap.data import builders
 from jaxclap.data import folder_builders
 from jaxclap.data.features import TextEmbedder
@@ -75,7 +76,7 @@ def is_built(name: str, data_dir: str) -> bool:
 def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
   """Split sizes, text model, embedding dim, sample rate and classes of a built dataset."""
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=paths.data_dir(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:
     raise FileNotFoundError(f"dataset {name!r} is not built under {data_dir}; build it with "
                             f"python -m jaxclap.data.build --dataset={name} --data_dir={data_dir}"

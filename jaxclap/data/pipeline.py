@@ -29,9 +29,10 @@ def open_source(name: str, split: str = "train", data_dir: str | None = None) ->
   """The TFDS random-access source of a built dataset split (no TensorFlow)."""
   import tensorflow_datasets as tfds  # Imported here: only opening sources needs it.
 
+  from jaxclap import paths
   from jaxclap.data.build import DEFAULT_DATA_DIR
 
-  return tfds.data_source(name, split=split, data_dir=data_dir or DEFAULT_DATA_DIR,
+  return tfds.data_source(name, split=split, data_dir=paths.data_dir(data_dir or DEFAULT_DATA_DIR),
                           builder_kwargs={"file_format": "array_record"})
 
 
