@@ -32,7 +32,8 @@ def open_source(name: str, split: str = "train", data_dir: str | None = None) ->
   from jaxclap import paths
   from jaxclap.data.build import DEFAULT_DATA_DIR
 
-  return tfds.data_source(name, split=split, data_dir=paths.data_dir(data_dir or DEFAULT_DATA_DIR),
+  data_dir = paths.data_dir(data_dir or DEFAULT_DATA_DIR)
+  return tfds.data_source(name, split=split, data_dir=data_dir,
                           builder_kwargs={"file_format": "array_record"})
 
 
