@@ -44,8 +44,13 @@ class Restored:
   @property
   def sentence_model(self) -> str | None:
     """Stage 1: the sentence model whose embeddings the text head was trained on."""
-    models = sorted(set((self.meta.get("text_models") or {}).values()))
-    return models[0] if models else None
+    return _sentence_model(self.meta)
+
+
+def _sentence_model(meta: dict[str, Any]) -> str | None:
+  """The (first) sentence model of the run's datasets, from its metadata."""
+  models = sorted(set((meta.get("text_models") or {}).values()))
+  return models[0] if models else None
 
 
 def config_from_meta(meta: dict[str, Any], where: str) -> ml_collections.ConfigDict:
@@ -83,11 +88,9 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
     config.text.model = text_model
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   input_frames = int(meta.get("input_frames", config.data.crop_frames))
-  sentence = sorted(set((meta.get("text_models") or {}).values()))
   objective = objectives.build(config, frontend_cfg=fcfg,
                                total_steps=int(meta.get("total_steps", 1)),
-                               input_frames=input_frames,
-                               sentence_model=sentence[0] if sentence else None)
+                               input_frames=input_frames, sentence_model=_sentence_model(meta))
   params, frozen = state["params"], state["frozen"]
   if config.stage == "stage1":
     merged, target = dict(params), dict(frozen)
@@ -103,18 +106,10 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
 
 def _check_tree(objective: Any, params: dict[str, Any], source: str) -> None:
   """Saved params must match the rebuilt network exactly (names and shapes)."""
-  expected = jax.eval_shape(lambda r: objective.init(r), jax.random.key(0))
-  expected = {**expected[1], **expected[0]} if objective.__class__.__name__ == "Stage2" \
-      else dict(expected[0])
-  expected = nn.unbox(expected)
-  want = {jax.tree_util.keystr(k): v.shape for k, v in
-          jax.tree_util.tree_flatten_with_path(expected)[0]}
-  have = {jax.tree_util.keystr(k): np.shape(v) for k, v in
-          jax.tree_util.tree_flatten_with_path(params)[0]}
-  problems = [f"missing {k}" for k in sorted(set(want) - set(have))]
-  problems += [f"unexpected {k}" for k in sorted(set(have) - set(want))]
-  problems += [f"shape of {k}: checkpoint {have[k]} vs model {want[k]}"
-               for k in sorted(set(want) & set(have)) if tuple(have[k]) != tuple(want[k])]
+  params_shape, frozen_shape = jax.eval_shape(objective.init, jax.random.key(0))
+  expected = ({**frozen_shape, **params_shape} if isinstance(objective, objectives.Stage2)
+              else dict(params_shape))
+  problems = handoff.mismatches(nn.unbox(expected), params, "params")
   if problems:
     raise ValueError(f"{source}: parameters do not match the network its config describes: "
                      + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))

@@ -55,16 +55,22 @@ def _paths(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix: tree}
 
 
-def _fill(current: Any, saved: Any, where: str, errors: list[str]) -> Any:
-  """`saved` laid into `current`'s structure and shardings; mismatches go to `errors`."""
+def mismatches(current: Any, saved: Any, where: str) -> list[str]:
+  """How `saved` differs from the tree `current` (arrays or shape structs) a model expects."""
   cur, sav = _paths(current), _paths(saved)
   # Shapes first: they say most about a wrong model size.
-  for k in sorted(set(cur) & set(sav)):
-    if tuple(np.shape(sav[k])) != tuple(cur[k].shape):
-      errors.append(f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model "
-                    f"{tuple(cur[k].shape)}")
+  errors = [f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model "
+            f"{tuple(cur[k].shape)}" for k in sorted(set(cur) & set(sav))
+            if tuple(np.shape(sav[k])) != tuple(cur[k].shape)]
   errors.extend(f"missing {where}/{k}" for k in sorted(set(cur) - set(sav)))
   errors.extend(f"unexpected {where}/{k}" for k in sorted(set(sav) - set(cur)))
+  return errors
+
+
+def _fill(current: Any, saved: Any, where: str, errors: list[str]) -> Any:
+  """`saved` laid into `current`'s structure and shardings; mismatches go to `errors`."""
+  sav = _paths(saved)
+  errors.extend(mismatches(current, saved, where))
 
   def put(path, leaf):
     key = "/".join(str(getattr(p, "key", p)) for p in path)
