@@ -1,9 +1,21 @@
 """Structured patch masking for stage 2: drop whole frequency rows and time columns.
 
 Patch tokens are numbered frequency-major, ``index = f * grid_t + t``, as the ViT's
-`patchify` lays them out. The counts of dropped rows and columns are fixed per run (so
-every batch has the same static shape); which rows and columns are dropped is drawn at
-random per example. A token is kept exactly when neither its row nor its column is dropped.
+`patchify` lays them out. A token is kept exactly when neither its row nor its column is
+dropped; which rows and columns are dropped is drawn at random per example.
+
+How many rows and columns: the official recipe (nttcslab/m2d `random_structured_mask` in
+`m2d/models_mae.py`) draws the counts once per *batch*: rows = int(F·(r + 1/F)·U), U ~ U[0, 1),
+capped at F − 1, then columns = int(T·max(r + 0.5/T − rows/F, 0)). `official_variants` lists
+the few (rows, columns) pairs this can give with their probabilities, and `draw_variant`
+picks one per batch; each pair has its own static token count, so callers compile one
+branch per pair (`jax.lax.switch`). `structured_counts` is the older fixed-count rule,
+kept for callers that need a single static shape.
+
+The official code then orders tokens by ``argsort(mask, descending=True)`` and keeps the
+first ``len_keep``, which keeps the *masked* rows/columns and drops the rest; its docstring
+and the papers describe dropping the sampled rows/columns, and that is what
+`structured_keep` does (the kept fraction is the same either way only when it is 0.5).
 """
 
 from __future__ import annotations
@@ -38,6 +50,39 @@ def structured_counts(grid_f: int, grid_t: int, ratio: float) -> tuple[int, int]
   keep_cols = (1.0 - ratio) / (1.0 - n_rows / grid_f)  # Column keep fraction still needed.
   n_cols = min(max(int(round((1.0 - keep_cols) * grid_t)), 0), grid_t - 1)
   return n_rows, n_cols
+
+
+def official_variants(grid_f: int, grid_t: int, ratio: float
+                      ) -> tuple[tuple[int, int, float], ...]:
+  """Every (rows, columns, probability) the official per-batch draw can give, exactly.
+
+  rows = min(int(a·U), F − 1) with a = F·(r + 1/F): each k < floor(a) has probability 1/a,
+  k = floor(a) has (a − floor(a))/a; the cap at F − 1 folds the tail into F − 1.
+  ``ratio == 0`` gives ``((0, 0, 1.0),)`` (the official rule would still drop columns).
+  """
+  _check_grid(grid_f, grid_t)
+  if not 0.0 <= ratio < 1.0:
+    raise ValueError(f"structured mask ratio must be in [0, 1), got {ratio}")
+  if ratio == 0.0:
+    return ((0, 0, 1.0),)
+  a = grid_f * (ratio + 1.0 / grid_f)
+  probs: dict[int, float] = {}
+  for k in range(int(math.floor(a)) + 1):
+    p = 1.0 / a if k < math.floor(a) else (a - math.floor(a)) / a
+    if p > 0:
+      rows = min(k, grid_f - 1)
+      probs[rows] = probs.get(rows, 0.0) + p
+  out = []
+  for rows, p in sorted(probs.items()):
+    cols = int(grid_t * max(ratio + 0.5 / grid_t - rows / grid_f, 0.0))
+    out.append((rows, min(cols, grid_t - 1), p))
+  return tuple(out)
+
+
+def draw_variant(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]) -> jax.Array:
+  """Index (int32 scalar, traced) of the variant drawn for this batch."""
+  probs = jnp.asarray([p for *_, p in variants], jnp.float32)
+  return jax.random.choice(rng, len(variants), p=probs).astype(jnp.int32)
 
 
 def dropped_fraction(grid_f: int, grid_t: int, n_rows: int, n_cols: int) -> float:
