@@ -43,6 +43,7 @@ def stage1():
   c.model.text_dim = 384  # all-MiniLM-L6-v2.
   c.train.epochs = 4.0
   c.train.clap_weight = 0.3
+  c.train.clap_grad_divisor = 1.0  # One process: the nominal weight, not the 4-GPU one.
   c.train.ema_start = 0.99
   c.train.ema_end = 0.999
   c.train.val_every = 100

@@ -6,6 +6,23 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.custom_vjp
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+  """Identity in the forward pass; multiplies the cotangent of `x` by `scale` (exactly)."""
+  return x
+
+
+def _scale_gradient_fwd(x, scale):
+  return x, scale
+
+
+def _scale_gradient_bwd(scale, g):
+  return (g * jnp.asarray(scale, g.dtype), None)
+
+
+scale_gradient.defvjp(_scale_gradient_fwd, _scale_gradient_bwd)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(‖x‖, eps) along the last axis (torch.nn.functional.normalize)."""
   norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))

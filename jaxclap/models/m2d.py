@@ -200,9 +200,16 @@ def waveform_input(batch: Mapping[str, jax.Array], frontend_cfg: frontend.Fronte
 
 def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                 model: M2D, frontend_cfg: frontend.FrontendConfig,
-                norm_stats: Sequence[float], clap_weight: float = 0.01
+                norm_stats: Sequence[float], clap_weight: float = 0.01,
+                clap_grad_divisor: float = 1.0
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Stage-1 loss: norm_mse(prediction, EMA target) + clap_weight · symmetric InfoNCE."""
+  """Stage-1 loss: norm_mse(prediction, EMA target) + clap_weight · symmetric InfoNCE.
+
+  `clap_grad_divisor` k divides the CLAP gradient that flows through the audio and text
+  embeddings (not the one reaching `logit_scale`) by k, leaving every value unchanged: the
+  official DDP run gathers the other ranks' embeddings without a gradient path and averages
+  gradients over its k GPUs, which is exactly this (see configs/stage1.py).
+  """
   x = waveform_input(batch, frontend_cfg, norm_stats)
   grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
   visible_idx, masked_idx = sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
@@ -212,8 +219,11 @@ def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: j
                                          jax.lax.stop_gradient(out["target_in"]))
   loss_m2d = losses.norm_mse(pred=out["pred"],
                              target=jax.lax.stop_gradient(target_out[:, 1:]))
-  loss_clap = losses.clip_infonce(audio_emb=out["audio_emb"], text_emb=out["text_emb"],
-                                  logit_scale=out["logit_scale"])
+  feature_scale = 1.0 / clap_grad_divisor
+  loss_clap = losses.clip_infonce(
+      audio_emb=losses.scale_gradient(out["audio_emb"], feature_scale),
+      text_emb=losses.scale_gradient(out["text_emb"], feature_scale),
+      logit_scale=out["logit_scale"])
   loss = loss_m2d + clap_weight * loss_clap
   return loss, {"loss": loss, "loss_m2d": loss_m2d, "loss_clap": loss_clap,
                 "logit_scale": out["logit_scale"]}

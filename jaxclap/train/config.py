@@ -90,7 +90,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum = 1  # Micro-batches per step (InfoNCE negatives then come per micro-batch).
   c.train.epochs = 300.0  # Training length in epochs of the mixture's size.
   c.train.num_steps = -1  # If > 0, overrides epochs.
-  c.train.clap_weight = 0.01  # λ of the CLAP loss.
+  c.train.clap_weight = 0.01  # λ of the CLAP loss (nominal, as the paper states it).
+  # The official run's *effective* λ: its gather_features all-gathers the other GPUs'
+  # embeddings without a gradient path and DDP averages gradients over its 4 GPUs, so the
+  # CLAP gradient reaching the encoder and heads is λ/4 (0.0025), while the shared
+  # logit_scale keeps λ. jaxclap differentiates the exact global loss, so it divides the
+  # gradient through the embeddings by this number to match. 1 = the nominal λ everywhere.
+  c.train.clap_grad_divisor = 4.0
   c.train.ema_start = 0.99995  # EMA decay at step 0 ...
   c.train.ema_end = 0.99999  # ... rising linearly to this at the last step.
   c.train.log_every = 50  # Steps between metric logs.
@@ -219,6 +225,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(0 < c.train.ema_start <= c.train.ema_end <= 1, "train.ema_start/ema_end",
          (c.train.ema_start, c.train.ema_end), "need 0 < ema_start <= ema_end <= 1")
   _check(c.train.clap_weight >= 0, "train.clap_weight", c.train.clap_weight, "must be >= 0")
+  _check(c.train.clap_grad_divisor > 0, "train.clap_grad_divisor", c.train.clap_grad_divisor,
+         "must be > 0 (1 = nominal λ; the official 4-GPU run acts as 4)")
   for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _check(c.train[key] >= 1, f"train.{key}", c.train[key], "must be >= 1")
   _check(c.train.val_every >= 0, "train.val_every", c.train.val_every, "must be >= 0")

@@ -27,6 +27,7 @@ class Stage1:
   frontend_cfg: fe.FrontendConfig
   n_frames: int
   clap_weight: float
+  clap_grad_divisor: float
   ema_start: float
   ema_end: float
   total_steps: int
@@ -40,7 +41,8 @@ class Stage1:
   def loss(self, params, frozen, batch, rng, norm_stats):
     return m2d.stage1_loss(params, frozen, batch, rng, model=self.model,
                            frontend_cfg=self.frontend_cfg, norm_stats=norm_stats,
-                           clap_weight=self.clap_weight)
+                           clap_weight=self.clap_weight,
+                           clap_grad_divisor=self.clap_grad_divisor)
 
   def after_update(self, params, frozen, step):
     params = m2d.clamp_logit_scale(params)
@@ -136,6 +138,7 @@ def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_fr
       embedder = _lazy_sentence_embedder(sentence_model)
     return Stage1(model=m2d.build_model(model_cfg), frontend_cfg=frontend_cfg,
                   n_frames=config.data.crop_frames, clap_weight=config.train.clap_weight,
+                  clap_grad_divisor=config.train.clap_grad_divisor,
                   ema_start=config.train.ema_start, ema_end=config.train.ema_end,
                   total_steps=total_steps, sentence_embedder=embedder)
   from jaxclap.models import text_tower  # Stage 2 only: HF folders, SentencePiece.
