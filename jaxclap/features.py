@@ -1,7 +1,9 @@
 """Feature extraction with a trained M2D encoder (official runtime layout).
 
 Inputs are normalised log-mels [B, F, T]. Inputs longer than the trained length
-(`model.input_frames`) are encoded in chunks of that length and concatenated along time;
+(`unit_frames(model)`: the input grid the model was trained on, e.g. 1001 frames for a stage
+2 trained on 10 s crops over a 608-frame stage-1 table) are encoded in chunks of that
+length and concatenated along time;
 the last chunk is zero-padded to a whole patch, as the official runtime's `encode_lms`.
 `model` is any Flax module with `encode(x) -> [B, F'·T', D]` and `project_audio(tokens)`
 methods (jaxclap.models.m2d.M2D); `params` is its parameter tree.
@@ -18,9 +20,14 @@ from jaxclap import losses
 from jaxclap.models import patches
 
 
+def unit_frames(model: Any) -> int:
+  """The input length `model` was trained on: its chunk length for inference and export."""
+  return int(getattr(model, "unit_frames", 0) or model.input_frames)
+
+
 def encode_tokens(params: Any, x: jax.Array, *, model: Any) -> list[jax.Array]:
   """Patch tokens [B, F'·t', D] (no cls) of each time chunk of `x`."""
-  chunks = patches.split_time_chunks(x, model.input_frames, model.patch_size)
+  chunks = patches.split_time_chunks(x, unit_frames(model), model.patch_size)
   return [model.apply({"params": params}, c, method="encode") for c in chunks]
 
 

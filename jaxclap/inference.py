@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxclap import losses
+from jaxclap import features, losses
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
 from jaxclap.models import clap_heads, patches
@@ -155,7 +155,8 @@ class Model:
     self.frontend_cfg = frontend_cfg
     self.norm_stats = tuple(float(v) for v in norm_stats)
     self.sample_rate = frontend_cfg.sample_rate
-    self.patch_size, self.input_frames = model.patch_size, model.input_frames
+    # Chunk length: the input grid the model was trained on (features.unit_frames).
+    self.patch_size, self.unit_frames = model.patch_size, features.unit_frames(model)
     grid_f = frontend_cfg.n_mels // model.patch_size
     self.token_dim = int(np.shape(params["encoder"]["cls_token"])[-1])
     self.feature_dim = grid_f * self.token_dim
@@ -238,7 +239,7 @@ class Model:
     parts: dict[int, list[np.ndarray | None]] = {}             # clip → frames per chunk
     done = 0
     for i, wave in enumerate(waves):
-      chunks = time_chunks(self._log_mel(wave), self.input_frames, self.patch_size)
+      chunks = time_chunks(self._log_mel(wave), self.unit_frames, self.patch_size)
       parts[i] = [None] * len(chunks)
       for j, c in enumerate(chunks):
         queue = queues.setdefault(c.shape[-1], [])

@@ -88,9 +88,12 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
     config.text.model = text_model
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   input_frames = int(meta.get("input_frames", config.data.crop_frames))
+  # The grid the model was trained on (its last stage's crop): inference and export use it.
+  unit_frames = int(meta.get("unit_frames", config.data.crop_frames))
   objective = objectives.build(config, frontend_cfg=fcfg,
                                total_steps=int(meta.get("total_steps", 1)),
-                               input_frames=input_frames, sentence_model=_sentence_model(meta))
+                               input_frames=input_frames, sentence_model=_sentence_model(meta),
+                               unit_frames=unit_frames)
   params, frozen = state["params"], state["frozen"]
   if config.stage == "stage1":
     merged, target = dict(params), dict(frozen)

@@ -101,7 +101,7 @@ def test_sliding_zero_shot_windows():
   class Probe:
     """Embeds a window as [its first sample's time, its non-zero length] (seconds)."""
 
-    input_frames = 301  # (301 - 1) * hop 1 / 100 Hz = a 3 s window.
+    unit_frames = 301  # (301 - 1) * hop 1 / 100 Hz = a 3 s window.
     frontend_cfg = SimpleNamespace(hop_length=1, sample_rate=sr)
 
     def audio_embedding(self, audio, sample_rate):

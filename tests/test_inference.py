@@ -49,7 +49,7 @@ def test_attributes(models):
   assert m1.embedding_dim == m2.embedding_dim == 64
   assert m1.frame_hop_s == pytest.approx(0.16)
   assert m1.step == 3 and m2.step == 2
-  assert m1.input_frames == 64
+  assert m1.unit_frames == 64
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
@@ -58,7 +58,7 @@ def test_matches_features_module_on_chunked_input(models, demo_audio, stage):
   m = models[stage]
   wave = np.concatenate(demo_audio[:2])  # Longer than the 64-frame trained length.
   lm = _log_mel(m, wave)
-  assert lm.shape[-1] > 3 * m.input_frames
+  assert lm.shape[-1] > 3 * m.unit_frames
   frames = m.frame_features(wave, sample_rate=16000)
   want = np.asarray(features.frame_features(m.params, lm, model=m.model))
   assert frames.shape == want.shape

@@ -5,7 +5,7 @@ so no global backend or figure state is touched. Every writer returns the path w
 
 `model` arguments are duck-typed like `jaxclap.load(path)`: `audio_embedding(audio,
 sample_rate=)` (audio: [N, S] or a list of clips) and `text_embedding(texts)`, both
-L2-normalised; the timeline's default window also reads `input_frames`, `frontend_cfg`.
+L2-normalised; the timeline's default window also reads `unit_frames`, `frontend_cfg`.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def similarity_matrix(sims: np.ndarray, path: str, *, row_labels: Sequence[str],
 
 
 def window_seconds(model: Any) -> float:
-  """The model's trained crop in seconds: `input_frames` log-mel frames at its hop."""
-  frames, cfg = getattr(model, "input_frames", None), getattr(model, "frontend_cfg", None)
+  """The model's trained crop in seconds: `unit_frames` log-mel frames at its hop."""
+  frames, cfg = getattr(model, "unit_frames", None), getattr(model, "frontend_cfg", None)
   if not frames or cfg is None:
-    raise ValueError(f"{type(model).__name__} has no input_frames/frontend_cfg; pass window_s")
+    raise ValueError(f"{type(model).__name__} has no unit_frames/frontend_cfg; pass window_s")
   return (frames - 1) * cfg.hop_length / cfg.sample_rate  # Samples giving exactly `frames`.
 
 

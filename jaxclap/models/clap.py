@@ -21,6 +21,7 @@ class CLAP(nn.Module):
   patch_size: int = 16
   n_mels: int = 80
   input_frames: int = 608  # Width of the stage-1 position table (longer input: resized).
+  unit_frames: int = 0  # Input length trained on (chunk length); 0: input_frames.
   clap_dim: int = 768
   dtype: vit.Dtype = jnp.float32
   remat: str = "none"  # Rematerialise encoder blocks (vit.block_class).
