@@ -85,8 +85,9 @@ def export_state(restored: Any, *, input_frames: int | None = None,
   cfg = restored.config
   width = sizes.get_size(cfg.model.size).width
   patch, n_mels = cfg.model.patch_size, restored.frontend_cfg.n_mels
-  train_frames = int(restored.model.input_frames)
-  frames = int(input_frames or train_frames)
+  train_frames = int(restored.model.input_frames)  # The table's own width.
+  # Default: the grid the model was trained on (its table as fitted during training).
+  frames = int(input_frames or getattr(restored.model, "unit_frames", 0) or train_frames)
   if frames < patch:
     raise ValueError(f"input_frames={frames} is shorter than one patch ({patch} frames)")
   notes = []
@@ -289,7 +290,6 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                step: int | None = None) -> Imported:
   """Imports an official `.pth`/`.safetensors` as a jaxclap Orbax checkpoint in `output`."""
   import jax
-  import orbax.checkpoint as ocp
   from jaxclap.audio import frontend as fe
   from jaxclap.train import checkpoint as ckpt
   from jaxclap.train import objectives
@@ -342,7 +342,7 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
   keep_sentence = stage == "stage1" and not has_text and saved.get("stage") == "stage1"
   meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": norm_stats,
           "text_models": (saved.get("text_models") or {}) if keep_sentence else {},
-          "input_frames": name.frames, "stage": stage,
+          "input_frames": name.frames, "unit_frames": name.frames, "stage": stage,
           "total_steps": int(saved.get("total_steps", 1)), "steps_per_epoch": 1, "step": step,
           "imported": {"source": source, "folder": str(name), "filled": filled,
                        "notes": notes}}
@@ -350,11 +350,7 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                  "rng": np.asarray(jax.random.PRNGKey(0)),
                  "norm_stats": np.asarray(norm_stats, np.float32),
                  "bad_step": np.asarray(-1, np.int32)}
-  manager = ckpt.make_manager(str(directory.parent), keep=1, async_save=False)
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(train_state),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
-  manager.wait_until_finished()
-  manager.close()
+  ckpt.write_params_checkpoint(str(directory.parent), step, train_state, meta)
   return Imported(step_dir=directory / str(step), stage=stage, filled=tuple(filled),
                   notes=tuple(notes))
 

@@ -5,17 +5,28 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
+import jaxclap
 from configs import finetune as ft_config
-from conftest import HashEmbedder, write_wav
-from jaxclap import features, restore
-from jaxclap.data import build
+from conftest import HashEmbedder, small_config, write_wav
+from jaxclap import convert, features, restore, sharding
+from jaxclap.data import build, pipeline
 from jaxclap.data.features import BadInputError
-from jaxclap.eval import augment, finetune
-from jaxclap.models import patches
+from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data
+from jaxclap.models import m2d, masks, patches
+from jaxclap.train import handoff, objectives
+from jaxclap.train import state as state_lib
+
+
+def _leaves(tree) -> dict:
+  """{"a/b/c": array} of a nested dict."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 DEMO_FT_CLIPS = 300  # 240 train / 30 validation / 30 test clips.
 
@@ -175,11 +186,11 @@ def test_masked_training_features_use_the_kept_grid(restored):
 
 
 def test_targets_reject_labels_out_of_range():
-  np.testing.assert_array_equal(finetune.targets({"label": 2}, 4, "x"), [0, 0, 1, 0])
-  np.testing.assert_array_equal(finetune.targets({"labels": np.array([0, 3])}, 4, "x"),
+  np.testing.assert_array_equal(ft_data.targets({"label": 2}, 4, "x"), [0, 0, 1, 0])
+  np.testing.assert_array_equal(ft_data.targets({"labels": np.array([0, 3])}, 4, "x"),
                                 [1, 0, 0, 1])
   with pytest.raises(ValueError, match=r"ds:train\[5\].*clip b'c'.*\[-1\]"):
-    finetune.targets({"label": -1, "id": b"c"}, 4, "ds:train[5]")
+    ft_data.targets({"label": -1, "id": b"c"}, 4, "ds:train[5]")
 
 
 def test_config_presets():
@@ -187,6 +198,14 @@ def test_config_presets():
   assert (paper.lr, paper.batch, paper.epochs, paper.warmup_epochs) == (2.0, 64, 70, 15.0)
   assert (paper.mixup, paper.mask_ratio, paper.freq_mask, paper.time_mask) == (0.5, 0.5, 30, 192)
   assert paper.crop_seconds == 10.0 and paper.multi_label is None
+  # EVAR's AS2M run: timm Lars without decay (SGD, momentum 0.9), timm cosine to 1e-7,
+  # 200,000 weighted draws per epoch, best epoch on the eval set, flat features.
+  assert (paper.optimizer, paper.weight_decay, paper.momentum) == ("timm_lars", 0.0, 0.9)
+  assert (paper.schedule, paper.lr_min, paper.warmup_lr) == ("timm_cosine", 1e-7, 0.0)
+  assert (paper.epoch_clips, paper.sample_weights) == (200_000, "audioset")
+  assert paper.val_split == "" and paper.head_input == "tokens" and paper.save_checkpoint
+  demo = ft_config.get_config()
+  assert (demo.optimizer, demo.schedule, demo.epoch_clips) == ("timm_lars", "timm_cosine", 0)
   with pytest.raises(ValueError, match="unknown preset 'x'"):
     ft_config.get_config("x")
   finetune.validate(ft_config.get_config())
@@ -208,26 +227,28 @@ def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   assert result["test"] >= 3 / 13, result  # Chance is 1/13.
   saved = json.loads((tmp_path / "finetune.json").read_text())
   assert saved["test"] == result["test"] and saved["unit_frames"] == 64
-  variables = finetune.load_variables(str(tmp_path / "finetuned.npz"))
+  _, variables, facts = finetune.load_classifier(str(tmp_path))
   assert variables["params"]["classifier"]["kernel"].shape == (320, 13)
   assert set(variables["batch_stats"]["norm"]) == {"mean", "var"}
+  assert facts["best_epoch"] == result["best_epoch"] and facts["test"] == result["test"]
 
 
 def test_same_seed_same_run(stage1_workdir, ft_demo_dir, tmp_path):
   def run(seed, name):
-    c = _config(epochs=1, max_steps=2, seed=seed, batch=8)
+    # 3 steps: timm's schedule (as EVAR steps it) runs the first two at warmup_lr = 0.
+    c = _config(epochs=1, max_steps=3, seed=seed, batch=8)
     out = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
                                 config=c, workdir=str(tmp_path / name))
-    with np.load(tmp_path / name / "finetuned.npz") as f:
-      return out, {k: f[k] for k in f.files}
+    state, _, _ = handoff.load(str(tmp_path / name))
+    return out, {k: v for k, v in _leaves(state).items() if k != "rng"}
 
   (a, pa), (b, pb) = run(0, "a"), run(0, "b")
   assert (a["val"], a["test"], a["history"]) == (b["val"], b["test"], b["history"])
   assert pa.keys() == pb.keys()
   for k in pa:
     np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-  assert a["steps"] == 2
-  # The two steps trained the encoder (so equality above is not trivially of init params).
+  assert a["steps"] == 3
+  # The steps trained the encoder (so equality above is not trivially of init params).
   start = restore.restore(stage1_workdir).params["encoder"]["patch_embed"]["kernel"]
   assert not np.allclose(pa["params/encoder/patch_embed/kernel"], start)
 
@@ -311,3 +332,136 @@ def test_single_label_column_keeps_commas_and_vocabulary_order(tmp_path):
   assert got == {"a": (0, [0]), "b": (1, [1])}
   assert not tfds.builder("labelled_folder/speech",
                           data_dir=str(tmp_path / "d")).info.metadata["multi_label"]
+
+
+# ------------------------------------------------------ the stage-1.1 workdir it writes
+
+FT_CROP_SECONDS = 127 * 160 / 16000  # 128 frames: the stage-1 table's 4 columns → 8.
+
+
+@pytest.fixture(scope="module")
+def ft_run(stage1_workdir, ft_demo_dir, tmp_path_factory):
+  """A short run with the AS2M recipe's structure: mean-token head, masking drawn per
+  batch, weighted epochs of 64 of the 240 clips, best epoch on the test split, 128-frame
+  crops (the position table fitted to twice the trained width)."""
+  workdir = str(tmp_path_factory.mktemp("ft_run"))
+  c = _config(epochs=2, batch=16, head_input="tokens", crop_seconds=FT_CROP_SECONDS,
+              epoch_clips=64, sample_weights="audioset", val_split="")
+  result = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
+                                 config=c, workdir=workdir)
+  return workdir, result, c
+
+
+def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir):
+  workdir, result, _ = ft_run
+  assert (result["steps"], result["steps_per_epoch"], result["epochs"]) == (8, 4, 2)
+  assert result["val_split"] == "test" and result["test"] == result["val"]
+  assert [tuple(v) for v in result["mask_variants"]] == list(masks.official_variants(5, 8, 0.5))
+  assert [tuple(v[:2]) for v in result["mask_variants"]] == [(0, 4), (1, 2), (2, 1), (3, 0)]
+  _, meta, source = handoff.load(workdir)
+  assert source == result["workdir_checkpoint"]
+  assert source.endswith(f"checkpoints/{result['best_step']}")
+  assert (meta["stage"], meta["input_frames"], meta["unit_frames"]) == ("stage1", 128, 128)
+  assert meta["config"]["model"]["pos_table"] == "stored" and meta["step"] == result["best_step"]
+  ft = meta["finetune"]
+  assert (ft["dataset"], ft["best_epoch"], ft["test"]) == (
+      "jaxclap_demo", result["best_epoch"], result["test"])
+  assert ft["trained_input_frames"] == 64 and ft["head"].startswith("state/head")
+  # Everything but the encoder is the starting checkpoint's, unchanged.
+  start, tuned = restore.restore(stage1_workdir), restore.restore(workdir)
+  assert tuned.config.model.pos_table == "stored" and tuned.model.input_frames == 128
+  for part in set(start.params) - {"encoder"}:
+    for k, v in _leaves(start.params[part]).items():
+      np.testing.assert_array_equal(_leaves(tuned.params[part])[k], v, err_msg=f"{part}/{k}")
+  for k, v in _leaves(start.target).items():
+    np.testing.assert_array_equal(_leaves(tuned.target)[k], v, err_msg=k)
+  assert not np.allclose(tuned.params["encoder"]["patch_embed"]["kernel"],
+                         start.params["encoder"]["patch_embed"]["kernel"])
+  # The table is the trained sin-cos one fitted (bicubic) to 8 columns, not a fresh 5x8.
+  d = tuned.params["encoder"]["cls_token"].shape[-1]
+  fitted = patches.fit_pos_embed(patches.sincos_pos_embed(d, (5, 4), cls_token=False),
+                                 (5, 4), (5, 8))
+  np.testing.assert_allclose(tuned.params["encoder"]["pos_embed"], fitted, atol=1e-6)
+  assert np.abs(tuned.params["encoder"]["pos_embed"]
+                - patches.sincos_pos_embed(d, (5, 8), cls_token=False)).max() > 0.05
+  # The classifier read back scores the test split as the run did.
+  setup, variables, facts = finetune.load_classifier(workdir)
+  assert facts["head_input"] == "tokens" and setup.net.unit_frames == 128
+  source_test = pipeline.open_source("jaxclap_demo", "test", ft_demo_dir)
+  samples = ft_data.longest_clip([source_test])
+  scores, truth = [], []
+  for b, n in ft_data.eval_batches(source_test, samples=samples, batch=32, num_classes=13,
+                                   where="test"):
+    scores.append(np.asarray(finetune.eval_logits(setup, variables["params"],
+                                                  variables["batch_stats"], b))[:n])
+    truth.append(b["target"][:n])
+  assert finetune.score(np.concatenate(scores), np.concatenate(truth), False) == pytest.approx(
+      result["test"], abs=1e-9)
+
+
+def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
+  """jaxclap.load of the written workdir computes what the fine-tuning network computed."""
+  net = _net(restored, unit_frames=128)
+  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  noise = jax.random.split(jax.random.key(9), len(jax.tree_util.tree_leaves(params["encoder"])))
+  leaves, tree = jax.tree_util.tree_flatten(params["encoder"])
+  params["encoder"] = jax.tree_util.tree_unflatten(tree, [
+      v + 0.02 * jax.random.normal(k, v.shape) for v, k in zip(leaves, noise)])
+  facts = {"class_names": [str(i) for i in range(13)], "head_input": "frames",
+           "multi_label": False}
+  ft_checkpoint.write(str(tmp_path), restored=restored, net=net, params=params,
+                      batch_stats=stats, step=7, facts=facts)
+  wave = 0.1 * np.random.default_rng(0).standard_normal(127 * 160).astype(np.float32)
+  model = jaxclap.load(str(tmp_path), progress=False)
+  got = model.frame_features(wave, sample_rate=16000)[0]
+  x = m2d.waveform_input({"audio": jnp.asarray(wave[None]), "audio_len": jnp.array([wave.size])},
+                         restored.frontend_cfg, restored.norm_stats)
+  tokens = net.apply({"params": params, "batch_stats": stats}, x, method="tokens")
+  expected = np.asarray(patches.tokens_to_frames(tokens, 5))[0]
+  assert got.shape == expected.shape == (8, 5 * 64)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_finetuned_workdir_starts_stage2(ft_run, demo_data_dir):
+  """Stage 2's init.workdir path: its config takes the stored table, the encoder fits."""
+  workdir, _, _ = ft_run
+  saved, meta, source = handoff.load(workdir)
+  c = small_config("stage2", demo_data_dir)
+  c.init.workdir = workdir
+  c.model.pos_table = meta["config"]["model"]["pos_table"]  # As loop.train_and_evaluate.
+  fcfg = restore.restore(workdir).frontend_cfg
+  objective = objectives.build(c, frontend_cfg=fcfg, total_steps=1,
+                               input_frames=int(meta["input_frames"]), sentence_model=None)
+  mesh = sharding.make_mesh(data=1, fsdp=1)
+  state, _ = state_lib.create_sharded_state(
+      init_params=objective.init, tx=optax.sgd(0.1), seed=0, norm_stats=(0.0, 1.0),
+      mesh=mesh, rules=[tuple(r) for r in c.mesh.rules])
+  state = handoff.apply(state, saved, parts="audio_encoder", source=source)
+  encoder = state.frozen["encoder"] if "encoder" in state.frozen else state.params["encoder"]
+  for k, v in _leaves(saved["params"]["encoder"]).items():
+    np.testing.assert_array_equal(_leaves(encoder)[k], v, err_msg=k)
+
+
+def test_finetuned_workdir_exports_to_torch(ft_run, tmp_path):
+  workdir, _, _ = ft_run
+  path, _ = convert.to_torch(workdir, str(tmp_path), tag="ft")
+  assert "80x128" in path.parent.name
+  state, meta = convert.load_official(path)
+  tuned = restore.restore(workdir)
+  np.testing.assert_array_equal(state["pos_embed"][0, 1:], tuned.params["encoder"]["pos_embed"])
+  assert meta["stage"] == "stage1" and meta["input_frames"] == 128
+  assert "decoder_pos_embed" in state  # The predictor travels with the encoder.
+
+
+def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
+  workdir, result, c = ft_run
+  stamp = os.path.getmtime(os.path.join(workdir, "finetune.json"))
+  again = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
+                                config=c, workdir=workdir)
+  assert again == json.loads(json.dumps(result))
+  assert os.path.getmtime(os.path.join(workdir, "finetune.json")) == stamp
+  other = ml_collections.ConfigDict(c.to_dict())
+  other.lr = 1.0
+  with pytest.raises(ValueError, match="with another config; use a new workdir"):
+    finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
+                          config=other, workdir=workdir)

@@ -95,3 +95,17 @@ def mask_counts(head_input: str, grid_f: int, grid_t: int, ratio: float) -> tupl
   if head_input == "tokens":
     return masks.structured_counts(grid_f, grid_t, ratio)
   return 0, min(int(round(ratio * grid_t)), grid_t - 1)
+
+
+def mask_variants(head_input: str, grid_f: int, grid_t: int, ratio: float
+                  ) -> tuple[tuple[int, int, float], ...]:
+  """(rows, columns, probability) of structured masking, one variant drawn per batch.
+
+  "tokens" heads: the official runtime's draw (rows and columns, counts drawn per batch,
+  `masks.official_variants`). "frames" heads may only drop time columns: one variant,
+  `mask_counts`'. Ratio 0: the single variant (0, 0) (no masking).
+  """
+  if head_input == "tokens" and ratio > 0:
+    return masks.official_variants(grid_f, grid_t, ratio)
+  rows, cols = mask_counts(head_input, grid_f, grid_t, ratio)
+  return ((rows, cols, 1.0),)

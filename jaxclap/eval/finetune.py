@@ -1,9 +1,12 @@
 """Supervised fine-tuning of a trained jaxclap audio encoder (the stage-1.1 recipe).
 
 The whole encoder and a head (BatchNorm without affine + Linear on the time-averaged
-F'·D feature) are trained with LARS, warm-up + cosine, mixup, SpecAugment and structured
-patch masking on a labelled TFDS split; every epoch ends with a validation pass, the
-best epoch's parameters are kept and scored on the test split.
+F'·D feature, or the D-dim mean token) are trained as EVAR's `finetune.py` does: timm's
+Lars and cosine schedule (`ft_optim`), epochs of a shuffled pass or of weighted draws
+(`sampling`), mixup, SpecAugment and structured patch masking drawn per batch; every
+epoch ends with a validation pass, the best epoch's parameters are kept, scored on the
+test split and written as an Orbax workdir (`ft_checkpoint`) that stage 2's
+`init.workdir`, `jaxclap.load` and `convert to_torch` accept.
 
 Input length: training crops of `unit_frames` frames; the encoder's position table is
 resized from its trained width to the crop's columns (bicubic, `patches.fit_pos_embed`),
@@ -23,10 +26,9 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,8 +39,9 @@ from absl import logging
 from jaxclap import restore as restore_lib
 from jaxclap.audio import frontend as fe
 from jaxclap.data import build, pipeline
-from jaxclap.eval import augment, metrics
+from jaxclap.eval import augment, ft_checkpoint, ft_data, ft_optim, metrics, sampling
 from jaxclap.models import m2d, masks, patches, sizes, vit
+from jaxclap.train import handoff
 
 
 class FinetuneNet(nn.Module):
@@ -54,11 +57,12 @@ class FinetuneNet(nn.Module):
   bn_momentum: float = 0.9
   head_init_std: float = 0.01
   dtype: vit.Dtype = jnp.float32
+  pos_table: str = "sincos"  # The encoder's table kind (vit.ViTEncoder.pos_table).
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
     self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype)
+                                  dtype=self.dtype, pos_table=self.pos_table)
     self.norm = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5, use_bias=False,
                              use_scale=False)
     self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(
@@ -123,84 +127,6 @@ class FinetuneNet(nn.Module):
     return self.head(self.features(x, valid_frames, keep, kept_grid), train)
 
 
-# ------------------------------------------------------------------------------- data
-
-
-def targets(record: dict[str, Any], num_classes: int, where: str) -> np.ndarray:
-  """Label vector [classes] float32 of a record: multi-hot of `labels`, else one-hot."""
-  labels = np.asarray(record["labels"] if "labels" in record else [record["label"]])
-  labels = labels.astype(np.int64).reshape(-1)
-  if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f"{where}: clip {record.get('id')!r} has labels {labels.tolist()}, "
-                     f"outside [0, {num_classes})")
-  out = np.zeros(num_classes, np.float32)
-  out[labels] = 1.0
-  return out
-
-
-def _fit(audio: np.ndarray, samples: int, start: int = 0) -> tuple[np.ndarray, int]:
-  """int16 clip → float32 [samples] from `start` (zero-padded) and its true length."""
-  out = np.zeros(samples, np.float32)
-  piece = audio[start:start + samples]
-  out[:piece.size] = piece.astype(np.float32) / 32768.0
-  return out, int(piece.size)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainExample(grain.transforms.RandomMap):
-  """A random crop of a record's audio, its label vector and mixup weight (grain's
-  per-record rng)."""
-
-  crop_samples: int
-  num_classes: int
-  where: str
-  mixup: float = 0.0  # Beta(α, α) of the example's mixup weight (0: λ = 1).
-
-  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    audio = np.asarray(record["audio"], np.int16)
-    start = int(rng.integers(0, max(audio.size - self.crop_samples, 0) + 1))
-    wave, length = _fit(audio, self.crop_samples, start)
-    return {"audio": wave, "audio_len": np.int32(length),
-            "target": targets(record, self.num_classes, self.where),
-            "mix_lambda": augment.mixup_lambda(rng, self.mixup)}
-
-
-def train_batches(source: Any, *, batch: int, crop_samples: int, num_classes: int, seed: int,
-                  where: str, mixup: float = 0.0, num_workers: int = 0
-                  ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless shuffled batches {audio [B, S], audio_len [B], target [B, classes],
-  mix_lambda [B]}."""
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=grain.sharding.NoSharding(), shuffle=True,
-      num_epochs=None, seed=seed)
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler, worker_count=num_workers,
-      operations=[TrainExample(crop_samples, num_classes, where, mixup),
-                  grain.transforms.Batch(batch, drop_remainder=True)])
-  return iter(loader)
-
-
-def eval_batches(source: Any, *, samples: int, batch: int, num_classes: int, where: str
-                 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """Whole clips in order, padded to `samples`, in batches of `batch` (the last one padded
-  with silent rows); yields (batch, number of real rows)."""
-  for begin in range(0, len(source), batch):
-    idx = range(begin, min(begin + batch, len(source)))
-    out = {"audio": np.zeros((batch, samples), np.float32), "audio_len": np.ones(batch, np.int32),
-           "target": np.zeros((batch, num_classes), np.float32)}
-    for row, i in enumerate(idx):
-      record = source[i]
-      out["audio"][row], out["audio_len"][row] = _fit(np.asarray(record["audio"], np.int16),
-                                                      samples)
-      out["target"][row] = targets(record, num_classes, f"{where}[{i}]")
-    yield out, len(idx)
-
-
-def longest_clip(sources: list[Any]) -> int:
-  """Samples in the longest clip of the sources."""
-  return max(int(np.asarray(s[i]["audio"]).size) for s in sources for i in range(len(s)))
-
-
 # ---------------------------------------------------------------------- training
 
 
@@ -214,8 +140,9 @@ class Setup:
   multi_label: bool
   freq_mask: int
   time_mask: int  # Already scaled to the crop length.
-  mask_rows: int
-  mask_cols: int
+  # Structured masking: (rows, columns, probability), one drawn per batch
+  # (augment.mask_variants); ((0, 0, 1.0),) is no masking.
+  mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
 
 
 def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Array:
@@ -225,26 +152,20 @@ def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Arra
   return jnp.mean(optax.softmax_cross_entropy(logits, target))
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int, warmup_steps: int
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """LARS with warm-up + cosine; biases and norms (1-D) skip trust ratio and decay."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=config.lr, warmup_steps=warmup_steps,
-      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
-
-  def matrices(params):
-    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
-
-  tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=matrices,
-                  trust_coefficient=config.trust_coefficient, trust_ratio_mask=matrices,
-                  momentum=config.momentum)
-  return tx, schedule
+def mask_draw(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
+              ) -> tuple[jax.Array, jax.Array]:
+  """(index of the batch's mask variant, key of its kept rows/columns)."""
+  pick_key, keep_key = jax.random.split(rng)
+  if len(variants) == 1:
+    return jnp.zeros((), jnp.int32), keep_key
+  return masks.draw_variant(pick_key, variants), keep_key
 
 
 def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
                opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
-  """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking →
-  head → loss."""
+  """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
+  (a (rows, columns) variant drawn for the batch, one `lax.switch` branch per variant,
+  each with its own static token count) → head → loss."""
   x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
   mix_key, spec_key, mask_key = jax.random.split(rng, 3)
@@ -252,21 +173,28 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
   x, y, perm = augment.mixup(mix_key, x, batch["target"], lam)
   valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
   x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
-  keep = kept = None
-  if setup.mask_rows or setup.mask_cols:
-    gf, gt = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
-    keep = masks.structured_keep(mask_key, x.shape[0], gf, gt, setup.mask_rows, setup.mask_cols)
-    kept = (gf - setup.mask_rows, gt - setup.mask_cols)
+  gf, gt = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
+  variant, keep_key = mask_draw(mask_key, setup.mask_variants)
 
-  def objective(p):
-    logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
-                                      keep, kept, train=True, mutable=["batch_stats"])
-    return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
+  def branch(rows: int, cols: int):
+    def objective(p):
+      keep = kept = None
+      if rows or cols:
+        keep = masks.structured_keep(keep_key, x.shape[0], gf, gt, rows, cols)
+        kept = (gf - rows, gt - cols)
+      logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
+                                        keep, kept, train=True, mutable=["batch_stats"])
+      return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
+    return objective
 
+  branches = [branch(r, c) for r, c, _ in setup.mask_variants]
+  objective = branches[0] if len(branches) == 1 else (
+      lambda p: jax.lax.switch(variant, branches, p))
   (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                                          "mask_variant": variant}
 
 
 def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
@@ -295,7 +223,7 @@ def build_net(restored: restore_lib.Restored, num_classes: int, unit_frames: int
                      n_mels=model.n_mels, input_frames=model.input_frames,
                      unit_frames=unit_frames, head_input=config.head_input,
                      bn_momentum=config.bn_momentum, head_init_std=config.head_init_std,
-                     dtype=model.dtype)
+                     dtype=model.dtype, pos_table=restored.config.model.pos_table)
 
 
 def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
@@ -329,31 +257,32 @@ def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[An
   return params, stats
 
 
-def _flatten(tree: Any, prefix: str) -> dict[str, np.ndarray]:
-  return {prefix + "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def save_variables(path: str, params: Any, batch_stats: Any) -> None:
-  """Writes params and batch_stats as one npz ("params/encoder/...", "batch_stats/...")."""
-  np.savez(path, **_flatten(params, "params/"), **_flatten(batch_stats, "batch_stats/"))
-
-
-def load_variables(path: str) -> dict[str, Any]:
-  """{"params": ..., "batch_stats": ...} nested dicts back from `save_variables`."""
-  out: dict[str, Any] = {}
-  with np.load(path) as f:
-    for key in f.files:
-      node = out
-      *parents, leaf = key.split("/")
-      for name in parents:
-        node = node.setdefault(name, {})
-      node[leaf] = f[key]
-  return out
+def load_classifier(workdir: str) -> tuple[Setup, dict[str, Any], dict[str, Any]]:
+  """(Setup, {"params", "batch_stats"}, meta["finetune"]) of a fine-tuning workdir: the
+  whole fine-tuned classifier, for `eval_logits`."""
+  state, meta, source = handoff.load(workdir)
+  facts = meta.get("finetune")
+  if facts is None or ft_checkpoint.HEAD not in state:
+    raise ValueError(f"{source}: not a fine-tuning checkpoint (no meta 'finetune' or "
+                     f"state '{ft_checkpoint.HEAD}')")
+  restored = restore_lib.restore(workdir)
+  head = state[ft_checkpoint.HEAD]
+  model, frames = restored.model, int(meta["input_frames"])
+  net = FinetuneNet(size=model.size, num_classes=len(facts["class_names"]),
+                    patch_size=model.patch_size, n_mels=model.n_mels, input_frames=frames,
+                    unit_frames=frames, head_input=facts["head_input"], dtype=model.dtype,
+                    pos_table=restored.config.model.pos_table)
+  setup = Setup(net=net, frontend_cfg=restored.frontend_cfg, norm_stats=restored.norm_stats,
+                multi_label=bool(facts["multi_label"]), freq_mask=0, time_mask=0)
+  variables = {"params": {"encoder": restored.params["encoder"],
+                          "classifier": head["classifier"]},
+               "batch_stats": head["batch_stats"]}
+  return setup, variables, facts
 
 
 def _splits(dataset: str, data_dir: str, config) -> tuple[dict[str, Any], str]:
-  """Dataset facts and the split that picks the best epoch (test when none is given)."""
+  """Dataset facts and the split that picks the best epoch (val_split "": the test split,
+  as EVAR does for AudioSet, which has no validation split)."""
   info = build.dataset_info(dataset, data_dir)
   for role, split in (("train", config.train_split), ("test", config.test_split)):
     if info["splits"].get(split, 0) == 0:
@@ -361,6 +290,8 @@ def _splits(dataset: str, data_dir: str, config) -> tuple[dict[str, Any], str]:
                        f"{split!r}; it has {info['splits']}")
   if not info["class_names"]:
     raise ValueError(f"{dataset} under {data_dir} has no class names: not a labelled set")
+  if not config.val_split:
+    return info, config.test_split
   val = config.val_split if info["splits"].get(config.val_split, 0) else config.test_split
   if val != config.val_split:
     logging.warning("No %r split: the test split picks the best epoch", config.val_split)
@@ -373,6 +304,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("lr", config.lr > 0), ("batch", config.batch >= 1), ("epochs", config.epochs >= 1),
       ("eval_batch", config.eval_batch >= 1), ("max_steps", config.max_steps >= 0),
       ("warmup_epochs", 0 <= config.warmup_epochs <= config.epochs),
+      ("lr_min", 0 <= config.lr_min <= config.lr), ("warmup_lr", config.warmup_lr >= 0),
+      ("optimizer", config.optimizer in ft_optim.OPTIMIZERS),
+      ("schedule", config.schedule in ft_optim.SCHEDULES),
+      ("epoch_clips", config.epoch_clips >= 0),
+      ("sample_weights", config.sample_weights in sampling.WEIGHTINGS),
       ("mixup", config.mixup >= 0), ("mask_ratio", 0 <= config.mask_ratio < 1),
       ("freq_mask", config.freq_mask >= 0), ("time_mask", config.time_mask >= 0),
       ("crop_seconds", config.crop_seconds >= 0), ("eval_seconds", config.eval_seconds >= 0),
@@ -392,13 +328,75 @@ def _multi_label(config, dataset: str, data_dir: str) -> bool:
       "multi_label", False))
 
 
+# Knobs that change how a run executes, not what it computes: a finished workdir is
+# reused whatever their values.
+_EXECUTION_KNOBS = ("num_workers", "log_every", "eval_batch")
+
+
+def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in config_json.items() if k not in _EXECUTION_KNOBS}
+
+
+def _finished(workdir: str, source: str, dataset: str, config_json: dict[str, Any]
+              ) -> dict[str, Any] | None:
+  """The stored result of the same fine-tune finished in `workdir`, else None."""
+  path = os.path.join(workdir, "finetune.json")
+  if not os.path.isfile(path):
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+      raise ValueError(f"{workdir} holds checkpoints but no finetune.json (an interrupted "
+                       "or foreign run); use a new workdir")
+    return None
+  with open(path) as f:
+    done = json.load(f)
+  same = (done.get("checkpoint") == source and done.get("dataset") == dataset
+          and _comparable(done.get("config", {})) == _comparable(config_json))
+  if not same:
+    raise ValueError(f"{path} is a finished fine-tune of {done.get('checkpoint')!r} on "
+                     f"{done.get('dataset')!r} with another config; use a new workdir")
+  logging.info("%s: fine-tuning already finished; returning its result", path)
+  return done
+
+
+def _sample_weights(config, source: Any, num_classes: int, where: str, workdir: str | None
+                    ) -> np.ndarray | None:
+  """Per-clip sampling weights of the training split (cached in the workdir: computing
+  them reads every record once)."""
+  if config.sample_weights == "none":
+    return None
+  cache = os.path.join(workdir, "sample_weights.npy") if workdir else None
+  if cache and os.path.isfile(cache):
+    weights = np.load(cache)
+    if weights.shape == (len(source),):
+      return weights
+  start = time.time()
+  weights = sampling.audioset_weights(sampling.record_labels(source, where), num_classes)
+  logging.info("AudioSet sampling weights of %d clips in %.1f s", len(source),
+               time.time() - start)
+  if cache:
+    os.makedirs(workdir, exist_ok=True)
+    np.save(cache, weights)
+  return weights
+
+
 def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
                  config: ml_collections.ConfigDict, workdir: str | None = None
                  ) -> dict[str, Any]:
-  """Fine-tunes `checkpoint`'s encoder on `dataset`; returns and (with a workdir) writes
-  finetune.json with {"task", "metric", "val", "test", "epochs", "steps", ...}."""
+  """Fine-tunes `checkpoint`'s encoder on `dataset`; returns the result dict.
+
+  With a workdir: writes the best epoch as an Orbax checkpoint (`ft_checkpoint`, when
+  `config.save_checkpoint`) and then finetune.json {"task", "metric", "val", "test",
+  "epochs", "steps", "best_epoch", ..., "workdir_checkpoint"}; rerun on a finished
+  workdir, returns its finetune.json instead of training again.
+  """
   validate(config)
   data_dir = os.path.expanduser(data_dir)
+  config_json = json.loads(config.to_json_best_effort())
+  directory, source_step = handoff.locate(checkpoint)
+  if workdir:
+    workdir = os.path.expanduser(workdir)
+    done = _finished(workdir, str(directory / str(source_step)), dataset, config_json)
+    if done is not None:
+      return done
   restored = restore_lib.restore(checkpoint)
   info, val_split = _splits(dataset, data_dir, config)
   classes = info["class_names"]
@@ -411,26 +409,32 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   unit_frames = fcfg.num_frames(crop_samples)
   net = build_net(restored, len(classes), unit_frames, config)
   gf, gt = patches.grid_size(net.n_mels, unit_frames, net.patch_size)
-  rows, cols = augment.mask_counts(config.head_input, gf, gt, config.mask_ratio)
+  variants = augment.mask_variants(config.head_input, gf, gt, config.mask_ratio)
   setup = Setup(net=net, frontend_cfg=fcfg, norm_stats=restored.norm_stats,
                 multi_label=multi_label, freq_mask=config.freq_mask,
                 time_mask=augment.scaled_time_mask(config.time_mask, unit_frames),
-                mask_rows=rows, mask_cols=cols)
+                mask_variants=variants)
 
   sources = {s: pipeline.open_source(dataset, s, data_dir)
              for s in {config.train_split, val_split, config.test_split}}
-  n_train = len(sources[config.train_split])
-  batch = min(config.batch, n_train)
+  train_source = sources[config.train_split]
+  n_train = len(train_source)
+  if config.epoch_clips > n_train:
+    raise ValueError(f"finetune config: epoch_clips={config.epoch_clips} exceeds the "
+                     f"{n_train} clips of {dataset}:{config.train_split} (drawn without "
+                     "replacement)")
+  per_epoch = config.epoch_clips or n_train
+  batch = min(config.batch, per_epoch)
   if batch < config.batch:
-    logging.warning("Batch %d > %d training clips: using %d", config.batch, n_train, batch)
-  steps_per_epoch = n_train // batch
+    logging.warning("Batch %d > %d clips per epoch: using %d", config.batch, per_epoch, batch)
+  steps_per_epoch = per_epoch // batch
   total = config.epochs * steps_per_epoch
   total = min(total, config.max_steps) if config.max_steps > 0 else total
-  # Warm-up keeps its share of the run when max_steps cuts the run short.
-  warmup = int(round(config.warmup_epochs / max(config.epochs, 1e-9) * total))
-  tx, schedule = make_optimizer(config, total, warmup)
+  tx, schedule = ft_optim.make_optimizer(config, total)
   eval_samples = (int(round(config.eval_seconds * fcfg.sample_rate)) if config.eval_seconds > 0
-                  else longest_clip([sources[val_split], sources[config.test_split]]))
+                  else ft_data.longest_clip([sources[val_split], sources[config.test_split]]))
+  weights = _sample_weights(config, train_source, len(classes),
+                            f"{dataset}:{config.train_split}", workdir)
 
   params, batch_stats = init_variables(net, restored.params["encoder"], config.seed)
   opt_state = tx.init(params)
@@ -439,26 +443,30 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
 
   def evaluate(split: str, p, bs) -> float:
     scores, truth = [], []
-    for b, n in eval_batches(sources[split], samples=eval_samples, batch=config.eval_batch,
-                             num_classes=len(classes), where=f"{dataset}:{split}"):
+    for b, n in ft_data.eval_batches(sources[split], samples=eval_samples,
+                                     batch=config.eval_batch, num_classes=len(classes),
+                                     where=f"{dataset}:{split}"):
       scores.append(np.asarray(eval_fn(p, bs, b))[:n])
       truth.append(b["target"][:n])
     return score(np.concatenate(scores), np.concatenate(truth), multi_label)
 
-  batches = train_batches(sources[config.train_split], batch=batch, crop_samples=crop_samples,
-                          num_classes=len(classes), seed=config.seed,
-                          where=f"{dataset}:{config.train_split}", mixup=config.mixup,
-                          num_workers=config.num_workers)
+  batches = ft_data.train_batches(
+      train_source, batch=batch, crop_samples=crop_samples, num_classes=len(classes),
+      seed=config.seed, where=f"{dataset}:{config.train_split}", mixup=config.mixup,
+      num_workers=config.num_workers, steps_per_epoch=steps_per_epoch,
+      epochs=-(-total // steps_per_epoch), weights=weights)
   base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  logging.info("Fine-tuning %s on %s: %d classes (%s), %d steps of %d, crop %d frames, "
-               "masking %d rows/%d cols, eval clips %d samples", restored.source, dataset,
-               len(classes), "multi-label" if multi_label else "single-label", total, batch,
-               unit_frames, rows, cols, eval_samples)
+  logging.info("Fine-tuning %s on %s: %d classes (%s), %d steps of %d (%d per epoch, %s "
+               "sampling), crop %d frames, mask variants %s, eval clips %d samples",
+               restored.source, dataset, len(classes),
+               "multi-label" if multi_label else "single-label", total, batch, steps_per_epoch,
+               config.sample_weights, unit_frames, variants, eval_samples)
   history, best, step, start = [], None, 0, time.time()
   epoch = 0
   while step < total:
     epoch += 1
     for _ in range(min(steps_per_epoch, total - step)):
+      lr = float(schedule(step))
       params, batch_stats, opt_state, out = step_fn(
           params, batch_stats, opt_state, next(batches), jax.random.fold_in(base_key, step))
       step += 1
@@ -467,31 +475,42 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
         raise FloatingPointError(f"fine-tuning loss is {loss} at step {step} (epoch {epoch})")
       if step % config.log_every == 0:
         logging.info("step %d loss %.4f grad_norm %.3f lr %.4g", step, loss,
-                     float(out["grad_norm"]), float(schedule(step)))
+                     float(out["grad_norm"]), lr)
     val = evaluate(val_split, params, batch_stats)
-    history.append({"epoch": epoch, "step": step, "loss": loss, "val": val})
+    history.append({"epoch": epoch, "step": step, "loss": loss, "val": val, "lr": lr})
     logging.info("epoch %d step %d loss %.4f val %s %.4f", epoch, step, loss,
                  "mAP" if multi_label else "accuracy", val)
-    if best is None or val > best["val"]:
+    if best is None or val > best["val"]:  # EVAR keeps the first epoch of the best score.
       host = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), (params, batch_stats))
       best = {"val": val, "epoch": epoch, "step": step, "params": host[0],
               "batch_stats": host[1]}
-  test = evaluate(config.test_split, best["params"], best["batch_stats"])
+  test = (best["val"] if val_split == config.test_split
+          else evaluate(config.test_split, best["params"], best["batch_stats"]))
   result = {
       "task": "finetune", "metric": "mAP" if multi_label else "accuracy",
       "val": best["val"], "test": test, "epochs": epoch, "steps": step,
       "best_epoch": best["epoch"], "best_step": best["step"], "dataset": dataset,
-      "val_split": val_split, "test_split": config.test_split, "checkpoint": restored.source,
+      "train_split": config.train_split, "val_split": val_split,
+      "test_split": config.test_split, "checkpoint": restored.source,
       "multi_label": multi_label, "class_names": classes, "unit_frames": unit_frames,
       "input_frames": int(net.input_frames), "size": net.size, "head_input": net.head_input,
+      "steps_per_epoch": steps_per_epoch, "batch": batch,
+      "mask_variants": [list(v) for v in variants],
       "norm_stats": list(restored.norm_stats), "seconds": round(time.time() - start, 1),
-      "history": history, "config": json.loads(config.to_json_best_effort()),
+      "history": history, "config": config_json,
   }
   if workdir:
-    workdir = os.path.expanduser(workdir)
     os.makedirs(workdir, exist_ok=True)
-    if config.save_params:
-      save_variables(os.path.join(workdir, "finetuned.npz"), best["params"], best["batch_stats"])
-    with open(os.path.join(workdir, "finetune.json"), "w") as f:
+    if config.save_checkpoint:
+      facts = {k: result[k] for k in (
+          "dataset", "train_split", "val_split", "test_split", "metric", "val", "test",
+          "best_epoch", "best_step", "epochs", "steps", "multi_label", "class_names",
+          "head_input", "unit_frames", "checkpoint")}
+      facts["trained_input_frames"] = result["input_frames"]
+      facts["config"] = config_json
+      result["workdir_checkpoint"] = ft_checkpoint.write(
+          workdir, restored=restored, net=net, params=best["params"],
+          batch_stats=best["batch_stats"], step=best["step"], facts=facts)
+    with open(os.path.join(workdir, "finetune.json"), "w") as f:  # Written last: "done".
       json.dump(result, f, indent=1)
   return result

@@ -66,6 +66,19 @@ def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.Checkpoint
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
+def write_params_checkpoint(workdir: str, step: int, state: dict[str, Any],
+                            meta: dict[str, Any]) -> epath.Path:
+  """Writes one complete step of `state` and `meta` (no input-iterator state), waiting
+  for it: what `restore`, a later stage's `init.workdir` and `to_torch` read (an imported
+  or fine-tuned model, not a run to resume). Returns the step directory."""
+  manager = make_manager(workdir, keep=1, async_save=False)
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return epath.Path(manager.directory) / str(step)
+
+
 def save(manager: ocp.CheckpointManager, step: int, *, state: Any, iterator: IteratorSnapshot,
          meta: dict[str, Any]) -> None:
   """Starts saving `step` (returns before an asynchronous write finishes)."""
