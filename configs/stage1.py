@@ -1,9 +1,25 @@
 """Stage 1 of M2D-CLAP (2025): M2D + 0.01·CLAP on ViT-B/16, 80×608 crops, batch 2048.
 
-The paper trains 300 epochs on AudioSet (+VGGSound, Auto-ACD captions), WavCaps, AudioCaps
-and Clotho with NV-Embed-v2 (4096-d) caption embeddings. Build those datasets first with
-`python -m jaxclap.data.build` (captioned-folder builder, --text_model=nvidia/NV-Embed-v2
---backend=st) and name them in data.train.
+The paper trains 300 epochs with NV-Embed-v2 (4096-d) caption embeddings on AudioSet and
+VGGSound (both with Auto-ACD captions; the 2025 clap/ scripts list
+rawcap_auto_acd_vggsound.csv), WavCaps, AudioCaps and Clotho. The official run
+concatenates the file lists and draws uniformly, so `data.train` gives no weights: each
+corpus is drawn in proportion to its size (the trainer logs the shares and passes at start).
+
+AudioCaps is not a source of its own: its clips are AudioSet clips and the official caption
+lookup is keyed by YouTube id, so its captions join the AudioSet record of the same clip
+(one copy of the audio, Auto-ACD + AudioCaps captions). Build the sets with
+`python -m jaxclap.data.build --text_model=nvidia/NV-Embed-v2 --backend=st`:
+
+  --dataset=captioned_folder/audioset --manual_dir=<AudioSet + Auto-ACD captions CSV>
+      --merge_captions=<AudioCaps train.csv>   (AudioCaps val/test clips are AudioSet
+      clips too: merging their captions would leak them into training)
+  --dataset=captioned_folder/vggsound --manual_dir=<VGGSound + Auto-ACD captions CSV>
+  --dataset=captioned_folder/wavcaps  --manual_dir=<WavCaps>
+  --dataset=captioned_folder/clotho   --manual_dir=<Clotho>
+  --dataset=captioned_folder/audiocaps --manual_dir=<AudioCaps> (validation only)
+
+Short clips are zero-padded to 6.1 s as waveform (data.min_seconds), as wav_to_lms.py does.
 """
 
 from jaxclap.train import config as config_lib
@@ -12,10 +28,11 @@ from jaxclap.train import config as config_lib
 def get_config():
   """Paper recipe; see jaxclap/train/config.py for every knob."""
   c = config_lib.base_config()
-  c.data.train = "audioset:train:1.0,wavcaps:train:1.0,audiocaps:train:1.0,clotho:train:1.0"
-  c.data.val = "audiocaps:validation"
+  c.data.train = config_lib.PAPER_TRAIN  # By size (no weights), as the official run.
+  c.data.val = "captioned_folder/audiocaps:validation"
   c.data.build_demo = False
   c.data.num_workers = 8  # Per host; decoding and cropping keep up with a v5e host at 8.
+  c.data.min_seconds = 6.1  # wav_to_lms.py min_length.
   c.model.size = "base"
   c.model.text_dim = 4096  # NV-Embed-v2.
   c.model.dtype = "bfloat16"  # Mixed precision as in the paper; params stay float32.

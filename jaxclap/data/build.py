@@ -3,10 +3,14 @@
   python -m jaxclap.data.build --dataset=jaxclap_demo --data_dir=~/jaxclap_data
   python -m jaxclap.data.build --dataset=captioned_folder/clotho \
       --manual_dir=/data/clotho --data_dir=~/jaxclap_data --skip_bad
+  python -m jaxclap.data.build --dataset=captioned_folder/audioset \
+      --manual_dir=/data/audioset --merge_captions=/data/audiocaps/train.csv
 
 Dataset names: `jaxclap_demo`, `captioned_folder/<name>`, `labelled_folder/<name>`
-(`<name>` defaults to the manual_dir's folder name). Built data is read back with
-`tfds.data_source(name, data_dir=...)` or `jaxclap.data.pipeline.make_loader`.
+(`<name>` defaults to the manual_dir's folder name). `--merge_captions` (captioned
+folders) adds the captions of other CSVs to the clips of the same YouTube id
+(`caption_merge`: AudioCaps captions join their AudioSet clips). Built data is read back
+with `tfds.data_source(name, data_dir=...)` or `jaxclap.data.pipeline.make_loader`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -36,10 +40,10 @@ BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
 }
 
 
-def _load_embedder(text_model: str) -> TextEmbedder:
+def _load_embedder(text_model: str, backend: str = "auto") -> TextEmbedder:
   from jaxclap.data.text_embed import load_sentence_embedder  # Loads JAX model weights.
 
-  return load_sentence_embedder(text_model)
+  return load_sentence_embedder(text_model, backend=backend)
 
 
 def _split_name(dataset: str, manual_dir: str | None) -> tuple[str, str | None]:
@@ -96,11 +100,13 @@ def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
 
 
 def _check_existing(info: dict[str, Any], text_model: str, num_clips: int | None,
-                    seed: int | None) -> None:
-  """Refuses to reuse a build made with another text model or demo size/seed."""
-  wanted = {"text_model": text_model, "num_clips": num_clips, "seed": seed}
+                    seed: int | None, merged: list[str] | None = None) -> None:
+  """Refuses to reuse a build made with another text model, demo size/seed or merge list."""
+  wanted = {"text_model": text_model, "num_clips": num_clips, "seed": seed,
+            "merge_captions": merged}
   built = {"text_model": info["text_model"],
-           **{k: info["build"].get(k) for k in ("num_clips", "seed")}}
+           **{k: info["build"].get(k) for k in ("num_clips", "seed")},
+           "merge_captions": info["build"].get("merged_captions", {}).get("files", [])}
   for key, value in wanted.items():
     if value is not None and value != built[key]:
       raise ValueError(
@@ -111,20 +117,30 @@ def _check_existing(info: dict[str, Any], text_model: str, num_clips: int | None
 def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
                   text_model: str = DEFAULT_TEXT_MODEL, manual_dir: str | None = None,
                   skip_bad: bool = False, num_clips: int | None = None, seed: int = 0,
-                  embedding_dtype: str = "float16",
-                  embedder: TextEmbedder | None = None) -> dict[str, Any]:
+                  embedding_dtype: str = "float16", backend: str = "auto",
+                  embedder: TextEmbedder | None = None,
+                  merge_captions: Sequence[str] = ()) -> dict[str, Any]:
   """Builds `dataset` under `data_dir` (no-op if already built); returns its summary.
 
-  `embedder` overrides `text_model` with an already loaded embedder object.
+  `embedder` overrides `text_model` with an already loaded embedder object; `backend` picks
+  the sentence-model runtime (`text_embed.load_sentence_embedder`). `merge_captions`:
+  caption CSVs joined into a captioned folder's clips by YouTube id (`caption_merge`).
   """
   kind, config = _split_name(dataset, manual_dir)
   name = _full_name(kind, config)
   data_dir = os.path.expanduser(data_dir)
   if manual_dir is not None and not os.path.isdir(manual_dir):
     raise FileNotFoundError(f"manual_dir {manual_dir} is not a folder")
+  merge_captions = [os.path.expanduser(str(p)) for p in merge_captions or ()]
+  if merge_captions and kind != "captioned_folder":
+    raise ValueError(f"merge_captions applies to captioned_folder datasets, not {dataset!r}")
+  for path in merge_captions:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"merge_captions file {path} is not a file")
   if is_built(name, data_dir):
     _check_existing(dataset_info(name, data_dir), embedder.name if embedder else text_model,
-                    num_clips if kind == DEMO else None, seed if kind == DEMO else None)
+                    num_clips if kind == DEMO else None, seed if kind == DEMO else None,
+                    [Path(p).name for p in merge_captions] if merge_captions else None)
   else:
     kwargs: dict[str, Any] = dict(data_dir=data_dir, skip_bad=skip_bad,
                                   embedding_dtype=embedding_dtype)
@@ -134,7 +150,9 @@ def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
       if num_clips is not None:
         raise ValueError("num_clips applies to jaxclap_demo only")
       kwargs.update(manual_dir=manual_dir, config=tfds.core.BuilderConfig(name=config))
-    kwargs["embedder"] = embedder or _load_embedder(text_model)
+      if merge_captions:
+        kwargs["merge_captions"] = merge_captions
+    kwargs["embedder"] = embedder or _load_embedder(text_model, backend)
     BUILDERS[kind](**kwargs).download_and_prepare(file_format="array_record")
   return dataset_info(name, data_dir)
 
@@ -160,6 +178,12 @@ def format_summary(info: dict[str, Any]) -> str:
       f"skipped files  {build.get('skipped', 0)}",
   ]
   lines += [f"  skipped: {s}" for s in build.get("skipped_inputs", [])[:20]]
+  merged = build.get("merged_captions")
+  if merged:
+    lines.append(f"merged         {merged['matched_captions']} captions into {merged['clips']} "
+                 f"clips from {', '.join(merged['files'])}; {merged['unmatched_captions']} "
+                 f"captions of {merged['unmatched_ids']} ids unmatched "
+                 f"(e.g. {merged['unmatched_examples'][:5]})")
   return "\n".join(lines)
 
 
@@ -172,7 +196,8 @@ def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) 
   try:
     info = build(f.dataset, f.data_dir, text_model=f.text_model, manual_dir=f.manual_dir,
                  skip_bad=f.skip_bad, num_clips=f.num_clips, seed=f.seed,
-                 embedding_dtype=f.embedding_dtype)
+                 embedding_dtype=f.embedding_dtype, backend=f.backend,
+                 merge_captions=f.merge_captions)
   except Exception as e:  # Report any failure as one line and a non-zero exit code.
     print(f"error: building {f.dataset!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
     return 1
@@ -193,6 +218,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Demo generator seed.")
   flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
                     "Storage dtype of caption embeddings.")
+  flags.DEFINE_list("merge_captions", [], "Caption CSVs (e.g. AudioCaps train.csv) whose "
+                    "captions join the captioned folder's clips of the same YouTube id.")
+  flags.DEFINE_enum("backend", "auto", ["auto", "jax", "st"],
+                    "Sentence-model runtime: jax (BERT family, no PyTorch), st "
+                    "(sentence-transformers), auto (st for models with a recipe, e.g. NV-Embed-v2).")
 
 
 if __name__ == "__main__":

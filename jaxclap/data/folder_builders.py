@@ -12,12 +12,14 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from jaxclap.audio import io as audio_io
+from jaxclap.data import caption_merge
 from jaxclap.data import features
 from jaxclap.data import manifests
 from jaxclap.data.builders import CaptionedAudioBuilder
@@ -87,13 +89,33 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
 
 
 class CaptionedFolder(_FolderBuilder, skip_registration=True):
-  """Captioned audio from a local folder + CSV (AudioCaps / Clotho / WavCaps layouts)."""
+  """Captioned audio from a local folder + CSV (AudioCaps / Clotho / WavCaps layouts).
+
+  `merge_captions`: extra caption CSVs whose rows join the clips of the same YouTube id
+  (`caption_merge`), e.g. AudioCaps captions into an AudioSet set; the build metadata's
+  `merged_captions` says how many matched.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
+  def __init__(self, *, merge_captions: Sequence[str | os.PathLike] = (), **kwargs: Any):
+    self._merge_paths = list(merge_captions)
+    self._merge_report: caption_merge.MergeReport | None = None
+    super().__init__(**kwargs)
+
   def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
-    return manifests.read_captioned(manual_dir)
+    manifest = manifests.read_captioned(manual_dir)
+    if self._merge_paths:
+      self._merge_report = caption_merge.merge(manifest, self._merge_paths)
+      log = logging.warning if self._merge_report.unmatched_ids else logging.info
+      log("%s", self._merge_report.message())
+    return manifest
+
+  def update_metadata(self) -> None:
+    super().update_metadata()
+    if self._merge_report is not None:
+      self.info.metadata["build"]["merged_captions"] = self._merge_report.as_dict()
 
 
 class LabelledFolder(_FolderBuilder, skip_registration=True):

@@ -71,7 +71,7 @@ class Manifest:
     return sorted({item.split for item in self.items})
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+def read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
   """Header (lower-cased) and (line number, row) pairs of a CSV file."""
   with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.reader(f)
@@ -141,7 +141,7 @@ def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
   merged: dict[tuple[str, Path], Item] = {}
   bad: list[BadInputError] = []
   for csv_path, csv_split in _caption_csvs(manual_dir):
-    header, rows = _read_csv(csv_path)
+    header, rows = read_csv(csv_path)
     file_col = _pick_column(header, FILE_COLUMNS, csv_path, "file")
     caption_cols = [h for h in header if CAPTION_COLUMN.match(h)]
     if not caption_cols:
@@ -195,7 +195,7 @@ def _read_vocabulary(csv_dir: Path) -> tuple[Path, list[str], dict[str, int]] | 
       break
   else:
     return None
-  header, rows = _read_csv(path)
+  header, rows = read_csv(path)
   name_col = _pick_column(header, ("name", "display_name", "label", "class"), path, "name")
   if "index" in header:
     try:
@@ -216,7 +216,7 @@ def _read_vocabulary(csv_dir: Path) -> tuple[Path, list[str], dict[str, int]] | 
 def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
                        file_cols: tuple[str, ...],
                        label_cols: tuple[str, ...]) -> Manifest:
-  header, rows = _read_csv(csv_path)
+  header, rows = read_csv(csv_path)
   file_col = _pick_column(header, file_cols, csv_path, "file")
   label_col = _pick_column(header, label_cols, csv_path, "label")
   bad: list[BadInputError] = []

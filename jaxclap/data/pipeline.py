@@ -1,9 +1,12 @@
 """Training input pipeline: grain over TFDS ArrayRecord sources.
 
-Per example: a fixed-length waveform crop (zero-padded when the clip is shorter,
-with its true length so the front end pads in the log-mel domain as the official
-code does), one caption and its embedding drawn per epoch, the label and the record
-index. Captions stay on the host (stage 2 tokenises them); the rest are arrays.
+Per example: a fixed-length waveform crop, one caption and its embedding drawn per
+epoch, the label and the record index. Captions stay on the host (stage 2 tokenises
+them); the rest are arrays. Short clips follow the official recipe in two steps: for
+training, a clip shorter than `min_samples` (6.1 s) first gets zeros appended as audio
+(wav_to_lms.py pads the waveform, so that part is silence); a clip still shorter than the
+crop is then zero-padded and keeps its true length in `audio_len`, so the front end pads
+it in the log-mel domain (audio_dataset.py pads the log-mel with 0).
 
 Determinism: every random choice comes from grain's per-record rng (seeded by
 `seed` and the record's position in the sampled stream), records are batched in
@@ -18,6 +21,8 @@ from typing import Any, Sequence
 
 import grain
 import numpy as np
+
+from jaxclap.data import mixture
 
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
@@ -40,35 +45,28 @@ def open_source(name: str, split: str = "train", data_dir: str | None = None) ->
 class MixedSource:
   """Random-access view over several sources, interleaved in proportion to `weights`.
 
-  One pass over the mixture ("epoch") has length max(len_i / w_i), so every record
-  of every source appears at least once; smaller sources repeat in proportion to
-  their weight. Default weights are the source sizes (plain concatenation).
+  One pass over the mixture ("epoch") has `mixture.epoch_counts` records of each source:
+  with `weights=None` every record once (plain concatenation, the official recipe), else
+  max(len_i / w_i) records in all, so every record appears at least once and smaller
+  sources repeat in proportion to their weight.
   """
 
   def __init__(self, sources: Sequence[Any], weights: Sequence[float] | None = None):
     if not sources:
       raise ValueError("make_loader needs at least one source")
     self._sources = list(sources)
-    lengths = np.array([len(s) for s in self._sources], np.float64)
+    lengths = np.array([len(s) for s in self._sources], np.int64)
     for i, n in enumerate(lengths):
       if n == 0:
         raise ValueError(f"source {i} ({self._sources[i]!r}) has no records")
-    w = lengths if weights is None else np.asarray(weights, np.float64)
-    if w.shape != lengths.shape or (w <= 0).any() or not np.isfinite(w).all():
-      raise ValueError(f"weights must be {len(lengths)} positive numbers, got {weights!r}")
-    w = w / w.sum()
-    total = float(np.max(lengths / w))
-    counts = np.maximum(np.round(total * w), lengths).astype(np.int64)
-    if counts.sum() > 2**31:
-      raise ValueError(f"weights {weights!r} make a mixture epoch of {counts.sum()} records; "
-                       "give small sources less extreme weights")
+    counts = mixture.epoch_counts(lengths, weights)
     # Spread each source's slots evenly over the epoch, then merge by position.
     which = np.concatenate([np.full(c, i, np.int32) for i, c in enumerate(counts)])
     slot = np.concatenate([np.arange(c) for c in counts])
     position = np.concatenate([(np.arange(c) + 0.5) / c for c in counts])
     order = np.lexsort((which, position))
     self._which = which[order]
-    self._record = (slot[order] % lengths.astype(np.int64)[self._which]).astype(np.int64)
+    self._record = (slot[order] % lengths[self._which]).astype(np.int64)
 
   def __len__(self) -> int:
     return len(self._which)
@@ -89,10 +87,15 @@ class CropAndPick(grain.transforms.RandomMap):
   crop_samples: int
   random_crop: bool
   caption: str
+  min_samples: int = 0  # Shorter clips first get zeros appended (silence, counted as audio).
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     record = element["record"]
     audio = np.asarray(record["audio"], np.int16)
+    if audio.shape[0] < self.min_samples:
+      # The official data preparation (wav_to_lms.py, min_length=6.1 s) zero-pads the
+      # waveform before the log-mel, so the padding is silence, log(eps), not log-domain 0.
+      audio = np.concatenate([audio, np.zeros(self.min_samples - audio.shape[0], np.int16)])
     n = audio.shape[0]
     if n >= self.crop_samples:
       start = int(rng.integers(0, n - self.crop_samples + 1)) if self.random_crop else 0
@@ -198,12 +201,13 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
                 num_epochs: int | None = None, num_workers: int = 0,
                 process_index: int | None = None, process_count: int | None = None,
                 drop_remainder: bool = True, random_crop: bool = True,
-                caption: str = "random") -> Loader:
+                caption: str = "random", min_samples: int = 0) -> Loader:
   """A loader of this process's batches (global_batch / process_count examples each).
 
   `sources`: one or more random-access sources (e.g. `open_source(name, split)`).
   `num_epochs=None` repeats forever; with several sources an epoch is one pass of the
-  mixture (see `MixedSource`).
+  mixture (see `MixedSource`). `min_samples`: clips shorter than this are zero-padded to
+  it as audio before the crop (training: the official 6.1 s; evaluation: 0, as inference).
   """
   if not isinstance(sources, (list, tuple)):
     sources = [sources]
@@ -211,6 +215,8 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
     raise ValueError(f"caption must be one of {CAPTION_CHOICES}, got {caption!r}")
   if crop_samples <= 0:
     raise ValueError(f"crop_samples must be positive, got {crop_samples}")
+  if min_samples < 0:
+    raise ValueError(f"min_samples must be >= 0, got {min_samples}")
   index, count = _process_layout(process_index, process_count)
   if global_batch % count:
     raise ValueError(f"global_batch {global_batch} is not divisible by process_count {count}")
@@ -233,6 +239,6 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
     _ensure_flags_parsed()
   data_loader = grain.DataLoader(
       data_source=mixed, sampler=sampler,
-      operations=[CropAndPick(crop_samples, random_crop, caption)],
+      operations=[CropAndPick(crop_samples, random_crop, caption, min_samples)],
       worker_count=num_workers, worker_buffer_size=max(2, batch), shard_options=shard)
   return Loader(data_loader, batch, drop_remainder, mixed)

@@ -2,6 +2,8 @@
 
 The dataset builders call :func:`load_sentence_embedder` once and embed each distinct caption once
 (`jaxclap.data.features.embed_unique`); the vectors become the stage-1 distillation targets.
+Models whose official users feed them captions in a particular way (NV-Embed-v2: EOS appended,
+right padding, 32768 tokens) get that from :data:`RECIPES`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxclap.data.text_models import DEFAULT_TEXT_MODEL, resolve_text_model
-from jaxclap.models import bert
+from jaxclap.models import bert, text_tower
 
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 # Legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order.
@@ -31,6 +33,32 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_lasttoken": "lasttoken",
 }
 _JAX_POOLING = ("cls", "max", "mean", "mean_sqrt_len_tokens")
+BACKENDS = ("auto", "jax", "st")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingRecipe:
+  """How captions are fed to a sentence-transformers model (the defaults: plain ``encode``)."""
+
+  prompt: str = ""  # Passed as ``encode(prompt=...)``: an instruction; "" for none.
+  append_eos: bool = False  # Append the tokenizer's ``eos_token`` text to every caption.
+  padding_side: str | None = None  # Tokenizer padding side; None keeps the model's own.
+  max_seq_length: int | None = None  # Truncation length in tokens; None keeps the model's own.
+  normalize_embeddings: bool = False  # ``encode(normalize_embeddings=...)``.
+  trust_remote_code: bool = False  # The model ships its own modelling code.
+
+
+# Per-model recipes, keyed by the model's name (a hub id's last part, lower case); a model
+# listed here runs on the sentence-transformers backend under backend='auto'.
+RECIPES: dict[str, EmbeddingRecipe] = {
+    # The M2D-CLAP 2025 captions (nttcslab/m2d clap/cache_captions.py → RuntimeM2D
+    # .encode_clap_text → m2d/runtime_audio.py NVEmbedV2Encoder): max_seq_length = 32768,
+    # tokenizer.padding_side = "right", eos_token appended to each caption, no instruction
+    # (the model card's passage prefix is ""), encode() without normalize_embeddings (the
+    # official line is commented out). The vectors are stored as float16 (our builder's default).
+    "nv-embed-v2": EmbeddingRecipe(append_eos=True, padding_side="right", max_seq_length=32768,
+                                   normalize_embeddings=False, trust_remote_code=True),
+}
 
 
 @runtime_checkable
@@ -117,6 +145,26 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
   return modes
 
 
+def _model_names(text_model: str, folder: Path | None) -> list[str]:
+  """Lower-case names a model goes by: the value's last part, its folder's and config's names."""
+  names = [Path(str(text_model).rstrip("/")).name]
+  if folder is not None:
+    names.append(Path(folder).name)
+    config_file = Path(folder) / "config.json"
+    config = _read_json(config_file) if config_file.is_file() else {}
+    if isinstance(config, dict) and isinstance(config.get("_name_or_path"), str):
+      names.append(Path(config["_name_or_path"].rstrip("/")).name)
+  return [n.lower() for n in names if n]
+
+
+def recipe_for(text_model: str, folder: str | Path | None = None) -> EmbeddingRecipe | None:
+  """The :data:`RECIPES` entry matching ``text_model`` (or its folder's config), if any."""
+  for name in _model_names(text_model, None if folder is None else Path(folder)):
+    if name in RECIPES:
+      return RECIPES[name]
+  return None
+
+
 def _pool(hidden: jax.Array, mask: jax.Array, modes: tuple[str, ...]) -> jax.Array:
   """Sentence-transformers pooling over valid tokens; several modes are concatenated."""
   m = mask[..., None].astype(hidden.dtype)
@@ -129,15 +177,6 @@ def _pool(hidden: jax.Array, mask: jax.Array, modes: tuple[str, ...]) -> jax.Arr
       "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
   }
   return jnp.concatenate([out[mode]() for mode in modes], axis=-1)
-
-
-def _buckets(max_len: int, smallest: int = 16) -> list[int]:
-  """Powers of two from ``smallest`` up to ``max_len``, plus ``max_len`` itself."""
-  sizes, n = [], smallest
-  while n < max_len:
-    sizes.append(n)
-    n *= 2
-  return sizes + [max_len]
 
 
 def load_tokenizer(transformer_dir: Path) -> Any:
@@ -165,7 +204,7 @@ class JaxSentenceEmbedder:
     self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(self.max_seq_length)
-    self.buckets = _buckets(self.max_seq_length, min_bucket)
+    self.buckets = list(text_tower.length_buckets(self.max_seq_length, min_bucket))
     self.dim = self.model.config.hidden_size * len(pipe.pooling)
     self._forward = jax.jit(functools.partial(
         _embed_batch, model=self.model, pooling=pipe.pooling, normalize=pipe.normalize))
@@ -223,40 +262,75 @@ def _embed_batch(params: Any, input_ids: jax.Array, mask: jax.Array, *, model: b
 
 
 class STSentenceEmbedder:
-  """Any sentence-transformers model (NV-Embed-v2, GTE, Qwen embedders); needs the ``[st]`` extra."""
+  """Any sentence-transformers model (NV-Embed-v2, GTE, Qwen embedders); needs the ``[st]`` extra.
+
+  ``recipe`` says how captions are fed (prompt, EOS, padding side, length, normalisation);
+  None looks it up in :data:`RECIPES` by name, and a model without an entry gets plain ``encode``.
+  """
 
   def __init__(self, text_model: str, *, name: str | None = None, device: str | None = None,
-               trust_remote_code: bool = False, **model_kwargs: Any):
+               recipe: EmbeddingRecipe | None = None, trust_remote_code: bool | None = None,
+               **model_kwargs: Any):
     try:
       from sentence_transformers import SentenceTransformer
     except ImportError as e:
       raise ImportError("backend='st' needs PyTorch and sentence-transformers: "
                         "pip install 'jaxclap[st]'") from e
     self.name = name or str(text_model)
-    self.model = SentenceTransformer(str(resolve_text_model(text_model)), device=device,
+    folder = resolve_text_model(text_model)
+    self.recipe = recipe or recipe_for(text_model, folder) or EmbeddingRecipe()
+    if self.recipe.padding_side not in (None, "left", "right"):
+      raise ValueError(f"{self.name}: recipe padding_side={self.recipe.padding_side!r}; "
+                       "expected 'left', 'right' or None")
+    if trust_remote_code is None:
+      trust_remote_code = self.recipe.trust_remote_code
+    self.model = SentenceTransformer(str(folder), device=device,
                                      trust_remote_code=trust_remote_code, **model_kwargs)
+    if self.recipe.max_seq_length:
+      self.model.max_seq_length = int(self.recipe.max_seq_length)
+    if self.recipe.padding_side:
+      self.model.tokenizer.padding_side = self.recipe.padding_side
+    self._eos = ""
+    if self.recipe.append_eos:
+      self._eos = getattr(self.model.tokenizer, "eos_token", None) or ""
+      if not self._eos:
+        raise ValueError(f"{self.name}: its recipe appends the EOS token, but the tokenizer "
+                         f"({folder}) defines no eos_token")
     # sentence-transformers 6 renamed the getter; keep the old one for older releases.
     get_dim = getattr(self.model, "get_embedding_dimension", None)
     dim = (get_dim or self.model.get_sentence_embedding_dimension)()
-    self.dim = int(dim) if dim else int(self.model.encode(["probe"]).shape[-1])
+    self.dim = int(dim) if dim else int(self.embed(["probe"]).shape[-1])
+
+  def prepare(self, texts: Sequence[str]) -> list[str]:
+    """The strings handed to ``encode``: each caption, then the EOS text when the recipe says so."""
+    return [t + self._eos for t in check_captions(texts)]
 
   def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """sentence-transformers ``encode`` as float32 ``[N, dim]``."""
-    texts = check_captions(texts)
+    """sentence-transformers ``encode`` of the prepared captions as float32 ``[N, dim]``."""
+    texts = self.prepare(texts)
     if not texts:
       return np.zeros((0, self.dim), np.float32)
     vectors = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                                convert_to_numpy=True)
+                                convert_to_numpy=True, prompt=self.recipe.prompt or None,
+                                normalize_embeddings=self.recipe.normalize_embeddings)
     return np.asarray(vectors, dtype=np.float32)
 
 
-def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = "jax",
+def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = "auto",
                            **kwargs: Any) -> SentenceEmbedder:
-  """``backend='jax'`` for BERT-family folders (no PyTorch); ``'st'`` for sentence-transformers."""
+  """``'jax'`` for BERT-family folders (no PyTorch); ``'st'`` for sentence-transformers.
+
+  ``'auto'`` picks 'st' for a model with a :data:`RECIPES` entry (NV-Embed-v2), else 'jax'.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"backend={backend!r}; expected one of {list(BACKENDS)}")
+  if backend == "auto":
+    recipe = recipe_for(text_model)  # By name first: a hub id needs no download here.
+    if recipe is None:
+      recipe = recipe_for(text_model, resolve_text_model(text_model))
+    backend = "st" if recipe is not None else "jax"
   if backend == "st":
     return STSentenceEmbedder(text_model, **kwargs)
-  if backend != "jax":
-    raise ValueError(f"backend={backend!r}; expected 'jax' or 'st'")
   folder = resolve_text_model(text_model)
   transformer_dir = SentencePipeline.from_folder(folder).transformer_dir
   config_file = transformer_dir / "config.json"

@@ -17,6 +17,7 @@ from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
 from jaxclap.data import build as data_build
+from jaxclap.data import mixture
 from jaxclap.data import pipeline
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
@@ -120,10 +121,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
 
-  epoch_size = sum(facts[name]["splits"][split] for name, split, _ in train_specs)
+  # An epoch is one pass of the mixture as the loader draws it (pipeline.MixedSource).
+  sizes = [facts[name]["splits"][split] for name, split, _ in train_specs]
+  weights = mixture.spec_weights(train_specs)
+  epoch_size = int(mixture.epoch_counts(sizes, weights).sum())
   steps_per_epoch = max(epoch_size // config.train.global_batch, 1)
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else int(round(config.train.epochs * steps_per_epoch)))
+  mixture_shares = mixture.log_shares(train_specs, sizes, total_steps * config.train.global_batch,
+                                      printer=jax.process_index() == 0)
   schedule = optim.learning_rate(config.optim, global_batch=config.train.global_batch,
                                  steps_per_epoch=steps_per_epoch, total_steps=total_steps)
   tx = optim.make_optimizer(config.optim, schedule)
@@ -153,9 +159,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def train_loader(seed: int):
     return pipeline.make_loader(
-        _open(train_specs, data_dir), [w for *_, w in train_specs],
+        _open(train_specs, data_dir), weights,
         global_batch=config.train.global_batch, crop_samples=crop_samples, seed=seed,
-        num_workers=config.data.num_workers)
+        num_workers=config.data.num_workers,
+        min_samples=int(config.data.min_seconds * fcfg.sample_rate))
 
   iterator = ckpt.IteratorSnapshot(iter(train_loader(config.seed)))
   norm_stats = _norm_stats(config, resume_meta, init_meta,
@@ -177,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": list(norm_stats),
           "text_models": {n: f["text_model"] for n, f in facts.items()},
-          "input_frames": input_frames, "stage": config.stage,
+          "input_frames": input_frames, "unit_frames": config.data.crop_frames,
+          "stage": config.stage,
           "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
 
   def eval_loader(specs):
@@ -215,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = Progress(workdir, start=start, total=total_steps,
                       global_batch=config.train.global_batch)
   summary: dict[str, Any] = {"stage": config.stage, "start_step": start,
-                             "total_steps": total_steps, "norm_stats": list(norm_stats)}
+                             "total_steps": total_steps, "norm_stats": list(norm_stats),
+                             "mixture": mixture_shares}
   if start == 0:
     summary["initial_validation"] = run_validation(0)
   guard = PreemptionGuard(manager)
