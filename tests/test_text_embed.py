@@ -226,7 +226,7 @@ def test_non_bert_folder_needs_st_backend(tmp_path, folder):
   (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))
   with pytest.raises(ValueError, match="backend='st'"):
     text_embed.load_sentence_embedder(str(tmp_path))
-  with pytest.raises(ValueError, match="expected 'jax' or 'st'"):
+  with pytest.raises(ValueError, match=r"expected one of \['auto', 'jax', 'st'\]"):
     text_embed.load_sentence_embedder(str(folder), backend="torch")
 
 

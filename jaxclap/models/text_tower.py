@@ -5,8 +5,11 @@ encoder → pooling ("cls": the first token, i.e. BERT's [CLS] or SentencePiece'
 the average over non-padding tokens) → a Linear ``proj`` only when the encoder width differs
 from the CLAP width (MiniLM 384 → 768; the paper's BERT-base needs none).
 
-`build_text_tower` pairs a tower with its host-side tokenizer (static length ``max_len``, so
-shapes never change) and an ``init_params`` that loads the pretrained BERT weights.
+`build_text_tower` pairs a tower with its host-side tokenizer and an ``init_params`` that loads
+the pretrained BERT weights. The tokenizer truncates at ``max_len`` and pads each batch only to
+the smallest length bucket (powers of two from 16, then ``max_len``) that holds its longest
+caption: the official stage 2 pads BERT input to the batch's longest caption, untruncated up to
+BERT's 512 positions, and buckets keep the shapes (so the jitted steps' compilations) few.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ Dtype = Any
 PyTree = Any
 KINDS = ("bert", "scratch")
 POOLINGS = ("cls", "mean")
+MIN_BUCKET = 16  # Shortest padded caption length; longer buckets double up to max_len.
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
@@ -82,7 +86,7 @@ class TextTower(nn.Module):
   width: int = 256
   depth: int = 4
   heads: int = 4
-  max_len: int = 64
+  max_len: int = 512  # Scratch position table (the longest bucket).
   pooling: str = "cls"
   out_dim: int = 768
   dtype: Dtype = jnp.float32
@@ -115,13 +119,47 @@ class TextTower(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Host-side tokenizers: list of texts → fixed-length int32 arrays.
+# Host-side tokenizers: list of texts → int32 arrays padded to a length bucket.
 
 
-def _pack(ids: Sequence[Sequence[int]], max_len: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Pads (already truncated) id lists to exactly ``max_len``."""
-  input_ids = np.full((len(ids), max_len), pad_id, np.int32)
-  mask = np.zeros((len(ids), max_len), np.int32)
+def length_buckets(max_len: int, smallest: int = MIN_BUCKET) -> tuple[int, ...]:
+  """Padded lengths a batch may take: powers of two from ``smallest`` below ``max_len``, then it."""
+  sizes, n = [], smallest
+  while n < max_len:
+    sizes.append(n)
+    n *= 2
+  return tuple(sizes) + (max_len,)
+
+
+def bucket_length(longest: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket that holds ``longest`` tokens."""
+  for size in buckets:
+    if longest <= size:
+      return size
+  raise ValueError(f"{longest} tokens exceed the largest bucket {buckets[-1]}")
+
+
+def pad_to(inputs: Mapping[str, np.ndarray], length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """``input_ids``/``attention_mask`` right-padded to ``length`` (masked, so any pad id works)."""
+  ids, mask = np.asarray(inputs["input_ids"]), np.asarray(inputs["attention_mask"])
+  extra = length - ids.shape[1]
+  if extra < 0:
+    raise ValueError(f"cannot pad {ids.shape[1]} tokens down to {length}")
+  return dict(input_ids=np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id),
+              attention_mask=np.pad(mask, ((0, 0), (0, extra))))
+
+
+def _pack(ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int,
+          length: int | None = None) -> dict[str, np.ndarray]:
+  """Right-pads (already truncated) id lists to ``length`` or the bucket of the longest."""
+  longest = max((len(row) for row in ids), default=1)
+  if length is None:
+    length = bucket_length(longest, buckets)
+  elif not longest <= length <= buckets[-1]:
+    raise ValueError(f"length={length} must lie in [{longest} (longest caption), "
+                     f"{buckets[-1]} (max_len)]")
+  input_ids = np.full((len(ids), length), pad_id, np.int32)
+  mask = np.zeros((len(ids), length), np.int32)
   for i, row in enumerate(ids):
     input_ids[i, :len(row)] = row
     mask[i, :len(row)] = 1
@@ -129,12 +167,13 @@ def _pack(ids: Sequence[Sequence[int]], max_len: int, pad_id: int) -> dict[str, 
 
 
 class HFTokenizer:
-  """A model folder's ``tokenizer.json`` ([CLS] ... [SEP]), truncated and padded to ``max_len``."""
+  """A model folder's ``tokenizer.json`` ([CLS] ... [SEP]), truncated at ``max_len``, bucketed."""
 
   def __init__(self, transformer_dir: Path, max_len: int, lowercase: bool = False):
     from jaxclap.data.text_embed import load_tokenizer
 
     self.max_len = max_len
+    self.buckets = length_buckets(max_len)
     self.lowercase = lowercase
     self.tokenizer = load_tokenizer(transformer_dir)
     self.tokenizer.no_padding()
@@ -142,17 +181,19 @@ class HFTokenizer:
     pad = self.tokenizer.token_to_id("[PAD]")
     self.pad_id = int(pad) if pad is not None else 0  # Masked out anyway.
 
-  def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+  def __call__(self, texts: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
+    """``[N, length]`` ids and mask; ``length`` None: the bucket of the longest caption."""
     from jaxclap.data.text_embed import check_captions
 
     texts = check_captions(texts)
     if self.lowercase:
       texts = [t.lower() for t in texts]
-    return _pack([e.ids for e in self.tokenizer.encode_batch(texts)], self.max_len, self.pad_id)
+    ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+    return _pack(ids, self.buckets, self.pad_id, length)
 
 
 class SpmTokenizer:
-  """A `jaxclap.data.spm` model: BOS (the [CLS]) + pieces + EOS, padded/truncated to ``max_len``."""
+  """A `jaxclap.data.spm` model: BOS (the [CLS]) + pieces + EOS, truncated at ``max_len``, bucketed."""
 
   def __init__(self, model_path: str | Path, max_len: int):
     from jaxclap.data import spm
@@ -160,16 +201,18 @@ class SpmTokenizer:
     if max_len < 3:
       raise ValueError(f"max_len={max_len} leaves no room between BOS and EOS")
     self.max_len = max_len
+    self.buckets = length_buckets(max_len)
     self.sp = spm.load_spm(model_path)
     self.vocab_size = int(self.sp.get_piece_size())
     self.pad_id, self.bos_id, self.eos_id = spm.PAD_ID, spm.BOS_ID, spm.EOS_ID
 
-  def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+  def __call__(self, texts: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
+    """``[N, length]`` ids and mask; ``length`` None: the bucket of the longest caption."""
     from jaxclap.data.text_embed import check_captions
 
     pieces = self.sp.encode(check_captions(texts))
     ids = [[self.bos_id] + p[:self.max_len - 2] + [self.eos_id] for p in pieces]
-    return _pack(ids, self.max_len, self.pad_id)
+    return _pack(ids, self.buckets, self.pad_id, length)
 
   def decode(self, input_ids: np.ndarray) -> list[str]:
     """Texts back from ``input_ids`` rows (special and padding ids dropped)."""
@@ -210,11 +253,12 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
                                 Callable[[jax.Array], PyTree]]:
   """``(tower, tokenizer, init_params)`` from a text config (dict or ConfigDict).
 
-  Fields: ``kind`` ("bert" | "scratch"), ``pooling`` ("cls" | "mean"), ``max_len`` (static pad
-  length); for "bert" ``model`` (folder, installed package or hub id, as `resolve_text_model`);
-  for "scratch" ``spm_model`` (a `jaxclap.data.spm` .model), ``vocab_size`` (0: the model's),
-  ``width``, ``depth``, ``heads``. ``tokenizer(texts)`` gives numpy int32 ``input_ids`` and
-  ``attention_mask`` of shape ``[N, max_len]``.
+  Fields: ``kind`` ("bert" | "scratch"), ``pooling`` ("cls" | "mean"), ``max_len`` (truncation
+  length and largest bucket); for "bert" ``model`` (folder, installed package or hub id, as
+  `resolve_text_model`); for "scratch" ``spm_model`` (a `jaxclap.data.spm` .model),
+  ``vocab_size`` (0: the model's), ``width``, ``depth``, ``heads``. ``tokenizer(texts)`` gives
+  numpy int32 ``input_ids`` and ``attention_mask`` of shape ``[N, L]``, L the smallest of
+  ``tokenizer.buckets`` that holds the longest caption (``tokenizer(texts, length=L)`` forces one).
 
   ``init_params(rng)`` returns the tower's ``params`` boxed in ``nn.Partitioned`` (logical axis
   names; ``nn.unbox`` for plain arrays). For "bert" the ``bert`` subtree holds the pretrained
@@ -223,7 +267,7 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
   """
   kind = _get(text_cfg, "kind", "bert")
   pooling = _get(text_cfg, "pooling", "cls")
-  max_len = int(_get(text_cfg, "max_len", 64))
+  max_len = int(_get(text_cfg, "max_len", 512))
   if kind not in KINDS:
     raise ValueError(f"text.kind={kind!r}; expected one of {KINDS}")
   if pooling not in POOLINGS:

@@ -10,6 +10,7 @@ from jax.experimental import multihost_utils
 
 from jaxclap import sharding as shd
 from jaxclap.eval import metrics as eval_metrics
+from jaxclap.models import text_tower
 
 
 def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
@@ -17,8 +18,17 @@ def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]
   out = {k: batch[k] for k in objective.batch_keys if k in batch}
   missing = [k for k in objective.batch_keys if k not in out]
   if missing:
-    out.update(objective.text_inputs([str(c) for c in batch["caption"]]))
+    out.update(same_length(objective.text_inputs([str(c) for c in batch["caption"]])))
   return shd.global_batch(out, mesh)
+
+
+def same_length(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Token arrays padded to the longest length bucket over processes (one global shape)."""
+  if not inputs or "input_ids" not in inputs or jax.process_count() == 1:
+    return inputs
+  width = np.int32(inputs["input_ids"].shape[1])
+  longest = int(np.max(multihost_utils.process_allgather(width)))
+  return {**inputs, **text_tower.pad_to(inputs, longest)}
 
 
 def _limited(loader: Iterable, n: int):
