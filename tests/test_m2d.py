@@ -63,8 +63,8 @@ def test_sample_masks():
 
 def test_ema_decay_schedule_and_update():
   total = 1000
-  for step in (0, 1, 250, 999, 1000, 5000):
-    expected = 0.99995 + (0.99999 - 0.99995) * min(step / total, 1.0)
+  for step in (0, 1, 250, 999, 1000, 5000):  # Official: interp = step / (total - 1).
+    expected = 0.99995 + (0.99999 - 0.99995) * min(step / (total - 1), 1.0)
     # float32 resolution near 1 is 6e-8 (0.1% of 1 - decay; harmless for the EMA).
     assert float(m2d.ema_decay(step, total)) == pytest.approx(expected, abs=1e-7)
   rng = np.random.default_rng(0)

