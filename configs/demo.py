@@ -74,6 +74,8 @@ def stage1_1():
   c = ml_collections.ConfigDict()
   c.dataset = "jaxclap_demo"  # Labelled TFDS set; its train/validation/test splits.
   c.finetune = _finetune_config("demo")
+  c.finetune.epochs = 2  # 100 steps of 32: the demo's time budget (10 min for all stages).
+  c.finetune.warmup_epochs = 0.5
   return c
 
 

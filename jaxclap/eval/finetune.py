@@ -36,6 +36,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxclap import features
 from jaxclap import restore as restore_lib
 from jaxclap.audio import frontend as fe
 from jaxclap.data import build, pipeline
@@ -405,7 +406,8 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   if config.crop_seconds > 0:
     crop_samples = int(round(config.crop_seconds * fcfg.sample_rate))
   else:
-    crop_samples = (int(restored.model.input_frames) - 1) * fcfg.hop_length
+    # The grid the checkpoint was trained on (its last stage's crop).
+    crop_samples = (features.unit_frames(restored.model) - 1) * fcfg.hop_length
   unit_frames = fcfg.num_frames(crop_samples)
   net = build_net(restored, len(classes), unit_frames, config)
   gf, gt = patches.grid_size(net.n_mels, unit_frames, net.patch_size)
