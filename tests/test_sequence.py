@@ -20,6 +20,7 @@ def test_stages_chain_and_write_plots(demo_data_dir, tmp_path, capsys):
       "stage1": small_config("stage1", demo_data_dir),
       "stage1_1": stage1_1,
       "stage2": small_config("stage2", demo_data_dir)})
+  config.stages.stage2.model.structured_mask_counts = "official"  # As the demo runs it.
   config.plots = True
   results = sequence.run_stages(config, str(tmp_path))
   assert list(results) == ["stage1", "stage1_1", "stage2"]
