@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from configs import finetune as ft_config
-from jaxclap.eval import augment, finetune, ft_optim, sampling
+from jaxclap.eval import augment, ft_optim, sampling
+from jaxclap.models import masks
 
 # ---------------------------------------------------------------------- update rule
 
@@ -227,7 +228,7 @@ def test_mask_variants_drawn_per_batch_as_the_official_formula():
   assert [(v[0], v[1]) for v in variants] == [(0, 31), (1, 19), (2, 6), (3, 0)]
   n = 20_000
   keys = jax.random.split(jax.random.key(0), n)
-  idx = np.asarray(jax.jit(jax.vmap(lambda k: finetune.mask_draw(k, variants)[0]))(keys))
+  idx = np.asarray(jax.jit(jax.vmap(lambda k: masks.draw_mask(k, variants)[0]))(keys))
   freq = np.bincount(idx, minlength=len(variants)) / n
   np.testing.assert_allclose(freq, [p for *_, p in variants], atol=0.015)
   # Numpy simulation of the official draw (m2d random_structured_mask).

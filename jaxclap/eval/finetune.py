@@ -153,15 +153,6 @@ def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Arra
   return jnp.mean(optax.softmax_cross_entropy(logits, target))
 
 
-def mask_draw(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
-              ) -> tuple[jax.Array, jax.Array]:
-  """(index of the batch's mask variant, key of its kept rows/columns)."""
-  pick_key, keep_key = jax.random.split(rng)
-  if len(variants) == 1:
-    return jnp.zeros((), jnp.int32), keep_key
-  return masks.draw_variant(pick_key, variants), keep_key
-
-
 def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
                opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
   """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
@@ -174,24 +165,19 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
   x, y, perm = augment.mixup(mix_key, x, batch["target"], lam)
   valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
   x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
-  gf, gt = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
-  variant, keep_key = mask_draw(mask_key, setup.mask_variants)
+  grid = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
 
-  def branch(rows: int, cols: int):
-    def objective(p):
-      keep = kept = None
-      if rows or cols:
-        keep = masks.structured_keep(keep_key, x.shape[0], gf, gt, rows, cols)
-        kept = (gf - rows, gt - cols)
+  def objective(p):
+    def masked(keep, kept):
       logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
                                         keep, kept, train=True, mutable=["batch_stats"])
       return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
-    return objective
 
-  branches = [branch(r, c) for r, c, _ in setup.mask_variants]
-  objective = branches[0] if len(branches) == 1 else (
-      lambda p: jax.lax.switch(variant, branches, p))
-  (loss, batch_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (loss, stats), variant = masks.with_drawn_mask(mask_key, setup.mask_variants, x.shape[0],
+                                                   grid, masked)
+    return loss, (stats, variant)
+
+  (loss, (batch_stats, variant)), grads = jax.value_and_grad(objective, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
   return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),

@@ -24,6 +24,7 @@ and the papers describe dropping the sampled rows/columns, and that is what
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -100,6 +101,41 @@ def draw_variant(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]) -
   """Index (int32 scalar, traced) of the variant drawn for this batch."""
   probs = jnp.asarray([p for *_, p in variants], jnp.float32)
   return jax.random.choice(rng, len(variants), p=probs).astype(jnp.int32)
+
+
+def draw_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
+              ) -> tuple[jax.Array, jax.Array]:
+  """(index of this batch's variant, key for its kept rows/columns)."""
+  pick_key, keep_key = jax.random.split(rng)
+  if len(variants) == 1:
+    return jnp.zeros((), jnp.int32), keep_key
+  return draw_variant(pick_key, variants), keep_key
+
+
+def with_drawn_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...], batch: int,
+                    grid: tuple[int, int], fn: Callable[..., Any]) -> tuple[Any, jax.Array]:
+  """`fn(keep, kept_grid)` under this batch's structured mask; (its output, variant index).
+
+  The variant is drawn per batch (`draw_mask`); `jax.lax.switch` runs one branch per
+  (rows, columns) pair, each with its own static token count, so every branch's output
+  must have the same shape. `keep` [batch, K] holds the sorted kept token indices and
+  `kept_grid` the (rows, columns) kept; both are None when the variant drops nothing.
+  """
+  grid_f, grid_t = grid
+  index, keep_key = draw_mask(rng, variants)
+
+  def branch(n_rows: int, n_cols: int) -> Callable[[], Any]:
+    def run():
+      if not (n_rows or n_cols):
+        return fn(None, None)
+      keep = structured_keep(keep_key, batch, grid_f, grid_t, n_rows, n_cols)
+      return fn(keep, (grid_f - n_rows, grid_t - n_cols))
+    return run
+
+  branches = [branch(r, c) for r, c, _ in variants]
+  if len(branches) == 1:
+    return branches[0](), index
+  return jax.lax.switch(index, branches), index
 
 
 def dropped_fraction(grid_f: int, grid_t: int, n_rows: int, n_cols: int) -> float:

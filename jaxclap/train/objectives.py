@@ -98,26 +98,14 @@ class Stage2:
   def masked_audio(self, p, x, key) -> tuple[jax.Array, jax.Array]:
     """CLAP audio embeddings [B, C] under this batch's structured mask, and its kept tokens.
 
-    One branch per (rows, columns) variant, each with its own static token count; the
-    variant is drawn per batch (`masks.draw_variant`) and picked by `jax.lax.switch`.
+    The (rows, columns) variant is drawn per batch (`masks.with_drawn_mask`).
     """
     gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.model.patch_size)
-
-    def branch(n_rows: int, n_cols: int):
-      def run(keep_key):
-        keep = None
-        if n_rows or n_cols:
-          keep = masks.structured_keep(keep_key, x.shape[0], gf, gt, n_rows, n_cols)
-        return self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio)
-      return run
-
-    branches = [branch(r, c) for r, c, _ in self.mask_variants]
+    emb, idx = masks.with_drawn_mask(
+        key, self.mask_variants, x.shape[0], (gf, gt),
+        lambda keep, _: self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio))
     kept = jnp.asarray([(gf - r) * (gt - c) for r, c, _ in self.mask_variants], jnp.int32)
-    if len(branches) == 1:
-      return branches[0](key), kept[0]
-    pick_key, keep_key = jax.random.split(key)
-    idx = masks.draw_variant(pick_key, self.mask_variants)
-    return jax.lax.switch(idx, branches, keep_key), kept[idx]
+    return emb, kept[idx]
 
   def loss(self, params, frozen, batch, rng, norm_stats):
     mask_key, dropout_key = jax.random.split(rng)
