@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxclap.audio import frontend
+from jaxclap import layers
 from jaxclap.models import m2d, sizes, vit
 
 
@@ -102,7 +103,7 @@ def main() -> None:
   for n_tok, heads, d in ((v + 1, h, w), (n - v + 1, h, w), (n + 1, 16, 512)):
     q, k, val = jax.random.normal(jax.random.key(4),
                                   (3, args.batch, n_tok, heads, d // heads))
-    impls = {"einsum": vit.attention, "jax.nn.dot_product_attention":
+    impls = {"einsum": layers.attention, "jax.nn.dot_product_attention":
              lambda q, k, v: jax.nn.dot_product_attention(q, k, v)}
     times = {}
     for name, fn in impls.items():

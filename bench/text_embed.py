@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from jaxclap.data import text_embed, text_models
+from jaxclap.text import registry as text_models, sentence as text_embed
 
 _SOUNDS = ("dog barking cat meowing birds chirping engine idling rain falling wind blowing crowd "
            "cheering man speaking woman singing guitar strumming piano playing drums siren wailing "

@@ -29,6 +29,8 @@ import numpy as np
 
 from jaxclap import convert_keys as ck
 from jaxclap.models import sizes
+from jaxclap.text.registry import resolve_text_model
+from jaxclap.text.sentence import SentencePipeline
 
 META_KEY = "jaxclap_meta"  # JSON of the run facts, in "args" (.pth) and the safetensors header.
 _SAFE_TYPES = (argparse.Namespace,)  # Benign non-tensor types official checkpoints carry.
@@ -61,8 +63,6 @@ def _sentence_letter(meta: dict[str, Any]) -> str | None:
 def _bert_pooler(text_model: str, width: int) -> tuple[dict[str, np.ndarray], str | None]:
   """BERT's pooler (not trained by jaxclap; the official BertModel has one) from the folder."""
   from safetensors.numpy import load_file
-  from jaxclap.data.text_embed import SentencePipeline
-  from jaxclap.data.text_models import resolve_text_model
 
   folder = SentencePipeline.from_folder(resolve_text_model(text_model)).transformer_dir
   state = load_file(str(folder / "model.safetensors"))

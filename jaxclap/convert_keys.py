@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from jaxclap.models import bert, patches, sizes
+from jaxclap.models import patches, sizes
+from jaxclap.text import bert
 
 TEXT_PREFIX = "text_encoder.text_encoder."  # + Hugging Face BertModel keys.
 TEXT_ENCODERS = {"A": "GTE-base", "B": "BERT-base", "N": "NV-Embed-v2"}

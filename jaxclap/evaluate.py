@@ -23,7 +23,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxclap.eval import data as eval_data
-from jaxclap.eval import metrics, plots, probe
+from jaxclap import metrics
+from jaxclap.eval import plots, probe
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
 

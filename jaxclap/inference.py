@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxclap import features, losses
+from jaxclap import losses
+from jaxclap.models import features
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
 from jaxclap.models import clap_heads, patches

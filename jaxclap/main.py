@@ -8,6 +8,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxclap import sequence
+from jaxclap.train import loop
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file (configs/*.py); fields overridable as --config.x.y=v.",
     lock_config=True)
@@ -32,8 +35,6 @@ def main(argv: list[str]) -> None:
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.info("JAX %s: process %d/%d, %d devices (%s)", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.default_backend())
-  # Imported after distributed init; importing touches no devices.
-  from jaxclap.train import loop, sequence
   try:
     if "stages" in _CONFIG.value:
       sequence.run_stages(_CONFIG.value, _WORKDIR.value)

@@ -32,7 +32,7 @@ class HashEmbedder:
 @pytest.fixture(scope="session")
 def text_embedder():
   """The real offline sentence embedder (MiniLM in JAX, 384-d), loaded once."""
-  from jaxclap.data.text_embed import load_sentence_embedder
+  from jaxclap.text.sentence import load_sentence_embedder
 
   return load_sentence_embedder(TEXT_MODEL)
 

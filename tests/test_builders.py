@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from conftest import DEMO_CLIPS, TEXT_MODEL, HashEmbedder, write_wav
 from jaxclap.audio import io as audio_io
-from jaxclap.data import build, builders, features, synth
+from jaxclap.data import build, builders, schema, synth
 
 BERKLEE = Path("/work/shared/data/berklee")
 
@@ -121,7 +121,7 @@ def test_embedding_dim_mismatch(tmp_path):
     def embed(self, texts):
       return np.zeros((len(texts), self.dim + 1), np.float32)
 
-  with pytest.raises(features.BadInputError, match=r"wrong-dim.*expected \(\d+, 8\)"):
+  with pytest.raises(schema.BadInputError, match=r"wrong-dim.*expected \(\d+, 8\)"):
     build.build_dataset(build.DEMO, str(tmp_path), num_clips=30,
                         embedder=WrongDim(name="wrong-dim"))
   assert not build.is_built(build.DEMO, str(tmp_path))
@@ -235,7 +235,7 @@ def _bad_folder(tmp_path, problem):
 def test_bad_inputs_raise_or_skip(tmp_path, problem, message):
   root = _bad_folder(tmp_path, problem)
   data_dir = str(tmp_path / "data")
-  with pytest.raises(features.BadInputError, match=message):
+  with pytest.raises(schema.BadInputError, match=message):
     build.build_dataset("captioned_folder/bad", data_dir, manual_dir=str(root),
                         embedder=HashEmbedder())
   assert not build.is_built("captioned_folder/bad", data_dir)
@@ -250,7 +250,7 @@ def test_csv_without_caption_column(tmp_path):
   root = tmp_path / "nocap"
   write_wav(root / "x.wav", _tone(16000, 1.0), 16000)
   (root / "captions.csv").write_text("file,description\nx.wav,hello\n")
-  with pytest.raises(features.BadInputError, match="captions.csv: no caption column"):
+  with pytest.raises(schema.BadInputError, match="captions.csv: no caption column"):
     build.build_dataset("captioned_folder/x", str(tmp_path / "d"), manual_dir=str(root),
                         embedder=HashEmbedder())
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 import transformers
 
-from jaxclap import convert, features, restore
+from jaxclap import convert, restore
+from jaxclap.models import features
 from jaxclap import convert_keys as ck
 from jaxclap.audio import frontend
 from jaxclap.models import m2d
@@ -27,8 +28,8 @@ CAPTIONS = ["a dog barks twice", "rain on a tin roof", "a short beep"]
 
 
 def _minilm_dir() -> Path:
-  from jaxclap.data.text_embed import SentencePipeline
-  from jaxclap.data.text_models import resolve_text_model
+  from jaxclap.text.sentence import SentencePipeline
+  from jaxclap.text.registry import resolve_text_model
   return SentencePipeline.from_folder(resolve_text_model(MINILM)).transformer_dir
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxclap.data import build, text_embed
+from jaxclap.data import build
+from jaxclap.text import sentence as text_embed
 
 _WORDS = "a dog barks rain on the roof loud engine and then birds sing far away".split()
 _SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]

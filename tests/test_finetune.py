@@ -14,9 +14,10 @@ import tensorflow_datasets as tfds
 import jaxclap
 from configs import finetune as ft_config
 from conftest import HashEmbedder, small_config, write_wav
-from jaxclap import convert, features, restore, sharding
+from jaxclap import convert, restore, sharding
+from jaxclap.models import features
 from jaxclap.data import build, pipeline
-from jaxclap.data.features import BadInputError
+from jaxclap.data.schema import BadInputError
 from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data
 from jaxclap.models import m2d, masks, patches
 from jaxclap.train import handoff, objectives

@@ -14,7 +14,8 @@ import pytest
 import soxr
 
 from conftest import write_wav
-from jaxclap import features, inference
+from jaxclap import inference
+from jaxclap.models import features
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
 from jaxclap.models import patches

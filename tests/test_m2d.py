@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap import features
+from jaxclap.models import features
 from jaxclap.audio import frontend
 from jaxclap.models import m2d, patches
 

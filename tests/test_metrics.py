@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxclap.eval import metrics
+from jaxclap import metrics
 
 
 def _brute_retrieval(sims: np.ndarray, caption_clip: np.ndarray) -> dict[str, float]:

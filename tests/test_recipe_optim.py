@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from jaxclap import convert_keys
-from jaxclap.models import bert, clap, m2d, text_tower
+from jaxclap.models import clap, m2d
+from jaxclap.text import bert
+from jaxclap.text import tower as text_tower
 from jaxclap.train import config as config_lib, optim
 
 

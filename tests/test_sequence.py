@@ -5,7 +5,8 @@ import pytest
 
 from configs import demo
 from conftest import small_config
-from jaxclap.train import handoff, sequence
+from jaxclap import sequence
+from jaxclap.train import handoff
 
 
 @pytest.mark.slow

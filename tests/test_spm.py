@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.data import spm, synth
-from jaxclap.models import text_tower
+from jaxclap.data import spm as spm_cli, synth
+from jaxclap.text import spm, tokenize
+from jaxclap.text import tower as text_tower
 
 CAPTIONS = [c for i in range(40) for c in synth.clip_spec(i).captions]
 
@@ -62,7 +63,7 @@ def test_clear_errors(tmp_path):
 
 
 def test_tokenizer_pads_truncates_and_decodes(spm_model):
-  tok = text_tower.SpmTokenizer(spm_model, max_len=12)
+  tok = tokenize.SpmTokenizer(spm_model, max_len=12)
   long_text = " ".join(CAPTIONS[:3])
   batch = tok([CAPTIONS[0], long_text, "a tone"])
   ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -113,11 +114,11 @@ def test_scratch_config_errors(spm_model):
 
 def test_missing_dataset_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="'jaxclap_demo' is not built under"):
-    spm.dataset_captions("jaxclap_demo", "train", str(tmp_path))
+    spm_cli.dataset_captions("jaxclap_demo", "train", str(tmp_path))
 
 
 def test_cli_trains_on_a_built_split(hash_demo_data_dir, tmp_path):
-  expected = spm.dataset_captions("jaxclap_demo", "train", hash_demo_data_dir)
+  expected = spm_cli.dataset_captions("jaxclap_demo", "train", hash_demo_data_dir)
   assert expected and all(isinstance(c, str) and c for c in expected)
   prefix = tmp_path / "cli" / "tok"
   env = dict(os.environ, JAX_PLATFORMS="cpu")

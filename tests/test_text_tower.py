@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.data import text_embed
-from jaxclap.data.text_models import resolve_text_model
-from jaxclap.models import bert, text_tower
+from jaxclap.text import sentence as text_embed
+from jaxclap.text.registry import resolve_text_model
+from jaxclap.text import bert, tokenize
+from jaxclap.text import tower as text_tower
 
 TEXTS = ["A tone at C4 with vibrato, loud.", "Soft noise bursts.",
          "About 3 seconds of plucked strings mixed with clicks in the background"]
@@ -55,7 +56,8 @@ def test_mean_pooling_equals_sentence_embedder(minilm, text_embedder):
       {"params": params}, batch["input_ids"], batch["attention_mask"]))
   # The embedder's own un-normalised mean pooling over the same tokens ...
   raw = text_embed._embed_batch(text_embedder.params, batch["input_ids"], batch["attention_mask"],
-                                model=text_embedder.model, pooling=("mean",), normalize=False)
+                                model=text_embedder.model, pooling_modes=("mean",),
+                                normalize=False)
   np.testing.assert_allclose(mean, raw, rtol=1e-5, atol=1e-5)
   # ... and its normalised vectors, computed with its own tokenisation and padding buckets.
   unit = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
@@ -153,18 +155,18 @@ def hf_tokenizer():
 
 def test_length_buckets_are_few_powers_of_two():
   expected = tuple(2 ** k for k in range(4, 10))  # 16 ... 512
-  assert text_tower.length_buckets(512) == expected
-  assert text_tower.length_buckets(32) == (16, 32)
-  assert text_tower.length_buckets(100) == (16, 32, 64, 100)
-  assert text_tower.length_buckets(12) == (12,)
+  assert tokenize.length_buckets(512) == expected
+  assert tokenize.length_buckets(32) == (16, 32)
+  assert tokenize.length_buckets(100) == (16, 32, 64, 100)
+  assert tokenize.length_buckets(12) == (12,)
   for max_len in (3, 16, 17, 64, 300, 512, 4096):
-    buckets = text_tower.length_buckets(max_len)
+    buckets = tokenize.length_buckets(max_len)
     assert buckets[-1] == max_len and list(buckets) == sorted(set(buckets))
     assert len(buckets) <= max(1, int(np.ceil(np.log2(max_len / 16)))) + 1
   for longest, want in [(1, 16), (16, 16), (17, 32), (65, 128), (300, 512), (512, 512)]:
-    assert text_tower.bucket_length(longest, expected) == want
+    assert tokenize.bucket_length(longest, expected) == want
   with pytest.raises(ValueError, match="513 tokens exceed the largest bucket 512"):
-    text_tower.bucket_length(513, expected)
+    tokenize.bucket_length(513, expected)
 
 
 def test_short_batches_get_short_buckets_long_captions_keep_512(paper_tokenizer, hf_tokenizer):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from jaxclap import layers
 from jaxclap.models import patches, sizes, vit
 
 
@@ -81,7 +82,7 @@ def test_unknown_size():
 
 def test_attention_matches_jax_dot_product_attention():
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 3, 8))
-  np.testing.assert_allclose(np.asarray(vit.attention(q, k, v)),
+  np.testing.assert_allclose(np.asarray(layers.attention(q, k, v)),
                              np.asarray(jax.nn.dot_product_attention(q, k, v)),
                              rtol=1e-5, atol=1e-5)
 
@@ -113,7 +114,7 @@ def np_block(x: np.ndarray, p: dict, heads: int, eps: float) -> np.ndarray:
 
 
 def test_block_matches_numpy_reference():
-  block = vit.Block(heads=4, mlp_ratio=4.0, eps=1e-6)
+  block = layers.Block(heads=4, mlp_ratio=4.0, eps=1e-6)
   x = np.asarray(jax.random.normal(jax.random.key(2), (2, 9, 32)))
   params = nn.unbox(block.init(jax.random.key(3), x))["params"]
   rng = np.random.default_rng(4)
@@ -148,8 +149,8 @@ def test_key_mask_equals_dropping_padded_keys():
              for _ in range(3))
   mask = np.ones((2, 7), np.int32)
   mask[:, 5:] = 0
-  masked = vit.attention(q, k, v, jax.numpy.asarray(mask))
-  short = vit.attention(q, k[:, :5], v[:, :5])
+  masked = layers.attention(q, k, v, jax.numpy.asarray(mask))
+  short = layers.attention(q, k[:, :5], v[:, :5])
   np.testing.assert_allclose(np.asarray(masked), np.asarray(short), atol=1e-6)
 
 

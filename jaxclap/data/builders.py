@@ -17,27 +17,27 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxclap.audio import io as audio_io
-from jaxclap.data import features
+from jaxclap.data import schema
 from jaxclap.data import synth
 
 
 class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Common options of jaxclap builders: the text embedder, its storage dtype, skip_bad."""
 
-  def __init__(self, *, embedder: features.TextEmbedder | None = None,
+  def __init__(self, *, embedder: schema.TextEmbedder | None = None,
                embedding_dtype: str = "float16", skip_bad: bool = False, **kwargs: Any):
-    features.check_embedding_dtype(embedding_dtype)
+    schema.check_embedding_dtype(embedding_dtype)
     self._embedder = embedder
     self._embedding_dtype = embedding_dtype
-    self.report = features.BuildReport(skip_bad)
+    self.report = schema.BuildReport(skip_bad)
     super().__init__(**kwargs)
 
   @property
-  def embedder(self) -> features.TextEmbedder:
+  def embedder(self) -> schema.TextEmbedder:
     if self._embedder is None:
       raise ValueError(
           f"{type(self).__name__} needs a text embedder to build (e.g. "
-          "jaxclap.data.text_embed.load_sentence_embedder(text_model)); read built data "
+          "jaxclap.text.sentence.load_sentence_embedder(text_model)); read built data "
           "with tfds.data_source(name, data_dir=...)")
     return self._embedder
 
@@ -53,7 +53,7 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     return tfds.core.DatasetInfo(
         builder=self,
         description=(self.__doc__ or "").strip(),
-        features=features.features_dict(self.embedder.dim, self._embedding_dtype,
+        features=schema.features_dict(self.embedder.dim, self._embedding_dtype,
                                         self.extra_features()),
         metadata=tfds.core.MetadataDict(),
     )
@@ -62,7 +62,7 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     """Records model, dims, classes and the running build report in the metadata."""
     # Called at the end of each split's generator; TFDS writes the metadata after the
     # last split, so the final call's values are the ones stored.
-    self.info.metadata.update(features.base_metadata(self.embedder, self._embedding_dtype))
+    self.info.metadata.update(schema.base_metadata(self.embedder, self._embedding_dtype))
     self.info.metadata["class_names"] = list(self.class_names())
     self.info.metadata["build"] = self.report.as_dict()
 
@@ -71,8 +71,8 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     """One example dict from a float waveform and its captions; counts it in the report."""
     pcm = audio_io.float_to_pcm16(waveform)
     self.report.add(pcm.size, len(captions))
-    return dict(audio=pcm, sample_rate=features.SAMPLE_RATE, id=clip_id, captions=captions,
-                caption_embeddings=features.stack_embeddings(captions, table), label=label, **extra)
+    return dict(audio=pcm, sample_rate=schema.SAMPLE_RATE, id=clip_id, captions=captions,
+                caption_embeddings=schema.stack_embeddings(captions, table), label=label, **extra)
 
 
 DEMO_SPLITS = ("train", "validation", "test")
@@ -103,7 +103,7 @@ class JaxclapDemo(CaptionedAudioBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # Nothing to download.
     specs = [synth.clip_spec(i, self._seed) for i in range(self._num_clips)]
-    table = features.embed_unique((c for s in specs for c in s.captions), self.embedder,
+    table = schema.embed_unique((c for s in specs for c in s.captions), self.embedder,
                                   dtype=self._embedding_dtype)
     by_split = {name: [s for s in specs if demo_split(s.index) == name] for name in DEMO_SPLITS}
     return {name: self._generate_examples(by_split[name], table) for name in DEMO_SPLITS}

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from jaxclap.data import manifests
-from jaxclap.data.features import BadInputError
+from jaxclap.data.schema import BadInputError
 
 ID_COLUMNS = ("youtube_id", "ytid", "yt_id", "video_id")
 # [Y]<11-char id>[_<start>[_<end>]]; the suffix digits make the optional "Y" unambiguous.

@@ -20,7 +20,7 @@ from absl import logging
 
 from jaxclap.audio import io as audio_io
 from jaxclap.data import caption_merge
-from jaxclap.data import features
+from jaxclap.data import schema
 from jaxclap.data import manifests
 from jaxclap.data.builders import CaptionedAudioBuilder
 
@@ -32,7 +32,7 @@ def _decode(item: manifests.Item) -> np.ndarray | Exception:
   try:
     return audio_io.load_audio(item.path)
   except audio_io.AudioDecodeError as e:
-    return features.BadInputError(f"{item.where}: {e}")
+    return schema.BadInputError(f"{item.where}: {e}")
 
 
 class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
@@ -57,9 +57,9 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
     for error in manifest.bad:
       self.report.bad(error)
     if not manifest.items:
-      raise features.BadInputError(f"{manual_dir}: no usable clips found")
+      raise schema.BadInputError(f"{manual_dir}: no usable clips found")
     self._class_names = manifest.class_names
-    table = features.embed_unique((c for item in manifest.items for c in item.captions),
+    table = schema.embed_unique((c for item in manifest.items for c in item.captions),
                                   self.embedder, dtype=self._embedding_dtype)
     return {s: self._generate_examples([i for i in manifest.items if i.split == s], table)
             for s in manifest.splits()}
@@ -79,7 +79,7 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
               clip_id=item.clip_id, waveform=waveform, captions=item.captions, table=table,
               label=item.label, **self.extra_values(item))
     if not written:
-      raise features.BadInputError(
+      raise schema.BadInputError(
           f"all {len(items)} clips of a split failed to decode (first: {items[0].where})")
     self.update_metadata()  # Refreshed after every split; TFDS stores the last call's.
 

@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from jaxclap.audio.io import AUDIO_EXTENSIONS
-from jaxclap.data.features import BadInputError
+from jaxclap.data.schema import BadInputError
 
 FILE_COLUMNS = ("file", "file_name", "filename", "fname", "path", "audio", "audio_file")
 CAPTION_COLUMN = re.compile(r"^(caption|captions|text|raw_text)(_?\d+)?$")

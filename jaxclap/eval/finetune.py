@@ -36,11 +36,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxclap import features
+from jaxclap.models import features
 from jaxclap import restore as restore_lib
 from jaxclap.audio import frontend as fe
 from jaxclap.data import build, pipeline
-from jaxclap.eval import augment, ft_checkpoint, ft_data, ft_optim, metrics, sampling
+from jaxclap import metrics
+from jaxclap.eval import augment, ft_checkpoint, ft_data, ft_optim, sampling
 from jaxclap.models import m2d, masks, patches, sizes, vit
 from jaxclap.train import handoff
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxclap.eval import metrics
+from jaxclap import metrics
 
 
 class Split(NamedTuple):

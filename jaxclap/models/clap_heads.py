@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxclap import layers
 from jaxclap.models import vit
 
 Dtype = vit.Dtype
@@ -61,10 +62,10 @@ class SemanticPooler(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(sem.astype(self.dtype), (b, 1, d)),
                          tokens.astype(self.dtype)], axis=1)
     for i in range(self.depth):
-      x = vit.Block(self.heads, self.mlp_ratio, 1e-5, self.dtype, name=f"sem_block_{i}")(x)
-    x = vit.layer_norm(1e-5, self.dtype, "norm")(x[:, 0])
+      x = layers.Block(self.heads, self.mlp_ratio, 1e-5, self.dtype, name=f"sem_block_{i}")(x)
+    x = layers.layer_norm(1e-5, self.dtype, "norm")(x[:, 0])
     if self.out_dim is not None and self.out_dim != d:
-      x = vit.dense(self.out_dim, ("embed", None), self.dtype, "out_proj")(x)
+      x = layers.dense(self.out_dim, ("embed", None), self.dtype, "out_proj")(x)
     return x
 
 

@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclap import features, losses
+from jaxclap import layers, losses
+from jaxclap.models import features
 from jaxclap.audio import frontend
 from jaxclap.models import clap_heads, patches, sizes, vit
 
@@ -39,7 +40,7 @@ class Predictor(nn.Module):
                grid: tuple[int, int]) -> jax.Array:
     b, v = visible_idx.shape
     m = masked_idx.shape[1]
-    x = vit.dense(self.width, ("embed", "mlp"), self.dtype, "embed")(z)
+    x = layers.dense(self.width, ("embed", "mlp"), self.dtype, "embed")(z)
     mask_token = self.param("mask_token", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), jnp.float32)
     shuffled = jnp.concatenate(
@@ -51,9 +52,9 @@ class Predictor(nn.Module):
     block = vit.block_class(self.remat)
     for i in range(self.depth):
       x = block(self.heads, 4.0, 1e-6, self.dtype, name=f"block_{i}")(x)
-    x = vit.layer_norm(1e-6, self.dtype, "norm")(x)
+    x = layers.layer_norm(1e-6, self.dtype, "norm")(x)
     y = jnp.take_along_axis(x[:, 1:], masked_idx[..., None], axis=1)  # [B, M, width]
-    return vit.dense(self.out_dim, ("mlp", "embed"), self.dtype, "pred")(y)
+    return layers.dense(self.out_dim, ("mlp", "embed"), self.dtype, "pred")(y)
 
 
 class M2D(nn.Module):

@@ -14,107 +14,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxclap import layers
 from jaxclap.models import patches
 
 Dtype = Any
-_xavier = nn.initializers.xavier_uniform()
-_zeros = nn.initializers.zeros
-_ones = nn.initializers.ones
-
-
-def dense(features: int, names: tuple[str | None, str | None], dtype: Dtype,
-          name: str) -> nn.Dense:
-  """Dense layer with xavier-uniform kernel, zero bias and logical axis names."""
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.with_logical_partitioning(_xavier, names),
-                  bias_init=nn.with_logical_partitioning(_zeros, names[1:]))
-
-
-def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
-  """LayerNorm over 'embed' with logical axis names on scale and bias."""
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
-                      scale_init=nn.with_logical_partitioning(_ones, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array,
-              key_mask: jax.Array | None = None) -> jax.Array:
-  """Softmax attention on [B, N, H, d] arrays; logits and softmax in float32.
-
-  `key_mask` [B, N] (1 = real token) hides padding keys, for text towers.
-  """
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (q.shape[-1] ** -0.5)
-  if key_mask is not None:
-    # A finite fill keeps a row with no valid key finite (our tokenizers never make one).
-    logits = jnp.where(key_mask[:, None, None, :].astype(bool), logits, -1e9)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention with a fused qkv projection (rows q|k|v, as timm)."""
-
-  heads: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-    b, n, d = x.shape
-    if d % self.heads:
-      raise ValueError(f"Attention: width {d} not divisible by heads {self.heads}")
-    qkv = dense(3 * d, ("embed", "qkv"), self.dtype, "qkv")(x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3, self.heads, d // self.heads), 3, axis=2)
-    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], key_mask).reshape(b, n, d)
-    return dense(d, ("heads", "embed"), self.dtype, "proj")(out)
-
-
-class Mlp(nn.Module):
-  """fc1 → exact GELU → fc2."""
-
-  hidden: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = dense(self.hidden, ("embed", "mlp"), self.dtype, "fc1")(x)
-    h = nn.gelu(h, approximate=False)
-    return dense(x.shape[-1], ("mlp", "embed"), self.dtype, "fc2")(h)
-
-
-class Block(nn.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
-
-  heads: int
-  mlp_ratio: float = 4.0
-  eps: float = 1e-6
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-    d = x.shape[-1]
-    x = x + Attention(self.heads, self.dtype, name="attn")(
-        layer_norm(self.eps, self.dtype, "norm1")(x), key_mask)
-    return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-        layer_norm(self.eps, self.dtype, "norm2")(x))
-
-
 REMAT_POLICIES = ("none", "full", "save_dots")
 POS_TABLES = ("sincos", "stored")
 
 
 def block_class(remat: str = "none") -> type[nn.Module]:
-  """`Block`, or `Block` rematerialised in the backward pass (same parameter names).
+  """`layers.Block`, or `layers.Block` rematerialised in the backward pass (same parameter names).
 
   "full" keeps only each block's input and recomputes the rest; "save_dots" also keeps
   the matmul outputs (less recompute, more memory).
   """
   if remat == "none":
-    return Block
+    return layers.Block
   if remat == "full":
-    return nn.remat(Block)
+    return nn.remat(layers.Block)
   if remat == "save_dots":
-    return nn.remat(Block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return nn.remat(layers.Block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
   raise ValueError(f"model.remat={remat!r}; expected one of {REMAT_POLICIES}")
 
 
@@ -134,7 +53,7 @@ class ViTBody(nn.Module):
     block = block_class(self.remat)
     for i in range(self.depth):
       x = block(self.heads, self.mlp_ratio, self.eps, self.dtype, name=f"block_{i}")(x)
-    return layer_norm(self.eps, self.dtype, "norm")(x)
+    return layers.layer_norm(self.eps, self.dtype, "norm")(x)
 
 
 class ViTEncoder(nn.Module):
@@ -158,7 +77,7 @@ class ViTEncoder(nn.Module):
   pos_table: str = "sincos"
 
   def setup(self):
-    self.patch_embed = dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
+    self.patch_embed = layers.dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
     self.cls_token = self.param(
         "cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                   (None, None, "embed")),

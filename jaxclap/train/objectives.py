@@ -14,9 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclap import features, losses
+from jaxclap import losses
+from jaxclap.models import features
 from jaxclap.audio import frontend as fe
 from jaxclap.models import clap, m2d, masks, patches
+from jaxclap.text import sentence
+from jaxclap.text import tower as text_tower
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +157,6 @@ def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_fr
                   clap_grad_divisor=config.train.clap_grad_divisor,
                   ema_start=config.train.ema_start, ema_end=config.train.ema_end,
                   total_steps=total_steps, sentence_embedder=embedder)
-  from jaxclap.models import text_tower  # Stage 2 only: HF folders, SentencePiece.
   dtype = jnp.dtype(config.model.dtype)
   tower, tokenizer, init_text = text_tower.build_text_tower(
       config.text, out_dim=config.model.clap_dim, dtype=dtype)
@@ -178,8 +180,7 @@ def _lazy_sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
 
   def embed(texts: list[str]) -> np.ndarray:
     if "model" not in cache:
-      from jaxclap.data import text_embed
-      cache["model"] = text_embed.load_sentence_embedder(name)
+      cache["model"] = sentence.load_sentence_embedder(name)
     return cache["model"].embed(texts)
 
   return embed

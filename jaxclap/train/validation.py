@@ -9,8 +9,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxclap import sharding as shd
-from jaxclap.eval import metrics as eval_metrics
-from jaxclap.models import text_tower
+from jaxclap import metrics as eval_metrics
+from jaxclap.text import tokenize
 
 
 def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
@@ -28,7 +28,7 @@ def same_length(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return inputs
   width = np.int32(inputs["input_ids"].shape[1])
   longest = int(np.max(multihost_utils.process_allgather(width)))
-  return {**inputs, **text_tower.pad_to(inputs, longest)}
+  return {**inputs, **tokenize.pad_to(inputs, longest)}
 
 
 def _limited(loader: Iterable, n: int):

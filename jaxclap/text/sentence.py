@@ -1,7 +1,7 @@
 """Sentence embeddings for captions: a PyTorch-free JAX backend and an optional sentence-transformers one.
 
 The dataset builders call :func:`load_sentence_embedder` once and embed each distinct caption once
-(`jaxclap.data.features.embed_unique`); the vectors become the stage-1 distillation targets.
+(`jaxclap.data.schema.embed_unique`); the vectors become the stage-1 distillation targets.
 Models whose official users feed them captions in a particular way (NV-Embed-v2: EOS appended,
 right padding, 32768 tokens) get that from :data:`RECIPES`.
 """
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxclap.data.text_models import DEFAULT_TEXT_MODEL, resolve_text_model
-from jaxclap.models import bert, text_tower
+from jaxclap.text import bert, pooling, tokenize
+from jaxclap.text.registry import DEFAULT_TEXT_MODEL, resolve_text_model
 
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 # Legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order.
@@ -32,7 +32,6 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-_JAX_POOLING = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 BACKENDS = ("auto", "jax", "st")
 
 
@@ -71,20 +70,6 @@ class SentenceEmbedder(Protocol):
   def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Returns float32 ``[len(texts), dim]``."""
     ...
-
-
-def check_captions(texts: Sequence[str]) -> list[str]:
-  """Returns ``texts`` as a list; rejects non-strings and empty/whitespace-only captions by index."""
-  if isinstance(texts, str):
-    raise TypeError("Expected a sequence of captions, got a single string")
-  texts = list(texts)
-  for i, text in enumerate(texts):
-    if not isinstance(text, str):
-      raise TypeError(f"Caption {i} is {type(text).__name__}, not str: {text!r}")
-    if not text.strip():
-      raise ValueError(
-          f"Caption {i} is empty or whitespace only ({text!r}); every clip needs a caption")
-  return texts
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any]:
@@ -138,10 +123,10 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
     modes = (mode,) if isinstance(mode, str) else tuple(mode)
   else:
     modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if raw.get(key))
-  unsupported = [m for m in modes if m not in _JAX_POOLING]
+  unsupported = [m for m in modes if m not in pooling.MODES]
   if not modes or unsupported:
     raise ValueError(f"{path}: pooling {list(modes)} is not supported by the jax backend "
-                     f"(supported: {list(_JAX_POOLING)}); use backend='st'")
+                     f"(supported: {list(pooling.MODES)}); use backend='st'")
   return modes
 
 
@@ -165,31 +150,6 @@ def recipe_for(text_model: str, folder: str | Path | None = None) -> EmbeddingRe
   return None
 
 
-def _pool(hidden: jax.Array, mask: jax.Array, modes: tuple[str, ...]) -> jax.Array:
-  """Sentence-transformers pooling over valid tokens; several modes are concatenated."""
-  m = mask[..., None].astype(hidden.dtype)
-  count = jnp.maximum(m.sum(axis=1), 1e-9)
-  total = (hidden * m).sum(axis=1)
-  out = {
-      "cls": lambda: hidden[:, 0],
-      "max": lambda: jnp.where(m > 0, hidden, -jnp.inf).max(axis=1),
-      "mean": lambda: total / count,
-      "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
-  }
-  return jnp.concatenate([out[mode]() for mode in modes], axis=-1)
-
-
-def load_tokenizer(transformer_dir: Path) -> Any:
-  """The fast ``tokenizers.Tokenizer`` from ``transformer_dir/tokenizer.json``."""
-  from tokenizers import Tokenizer  # Local import keeps `import jaxclap.data` light.
-
-  tokenizer_file = Path(transformer_dir) / "tokenizer.json"
-  if not tokenizer_file.is_file():
-    raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
-                            "tokenizer.json (save one with transformers' AutoTokenizer)")
-  return Tokenizer.from_file(str(tokenizer_file))
-
-
 class JaxSentenceEmbedder:
   """BERT-family sentence-transformers folder run in Flax; no PyTorch needed."""
 
@@ -199,15 +159,14 @@ class JaxSentenceEmbedder:
     pipe = SentencePipeline.from_folder(folder)
     self.pipeline = pipe
     self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
-    self.tokenizer = load_tokenizer(pipe.transformer_dir)
     max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
     self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
-    self.tokenizer.no_padding()
-    self.tokenizer.enable_truncation(self.max_seq_length)
-    self.buckets = list(text_tower.length_buckets(self.max_seq_length, min_bucket))
+    self.tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, self.max_seq_length,
+                                          pipe.do_lower_case, min_bucket)
+    self.buckets = list(self.tokenizer.buckets)
     self.dim = self.model.config.hidden_size * len(pipe.pooling)
     self._forward = jax.jit(functools.partial(
-        _embed_batch, model=self.model, pooling=pipe.pooling, normalize=pipe.normalize))
+        _embed_batch, model=self.model, pooling_modes=pipe.pooling, normalize=pipe.normalize))
 
   @staticmethod
   def _tokenizer_max_length(folder: Path) -> int:
@@ -218,10 +177,7 @@ class JaxSentenceEmbedder:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids with special tokens, truncated to ``max_seq_length``."""
-    texts = check_captions(texts)
-    if self.pipeline.do_lower_case:
-      texts = [t.lower() for t in texts]
-    return [e.ids for e in self.tokenizer.encode_batch(texts)]
+    return self.tokenizer.ids(texts)
 
   def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Embeds in batches padded to each caption's own length bucket (batch-mates never add padding)."""
@@ -252,10 +208,10 @@ class JaxSentenceEmbedder:
 
 
 def _embed_batch(params: Any, input_ids: jax.Array, mask: jax.Array, *, model: bert.BertModel,
-                 pooling: tuple[str, ...], normalize: bool) -> jax.Array:
+                 pooling_modes: tuple[str, ...], normalize: bool) -> jax.Array:
   """Encoder, pooling and optional L2 normalisation, as sentence-transformers composes them."""
   hidden = model.apply({"params": params}, input_ids, mask)
-  x = _pool(hidden, mask, pooling)
+  x = pooling.pool(hidden, mask, pooling_modes)
   if normalize:
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
   return x.astype(jnp.float32)
@@ -303,7 +259,7 @@ class STSentenceEmbedder:
 
   def prepare(self, texts: Sequence[str]) -> list[str]:
     """The strings handed to ``encode``: each caption, then the EOS text when the recipe says so."""
-    return [t + self._eos for t in check_captions(texts)]
+    return [t + self._eos for t in tokenize.check_captions(texts)]
 
   def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """sentence-transformers ``encode`` of the prepared captions as float32 ``[N, dim]``."""

@@ -22,24 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxclap.models import bert, vit
+from jaxclap import layers
+from jaxclap.text import bert, pooling, registry, tokenize
+from jaxclap.text.sentence import SentencePipeline
 
 Dtype = Any
 PyTree = Any
 KINDS = ("bert", "scratch")
 POOLINGS = ("cls", "mean")
-MIN_BUCKET = 16  # Shortest padded caption length; longer buckets double up to max_len.
-
-
-def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
-  """[B, L, D] → [B, D] in float32: the first token, or the mean over unmasked tokens."""
-  hidden = hidden.astype(jnp.float32)
-  if pooling == "cls":
-    return hidden[:, 0]
-  if pooling == "mean":
-    m = attention_mask[..., None].astype(jnp.float32)
-    return (hidden * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
-  raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
 
 
 class ScratchTextEncoder(nn.Module):
@@ -68,9 +58,9 @@ class ScratchTextEncoder(nn.Module):
                      (self.max_len, self.width), jnp.float32)
     x = x + pos[None, :length].astype(self.dtype)
     for i in range(self.depth):
-      x = vit.Block(self.heads, self.mlp_ratio, 1e-6, self.dtype, name=f"block_{i}")(
+      x = layers.Block(self.heads, self.mlp_ratio, 1e-6, self.dtype, name=f"block_{i}")(
           x, attention_mask)
-    return vit.layer_norm(1e-6, self.dtype, "norm")(x)
+    return layers.layer_norm(1e-6, self.dtype, "norm")(x)
 
 
 class TextTower(nn.Module):
@@ -112,113 +102,10 @@ class TextTower(nn.Module):
                                       input_ids, attention_mask)
     else:
       raise ValueError(f"TextTower kind={self.kind!r}; expected one of {KINDS}")
-    x = pool(hidden, attention_mask, self.pooling)
+    x = pooling.pool(hidden.astype(jnp.float32), attention_mask, self.pooling)
     if self.tower_width != self.out_dim:
-      x = vit.dense(self.out_dim, (None, "embed"), self.dtype, "proj")(x.astype(self.dtype))
+      x = layers.dense(self.out_dim, (None, "embed"), self.dtype, "proj")(x.astype(self.dtype))
     return x.astype(jnp.float32)
-
-
-# ----------------------------------------------------------------------------------------------
-# Host-side tokenizers: list of texts → int32 arrays padded to a length bucket.
-
-
-def length_buckets(max_len: int, smallest: int = MIN_BUCKET) -> tuple[int, ...]:
-  """Padded lengths a batch may take: powers of two from ``smallest`` below ``max_len``, then it."""
-  sizes, n = [], smallest
-  while n < max_len:
-    sizes.append(n)
-    n *= 2
-  return tuple(sizes) + (max_len,)
-
-
-def bucket_length(longest: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket that holds ``longest`` tokens."""
-  for size in buckets:
-    if longest <= size:
-      return size
-  raise ValueError(f"{longest} tokens exceed the largest bucket {buckets[-1]}")
-
-
-def pad_to(inputs: Mapping[str, np.ndarray], length: int, pad_id: int = 0) -> dict[str, np.ndarray]:
-  """``input_ids``/``attention_mask`` right-padded to ``length`` (masked, so any pad id works)."""
-  ids, mask = np.asarray(inputs["input_ids"]), np.asarray(inputs["attention_mask"])
-  extra = length - ids.shape[1]
-  if extra < 0:
-    raise ValueError(f"cannot pad {ids.shape[1]} tokens down to {length}")
-  return dict(input_ids=np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id),
-              attention_mask=np.pad(mask, ((0, 0), (0, extra))))
-
-
-def _pack(ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int,
-          length: int | None = None) -> dict[str, np.ndarray]:
-  """Right-pads (already truncated) id lists to ``length`` or the bucket of the longest."""
-  longest = max((len(row) for row in ids), default=1)
-  if length is None:
-    length = bucket_length(longest, buckets)
-  elif not longest <= length <= buckets[-1]:
-    raise ValueError(f"length={length} must lie in [{longest} (longest caption), "
-                     f"{buckets[-1]} (max_len)]")
-  input_ids = np.full((len(ids), length), pad_id, np.int32)
-  mask = np.zeros((len(ids), length), np.int32)
-  for i, row in enumerate(ids):
-    input_ids[i, :len(row)] = row
-    mask[i, :len(row)] = 1
-  return dict(input_ids=input_ids, attention_mask=mask)
-
-
-class HFTokenizer:
-  """A model folder's ``tokenizer.json`` ([CLS] ... [SEP]), truncated at ``max_len``, bucketed."""
-
-  def __init__(self, transformer_dir: Path, max_len: int, lowercase: bool = False):
-    from jaxclap.data.text_embed import load_tokenizer
-
-    self.max_len = max_len
-    self.buckets = length_buckets(max_len)
-    self.lowercase = lowercase
-    self.tokenizer = load_tokenizer(transformer_dir)
-    self.tokenizer.no_padding()
-    self.tokenizer.enable_truncation(max_len)
-    pad = self.tokenizer.token_to_id("[PAD]")
-    self.pad_id = int(pad) if pad is not None else 0  # Masked out anyway.
-
-  def __call__(self, texts: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
-    """``[N, length]`` ids and mask; ``length`` None: the bucket of the longest caption."""
-    from jaxclap.data.text_embed import check_captions
-
-    texts = check_captions(texts)
-    if self.lowercase:
-      texts = [t.lower() for t in texts]
-    ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
-    return _pack(ids, self.buckets, self.pad_id, length)
-
-
-class SpmTokenizer:
-  """A `jaxclap.data.spm` model: BOS (the [CLS]) + pieces + EOS, truncated at ``max_len``, bucketed."""
-
-  def __init__(self, model_path: str | Path, max_len: int):
-    from jaxclap.data import spm
-
-    if max_len < 3:
-      raise ValueError(f"max_len={max_len} leaves no room between BOS and EOS")
-    self.max_len = max_len
-    self.buckets = length_buckets(max_len)
-    self.sp = spm.load_spm(model_path)
-    self.vocab_size = int(self.sp.get_piece_size())
-    self.pad_id, self.bos_id, self.eos_id = spm.PAD_ID, spm.BOS_ID, spm.EOS_ID
-
-  def __call__(self, texts: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
-    """``[N, length]`` ids and mask; ``length`` None: the bucket of the longest caption."""
-    from jaxclap.data.text_embed import check_captions
-
-    pieces = self.sp.encode(check_captions(texts))
-    ids = [[self.bos_id] + p[:self.max_len - 2] + [self.eos_id] for p in pieces]
-    return _pack(ids, self.buckets, self.pad_id, length)
-
-  def decode(self, input_ids: np.ndarray) -> list[str]:
-    """Texts back from ``input_ids`` rows (special and padding ids dropped)."""
-    specials = {self.pad_id, self.bos_id, self.eos_id}
-    return [self.sp.decode([int(i) for i in row if int(i) not in specials])
-            for row in np.asarray(input_ids)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,7 +142,7 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
 
   Fields: ``kind`` ("bert" | "scratch"), ``pooling`` ("cls" | "mean"), ``max_len`` (truncation
   length and largest bucket); for "bert" ``model`` (folder, installed package or hub id, as
-  `resolve_text_model`); for "scratch" ``spm_model`` (a `jaxclap.data.spm` .model),
+  `resolve_text_model`); for "scratch" ``spm_model`` (a `jaxclap.text.spm` .model),
   ``vocab_size`` (0: the model's), ``width``, ``depth``, ``heads``. ``tokenizer(texts)`` gives
   numpy int32 ``input_ids`` and ``attention_mask`` of shape ``[N, L]``, L the smallest of
   ``tokenizer.buckets`` that holds the longest caption (``tokenizer(texts, length=L)`` forces one).
@@ -277,17 +164,14 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
 
   pretrained, source = None, ""
   if kind == "bert":
-    from jaxclap.data.text_embed import SentencePipeline
-    from jaxclap.data.text_models import DEFAULT_TEXT_MODEL, resolve_text_model
-
-    model_name = _get(text_cfg, "model", DEFAULT_TEXT_MODEL)
-    pipe = SentencePipeline.from_folder(resolve_text_model(model_name))
+    model_name = _get(text_cfg, "model", registry.DEFAULT_TEXT_MODEL)
+    pipe = SentencePipeline.from_folder(registry.resolve_text_model(model_name))
     model, pretrained = bert.load_bert(pipe.transformer_dir, dtype=dtype, add_pooling_layer=False)
     source = f"text.model={model_name!r} ({pipe.transformer_dir})"
     limit = model.config.max_position_embeddings
     if max_len > limit:
       raise ValueError(f"text.max_len={max_len} exceeds {source} max_position_embeddings={limit}")
-    tokenizer = HFTokenizer(pipe.transformer_dir, max_len, pipe.do_lower_case)
+    tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, max_len, pipe.do_lower_case)
     tower = TextTower(kind="bert", bert_config=model.config, max_len=max_len, pooling=pooling,
                       out_dim=out_dim, dtype=dtype)
   else:
@@ -295,7 +179,7 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
     if not spm_model:
       raise ValueError("text.kind='scratch' needs text.spm_model (train one with "
                        "`python -m jaxclap.data.spm`)")
-    tokenizer = SpmTokenizer(spm_model, max_len)
+    tokenizer = tokenize.SpmTokenizer(spm_model, max_len)
     vocab_size = int(_get(text_cfg, "vocab_size", 0)) or tokenizer.vocab_size
     if vocab_size != tokenizer.vocab_size:
       raise ValueError(f"text.vocab_size={vocab_size} but {spm_model} has "

@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxclap.eval import finetune
+from jaxclap import inference
+from jaxclap.eval import finetune, plots
 from jaxclap.train import loop
 
 
@@ -42,10 +43,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
     previous = stage_dir
   print(format_table(results), flush=True)
   if config.get("plots") and previous is not None and jax.process_index() == 0:
-    import jaxclap  # The plots read the last stage back as a user would.
-    from jaxclap.eval import plots
-
-    model = jaxclap.load(previous, progress=False)
+    model = inference.load(previous, progress=False)  # Read back as a user would.
     written = plots.write_demo_plots(workdir, model, config.data_dir)
     print("plots: " + ", ".join(written.values()), flush=True)
   return results
