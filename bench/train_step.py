@@ -229,7 +229,7 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
     hold["s"] = upd_jit(*hold["s"], grads)
     jax.block_until_ready(hold["s"])
 
-  fe_jit = jax.jit(lambda a: m2d.waveform_input(a, fcfg, NORM_STATS))
+  fe_jit = jax.jit(lambda a: frontend.waveform_input(a, fcfg, NORM_STATS))
   jax_parts = {
       "front end": lambda: jax.block_until_ready(fe_jit(batch)),
       "online encoder fwd+bwd": _jax_vjp(apply(lambda md, t: md.encoder.encode_tokens(t)),

@@ -17,6 +17,7 @@ from conftest import HashEmbedder, small_config, write_wav
 from jaxclap import convert, restore, sharding
 from jaxclap.models import features
 from jaxclap.data import build, pipeline
+from jaxclap.audio import frontend
 from jaxclap.data.schema import BadInputError
 from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data
 from jaxclap.models import m2d, masks, patches
@@ -415,7 +416,7 @@ def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
   wave = 0.1 * np.random.default_rng(0).standard_normal(127 * 160).astype(np.float32)
   model = jaxclap.load(str(tmp_path), progress=False)
   got = model.frame_features(wave, sample_rate=16000)[0]
-  x = m2d.waveform_input({"audio": jnp.asarray(wave[None]), "audio_len": jnp.array([wave.size])},
+  x = frontend.waveform_input({"audio": jnp.asarray(wave[None]), "audio_len": jnp.array([wave.size])},
                          restored.frontend_cfg, restored.norm_stats)
   tokens = net.apply({"params": params, "batch_stats": stats}, x, method="tokens")
   expected = np.asarray(patches.tokens_to_frames(tokens, 5))[0]

@@ -157,7 +157,7 @@ def test_base_shapes(frames):
   n = 5 * (frames // 16)
   v = int(n * 0.3)
   out = jax.eval_shape(
-      lambda o, b: model.apply({"params": o}, m2d.waveform_input(b, FE, NORM),
+      lambda o, b: model.apply({"params": o}, frontend.waveform_input(b, FE, NORM),
                                *m2d.sample_masks(jax.random.key(0), 2, n, 0.7),
                                b["text_embedding"], method=m2d.M2D.stage1), online, batch)
   assert out["pred"].shape == (2, n - v, 768)
@@ -190,7 +190,7 @@ def test_clap_embeddings_and_features(small):
   np.testing.assert_allclose(np.linalg.norm(np.asarray(audio), axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(text), axis=-1), 1.0, rtol=1e-5)
 
-  x = m2d.waveform_input(batch, FE, NORM)                        # [3, 80, 208]
+  x = frontend.waveform_input(batch, FE, NORM)                        # [3, 80, 208]
   tokens = np.asarray(jax.jit(lambda o, x: model.apply({"params": o}, x,
                                                        method=m2d.M2D.encode))(online, x))
   frame_fn = jax.jit(lambda o, x: features.frame_features(o, x, model=model))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +120,10 @@ def valid_frames(lengths: jax.Array, cfg: FrontendConfig = FrontendConfig()) -> 
 def normalize(logmel: jax.Array, mean: float, std: float) -> jax.Array:
   """Standardise a log-mel with the dataset's scalar statistics."""
   return (logmel - mean) / std
+
+
+def waveform_input(batch: Mapping[str, jax.Array], frontend_cfg: FrontendConfig,
+                   norm_stats: Sequence[float]) -> jax.Array:
+  """Batch audio → normalised log-mel [B, n_mels, frames] (on device)."""
+  lm = log_mel(batch["audio"], batch.get("audio_len"), frontend_cfg)
+  return normalize(lm, norm_stats[0], norm_stats[1])

@@ -159,7 +159,7 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
   """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
   (a (rows, columns) variant drawn for the batch, one `lax.switch` branch per variant,
   each with its own static token count) → head → loss."""
-  x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
+  x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
   mix_key, spec_key, mask_key = jax.random.split(rng, 3)
   lam = batch["mix_lambda"]
@@ -188,7 +188,7 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
 def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
                 ) -> jax.Array:
   """Logits [B, classes] of whole (padded) clips, chunked, running BatchNorm statistics."""
-  x = m2d.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
+  x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
   return setup.net.apply({"params": params, "batch_stats": batch_stats}, x, valid)
 

@@ -196,13 +196,6 @@ def sample_masks(rng: jax.Array, batch: int, num_patches: int,
   return jnp.sort(shuffle[:, :v], axis=1), jnp.sort(shuffle[:, v:], axis=1)
 
 
-def waveform_input(batch: Mapping[str, jax.Array], frontend_cfg: frontend.FrontendConfig,
-                   norm_stats: Sequence[float]) -> jax.Array:
-  """Batch audio → normalised log-mel [B, n_mels, frames] (on device)."""
-  lm = frontend.log_mel(batch["audio"], batch.get("audio_len"), frontend_cfg)
-  return frontend.normalize(lm, norm_stats[0], norm_stats[1])
-
-
 def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                 model: M2D, frontend_cfg: frontend.FrontendConfig,
                 norm_stats: Sequence[float], clap_weight: float = 0.01,
@@ -215,7 +208,7 @@ def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: j
   official DDP run gathers the other ranks' embeddings without a gradient path and averages
   gradients over its k GPUs, which is exactly this (see configs/stage1.py).
   """
-  x = waveform_input(batch, frontend_cfg, norm_stats)
+  x = frontend.waveform_input(batch, frontend_cfg, norm_stats)
   grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
   visible_idx, masked_idx = sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
   out = model.apply({"params": online}, x, visible_idx, masked_idx,
@@ -262,7 +255,7 @@ def clap_embeddings(online: Any, batch: Mapping[str, jax.Array], *, model: M2D,
                     frontend_cfg: frontend.FrontendConfig, norm_stats: Sequence[float]
                     ) -> tuple[jax.Array, jax.Array]:
   """L2-normalised (audio, text) CLAP embeddings with all patches visible (validation)."""
-  x = waveform_input(batch, frontend_cfg, norm_stats)
+  x = frontend.waveform_input(batch, frontend_cfg, norm_stats)
   audio = features.clap_audio_embedding(online, x, model=model)
   text = model.apply({"params": online}, batch["text_embedding"], method=M2D.project_text)
   return audio, losses.l2_normalize(text.astype(jnp.float32))

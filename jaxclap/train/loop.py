@@ -248,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = next(iterator.live)
       if step == config.train.inject_nan_at:
         batch["audio"] = np.full_like(batch["audio"], np.nan)
-      state, metrics = steps["train"](state, validation.device_batch(batch, objective, mesh))
+      state, metrics = steps["train"](state, step_lib.device_batch(batch, objective, mesh))
       step += 1
       progress.record(step, metrics)
       if step % config.train.log_every == 0 or step == stop_at:

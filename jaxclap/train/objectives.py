@@ -54,7 +54,7 @@ class Stage1:
     return params, frozen, {"ema_decay": decay}
 
   def audio_embed(self, params, frozen, batch, norm_stats):
-    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
     return features.clap_audio_embedding(params, x, model=self.model)  # Chunks long input.
 
   def text_embed(self, params, frozen, text_inputs):
@@ -113,7 +113,7 @@ class Stage2:
   def loss(self, params, frozen, batch, rng, norm_stats):
     mask_key, dropout_key = jax.random.split(rng)
     p = self._merged(params, frozen)
-    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
     audio, kept = self.masked_audio(p, x, mask_key)
     text = self.model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
                             deterministic=False, method=clap.CLAP.text,
@@ -128,7 +128,7 @@ class Stage2:
     return m2d.clamp_logit_scale(params), frozen, {}
 
   def audio_embed(self, params, frozen, batch, norm_stats):
-    x = m2d.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
     emb = self.model.apply({"params": self._merged(params, frozen)}, x, method=clap.CLAP.audio)
     return losses.l2_normalize(emb.astype(jnp.float32))
 

@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from jaxclap import sharding as shd
+from jaxclap.text import tokenize
 from jaxclap.train.state import TrainState
+
+
+def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
+  """The arrays a stage's step reads, tokenising the captions on the host when it needs."""
+  out = {k: batch[k] for k in objective.batch_keys if k in batch}
+  missing = [k for k in objective.batch_keys if k not in out]
+  if missing:
+    out.update(same_length(objective.text_inputs([str(c) for c in batch["caption"]])))
+  return shd.global_batch(out, mesh)
+
+
+def same_length(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Token arrays padded to the longest length bucket over processes (one global shape)."""
+  if not inputs or "input_ids" not in inputs or jax.process_count() == 1:
+    return inputs
+  width = np.int32(inputs["input_ids"].shape[1])
+  longest = int(np.max(multihost_utils.process_allgather(width)))
+  return {**inputs, **tokenize.pad_to(inputs, longest)}
 
 
 def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:

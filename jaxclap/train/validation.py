@@ -6,29 +6,9 @@ from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from jaxclap import sharding as shd
 from jaxclap import metrics as eval_metrics
-from jaxclap.text import tokenize
-
-
-def device_batch(batch: dict[str, Any], objective, mesh) -> dict[str, jax.Array]:
-  """The arrays a stage's step reads, tokenising the captions on the host when it needs."""
-  out = {k: batch[k] for k in objective.batch_keys if k in batch}
-  missing = [k for k in objective.batch_keys if k not in out]
-  if missing:
-    out.update(same_length(objective.text_inputs([str(c) for c in batch["caption"]])))
-  return shd.global_batch(out, mesh)
-
-
-def same_length(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Token arrays padded to the longest length bucket over processes (one global shape)."""
-  if not inputs or "input_ids" not in inputs or jax.process_count() == 1:
-    return inputs
-  width = np.int32(inputs["input_ids"].shape[1])
-  longest = int(np.max(multihost_utils.process_allgather(width)))
-  return {**inputs, **tokenize.pad_to(inputs, longest)}
+from jaxclap.train import step
 
 
 def _limited(loader: Iterable, n: int):
@@ -43,7 +23,7 @@ def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
   """Validation loss (fixed masks); a→t / t→a R@1/5/10 and mAP@10, one caption per clip."""
   metrics, audio, text = [], [], []
   for batch in _limited(loader, max_batches):
-    m, a, t = steps["eval"](state, device_batch(batch, objective, mesh))
+    m, a, t = steps["eval"](state, step.device_batch(batch, objective, mesh))
     metrics.append(jax.device_get(m))
     audio.append(np.asarray(a))
     text.append(np.asarray(t))
@@ -64,7 +44,7 @@ def zero_shot(steps: dict[str, Callable], state, loader, objective, mesh, *,
   class_emb = np.asarray(steps["text"](state, prompts))
   audio, labels = [], []
   for batch in loader:
-    audio.append(np.asarray(steps["audio"](state, device_batch(batch, objective, mesh))))
+    audio.append(np.asarray(steps["audio"](state, step.device_batch(batch, objective, mesh))))
     # Embeddings come back for the global batch; labels are this process's slice.
     labels.append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)))
   if not audio:
