@@ -230,15 +230,15 @@ def test_jitted_tower_compiles_once_per_bucket(minilm):
 
 
 def test_processes_agree_on_one_bucket(monkeypatch):
-  from jaxclap.train import validation
+  from jaxclap.train import step
 
   inputs = {"input_ids": np.array([[101, 7, 102] + [0] * 13]),
             "attention_mask": np.array([[1, 1, 1] + [0] * 13])}
-  assert validation.same_length(inputs) is inputs  # One process: nothing to agree on.
+  assert step.same_length(inputs) is inputs  # One process: nothing to agree on.
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(validation.multihost_utils, "process_allgather",
+  monkeypatch.setattr(step.multihost_utils, "process_allgather",
                       lambda x: np.array([x, 64]))  # The other host's batch needs 64.
-  out = validation.same_length(inputs)
+  out = step.same_length(inputs)
   assert out["input_ids"].shape == out["attention_mask"].shape == (1, 64)
   np.testing.assert_array_equal(out["input_ids"][:, :16], inputs["input_ids"])
   assert out["attention_mask"].sum() == 3 and not out["input_ids"][:, 16:].any()
