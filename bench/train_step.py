@@ -266,10 +266,10 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
       "target fwd": torch_target,
       "clip+AdamW+EMA": torch_update,
   }
-  flops = {"online encoder fwd+bwd": 3 * b * _blocks_flops(v + 1, w, depth),
-           "predictor fwd+bwd": 3 * b * (_blocks_flops(n + 1, pw, c.model.predictor_depth)
+  part_flops = {"online encoder fwd+bwd": 3 * b * flops.blocks_flops(v + 1, w, depth),
+           "predictor fwd+bwd": 3 * b * (flops.blocks_flops(n + 1, pw, c.model.predictor_depth)
                                          + 2 * (v + 1) * w * pw + 2 * m * pw * w),
-           "target fwd": b * _blocks_flops(m + 1, w, depth)}
+           "target fwd": b * flops.blocks_flops(m + 1, w, depth)}
   probes = matmul_probes()
   fns = {"jax_dot": probes["jax_dot"][0], "torch_mm": probes["torch_mm"][0]}
   for k in jax_parts:
@@ -284,8 +284,8 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
     for fw in ("jax", "torch"):
       sec = t[f"{fw} {k}"]
       cell = f"{fw} {sec * 1e3:8.1f} ms"
-      if k in flops:
-        cell += f" {flops[k] / sec / 1e9:6.1f} GFLOP/s ({flops[k] / sec / peak[fw]:5.1%})"
+      if k in part_flops:
+        cell += f" {part_flops[k] / sec / 1e9:6.1f} GFLOP/s ({part_flops[k] / sec / peak[fw]:5.1%})"
       cells.append(f"{cell:42s}")
     print(f"{k:24s} " + "  ".join(cells))
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxclap import metrics as eval_metrics
 from jaxclap.train import step
