@@ -165,6 +165,7 @@ def test_stored_position_table_starts_as_sincos_and_stays_fixed():
   p_stored = nn.unbox(stored.init(jax.random.key(1), x)["params"])
   assert p_stored["pos_embed"].shape == (5 * 4, 32)
   rest = {k: v for k, v in p_stored.items() if k != "pos_embed"}
+  assert set(nn.unbox(p_plain)) == set(rest)  # The stored table is the only extra parameter.
   np.testing.assert_allclose(stored.apply({"params": p_stored}, x),
                              plain.apply({"params": nn.unbox(rest)}, x), atol=1e-6)
   grads = jax.grad(lambda p: jnp.sum(stored.apply({"params": p}, x) ** 2))(p_stored)
