@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclap import sharding as shd
+from jaxclap.run_meta import RunMeta
 from jaxclap.audio import frontend
+from jaxclap.audio import norm_stats as norm_stats_lib
 from jaxclap.models import flops
 from jaxclap.train import config as config_lib, objectives, optim
 from jaxclap.train import state as state_lib, step as step_lib
@@ -94,11 +96,10 @@ def main() -> None:
   total = 1000
   sched = optim.learning_rate(c.optim, global_batch=batch, steps_per_epoch=10, total_steps=total)
   tx = optim.make_optimizer(c.optim, sched)
-  objective = objectives.build(c, frontend_cfg=fcfg, total_steps=total,
-                               input_frames=c.data.crop_frames, sentence_model=None)
+  objective = objectives.build(c, RunMeta(total_steps=total))
   mesh = shd.make_mesh(fsdp=args.fsdp)
   state, state_sh = state_lib.create_sharded_state(
-      init_params=objective.init, tx=tx, seed=0, norm_stats=frontend.DEFAULT_NORM_STATS,
+      init_params=objective.init, tx=tx, seed=0, norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
       mesh=mesh, rules=c.mesh.rules)
   train = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
                              schedule=sched)["train"]

@@ -30,6 +30,7 @@ import torch_m2d  # noqa: E402  (bench/ sibling module)
 
 from jaxclap import inference  # noqa: E402
 from jaxclap.audio import frontend  # noqa: E402
+from jaxclap.audio import norm_stats as norm_stats_lib  # noqa: E402
 from jaxclap.models import m2d, patches  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def main() -> None:
   fcfg = frontend.FrontendConfig()
   online, target = nn.unbox(m2d.init_params(model, jax.random.key(0),
                                             n_frames=args.input_frames, text_dim=768))
-  jm = inference.Model(model, online, frontend_cfg=fcfg, norm_stats=frontend.DEFAULT_NORM_STATS,
+  jm = inference.Model(model, online, frontend_cfg=fcfg, norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
                        batch_size=args.clips, progress=False)
   tm = torch_m2d.TorchM2D(cfg, n_frames=args.input_frames, clap_weight=0.01)
   torch_m2d.load_jax_params(tm, online, target)

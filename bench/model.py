@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from jaxclap.audio import frontend
 from jaxclap import layers
-from jaxclap.models import m2d, sizes, vit
+from jaxclap.models import m2d, sizes
+from jaxclap.train import objectives
 
 
 def timeit(fn: Callable[[], object], iters: int) -> float:
@@ -78,7 +79,7 @@ def main() -> None:
            "text_embedding": jax.random.normal(jax.random.key(2), (args.batch, 768))}
 
   def loss(o):
-    return m2d.stage1_loss(o, target, batch, jax.random.key(3), model=model,
+    return objectives.stage1_loss(o, target, batch, jax.random.key(3), model=model,
                            frontend_cfg=fe, norm_stats=(-7.1, 4.2))[0]
 
   step = jax.jit(jax.value_and_grad(loss))

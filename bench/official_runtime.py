@@ -20,7 +20,7 @@ ap.add_argument("--export_1001", required=True)
 args = ap.parse_args()
 sys.path.insert(0, args.m2d_examples)
 from portable_m2d import PortableM2D
-import jax, jax.numpy as jnp
+import jax.numpy as jnp
 import jaxclap
 from jaxclap import restore
 from jaxclap.audio import frontend as fe

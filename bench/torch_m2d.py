@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxclap.audio import frontend
+from jaxclap.audio import norm_stats as norm_stats_lib
 from jaxclap.models import m2d as jax_m2d
 from jaxclap.models import patches, sizes
 
@@ -214,7 +215,7 @@ class TorchM2D(nn.Module):
   """Stage-1 M2D + CLAP in PyTorch; `forward` returns (loss, metrics)."""
 
   def __init__(self, model_cfg: Mapping[str, Any], *, n_frames: int, clap_weight: float,
-               norm_stats: tuple[float, float] = frontend.DEFAULT_NORM_STATS,
+               norm_stats: tuple[float, float] = norm_stats_lib.LEGACY_NORM_STATS,
                frontend_cfg: frontend.FrontendConfig = frontend.FrontendConfig()):
     super().__init__()
     get = model_cfg.get

@@ -36,7 +36,9 @@ import torch
 from torch.nn import utils as nn_utils
 
 from jaxclap import sharding as shd
+from jaxclap.run_meta import RunMeta
 from jaxclap.audio import frontend
+from jaxclap.audio import norm_stats as norm_stats_lib
 from jaxclap.models import flops, m2d, sizes
 from jaxclap.train import config as config_lib, objectives, optim
 from jaxclap.train import state as state_lib, step as step_lib
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_m2d  # noqa: E402  (sibling bench module)
 
 ROOT = Path(__file__).resolve().parents[1]
-NORM_STATS = frontend.DEFAULT_NORM_STATS
+NORM_STATS = norm_stats_lib.LEGACY_NORM_STATS
 TOTAL_STEPS = 1000  # Only shapes the lr/EMA schedules; irrelevant to speed.
 
 
@@ -74,13 +76,11 @@ def synthetic_batch(batch: int, n_frames: int, text_dim: int, seed: int = 0) -> 
 
 def jax_train_step(c: ml_collections.ConfigDict, batch: dict) -> tuple[Callable, float, float]:
   """(run one step and block, XLA cost-analysis FLOPs, compile seconds) for the JAX trainer."""
-  fcfg = frontend.FrontendConfig.for_sample_rate(c.frontend.sample_rate)
   b = batch["audio"].shape[0]
   sched = optim.learning_rate(c.optim, global_batch=b, steps_per_epoch=10,
                               total_steps=TOTAL_STEPS)
   tx = optim.make_optimizer(c.optim, sched)
-  objective = objectives.build(c, frontend_cfg=fcfg, total_steps=TOTAL_STEPS,
-                               input_frames=c.data.crop_frames, sentence_model=None)
+  objective = objectives.build(c, RunMeta(total_steps=TOTAL_STEPS))
   mesh = shd.make_mesh(devices=jax.devices()[:1])
   state, state_sh = state_lib.create_sharded_state(
       init_params=objective.init, tx=tx, seed=0, norm_stats=NORM_STATS, mesh=mesh,
@@ -218,8 +218,8 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
 
   def update(params, opt_state, tgt, grads):
     upd, opt_state = tx.update(grads, opt_state, params)
-    params = m2d.clamp_logit_scale(optax.apply_updates(params, upd))
-    return params, opt_state, m2d.ema_update(tgt, params["encoder"]["body"], 0.9999)
+    params = objectives.clamp_logit_scale(optax.apply_updates(params, upd))
+    return params, opt_state, objectives.ema_update(tgt, params["encoder"]["body"], 0.9999)
 
   upd_jit = jax.jit(update, donate_argnums=(0, 1, 2))
   hold = {"s": jax.tree.map(jnp.copy, (online, tx.init(online), target))}  # Donated.

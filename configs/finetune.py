@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the crop's patch columns, as the recipe's 38 → 62 columns for 10 s.
   c.crop_seconds = 0.0  # Random training crop; 0: the checkpoint's trained input length.
   # Evaluation sees whole clips: padded to this many seconds (0: the longest clip of the
-  # validation/test splits) and encoded in crop-length chunks (as jaxclap.features);
+  # validation/test splits) and encoded in crop-length chunks (patches.encode_chunks);
   # the feature averages the time patches that hold audio.
   c.eval_seconds = 0.0
   c.eval_batch = 64  # Clips per evaluation batch (the last batch is padded, then dropped).
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # over its labels ^ (1/1.5)) from the training split's labels (jaxclap.eval.sampling).
   c.sample_weights = "none"
 
-  # Optimiser (jaxclap.eval.ft_optim). "timm_lars": EVAR's `--optim lars`, timm.optim.Lars,
+  # Optimiser (jaxclap.train.optim). "timm_lars": EVAR's `--optim lars`, timm.optim.Lars,
   # which applies the trust ratio only with weight decay != 0, so at weight_decay 0 it is
   # SGD with momentum (all params alike). "lars": true LARS (optax; trust ratio and decay
   # on matrices only).

@@ -24,5 +24,27 @@ from jaxclap.train import config as config_lib
 
 
 def get_config():
-  """Paper recipe (REFERENCE.md, "Stage 2 and 2.1"); see jaxclap/train/config.py."""
-  return config_lib.paper_stage2()
+  """The paper's stage-2 recipe (docs/method.md, "Stage 2 and 2.1"), from base_config()."""
+  c = config_lib.base_config()
+  c.stage = "stage2"
+  # By size; AudioCaps merged into AudioSet (configs/stage1.py).
+  c.data.train = config_lib.PAPER_TRAIN
+  c.data.val = "captioned_folder/audiocaps:validation"
+  c.data.build_demo = False
+  c.data.num_workers = 8
+  c.data.crop_frames = 1001  # 10 s.
+  c.init.workdir = ""  # Set to the stage-1 workdir (required).
+  c.init.parts = "audio_encoder"
+  c.text.kind = "bert"
+  c.text.model = "bert-base-uncased"  # A local HF folder offline; 768-d: no projection.
+  c.text.pooling = "cls"
+  c.text.max_len = 512  # The official BertXEncoder's max_length (BERT's position limit).
+  c.model.size = "base"
+  c.model.structured_mask = 0.3
+  c.model.finetune_audio = False
+  c.model.dtype = "bfloat16"
+  c.train.global_batch = 2048
+  c.train.epochs = 30.0
+  c.optim.base_lr = 3e-6  # × batch/256 = 2.4e-5 at 2048.
+  c.optim.warmup_epochs = 5.0
+  return c

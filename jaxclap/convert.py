@@ -25,12 +25,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
+import jax
 import numpy as np
+from absl import flags
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
+from jaxclap import cli
 from jaxclap import convert_keys as ck
-from jaxclap.models import sizes
+from jaxclap import restore as restore_lib
+from jaxclap.audio import norm_stats as ns
+from jaxclap.models import build as build_lib
+from jaxclap.models import patches, sizes
+from jaxclap.run_meta import RunMeta
 from jaxclap.text.registry import resolve_text_model
 from jaxclap.text.sentence import SentencePipeline
+from jaxclap.train import checkpoint as ckpt
 
 META_KEY = "jaxclap_meta"  # JSON of the run facts, in "args" (.pth) and the safetensors header.
 _SAFE_TYPES = (argparse.Namespace,)  # Benign non-tensor types official checkpoints carry.
@@ -54,16 +65,14 @@ class Imported:
 # Export.
 
 
-def _sentence_letter(meta: dict[str, Any]) -> str | None:
+def _sentence_letter(meta: RunMeta) -> str | None:
   """Official text-encoder letter of a stage-1 run's sentence model (None: not official)."""
-  names = " ".join(str(v).lower() for v in (meta.get("text_models") or {}).values())
+  names = " ".join(str(v).lower() for v in meta.text_models.values())
   return "A" if "gte-base" in names else "N" if "nv-embed" in names else None
 
 
 def _bert_pooler(text_model: str, width: int) -> tuple[dict[str, np.ndarray], str | None]:
   """BERT's pooler (not trained by jaxclap; the official BertModel has one) from the folder."""
-  from safetensors.numpy import load_file
-
   folder = SentencePipeline.from_folder(resolve_text_model(text_model)).transformer_dir
   state = load_file(str(folder / "model.safetensors"))
   out = {}
@@ -106,8 +115,6 @@ def export_state(restored: Any, *, input_frames: int | None = None,
   if stored is None:
     state["pos_embed"] = ck.pos_embed(width, n_mels, train_frames, frames, patch)
   else:
-    from jaxclap.models import patches  # JAX: only for an imported (stored) table.
-
     grid = lambda f: patches.grid_size(n_mels, f, patch)
     table = np.asarray(patches.fit_pos_embed(stored, grid(train_frames), grid(frames)))
     state["pos_embed"] = np.concatenate([np.zeros((1, width), np.float32), table])[None]
@@ -140,8 +147,7 @@ def to_torch(checkpoint: str, output: str, *, tag: str = "jaxclap",
              params_only: bool = False, text_model: str | None = None,
              safetensors: bool = True) -> tuple[Path, list[str]]:
   """Writes the official `.pth` (+ `.safetensors`) of a jaxclap checkpoint; (path, notes)."""
-  import torch
-  from jaxclap import restore as restore_lib
+  import torch  # Optional dependency (the "torch" extra).
 
   if not tag or "/" in tag:
     raise ValueError(f"--tag={tag!r}: need a non-empty folder-name part without '/'")
@@ -152,17 +158,16 @@ def to_torch(checkpoint: str, output: str, *, tag: str = "jaxclap",
   folder = Path(output) / str(name)
   folder.mkdir(parents=True, exist_ok=True)
   meta = json.dumps({"config": json.loads(r.config.to_json_best_effort()),
-                     "text_models": r.meta.get("text_models") or {},
+                     "text_models": r.meta.text_models,
                      "stage": r.stage, "step": r.step, "input_frames": name.frames,
                      "trained_input_frames": int(r.model.input_frames),
-                     "total_steps": int(r.meta.get("total_steps", 1)),
+                     "total_steps": int(r.meta.total_steps or 1),
                      "encoder_only": encoder_only, "params_only": params_only})
   path = folder / f"checkpoint-{r.step}.pth"
   arrays = {k: np.array(v, np.float32, order="C") for k, v in state.items()}  # 0-d stays 0-d.
   torch.save({"model": {k: torch.from_numpy(v) for k, v in arrays.items()},
               "args": argparse.Namespace(**{META_KEY: meta})}, path)
   if safetensors:
-    from safetensors.numpy import save_file
     save_file(arrays, str(path.with_suffix(".safetensors")), metadata={META_KEY: meta})
   return path, notes
 
@@ -181,12 +186,11 @@ def load_official(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
   if not path.is_file():
     raise FileNotFoundError(f"no checkpoint file {path}")
   if path.suffix == ".safetensors":
-    from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:  # "pt" reads bfloat16 too.
       meta = (f.metadata() or {}).get(META_KEY)
       state = {k: f.get_tensor(k).float().numpy() for k in f.keys()}
     return _clean(state, path), json.loads(meta) if meta else None
-  import torch
+  import torch  # Optional dependency (the "torch" extra).
   try:
     with torch.serialization.safe_globals(list(_SAFE_TYPES)):
       raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -219,12 +223,9 @@ def _clean(state: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in state.items()}
 
 
-def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
-  """Flat {path: shape} of (params, frozen) the objective initialises (no allocation)."""
-  import flax.linen as nn
-  import jax
-
-  params, frozen = jax.eval_shape(objective.init, jax.random.key(0))
+def _expected(network: build_lib.Network) -> tuple[dict[str, tuple], dict[str, tuple]]:
+  """Flat {path: shape} of (params, frozen) the network initialises (no allocation)."""
+  params, frozen = jax.eval_shape(network.init, jax.random.key(0))
   shape = lambda t: {k: tuple(v.shape) for k, v in ck.flatten(nn.unbox(t)).items()}
   return shape(params), shape(frozen)
 
@@ -232,17 +233,14 @@ def _expected(objective: Any) -> tuple[dict[str, tuple], dict[str, tuple]]:
 _STORED_POS = "encoder.pos_embed"  # Flat path of a stored position table (pos_table="stored").
 
 
-def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, source: str,
-                     stored_pos: np.ndarray | None = None
+def _tree_from_state(state: dict[str, np.ndarray], network: build_lib.Network, stage: str,
+                     source: str, stored_pos: np.ndarray | None = None
                      ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-  """(params, frozen, filled parts) of `objective`'s network from an official state dict.
+  """(params, frozen, filled parts) of `network` from an official state dict.
 
   `stored_pos` [1 + F'·T', D]: the file's position table, when the network stores one.
   """
-  import flax.linen as nn
-  import jax
-
-  want_params, want_frozen = _expected(objective)
+  want_params, want_frozen = _expected(network)
   if stage == "stage1":
     shapes = {**want_params, **{f"target.{k}": v for k, v in want_frozen.items()}}
   else:
@@ -264,7 +262,7 @@ def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, s
     raise ValueError(f"{source}: missing keys {missing[:8]}" +
                      (f" ... ({len(missing)} in all)" if len(missing) > 8 else ""))
   if filled:
-    fresh_params, fresh_frozen = nn.unbox(objective.init(jax.random.key(0)))
+    fresh_params, fresh_frozen = nn.unbox(network.init(jax.random.key(0)))
     fresh = ck.flatten({**fresh_params, "target": fresh_frozen})
     for path in shapes:
       if path.startswith("target.") and "target" in filled:  # EMA starts as the online body.
@@ -282,18 +280,13 @@ def _tree_from_state(state: dict[str, np.ndarray], objective: Any, stage: str, s
   if stage == "stage1":
     return {k: v for k, v in tree.items() if k != "target"}, tree["target"], filled
   tree.setdefault("text_tower", {})["bert"] = ck.bert_from_official(
-      state, objective.model.text_tower.bert_config, source)
+      state, network.model.text_tower.bert_config, source)
   return {k: v for k, v in tree.items() if k != "encoder"}, {"encoder": tree["encoder"]}, []
 
 
 def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
                step: int | None = None) -> Imported:
   """Imports an official `.pth`/`.safetensors` as a jaxclap Orbax checkpoint in `output`."""
-  import jax
-  from jaxclap.audio import frontend as fe
-  from jaxclap.train import checkpoint as ckpt
-  from jaxclap.train import objectives
-
   directory = Path(output).expanduser().absolute() / "checkpoints"
   if directory.is_dir() and any(directory.iterdir()):
     raise ValueError(f"{directory} already holds checkpoints; choose a new --output")
@@ -313,8 +306,8 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
     state = {k: v for k, v in state.items()
              if not k.startswith(("text_encoder.", "text_proj."))}
   if "norm_stats" not in state:
-    notes.append("no norm_stats in the file: using the legacy [-7.1, 4.2]")
-  norm_stats = [float(x) for x in state.get("norm_stats", np.asarray([-7.1, 4.2]))]
+    notes.append(f"no norm_stats in the file: using the legacy {list(ns.LEGACY_NORM_STATS)}")
+  norm_stats = [float(x) for x in state.get("norm_stats", np.asarray(ns.LEGACY_NORM_STATS))]
   config = ck.run_config(name, state, saved, stage, text_model, source)
   table = ck.pos_embed(sizes.get_size(name.size).width, name.n_mels, name.frames, name.frames,
                        name.patch[0])
@@ -322,35 +315,36 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
     raise ValueError(f"{source}: 'pos_embed' has shape {state['pos_embed'].shape}, expected "
                      f"{table.shape} for a {name.n_mels}x{name.frames} input")
   diff = float(np.max(np.abs(state["pos_embed"] - table)))
-  stored = None
+  stored, pos_table = None, config.model.pos_table
   if diff > 1e-5:  # E.g. interpolated by stage-1.1 fine-tuning: kept as a frozen parameter.
-    stored = np.asarray(state["pos_embed"], np.float32)[0]
-    config.model.pos_table = "stored"
+    stored, pos_table = np.asarray(state["pos_embed"], np.float32)[0], "stored"
     notes.append(f"'pos_embed' is not the fixed sin-cos table of the {name.n_mels}x"
                  f"{name.frames} grid (max difference {diff:.3g}): imported as a stored, "
                  "frozen table (model.pos_table='stored')")
-  objective = objectives.build(config, frontend_cfg=fe.FrontendConfig.for_sample_rate(
-      name.sample_rate), total_steps=1, input_frames=name.frames, sentence_model=None)
-  params, frozen, filled = _tree_from_state(state, objective, stage, source, stored)
+  saved = saved or {}
+  keep_sentence = stage == "stage1" and not has_text and saved.get("stage") == "stage1"
+  run_config = json.loads(config.to_json_best_effort())
+  run_config["model"]["pos_table"] = pos_table
+  meta = RunMeta(config=run_config, norm_stats=tuple(norm_stats),
+                 text_models=(saved.get("text_models") or {}) if keep_sentence else {},
+                 input_frames=name.frames, unit_frames=name.frames, stage=stage,
+                 total_steps=int(saved.get("total_steps", 1)), steps_per_epoch=1)
+  network = build_lib.build(config, meta)
+  params, frozen, filled = _tree_from_state(state, network, stage, source, stored)
   if filled:
     notes.append(f"not in the file, initialised fresh: {filled} (an EMA target starts as a "
                  "copy of the encoder body)")
   if step is None:
     m = re.search(r"(\d+)$", file.stem)
     step = int(m.group(1)) if m else 0
-  saved = saved or {}
-  keep_sentence = stage == "stage1" and not has_text and saved.get("stage") == "stage1"
-  meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": norm_stats,
-          "text_models": (saved.get("text_models") or {}) if keep_sentence else {},
-          "input_frames": name.frames, "unit_frames": name.frames, "stage": stage,
-          "total_steps": int(saved.get("total_steps", 1)), "steps_per_epoch": 1, "step": step,
-          "imported": {"source": source, "folder": str(name), "filled": filled,
-                       "notes": notes}}
+  meta = meta.replace(step=step, imported={"source": source, "folder": str(name),
+                                            "filled": filled, "notes": notes})
   train_state = {"step": np.asarray(step, np.int32), "params": params, "frozen": frozen,
                  "rng": np.asarray(jax.random.PRNGKey(0)),
                  "norm_stats": np.asarray(norm_stats, np.float32),
                  "bad_step": np.asarray(-1, np.int32)}
-  ckpt.write_params_checkpoint(str(directory.parent), step, train_state, meta)
+  text = network.text_assets() if stage == "stage2" else None
+  ckpt.write_params_checkpoint(str(directory.parent), step, train_state, meta, text)
   return Imported(step_dir=directory / str(step), stage=stage, filled=tuple(filled),
                   notes=tuple(notes))
 
@@ -361,8 +355,6 @@ def from_torch(checkpoint: str, output: str, *, text_model: str | None = None,
 
 def main(argv: list[str]) -> int:
   """CLI body; returns the process exit code."""
-  from absl import flags
-
   f = flags.FLAGS
   commands = ("to_torch", "from_torch")
   if len(argv) != 2 or argv[1] not in commands:
@@ -370,9 +362,8 @@ def main(argv: list[str]) -> int:
           "--output=...", file=sys.stderr)
     return 2
   if not f.checkpoint or not f.output:
-    print("error: --checkpoint and --output are required", file=sys.stderr)
-    return 2
-  try:
+    return cli.report("--checkpoint and --output are required")
+  with cli.exit_on(ValueError, KeyError, FileNotFoundError):
     if argv[1] == "to_torch":
       path, notes = to_torch(f.checkpoint, f.output, tag=f.tag, input_frames=f.input_frames,
                              encoder_only=f.encoder_only, params_only=f.params_only,
@@ -382,17 +373,12 @@ def main(argv: list[str]) -> int:
       out = from_torch(f.checkpoint, f.output, text_model=f.text_model, step=f.step)
       path, notes = out.step_dir, list(out.notes)
       print(f"wrote {out.stage} checkpoint {path}")
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   for note in notes:
     print(f"note: {note}")
   return 0
 
 
 def _define_flags() -> None:
-  from absl import flags
-
   flags.DEFINE_string("checkpoint", None, "to_torch: jaxclap workdir / checkpoints dir / step "
                       "dir; from_torch: an official .pth or .safetensors file.")
   flags.DEFINE_string("output", None, "to_torch: folder for the official folder; from_torch: "

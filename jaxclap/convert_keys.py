@@ -13,9 +13,13 @@ import re
 from typing import Any, Mapping
 
 import numpy as np
+from flax import traverse_util
 
+from jaxclap import restore as restore_lib
 from jaxclap.models import patches, sizes
+from jaxclap.run_meta import RunMeta
 from jaxclap.text import bert
+from jaxclap.train import config as config_lib
 
 TEXT_PREFIX = "text_encoder.text_encoder."  # + Hugging Face BertModel keys.
 TEXT_ENCODERS = {"A": "GTE-base", "B": "BERT-base", "N": "NV-Embed-v2"}
@@ -158,27 +162,14 @@ def from_official(path: str, value: np.ndarray, shape: tuple[int, ...], source: 
   return value.reshape(shape)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   """Nested dict → {dotted path: leaf}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   """{dotted path: leaf} → nested dict."""
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    *heads, leaf = path.split(".")
-    for h in heads:
-      node = node.setdefault(h, {})
-    node[leaf] = v
-  return out
+  return traverse_util.unflatten_dict(dict(flat), sep=".")
 
 
 def pos_embed(width: int, n_mels: int, train_frames: int, frames: int,
@@ -256,10 +247,7 @@ def run_config(name: FolderName, state: dict[str, np.ndarray], saved: dict[str, 
                stage: str, text_model: str | None, source: str) -> Any:
   """The jaxclap run config an official state dict describes: its folder name and shapes,
   over the config jaxclap saved in the file (`saved`, when it wrote it)."""
-  from jaxclap import restore as restore_lib
-  from jaxclap.train import config as config_lib
-
-  config = (restore_lib.config_from_meta({"config": saved["config"]}, source)
+  config = (restore_lib.config_from_meta(RunMeta(config=saved["config"]), source)
             if saved and "config" in saved else config_lib.base_config())
   width, depth, _ = sizes.get_size(name.size)
   for key in ("cls_token", "patch_embed.proj.weight", "pos_embed"):

@@ -24,9 +24,10 @@ import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
+from tqdm.auto import tqdm
 
-from jaxclap import inference
+from jaxclap import cli, inference
 from jaxclap.audio import io as audio_io
 
 FORMATS = ("npz", "parquet")
@@ -173,8 +174,6 @@ def embed_files(inputs: Sequence[str], *, checkpoint: str, output: str, kind: st
   if model is None:
     model = inference.load(checkpoint, text_model=text_model, batch_size=batch_size,
                            progress=False)
-  from tqdm.auto import tqdm
-
   shards, new, reused = [], 0, 0
   n_shards = -(-len(items) // shard_size)
   for k in tqdm(range(n_shards), desc="embed shards", unit="shard", disable=n_shards < 2):
@@ -202,8 +201,6 @@ def embed_files(inputs: Sequence[str], *, checkpoint: str, output: str, kind: st
 
 
 def _define_flags() -> None:
-  from absl import flags
-
   flags.DEFINE_string("checkpoint", None, "jaxclap workdir, checkpoints dir or step dir.")
   flags.DEFINE_string("output", None, "Output file (.npz or .parquet).")
   flags.DEFINE_enum("kind", "clip", list(inference.KINDS),
@@ -219,26 +216,18 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> int:
   """CLI body; returns the exit code (2: a user error, reported in one line)."""
-  from absl import flags
-
   f = flags.FLAGS
   if len(argv) < 2:
-    print("error: give audio files or directories to embed", file=sys.stderr)
-    return 2
-  try:
+    return cli.report("give audio files or directories to embed")
+  with cli.exit_on(ValueError, FileNotFoundError):  # AudioDecodeError is a ValueError.
     summary = embed_files(argv[1:], checkpoint=f.checkpoint, output=f.output, kind=f.kind,
                           fmt=f.format, batch_size=f.batch_size, skip_bad=f.skip_bad,
                           shard_size=f.shard_size, text_model=f.text_model,
                           stop_after_shards=f.stop_after_shards)
-  except (ValueError, FileNotFoundError) as e:  # AudioDecodeError is a ValueError.
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    return 2
   print(json.dumps(summary))
   return 0
 
 
 if __name__ == "__main__":
-  from absl import app
-
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

@@ -15,15 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxclap import cli, inference, metrics
 from jaxclap.eval import data as eval_data
-from jaxclap import metrics
+from jaxclap.eval import finetune as finetune_lib
 from jaxclap.eval import plots, probe
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
@@ -124,8 +124,6 @@ def few_shot(ev: Evaluation) -> dict[str, float]:
 def finetune(ev: Evaluation) -> dict[str, float]:
   """The whole encoder fine-tuned (stage-1.1 recipe); test accuracy (or mAP) at the best
   validation epoch, beside the frozen-feature probes."""
-  from jaxclap.eval import finetune as finetune_lib  # Deferred: LARS/augment only here.
-
   if ev.finetune_config is None:
     raise ValueError("task 'finetune' needs a fine-tuning config (--finetune_config="
                      "configs/finetune.py, or finetune_config= in Python)")
@@ -157,8 +155,6 @@ TASKS: dict[str, Callable[[Evaluation], dict[str, float]]] = {
 
 def load_model(path: str, *, batch_size: int = 16, text_model: str | None = None) -> Any:
   """The checkpoint as an inference model (`jaxclap.load`)."""
-  from jaxclap import inference  # Deferred: --help and flag errors need no JAX or Orbax.
-
   return inference.load(path, batch_size=batch_size, text_model=text_model)
 
 
@@ -253,7 +249,7 @@ _FINETUNE = config_flags.DEFINE_config_file(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  try:
+  with cli.exit_on(ValueError, FileNotFoundError):
     if len(_SPLITS.value) != 3:
       raise ValueError(f"--splits needs three names (train,validation,test), got {_SPLITS.value}")
     report = evaluate(
@@ -264,9 +260,6 @@ def main(argv: list[str]) -> None:
         splits=dict(zip(("train", "validation", "test"), _SPLITS.value)),
         shots=tuple(_ints(_SHOTS.value, "--shots")), seeds=tuple(_ints(_SEEDS.value, "--seeds")),
         finetune_config=_FINETUNE.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
   print(report["table"], flush=True)
 
 

@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxclap import losses
-from jaxclap.models import features
+from jaxclap import losses, restore
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
-from jaxclap.models import clap_heads, patches
+from jaxclap.models import features, patches
 
 AudioInput = Union[np.ndarray, str, os.PathLike, Sequence[Union[np.ndarray, str, os.PathLike]]]
 KINDS = ("frame", "clip", "clap")
@@ -39,11 +38,9 @@ _POOL_BUCKET = 16  # Pooler inputs padded to a multiple of this many time steps.
 def load(path: str, *, text_model: str | None = None, batch_size: int = 16,
          dtype: str = "float32", progress: bool | None = None) -> "Model":
   """A `Model` from a jaxclap workdir, checkpoints dir or step dir (latest step)."""
-  from jaxclap import restore  # Orbax and the trainer's config: only needed to load.
-
   r = restore.restore(path, text_model=text_model)
   return Model(r.model, r.params, frontend_cfg=r.frontend_cfg, norm_stats=r.norm_stats,
-               objective=r.objective, stage=r.stage, step=r.step, batch_size=batch_size,
+               objective=r.network, stage=r.stage, step=r.step, batch_size=batch_size,
                dtype=dtype, progress=progress)
 
 
@@ -82,13 +79,8 @@ class SegmentedLogMel:
 
 
 def time_chunks(lm: np.ndarray, unit_frames: int, patch_size: int) -> list[np.ndarray]:
-  """[F, T] → views of `patches.split_time_chunks`' chunks (last one padded to a patch)."""
-  t = lm.shape[-1]
-  chunks = [lm[:, i:i + unit_frames] for i in range(0, t, unit_frames)]
-  pad = (patch_size - (t % unit_frames % patch_size)) % patch_size
-  if pad:
-    chunks[-1] = np.pad(chunks[-1], ((0, 0), (0, pad)))
-  return chunks
+  """[F, T] → host-side views of `patches.split_time_chunks`' chunks (last one padded)."""
+  return patches.split_time_chunks(np.asarray(lm), unit_frames, patch_size)
 
 
 def _batch_rows(n: int, batch_size: int) -> int:
@@ -102,34 +94,14 @@ def _encode_frames(params: Any, x: jax.Array, *, model: nn.Module) -> jax.Array:
   return patches.tokens_to_frames(tokens, x.shape[1] // model.patch_size).astype(jnp.float32)
 
 
-def _pool(head: Any, tokens: jax.Array, valid: jax.Array, *, kind: str, heads: int
+def _pool(params: Any, tokens: jax.Array, valid: jax.Array, *, model: nn.Module
           ) -> jax.Array:
   """CLAP audio head on padded tokens [B, N, D] with `valid` [B, N]; float32 [B, C].
 
-  Equal to the module's head, computed in O(N): the semantic pooler's single block only
-  matters for the semantic token's query, and the mean head only averages valid tokens.
+  The head itself, with a key mask: O(N) in the tokens, padded ones ignored.
   """
-  tokens = tokens.astype(jnp.float32)
-  if kind == "mlp":
-    w = valid.astype(jnp.float32)[..., None]
-    x = jnp.sum(tokens * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    x = nn.relu(nn.Dense(x.shape[-1]).apply({"params": head["fc1"]}, x))
-    return nn.Dense(head["fc2"]["bias"].shape[0]).apply({"params": head["fc2"]}, x)
-  blk = head["sem_block_0"]
-  b, _, d = tokens.shape
-  ln = lambda p, x: nn.LayerNorm(epsilon=1e-5).apply({"params": p}, x)
-  dense = lambda p, x: nn.Dense(p["bias"].shape[0]).apply({"params": p}, x)
-  x0 = jnp.broadcast_to(jnp.asarray(head["sem_token"], jnp.float32)[:, 0], (b, d))
-  x = jnp.concatenate([x0[:, None], tokens], axis=1)
-  qkv = dense(blk["attn"]["qkv"], ln(blk["norm1"], x)).reshape(b, -1, 3, heads, d // heads)
-  q, k, v = qkv[:, 0, 0], qkv[:, :, 1], qkv[:, :, 2]           # [B, H, hd], [B, N+1, H, hd]
-  logits = jnp.einsum("bhd,bnhd->bhn", q, k) * (d // heads) ** -0.5
-  keep = jnp.concatenate([jnp.ones((b, 1), bool), valid.astype(bool)], axis=1)
-  probs = jax.nn.softmax(jnp.where(keep[:, None], logits, -jnp.inf), axis=-1)
-  x0 = x0 + dense(blk["attn"]["proj"], jnp.einsum("bhn,bnhd->bhd", probs, v).reshape(b, d))
-  h = nn.gelu(dense(blk["mlp"]["fc1"], ln(blk["norm2"], x0)), approximate=False)
-  x0 = ln(head["norm"], x0 + dense(blk["mlp"]["fc2"], h))
-  return dense(head["out_proj"], x0) if "out_proj" in head else x0
+  return model.apply({"params": params}, tokens.astype(jnp.float32), valid,
+                     method="project_audio")
 
 
 class Model:
@@ -162,15 +134,13 @@ class Model:
     self.token_dim = int(np.shape(params["encoder"]["cls_token"])[-1])
     self.feature_dim = grid_f * self.token_dim
     head = params["audio_proj"]
-    self._head_kind = "mlp" if "fc1" in head else "semantic"
     self.embedding_dim = int(np.shape(head["out_proj"]["bias"] if "out_proj" in head else
                                       head["fc2"]["bias"] if "fc2" in head
                                       else head["norm"]["bias"])[0])
     self.frame_hop_s = model.patch_size * frontend_cfg.hop_length / frontend_cfg.sample_rate
     self._log_mel = SegmentedLogMel(frontend_cfg, self.norm_stats, segment_frames)
     self._encode = jax.jit(functools.partial(_encode_frames, model=self.model))
-    self._pool = jax.jit(functools.partial(_pool, kind=self._head_kind,
-                                           heads=clap_heads.SemanticPooler().heads))
+    self._pool = jax.jit(functools.partial(_pool, model=model.clone(dtype=jnp.float32)))
     self._text = None if objective is None else jax.jit(
         lambda p, inputs: objective.text_embed(p, {}, inputs))
 
@@ -283,7 +253,7 @@ class Model:
     tokens = tokens.reshape(1, -1, self.token_dim)  # [1, T'·F', D]: frame-major tokens.
     grid_f = self.feature_dim // self.token_dim
     valid = (np.arange(padded_t) < t).repeat(grid_f)[None]
-    emb = self._pool(self.params["audio_proj"], tokens, valid)
+    emb = self._pool(self.params, tokens, valid)
     return np.asarray(losses.l2_normalize(emb))[0]
 
   def _waves(self, audio: AudioInput, sample_rate: int | None) -> tuple[list[np.ndarray], bool]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxclap import sequence
+from jaxclap import cli, sequence
 from jaxclap.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,15 +33,12 @@ def main(argv: list[str]) -> None:
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   logging.info("JAX %s: process %d/%d, %d devices (%s)", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.default_backend())
-  try:
+  # Config, data, missing-file and numerics errors are the user's to fix: one line, exit 2.
+  with cli.exit_on(ValueError, FileNotFoundError, FloatingPointError):
     if "stages" in _CONFIG.value:
       sequence.run_stages(_CONFIG.value, _WORKDIR.value)
     else:
       loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    # Config, data, missing-file and numerics errors are the user's to fix: one line, exit 2.
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 from jaxclap import losses
 from jaxclap.audio import frontend
 from jaxclap.models import m2d
-from jaxclap.train import config as config_lib
+from jaxclap.train import config as config_lib, objectives
 
 FE = frontend.FrontendConfig()
 NORM = (-7.1, 4.2)
@@ -76,7 +76,7 @@ def test_stage1_loss_divides_only_the_clap_feature_path():
            "text_embedding": jax.random.normal(k2, (4, 48))}
 
   def grads(divisor):
-    fn = lambda o: m2d.stage1_loss(o, target, batch, jax.random.key(2), model=model,
+    fn = lambda o: objectives.stage1_loss(o, target, batch, jax.random.key(2), model=model,
                                    frontend_cfg=FE, norm_stats=NORM, clap_weight=0.5,
                                    clap_grad_divisor=divisor)
     (loss, _), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(online)

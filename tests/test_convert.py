@@ -137,7 +137,7 @@ def test_stage1_parity_with_torch_reference(stage1_workdir, stage1_export):
   emb = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
   with torch.no_grad():
     text = torch.nn.functional.normalize(ref.text_proj(torch.from_numpy(emb)), dim=-1)
-  ours = r.objective.text_embed(r.params, r.target, {"text_embedding": emb})
+  ours = r.network.text_embed(r.params, r.target, {"text_embedding": emb})
   assert _maxdiff(text.numpy(), ours) < TOL
 
 
@@ -150,12 +150,12 @@ def test_stage2_parity_and_round_trip(stage2_workdir, stage2_export, tmp_path):
   bert_config = transformers.BertConfig.from_pretrained(str(_minilm_dir()))
   ref = tr.OfficialM2D.from_file(path, bert_config=bert_config)  # Strict, BERT included.
   _audio_parity(ref, r, lengths=(609, 2501))  # 2 s and 10 s: the official-file test.
-  inputs = r.objective.text_inputs(CAPTIONS)
+  inputs = r.network.text_inputs(CAPTIONS)
   with torch.no_grad():
     text = ref.clap_text(torch.from_numpy(inputs["input_ids"]).long(),
                          torch.from_numpy(inputs["attention_mask"]).long(),
                          pooling=r.config.text.pooling)
-  ours = r.objective.text_embed(r.params, {}, inputs)
+  ours = r.network.text_embed(r.params, {}, inputs)
   assert _maxdiff(torch.nn.functional.normalize(text, dim=-1).numpy(), ours) < TOL
 
   out = convert.from_torch(str(path), str(tmp_path / "back"), text_model=MINILM)
@@ -199,11 +199,11 @@ def test_official_file_imports_with_same_outputs(tmp_path):
   r = restore.restore(str(tmp_path / "jax"))
   assert r.norm_stats == pytest.approx((-6.5, 3.9)) and r.config.text.pooling == "cls"
   _audio_parity(model, r, lengths=(201, 1001))
-  inputs = r.objective.text_inputs(CAPTIONS)
+  inputs = r.network.text_inputs(CAPTIONS)
   with torch.no_grad():
     text = model.clap_text(torch.from_numpy(inputs["input_ids"]).long(),
                            torch.from_numpy(inputs["attention_mask"]).long())
-  ours = r.objective.text_embed(r.params, {}, inputs)
+  ours = r.network.text_embed(r.params, {}, inputs)
   assert _maxdiff(torch.nn.functional.normalize(text, dim=-1).numpy(), ours) < TOL
   assert float(r.params["logit_scale"]) == pytest.approx(3.0)
 

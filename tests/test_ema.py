@@ -17,8 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxclap.audio import frontend as fe
-from jaxclap.models import m2d
+from jaxclap.run_meta import RunMeta
 from jaxclap.train import config as config_lib, objectives, step as step_lib
 from jaxclap.train.state import TrainState
 
@@ -52,8 +51,7 @@ def _stage1(total: int) -> objectives.Stage1:
   c.model.size = "test"
   c.model.text_dim = 8
   c.train.ema_start, c.train.ema_end = INIT, END
-  return objectives.build(c, frontend_cfg=fe.FrontendConfig(), total_steps=total,
-                          input_frames=64, sentence_model=None)
+  return objectives.build(c, RunMeta(total_steps=total, input_frames=64))
 
 
 @pytest.mark.parametrize("total", [1, 2, 10])
@@ -82,7 +80,7 @@ def test_ema_decay_per_update_matches_official(total):
 
 def test_ema_decay_function_endpoints():
   for total in (2, 10, 1000):
-    assert float(m2d.ema_decay(0, total, INIT, END)) == pytest.approx(INIT, abs=1e-7)
-    assert float(m2d.ema_decay(total - 1, total, INIT, END)) == pytest.approx(END, abs=1e-7)
-    assert float(m2d.ema_decay(total + 5, total, INIT, END)) == pytest.approx(END, abs=1e-7)
-  assert float(m2d.ema_decay(0, 1, INIT, END)) == pytest.approx(INIT, abs=1e-7)
+    assert float(objectives.ema_decay(0, total, INIT, END)) == pytest.approx(INIT, abs=1e-7)
+    assert float(objectives.ema_decay(total - 1, total, INIT, END)) == pytest.approx(END, abs=1e-7)
+    assert float(objectives.ema_decay(total + 5, total, INIT, END)) == pytest.approx(END, abs=1e-7)
+  assert float(objectives.ema_decay(0, 1, INIT, END)) == pytest.approx(INIT, abs=1e-7)

@@ -19,8 +19,10 @@ from jaxclap.models import features
 from jaxclap.data import build, pipeline
 from jaxclap.audio import frontend
 from jaxclap.data.schema import BadInputError
-from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data
-from jaxclap.models import m2d, masks, patches
+from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data, ft_loop
+from jaxclap.models import masks, patches
+from jaxclap.run_meta import RunMeta
+from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import handoff, objectives
 from jaxclap.train import state as state_lib
 
@@ -61,7 +63,7 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
   x = jax.random.normal(jax.random.key(0), (8, 4, 6))
   y = jax.nn.one_hot(jnp.arange(8) % 5, 5)
   draws = np.random.default_rng(0)
-  lam = jnp.asarray([augment.mixup_lambda(draws, 0.5) for _ in range(8)])
+  lam = jnp.asarray([pipeline.mixup_lambda(draws, 0.5) for _ in range(8)])
   assert 0 < float(lam.min()) and float(lam.max()) < 1 and float(lam.std()) > 0.05
   xm, ym, perm = augment.mixup(rng, x, y, lam)
   perm = np.asarray(perm)
@@ -78,7 +80,7 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
   xn, xmn = np.asarray(x)[:, 0, 0], np.asarray(xm)[:, 0, 0]
   lam_x = (xmn[moved] - xn[perm][moved]) / (xn[moved] - xn[perm][moved])  # Partner ≠ self.
   np.testing.assert_allclose(lam_y[moved], lam_x, rtol=1e-4)
-  assert augment.mixup_lambda(draws, 0.0) == 1.0  # Off: no mixing.
+  assert pipeline.mixup_lambda(draws, 0.0) == 1.0  # Off: no mixing.
   xo, yo, _ = augment.mixup(rng, x, y, jnp.ones(8))
   np.testing.assert_array_equal(xo, x)
   np.testing.assert_array_equal(yo, y)
@@ -188,11 +190,11 @@ def test_masked_training_features_use_the_kept_grid(restored):
 
 
 def test_targets_reject_labels_out_of_range():
-  np.testing.assert_array_equal(ft_data.targets({"label": 2}, 4, "x"), [0, 0, 1, 0])
-  np.testing.assert_array_equal(ft_data.targets({"labels": np.array([0, 3])}, 4, "x"),
+  np.testing.assert_array_equal(pipeline.label_vector({"label": 2}, 4, "x"), [0, 0, 1, 0])
+  np.testing.assert_array_equal(pipeline.label_vector({"labels": np.array([0, 3])}, 4, "x"),
                                 [1, 0, 0, 1])
   with pytest.raises(ValueError, match=r"ds:train\[5\].*clip b'c'.*\[-1\]"):
-    ft_data.targets({"label": -1, "id": b"c"}, 4, "ds:train[5]")
+    pipeline.label_vector({"label": -1, "id": b"c"}, 4, "ds:train[5]")
 
 
 def test_config_presets():
@@ -241,7 +243,7 @@ def test_same_seed_same_run(stage1_workdir, ft_demo_dir, tmp_path):
     c = _config(epochs=1, max_steps=3, seed=seed, batch=8)
     out = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
                                 config=c, workdir=str(tmp_path / name))
-    state, _, _ = handoff.load(str(tmp_path / name))
+    state = ckpt.load(str(tmp_path / name)).state
     return out, {k: v for k, v in _leaves(state).items() if k != "rng"}
 
   (a, pa), (b, pb) = run(0, "a"), run(0, "b")
@@ -360,12 +362,13 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
   assert result["val_split"] == "test" and result["test"] == result["val"]
   assert [tuple(v) for v in result["mask_variants"]] == list(masks.official_variants(5, 8, 0.5))
   assert [tuple(v[:2]) for v in result["mask_variants"]] == [(0, 4), (1, 2), (2, 1), (3, 0)]
-  _, meta, source = handoff.load(workdir)
+  saved = ckpt.load(workdir)
+  meta, source = saved.meta, saved.source
   assert source == result["workdir_checkpoint"]
   assert source.endswith(f"checkpoints/{result['best_step']}")
-  assert (meta["stage"], meta["input_frames"], meta["unit_frames"]) == ("stage1", 128, 128)
-  assert meta["config"]["model"]["pos_table"] == "stored" and meta["step"] == result["best_step"]
-  ft = meta["finetune"]
+  assert (meta.stage, meta.input_frames, meta.unit_frames) == ("stage1", 128, 128)
+  assert meta.config["model"]["pos_table"] == "stored" and meta.step == result["best_step"]
+  ft = meta.finetune
   assert (ft["dataset"], ft["best_epoch"], ft["test"]) == (
       "jaxclap_demo", result["best_epoch"], result["test"])
   assert ft["trained_input_frames"] == 64 and ft["head"].startswith("state/head")
@@ -427,13 +430,14 @@ def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
 def test_finetuned_workdir_starts_stage2(ft_run, demo_data_dir):
   """Stage 2's init.workdir path: its config takes the stored table, the encoder fits."""
   workdir, _, _ = ft_run
-  saved, meta, source = handoff.load(workdir)
+  init = ckpt.load(workdir)
+  saved, meta, source = init.state, init.meta, init.source
   c = small_config("stage2", demo_data_dir)
   c.init.workdir = workdir
-  c.model.pos_table = meta["config"]["model"]["pos_table"]  # As loop.train_and_evaluate.
-  fcfg = restore.restore(workdir).frontend_cfg
-  objective = objectives.build(c, frontend_cfg=fcfg, total_steps=1,
-                               input_frames=int(meta["input_frames"]), sentence_model=None)
+  run_config = json.loads(c.to_json_best_effort())
+  run_config["model"]["pos_table"] = meta.pos_table  # As loop.train_and_evaluate.
+  objective = objectives.build(c, RunMeta(config=run_config, total_steps=1,
+                                          input_frames=meta.input_frames))
   mesh = sharding.make_mesh(data=1, fsdp=1)
   state, _ = state_lib.create_sharded_state(
       init_params=objective.init, tx=optax.sgd(0.1), seed=0, norm_stats=(0.0, 1.0),
@@ -467,3 +471,40 @@ def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
   with pytest.raises(ValueError, match="with another config; use a new workdir"):
     finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
                           config=other, workdir=workdir)
+
+
+# ----------------------------------------------------------------------- the loop
+
+
+class _Clips:
+  """A random-access source of silent one-label clips."""
+
+  def __len__(self):
+    return 4
+
+  def __getitem__(self, i):
+    return {"audio": np.zeros(160, np.int16), "label": i % 2, "id": f"c{i}".encode()}
+
+
+@pytest.mark.parametrize("bad_step,epoch", [(3, 1), (7, 2)])
+def test_loop_names_the_first_non_finite_step(bad_step, epoch):
+  """Losses stay on the device between log lines; a non-finite one is still reported with
+  its own step (not the step where the host looked)."""
+  losses = np.ones(10, np.float32)
+  losses[bad_step - 1], losses[bad_step] = np.nan, np.inf
+
+  @jax.jit
+  def step_fn(params, batch_stats, opt_state, batch, step, track):
+    loss = batch["loss"][step]
+    track = ft_loop.track_loss(track, loss, step)
+    return params, batch_stats, opt_state, {"loss": loss, "grad_norm": loss}, track
+
+  data = ft_loop.EvalData(sources={"val": _Clips()}, samples=160, batch=4, num_classes=2,
+                          dataset="toy")
+  eval_fn = lambda p, bs, b: jnp.zeros((b["audio"].shape[0], 2))
+  with pytest.raises(FloatingPointError, match=rf"loss is nan at step {bad_step} \(epoch "
+                                               rf"{epoch}\)"):
+    ft_loop.train(step_fn=step_fn, eval_fn=eval_fn, schedule=lambda c: 0.1,
+                  params={"w": jnp.zeros(2)}, batch_stats={}, opt_state=(),
+                  batches=iter([{"loss": losses}] * 10), total=10, steps_per_epoch=5,
+                  log_every=1000, eval_data=data, val_split="val", multi_label=False)

@@ -12,8 +12,9 @@ import optax
 import pytest
 
 from configs import finetune as ft_config
-from jaxclap.eval import augment, ft_optim, sampling
+from jaxclap.eval import augment, sampling
 from jaxclap.models import masks
+from jaxclap.train import optim
 
 # ---------------------------------------------------------------------- update rule
 
@@ -60,7 +61,7 @@ def test_timm_lars_matches_numpy(kw):
               for _ in range(5)]
   lrs = [0.0, 0.5, 2.0, 1.5, 0.7]
   expected = _timm_lars_numpy(params, grad_seq, lrs, **kw)
-  tx = ft_optim.timm_lars(lambda count: jnp.asarray(lrs)[count], momentum=0.9,
+  tx = optim.timm_lars(lambda count: jnp.asarray(lrs)[count], momentum=0.9,
                           dampening=kw.get("dampening", 0.0), weight_decay=kw.get("wd", 0.0),
                           nesterov=kw.get("nesterov", False))
   got = _run_optax(tx, {k: jnp.asarray(v) for k, v in params.items()}, grad_seq)
@@ -105,7 +106,7 @@ def _evar_lrs(*, epochs, iters, **kw):
 def test_timm_cosine_schedule_matches_evar_loop(epochs, iters, warmup, lr_min, warmup_lr):
   expected = _evar_lrs(epochs=epochs, iters=iters, lr=2.0, warmup_t=warmup,
                        warmup_lr_init=warmup_lr, lr_min=lr_min)
-  schedule = ft_optim.timm_cosine(lr=2.0, epochs=epochs, warmup_epochs=warmup, lr_min=lr_min,
+  schedule = optim.timm_cosine(lr=2.0, epochs=epochs, warmup_epochs=warmup, lr_min=lr_min,
                                   warmup_lr=warmup_lr, steps_per_epoch=iters)
   got = np.asarray([schedule(k) for k in range(epochs * iters)])
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
@@ -117,7 +118,7 @@ def test_as2m_schedule_and_steps():
   c = ft_config.get_config("as2m")
   total = c.epochs * (c.epoch_clips // c.batch)
   assert total == 70 * 3125
-  _, schedule = ft_optim.make_optimizer(c, total)
+  _, schedule = optim.make_finetune_optimizer(c, total)
   expected = _evar_lrs(epochs=70, iters=3125, lr=2.0, warmup_t=15, warmup_lr_init=0.0,
                        lr_min=1e-7)
   ks = np.r_[0:5, 3124:3128, 15 * 3125 - 2:15 * 3125 + 3, 100_000, total - 3:total]

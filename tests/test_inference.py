@@ -9,16 +9,16 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import soxr
-
 from conftest import write_wav
-from jaxclap import inference
-from jaxclap.models import features
+
+from jaxclap import inference, layers
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
-from jaxclap.models import patches
+from jaxclap.models import clap_heads, features, patches
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,34 @@ def test_matches_features_module_on_chunked_input(models, demo_audio, stage):
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_pooler_matches_head_with_padding(models, stage):
-  """The O(N) head equals the module's audio head; padded tokens change nothing."""
+  """Inference's pooling equals the module's audio head; padded tokens change nothing."""
   m = models[stage]
   tokens = jax.random.normal(jax.random.key(0), (2, 30, m.token_dim))
   want = m.model.apply({"params": m.params}, tokens, method="project_audio")
   padded = np.concatenate([np.asarray(tokens), np.full((2, 10, m.token_dim), 7.0)], axis=1)
   valid = np.arange(40)[None].repeat(2, 0) < 30
-  got = inference._pool(m.params["audio_proj"], padded, valid, kind="semantic", heads=1)
+  got = inference._pool(m.params, padded, valid, model=m.model)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["semantic", "mlp"])
+def test_audio_head_key_mask_and_single_query_block(kind):
+  """Heads with a key mask ignore padding; the pooler's O(N) block equals a full block."""
+  head = clap_heads.audio_head(kind, 24, jnp.float32)
+  tokens = jax.random.normal(jax.random.key(1), (2, 30, 16))
+  params = nn.unbox(head.init(jax.random.key(2), tokens))["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
+                        params)  # Non-zero semantic token and biases.
+  want = head.apply({"params": params}, tokens)
+  padded = jnp.concatenate([tokens, jnp.full((2, 10, 16), 7.0)], axis=1)
+  valid = jnp.arange(40)[None].repeat(2, 0) < 30
+  np.testing.assert_allclose(head.apply({"params": params}, padded, valid), want, atol=1e-5)
+  if kind == "semantic":  # The old form: every token through the whole block, then row 0.
+    x = jnp.concatenate([jnp.broadcast_to(params["sem_token"], (2, 1, 16)), tokens], axis=1)
+    x = layers.Block(1, 1.0, 1e-5).apply({"params": params["sem_block_0"]}, x)[:, 0]
+    x = nn.LayerNorm(1e-5).apply({"params": params["norm"]}, x)
+    full = nn.Dense(24).apply({"params": params["out_proj"]}, x)
+    np.testing.assert_allclose(want, full, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -251,7 +271,7 @@ def test_text_embedding_and_zero_shot(models, demo_audio, stage):
 _MEMORY_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from jaxclap import inference
+from jaxclap import inference, layers
 m = inference.load(sys.argv[1], progress=False)
 x = 0.1 * np.random.default_rng(0).standard_normal(int(float(sys.argv[2]) * 60 * 16000),
                                                   dtype=np.float32)

@@ -14,8 +14,9 @@ from jaxclap import convert
 from jaxclap import restore as restore_lib
 from jaxclap.audio import frontend as fe
 from jaxclap.data import pipeline
+from jaxclap.run_meta import RunMeta
+from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import objectives
-from jaxclap.train import handoff
 
 from conftest import small_config
 
@@ -39,10 +40,10 @@ def wide_stage2(stage1_workdir, demo_data_dir, tmp_path_factory):
 def _validation_embeddings(config, workdir, data_dir):
   """Audio embeddings computed as the trainer's validation computes them."""
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
-  state, meta, _ = handoff.load(workdir)
+  saved = ckpt.load(workdir)
+  state, meta = saved.state, saved.meta
   # The trainer builds its objective with the stage-1 table width and its own crop.
-  objective = objectives.build(config, frontend_cfg=fcfg, total_steps=1,
-                               input_frames=int(meta["input_frames"]), sentence_model=None)
+  objective = objectives.build(config, RunMeta(total_steps=1, input_frames=meta.input_frames))
   crop = (config.data.crop_frames - 1) * fcfg.hop_length
   loader = pipeline.make_loader([pipeline.open_source("jaxclap_demo", "train", data_dir)],
                                 None, global_batch=16, crop_samples=crop, seed=0,
@@ -72,8 +73,8 @@ def test_validation_embedding_equals_loaded_model(wide_stage2, demo_data_dir):
 
 def test_meta_records_the_grid_and_export_uses_it(wide_stage2, tmp_path):
   _, workdir = wide_stage2
-  _, meta, _ = handoff.load(workdir)
-  assert meta["input_frames"] == STAGE1_FRAMES and meta["unit_frames"] == STAGE2_FRAMES
+  meta = ckpt.load(workdir).meta
+  assert meta.input_frames == STAGE1_FRAMES and meta.unit_frames == STAGE2_FRAMES
   restored = restore_lib.restore(workdir)
   state, name, notes = convert.export_state(restored)
   assert name.frames == STAGE2_FRAMES
@@ -83,6 +84,6 @@ def test_meta_records_the_grid_and_export_uses_it(wide_stage2, tmp_path):
 
 
 def test_stage1_grid_is_its_crop(stage1_workdir):
-  _, meta, _ = handoff.load(stage1_workdir)
-  assert meta["unit_frames"] == meta["input_frames"] == STAGE1_FRAMES
+  meta = ckpt.load(stage1_workdir).meta
+  assert meta.unit_frames == meta.input_frames == STAGE1_FRAMES
   assert jaxclap.load(stage1_workdir, progress=False).unit_frames == STAGE1_FRAMES

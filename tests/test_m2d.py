@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.models import features
+from jaxclap import losses
 from jaxclap.audio import frontend
-from jaxclap.models import m2d, patches
+from jaxclap.models import features, m2d, patches
+from jaxclap.train import objectives
 
 FE = frontend.FrontendConfig()
 NORM = (-7.1, 4.2)
@@ -36,8 +37,16 @@ def small():
   return model, nn.unbox(online), nn.unbox(target)
 
 
+def clap_embeddings(online, batch, *, model):
+  """L2-normalised (audio, text) CLAP embeddings with all patches visible."""
+  x = frontend.waveform_input(batch, FE, NORM)
+  audio = features.clap_audio_embedding(online, x, model=model)
+  text = model.apply({"params": online}, batch["text_embedding"], method=m2d.M2D.project_text)
+  return audio, losses.l2_normalize(text.astype(jnp.float32))
+
+
 def loss_fn(model, target, batch, rng):
-  return lambda o: m2d.stage1_loss(o, target, batch, rng, model=model, frontend_cfg=FE,
+  return lambda o: objectives.stage1_loss(o, target, batch, rng, model=model, frontend_cfg=FE,
                                    norm_stats=NORM)
 
 
@@ -66,11 +75,11 @@ def test_ema_decay_schedule_and_update():
   for step in (0, 1, 250, 999, 1000, 5000):  # Official: interp = step / (total - 1).
     expected = 0.99995 + (0.99999 - 0.99995) * min(step / (total - 1), 1.0)
     # float32 resolution near 1 is 6e-8 (0.1% of 1 - decay; harmless for the EMA).
-    assert float(m2d.ema_decay(step, total)) == pytest.approx(expected, abs=1e-7)
+    assert float(objectives.ema_decay(step, total)) == pytest.approx(expected, abs=1e-7)
   rng = np.random.default_rng(0)
   tgt = {"a": rng.standard_normal((3, 4)), "b": {"c": rng.standard_normal(5)}}
   onl = {"a": rng.standard_normal((3, 4)), "b": {"c": rng.standard_normal(5)}}
-  out = m2d.ema_update(jax.tree.map(jnp.asarray, tgt), jax.tree.map(jnp.asarray, onl), 0.9)
+  out = objectives.ema_update(jax.tree.map(jnp.asarray, tgt), jax.tree.map(jnp.asarray, onl), 0.9)
   np.testing.assert_allclose(out["a"], 0.9 * tgt["a"] + 0.1 * onl["a"], rtol=1e-6)
   np.testing.assert_allclose(out["b"]["c"], 0.9 * tgt["b"]["c"] + 0.1 * onl["b"]["c"],
                              rtol=1e-6)
@@ -78,7 +87,7 @@ def test_ema_decay_schedule_and_update():
 
 def test_clamp_logit_scale():
   for value, expected in ((-1.0, 0.0), (2.0, 2.0), (9.0, math.log(100))):
-    out = m2d.clamp_logit_scale({"logit_scale": jnp.float32(value), "x": 1})
+    out = objectives.clamp_logit_scale({"logit_scale": jnp.float32(value), "x": 1})
     assert float(out["logit_scale"]) == pytest.approx(expected, abs=1e-6) and out["x"] == 1
 
 
@@ -99,7 +108,9 @@ def test_init_structure(small):
 
 def test_param_logical_specs(small):
   model, _, _ = small
-  online_specs, target_specs = m2d.param_logical_specs(model, n_frames=208, text_dim=768)
+  shapes = jax.eval_shape(lambda r: m2d.init_params(model, r, n_frames=208, text_dim=768),
+                          jax.random.key(0))
+  online_specs, target_specs = nn.get_partition_spec(shapes)
   assert tuple(online_specs["logit_scale"]) == ()
   assert tuple(target_specs["block_1"]["mlp"]["fc2"]["kernel"]) == ("mlp", "embed")
   assert tuple(online_specs["predictor"]["mask_token"]) == (None, None, "embed")
@@ -109,7 +120,7 @@ def test_stage1_loss_grads_and_clap_at_init(small):
   model, online, target = small
   batch = make_batch(8, 208, 768)
   grad_fn = jax.jit(jax.value_and_grad(
-      lambda o, t: m2d.stage1_loss(o, t, batch, jax.random.key(2), model=model,
+      lambda o, t: objectives.stage1_loss(o, t, batch, jax.random.key(2), model=model,
                                    frontend_cfg=FE, norm_stats=NORM),
       argnums=(0, 1), has_aux=True))
   (loss, metrics), (grads, g_target) = grad_fn(online, target)
@@ -163,7 +174,7 @@ def test_base_shapes(frames):
   assert out["pred"].shape == (2, n - v, 768)
   assert out["target_in"].shape == (2, 1 + n - v, 768)
   assert out["audio_emb"].shape == out["text_emb"].shape == (2, 768)
-  loss = jax.eval_shape(lambda o, t, b: m2d.stage1_loss(o, t, b, jax.random.key(0),
+  loss = jax.eval_shape(lambda o, t, b: objectives.stage1_loss(o, t, b, jax.random.key(0),
                                                         model=model, frontend_cfg=FE,
                                                         norm_stats=NORM), online, target, batch)
   assert loss[0].shape == () and loss[1]["loss_clap"].shape == ()
@@ -184,8 +195,7 @@ def test_bf16_stage1_loss_runs(small):
 def test_clap_embeddings_and_features(small):
   model, online, _ = small
   batch = make_batch(3, 208, 768)
-  audio, text = jax.jit(lambda o, b: m2d.clap_embeddings(
-      o, b, model=model, frontend_cfg=FE, norm_stats=NORM))(online, batch)
+  audio, text = jax.jit(lambda o, b: clap_embeddings(o, b, model=model))(online, batch)
   assert audio.shape == text.shape == (3, 768)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(audio), axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(text), axis=-1), 1.0, rtol=1e-5)

@@ -80,9 +80,9 @@ def test_parse_sources_weights_all_or_none():
 
 
 def test_paper_configs_give_no_weights_and_name_vggsound():
-  from configs import stage1
+  from configs import stage1, stage2
 
-  for c in (stage1.get_config(), config_lib.paper_stage2()):
+  for c in (stage1.get_config(), stage2.get_config()):
     specs = config_lib.parse_sources(c.data.train, with_weight=True)
     assert mixture.spec_weights(specs) is None
     names = [n for n, *_ in specs]

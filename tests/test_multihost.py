@@ -21,13 +21,14 @@ if n > 1:
 import numpy as np
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
+from jaxclap.run_meta import RunMeta
 from jaxclap.train import config as config_lib, objectives, optim, state as state_lib, step as step_lib
 c = config_lib.base_config()
 c.model.size = "test"; c.model.predictor_width = 32; c.model.predictor_depth = 1
 c.model.predictor_heads = 2; c.model.clap_dim = 32; c.model.text_dim = 24
 c.data.crop_frames = 64; c.train.global_batch = 8; c.optim.warmup_epochs = 1.0; c.model.mask_ratio = 0.5
 fcfg = fe.FrontendConfig()
-objective = objectives.build(c, frontend_cfg=fcfg, total_steps=10, input_frames=64, sentence_model=None)
+objective = objectives.build(c, RunMeta(total_steps=10, input_frames=64))
 sched = optim.learning_rate(c.optim, global_batch=8, steps_per_epoch=2, total_steps=10)
 tx = optim.make_optimizer(c.optim, sched)
 rng = np.random.default_rng(0)

@@ -100,6 +100,47 @@ def test_split_time_chunks_as_official_runtime():
       608, 608]
 
 
+def _official_chunks(x: np.ndarray, unit: int, p: int) -> list[np.ndarray]:
+  """m2d runtime_audio.encode_lms: pad the whole input, then slice whole units."""
+  pad = (p - (x.shape[-1] % unit % p)) % p
+  x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  return [x[..., i * unit:(i + 1) * unit] for i in range(-(-(x.shape[-1] - pad) // unit))]
+
+
+@pytest.mark.parametrize("unit", [64, 100, 1001])
+def test_split_time_chunks_numpy_and_jax_match_the_official_slicing(unit):
+  """One splitter for the host (numpy views) and jitted code; a unit that is no patch
+  multiple (1001) caps the last chunk at the unit, as the official slicing does."""
+  for t in (1, 15, 16, 63, 64, 65, 100, 999, 1000, 1001, 2000, 2002, 3000):
+    x = np.random.default_rng(t).standard_normal((2, 4, t)).astype(np.float32)
+    want = _official_chunks(x, unit, 16)
+    host = patches.split_time_chunks(x, unit, 16)
+    assert all(isinstance(c, np.ndarray) for c in host)
+    for got in (host, patches.split_time_chunks(jnp.asarray(x), unit, 16)):
+      assert len(got) == len(want), (unit, t)
+      for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(g), w)
+    for g, w in zip(patches.split_time_chunks(x[0], unit, 16), want):  # [F, T] input.
+      np.testing.assert_array_equal(g, w[0])
+    whole = patches.split_time_chunks(x, unit, 16, whole_units=True)
+    assert all(c.shape[-1] == unit for c in whole)
+    np.testing.assert_array_equal(np.concatenate(whole, axis=-1)[..., :t], x)
+    assert not np.concatenate(whole, axis=-1)[..., t:].any()
+
+
+def test_encode_chunks_in_one_batch_equals_chunk_by_chunk():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((3, 32, 100)).astype(np.float32))
+  encode = lambda c: patches.patchify(c, 16)[..., :5] + jnp.mean(c, axis=(1, 2))[:, None, None]
+  single = patches.encode_chunks(encode, x, 48, 16)
+  batched = patches.encode_chunks(encode, x, 48, 16, one_batch=True)
+  assert [c.shape for c in batched] == [(3, 6, 5)] * 3  # The last chunk: a whole unit.
+  for s, b in zip(single[:2], batched[:2]):
+    np.testing.assert_allclose(b, s, rtol=1e-6)
+  np.testing.assert_allclose(batched[2][:, [0, 3]], encode(
+      jnp.pad(x[..., 96:], ((0, 0), (0, 0), (0, 44))))[:, [0, 3]], rtol=1e-6)
+
+
 def test_encode_in_chunks_concatenates_frame_features():
   rng = np.random.default_rng(3)
   x = rng.standard_normal((2, 32, 100)).astype(np.float32)

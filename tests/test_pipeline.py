@@ -174,3 +174,65 @@ def test_bad_arguments(train, hash_demo_data_dir):
 def test_default_process_layout_comes_from_jax(train):
   loader = pipeline.make_loader(train, global_batch=4, crop_samples=CROP, seed=0)
   assert _take(loader, 1)[0]["audio"].shape == (4, CROP)  # Single process: whole batch.
+
+
+def test_one_source_reads_in_its_own_order(train):
+  """One source (with or without a weight) is read in its own order: record k at key k."""
+  for weights in (None, [2.0]):
+    mixed = pipeline.MixedSource([train], weights)
+    assert len(mixed) == len(train)
+    for k in (0, 1, len(train) - 1, len(train) + 2):
+      got = mixed[k]
+      assert (got["source"], got["index"]) == (0, k % len(train))
+      np.testing.assert_array_equal(got["record"]["audio"], train[k % len(train)]["audio"])
+
+
+class _Records:
+  """A random-access source over a list of records."""
+
+  def __init__(self, records):
+    self._records = records
+
+  def __len__(self):
+    return len(self._records)
+
+  def __getitem__(self, i):
+    return self._records[i]
+
+
+def test_labelled_examples_carry_a_label_vector_and_mixup_weight(train):
+  """num_classes: crops of the record with its multi-hot target and a Beta(α, α) λ."""
+  unshuffled = dict(shuffle=False, num_epochs=1, global_batch=8, num_classes=13,
+                    where="demo:train")
+  batch = _take(_loader(train, mixup=0.5, **unshuffled), 1)[0]
+  assert set(batch) == {"audio", "audio_len", "target", "mix_lambda"}
+  assert batch["target"].dtype == np.float32 and batch["mix_lambda"].dtype == np.float32
+  assert 0 < batch["mix_lambda"].min() and batch["mix_lambda"].max() < 1
+  for row in range(8):  # Unshuffled: row k is record k.
+    rec = train[row]
+    np.testing.assert_array_equal(batch["target"][row], np.eye(13)[rec["label"]])
+    pcm = np.round(batch["audio"][row] * 32768).astype(np.int16)
+    windows = np.lib.stride_tricks.sliding_window_view(rec["audio"], CROP)
+    assert (windows == pcm).all(axis=1).any()
+  plain = _take(_loader(train, mixup=0.0, **unshuffled), 1)[0]
+  assert (plain["mix_lambda"] == 1.0).all()
+  # λ is drawn after the crop from the same generator: the crops do not depend on it.
+  np.testing.assert_array_equal(plain["audio"], batch["audio"])
+  assert _equal(_take(_loader(train, mixup=0.5, **unshuffled), 1), [batch])
+  # Labelled sources need no captions.
+  bare = _Records([{"audio": train[i]["audio"], "labels": np.array([0, 2]), "id": b"x"}
+                   for i in range(4)])
+  out = _take(_loader(bare, global_batch=4, num_classes=3, where="bare"), 1)[0]
+  np.testing.assert_array_equal(out["target"], [[1, 0, 1]] * 4)
+  with pytest.raises(ValueError, match=r"bare: clip b'x' has labels \[0, 2\], outside \[0, 2\)"):
+    _take(_loader(bare, global_batch=4, num_classes=2, where="bare"), 1)
+
+
+def test_crop_clip_pads_short_clips_and_keeps_their_length():
+  audio = np.arange(1, 11, dtype=np.int16)
+  out, n = pipeline.crop_clip(audio, 4, 3)
+  np.testing.assert_array_equal(out, [4, 5, 6, 7])
+  assert n == 4
+  out, n = pipeline.crop_clip(audio, 6, 7)
+  np.testing.assert_array_equal(out, [8, 9, 10, 0, 0, 0])
+  assert n == 3 and out.dtype == np.int16

@@ -9,6 +9,7 @@ import pytest
 
 from jaxclap.audio import frontend as fe
 from jaxclap.models import m2d
+from jaxclap.train import objectives
 
 
 @functools.lru_cache(maxsize=None)  # The "none" reference serves every test in a worker.
@@ -25,7 +26,7 @@ def _loss_and_grad(remat: str, batch: int = 2, size: str = "test"):
           "text_embedding": jnp.asarray(rng.standard_normal((batch, 16)), jnp.float32)}
 
   def loss(p):
-    return m2d.stage1_loss(p, target, data, jax.random.key(1), model=model,
+    return objectives.stage1_loss(p, target, data, jax.random.key(1), model=model,
                            frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2),
                            clap_weight=0.01)[0]
 

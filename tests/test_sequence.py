@@ -6,7 +6,7 @@ import pytest
 from configs import demo
 from conftest import small_config
 from jaxclap import sequence
-from jaxclap.train import handoff
+from jaxclap.train import checkpoint as ckpt
 
 
 @pytest.mark.slow
@@ -28,9 +28,9 @@ def test_stages_chain_and_write_plots(demo_data_dir, tmp_path, capsys):
   assert results["stage1_1"]["task"] == "finetune" and results["stage1_1"]["steps"] == 3
   assert results["stage2"]["start_step"] == 0 and results["stage2"]["end_step"] == 2
   # Stage 2 started from the fine-tuned encoder (stage 1.1), not from stage 1.
-  s11, _, _ = handoff.load(str(tmp_path / "stage1_1"))
-  s1, _, _ = handoff.load(str(tmp_path / "stage1"))
-  s2, _, _ = handoff.load(str(tmp_path / "stage2"))
+  s11 = ckpt.load(str(tmp_path / "stage1_1")).state
+  s1 = ckpt.load(str(tmp_path / "stage1")).state
+  s2 = ckpt.load(str(tmp_path / "stage2")).state
   kernel = lambda s: s["encoder"]["body"]["block_0"]["attn"]["qkv"]["kernel"]
   assert (kernel(s2["frozen"]) == kernel(s11["params"])).all()
   assert not (kernel(s2["frozen"]) == kernel(s1["params"])).all()

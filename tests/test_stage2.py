@@ -1,14 +1,18 @@
 """Stage 1 → 2 → 2.1 handoff through Orbax checkpoints, frozen encoder, clear errors."""
 
+import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from jaxclap.train import handoff, loop
 from conftest import small_config
+
+from jaxclap import restore
+from jaxclap.text.registry import DEFAULT_TEXT_MODEL, resolve_text_model
+from jaxclap.train import checkpoint as ckpt
+from jaxclap.train import loop
 
 
 def _stage1(data_dir):
@@ -53,8 +57,9 @@ def test_stage2_takes_encoder_bit_exactly_and_keeps_it_frozen(chain):
 @pytest.mark.slow
 def test_stage2_1_starts_from_stage2(chain, demo_data_dir):
   cfg = _stage2(demo_data_dir, chain / "s2", stage="stage2_1")
-  saved, meta, source = handoff.load(str(chain / "s2"))
-  assert meta["stage"] == "stage2" and meta["input_frames"] == 64
+  s2 = ckpt.load(str(chain / "s2"))
+  saved, meta = s2.state, s2.meta
+  assert meta.stage == "stage2" and meta.input_frames == 64
   summary = loop.train_and_evaluate(cfg, str(chain / "s21"))
   assert summary["start_step"] == 0 and summary["end_step"] == 2
   s21 = _state(chain / "s21", 2)
@@ -80,3 +85,34 @@ def test_mismatched_model_size_lists_parameters(chain, demo_data_dir, tmp_path):
   c.model.clap_dim = 192
   with pytest.raises(ValueError, match=r"Cannot start from .*shape of encoder/"):
     loop.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+@pytest.mark.slow
+def test_stage2_restores_from_its_checkpoint_alone(chain, demo_data_dir, tmp_path):
+  """The text tower's config and tokenizer travel with the checkpoint: no folder is read."""
+  folder = tmp_path / "minilm"
+  shutil.copytree(resolve_text_model(DEFAULT_TEXT_MODEL), folder)
+  c = _stage2(demo_data_dir, chain / "s1")
+  c.text.model = str(folder)
+  workdir = str(tmp_path / "s2")
+  loop.train_and_evaluate(c, workdir)
+  before = restore.restore(workdir)
+  captions = ["a dog barks", "rain falls on a tin roof"]
+  want = np.asarray(before.network.text_embed(before.params, {},
+                                              before.network.text_inputs(captions)))
+  shutil.rmtree(folder)
+  after = restore.restore(workdir)
+  inputs = after.network.text_inputs(captions)
+  np.testing.assert_array_equal(inputs["input_ids"],
+                                before.network.text_inputs(captions)["input_ids"])
+  np.testing.assert_allclose(np.asarray(after.network.text_embed(after.params, {}, inputs)), want,
+                             rtol=0, atol=1e-6)
+  # A checkpoint written before the text assets were saved still reads the folder: gone here.
+  step_dir = Path(after.source)
+  shutil.rmtree(step_dir / "text")
+  with pytest.raises(FileNotFoundError, match="minilm"):
+    restore.restore(workdir)
+  shutil.copytree(resolve_text_model(DEFAULT_TEXT_MODEL), folder)
+  old = restore.restore(workdir)
+  np.testing.assert_allclose(np.asarray(old.network.text_embed(old.params, {}, inputs)), want,
+                             rtol=0, atol=1e-6)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxclap.audio import frontend as fe
-from jaxclap.models import clap, masks
+from jaxclap.models import build, clap, masks
+from jaxclap.run_meta import RunMeta
 from jaxclap.train import config as config_lib, objectives
 
 GRID_F, GRID_T = 5, 8  # 80 mel bins × 128 frames, 16×16 patches.
@@ -35,8 +36,9 @@ def _tokenize(texts):
 
 def _stage2(variants) -> objectives.Stage2:
   model = clap.CLAP(text_tower=_TinyText(), size="test", input_frames=N_FRAMES, clap_dim=64)
-  return objectives.Stage2(model=model, frontend_cfg=fe.FrontendConfig(), n_frames=N_FRAMES,
-                           tokenizer=_tokenize, init_text=None, mask_variants=variants)
+  net = build.CLAPNetwork(model=model, frontend_cfg=fe.FrontendConfig(), n_frames=N_FRAMES,
+                          tokenizer=_tokenize, init_text=None)
+  return objectives.Stage2(net=net, mask_variants=variants)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_build_takes_the_counts_knob(counts, monkeypatch):
   from jaxclap.text import tower as text_tower
 
   monkeypatch.setattr(text_tower, "build_text_tower",
-                      lambda cfg, out_dim, dtype: (_TinyText(out_dim), _tokenize, None))
+                      lambda cfg, out_dim, dtype, assets: (_TinyText(out_dim), _tokenize, None))
   c = config_lib.base_config()
   c.stage = "stage2"
   c.model.size = "test"
@@ -122,8 +124,7 @@ def test_build_takes_the_counts_knob(counts, monkeypatch):
   c.data.crop_frames = N_FRAMES
   c.model.structured_mask = 0.3
   c.model.structured_mask_counts = counts
-  obj = objectives.build(c, frontend_cfg=fe.FrontendConfig(), total_steps=1,
-                         input_frames=N_FRAMES, sentence_model=None)
+  obj = objectives.build(c, RunMeta(total_steps=1, input_frames=N_FRAMES))
   assert obj.mask_variants == masks.stage2_variants(GRID_F, GRID_T, 0.3, counts)
   assert config_lib.base_config().model.structured_mask_counts == "official"
   c.model.structured_mask_counts = "per_example"

@@ -136,9 +136,10 @@ LONG = " ".join(["a violin plays a slow melody while rain falls on a tin roof"] 
 @pytest.fixture(scope="module")
 def paper_tokenizer():
   """The tower and tokenizer of the paper's text config (default max_len) on MiniLM."""
+  from configs import stage2
   from jaxclap.train import config as config_lib
 
-  cfg = config_lib.paper_stage2().text.to_dict()
+  cfg = stage2.get_config().text.to_dict()
   assert cfg["max_len"] == config_lib.base_config().text.max_len == 512
   tower, tok, init_params = text_tower.build_text_tower(
       {**cfg, "model": TEXT_MODEL, "pooling": "cls"}, out_dim=384)

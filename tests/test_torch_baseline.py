@@ -11,6 +11,7 @@ import torch
 
 from jaxclap.audio import frontend
 from jaxclap.models import m2d
+from jaxclap.train import objectives
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import torch_m2d  # noqa: E402  (a bench script module, not part of the package)
@@ -46,7 +47,7 @@ def pair():
 def test_torch_loss_matches_jax(pair):
   model, online, target, tmodel, batch = pair
   key = jax.random.key(7)
-  loss, metrics = jax.jit(lambda o, t, b: m2d.stage1_loss(
+  loss, metrics = jax.jit(lambda o, t, b: objectives.stage1_loss(
       o, t, b, key, model=model, frontend_cfg=FE, norm_stats=NORM, clap_weight=0.5))(
           online, target, batch)
   # stage1_loss draws its masks with sample_masks(key, ...): hand PyTorch the same ones.

@@ -1,7 +1,6 @@
 """Stage-1 training end to end: resume after SIGKILL/SIGTERM, NaN stop, config errors."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -141,17 +141,37 @@ def test_embed_uses_truncated_positions_for_short_input():
 
 def test_key_mask_equals_dropping_padded_keys():
   """Masked keys contribute nothing: same output as attention over the real keys only."""
-  import jax
-  import numpy as np
-  from jaxclap.models import vit
   rng = np.random.default_rng(0)
-  q, k, v = (jax.numpy.asarray(rng.standard_normal((2, 7, 2, 4)), jax.numpy.float32)
-             for _ in range(3))
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 7, 2, 4)), jnp.float32) for _ in range(3))
   mask = np.ones((2, 7), np.int32)
   mask[:, 5:] = 0
-  masked = layers.attention(q, k, v, jax.numpy.asarray(mask))
+  masked = layers.attention(q, k, v, jnp.asarray(mask))
   short = layers.attention(q, k[:, :5], v[:, :5])
   np.testing.assert_allclose(np.asarray(masked), np.asarray(short), atol=1e-6)
+
+
+def test_attention_dropout_draws_as_flax():
+  """With a key mask and dropout: flax's dot_product_attention, same keep mask (BERT's)."""
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 3, 8))
+  mask = jnp.arange(7)[None].repeat(2, 0) < jnp.array([[7], [4]])
+  rng = jax.random.key(5)
+  got = layers.attention(q, k, v, mask, dropout_rate=0.3, dropout_rng=rng)
+  want = nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], dropout_rate=0.3,
+                                   dropout_rng=rng, deterministic=False)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(np.asarray(got), np.asarray(layers.attention(q, k, v, mask)))
+
+
+def test_block_num_queries_equals_first_rows_of_full_block():
+  """A block computing only its first tokens' outputs gives those rows of the full block."""
+  block = layers.Block(heads=2, mlp_ratio=2.0)
+  x = jax.random.normal(jax.random.key(1), (2, 9, 16))
+  mask = jnp.arange(9)[None].repeat(2, 0) < jnp.array([[9], [6]])
+  params = block.init(jax.random.key(2), x)
+  full = block.apply(params, x, mask)
+  first = block.apply(params, x, mask, 2)
+  assert first.shape == (2, 2, 16)
+  np.testing.assert_allclose(np.asarray(first), np.asarray(full[:, :2]), atol=1e-5)
 
 
 def test_stored_position_table_starts_as_sincos_and_stays_fixed():

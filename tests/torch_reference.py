@@ -1,6 +1,6 @@
 """A small PyTorch reference of the official M2D / M2D-CLAP network, for conversion tests.
 
-Written from the layout facts (REFERENCE.md, "Official PyTorch checkpoint layout"): official
+Written from the layout facts (docs/method.md, "Official checkpoint layout"): official
 key names, pre-norm ViT blocks (timm `Block` equivalents from bench/torch_m2d.py, which has
 the same `norm1/attn.qkv/attn.proj/norm2/mlp.fc1/mlp.fc2` names), the 2025 semantic-token
 pooler and 2024 MLP `audio_proj` heads, and a `transformers.BertModel` under

@@ -18,7 +18,6 @@ import librosa
 import numpy as np
 
 LOG_EPS = float(np.finfo(np.float32).eps)
-DEFAULT_NORM_STATS = (-7.1, 4.2)
 
 
 @dataclasses.dataclass(frozen=True)

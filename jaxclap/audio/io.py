@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import librosa
 import numpy as np
 import soundfile as sf
 import soxr
@@ -34,8 +35,6 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
 
 def _read_librosa(path: str) -> tuple[np.ndarray, int]:
   """Fallback reader (audioread backends) for what libsndfile cannot open."""
-  import librosa  # Heavy import; only needed for the rare fallback.
-
   with warnings.catch_warnings():
     # librosa warns that it falls back to audioread; the caller already knows.
     warnings.simplefilter("ignore")
@@ -111,6 +110,11 @@ def float_to_pcm16(x: np.ndarray) -> np.ndarray:
   return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 
-def pcm16_to_float(x: np.ndarray) -> np.ndarray:
-  """Converts int16 PCM to float32 in [-1, 1)."""
-  return np.asarray(x, np.int16).astype(np.float32) / np.float32(_PCM16_SCALE)
+def pcm16_to_float(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+  """Converts int16 PCM to float32 in [-1, 1); into `out` (float32, x's shape) when given.
+
+  Multiplying by 2**-15 is exact, so this equals dividing by the scale, bit for bit; with
+  `out` no intermediate float copy is made (the loader fills batch rows in place).
+  """
+  return np.multiply(np.asarray(x, np.int16), np.float32(1.0 / _PCM16_SCALE), out=out,
+                     dtype=np.float32)

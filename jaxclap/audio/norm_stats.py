@@ -10,6 +10,10 @@ import numpy as np
 
 from jaxclap.audio import frontend
 
+# The statistics official M2D code falls back to; a fresh jaxclap run computes its own, and a
+# converted official file without `norm_stats` uses these.
+LEGACY_NORM_STATS = (-7.1, 4.2)
+
 
 def _batch_sums(audio: jax.Array, audio_len: jax.Array,
                 cfg: frontend.FrontendConfig) -> tuple[jax.Array, jax.Array, jax.Array]:

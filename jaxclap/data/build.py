@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import tensorflow_datasets as tfds
+from absl import app, flags
 
-from jaxclap import paths
-from jaxclap.data import builders
-from jaxclap.data import folder_builders
+from jaxclap import cli, paths
+from jaxclap.data import builders, folder_builders
 from jaxclap.data.schema import TextEmbedder
 from jaxclap.text.registry import DEFAULT_TEXT_MODEL
 from jaxclap.text.sentence import load_sentence_embedder
@@ -187,26 +187,20 @@ def format_summary(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) -> int:
-  """CLI body; returns the process exit code."""
-  from absl import flags  # Flags are parsed only by the CLI.
-
+  """CLI body; returns the exit code (a failure exits with 1 after one line on stderr)."""
   f = flags.FLAGS
   del argv
-  try:
+  # Any failure: one line and exit code 1.
+  with cli.exit_on(Exception, code=1, prefix=f"building {f.dataset!r} failed: ", name_type=True):
     info = build(f.dataset, f.data_dir, text_model=f.text_model, manual_dir=f.manual_dir,
                  skip_bad=f.skip_bad, num_clips=f.num_clips, seed=f.seed,
                  embedding_dtype=f.embedding_dtype, backend=f.backend,
                  merge_captions=f.merge_captions)
-  except Exception as e:  # Report any failure as one line and a non-zero exit code.
-    print(f"error: building {f.dataset!r} failed: {type(e).__name__}: {e}", file=sys.stderr)
-    return 1
   print(format_summary(info))
   return 0
 
 
 def _define_flags() -> None:
-  from absl import flags
-
   flags.DEFINE_string("dataset", DEMO, "jaxclap_demo, captioned_folder/<name> or "
                       "labelled_folder/<name>.")
   flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data dir (env JAXCLAP_DATA_DIR).")
@@ -225,7 +219,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
-
   _define_flags()
   app.run(lambda argv: sys.exit(main(argv)))

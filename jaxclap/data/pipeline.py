@@ -8,6 +8,10 @@ training, a clip shorter than `min_samples` (6.1 s) first gets zeros appended as
 crop is then zero-padded and keeps its true length in `audio_len`, so the front end pads
 it in the log-mel domain (audio_dataset.py pads the log-mel with 0).
 
+With `num_classes` (fine-tuning) an example carries a label vector instead: the crop,
+`target` (multi-hot of the record's `labels`, else one-hot of `label`) and a mixup weight
+`mix_lambda` drawn after the crop.
+
 Determinism: every random choice comes from grain's per-record rng (seeded by
 `seed` and the record's position in the sampled stream), records are batched in
 the consuming process, so batches are identical for any `num_workers`. The
@@ -20,10 +24,15 @@ import dataclasses
 from typing import Any, Sequence
 
 import grain
+import jax
 import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
 
+from jaxclap import paths
+from jaxclap.audio import io as audio_io
 from jaxclap.data import mixture
-
+from jaxclap.data.build import DEFAULT_DATA_DIR
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
 DEFAULT_CROP_SAMPLES = 97_120
@@ -32,11 +41,6 @@ CAPTION_CHOICES = ("random", "first")
 
 def open_source(name: str, split: str = "train", data_dir: str | None = None) -> Any:
   """The TFDS random-access source of a built dataset split (no TensorFlow)."""
-  import tensorflow_datasets as tfds  # Imported here: only opening sources needs it.
-
-  from jaxclap import paths
-  from jaxclap.data.build import DEFAULT_DATA_DIR
-
   data_dir = paths.data_dir(data_dir or DEFAULT_DATA_DIR)
   return tfds.data_source(name, split=split, data_dir=data_dir,
                           builder_kwargs={"file_format": "array_record"})
@@ -60,6 +64,10 @@ class MixedSource:
       if n == 0:
         raise ValueError(f"source {i} ({self._sources[i]!r}) has no records")
     counts = mixture.epoch_counts(lengths, weights)
+    if len(self._sources) == 1:  # One source: the identity order, without index arrays.
+      self._which = self._record = None
+      self._len = int(counts[0])
+      return
     # Spread each source's slots evenly over the epoch, then merge by position.
     which = np.concatenate([np.full(c, i, np.int32) for i, c in enumerate(counts)])
     slot = np.concatenate([np.arange(c) for c in counts])
@@ -67,17 +75,62 @@ class MixedSource:
     order = np.lexsort((which, position))
     self._which = which[order]
     self._record = (slot[order] % lengths[self._which]).astype(np.int64)
+    self._len = len(self._which)
 
   def __len__(self) -> int:
-    return len(self._which)
+    return self._len
 
   def __getitem__(self, key: int) -> dict[str, Any]:
     key = int(key) % len(self)
-    source, index = int(self._which[key]), int(self._record[key])
+    if self._which is None:
+      source, index = 0, key
+    else:
+      source, index = int(self._which[key]), int(self._record[key])
     return {"record": self._sources[source][index], "source": source, "index": index}
 
   def __repr__(self) -> str:
     return f"MixedSource({len(self._sources)} sources, {len(self)} records per pass)"
+
+
+def crop_clip(audio: np.ndarray, crop_samples: int, start: int = 0) -> tuple[np.ndarray, int]:
+  """int16 [crop_samples] of a clip from `start`, zero-padded past its end, and the number
+  of its samples that are audio (`audio_len`: the front end pads the rest)."""
+  out = audio[start:start + crop_samples]
+  length = out.shape[0]
+  if length < crop_samples:
+    out = np.concatenate([out, np.zeros(crop_samples - length, np.int16)])
+  return out, length
+
+
+def record_classes(record: dict[str, Any]) -> np.ndarray:
+  """Class ids [n] int64 of a labelled record: its `labels`, else its one `label`."""
+  return np.asarray(record["labels"] if "labels" in record else [record["label"]],
+                    np.int64).reshape(-1)
+
+
+def label_vector(record: dict[str, Any], num_classes: int, where: str) -> np.ndarray:
+  """Label vector [num_classes] float32 of a record: multi-hot of its class ids."""
+  labels = record_classes(record)
+  if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f"{where}: clip {record.get('id')!r} has labels {labels.tolist()}, "
+                     f"outside [0, {num_classes})")
+  out = np.zeros(num_classes, np.float32)
+  out[labels] = 1.0
+  return out
+
+
+def mixup_lambda(rng: np.random.Generator, alpha: float) -> np.float32:
+  """One example's mixing weight λ ~ Beta(α, α), drawn on the host (α = 0: 1, no mixing).
+
+  Host-side because jax.random.beta's rejection sampler triples the step's compile time;
+  it is drawn with each example's crop from grain's per-record generator.
+  """
+  return np.float32(rng.beta(alpha, alpha) if alpha > 0 else 1.0)
+
+
+def _random_start(rng: np.random.Generator, n: int, crop_samples: int) -> int:
+  """First sample of a random crop; clips not longer than the crop start at 0 (no draw)."""
+  return int(rng.integers(0, n - crop_samples + 1)) if n > crop_samples else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +149,8 @@ class CropAndPick(grain.transforms.RandomMap):
       # The official data preparation (wav_to_lms.py, min_length=6.1 s) zero-pads the
       # waveform before the log-mel, so the padding is silence, log(eps), not log-domain 0.
       audio = np.concatenate([audio, np.zeros(self.min_samples - audio.shape[0], np.int16)])
-    n = audio.shape[0]
-    if n >= self.crop_samples:
-      start = int(rng.integers(0, n - self.crop_samples + 1)) if self.random_crop else 0
-      out = audio[start:start + self.crop_samples]
-      length = self.crop_samples
-    else:
-      out = np.empty(self.crop_samples, np.int16)
-      out[:n] = audio
-      out[n:] = 0  # Short clip: zero-pad; audio_len tells the front end where it ends.
-      length = n
+    start = _random_start(rng, audio.shape[0], self.crop_samples) if self.random_crop else 0
+    out, length = crop_clip(audio, self.crop_samples, start)
     embeddings = np.asarray(record["caption_embeddings"])
     pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
     caption = record["captions"][pick]
@@ -120,12 +165,32 @@ class CropAndPick(grain.transforms.RandomMap):
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class CropAndLabel(grain.transforms.RandomMap):
+  """A random crop, the record's label vector and a mixup weight, from the record's rng
+  (crop first, then λ)."""
+
+  crop_samples: int
+  num_classes: int
+  where: str  # "<dataset>:<split>", named in label errors.
+  mixup: float = 0.0  # Beta(α, α) of the example's mixup weight (0: λ = 1).
+
+  def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    record = element["record"]
+    audio = np.asarray(record["audio"], np.int16)
+    out, length = crop_clip(audio, self.crop_samples,
+                            _random_start(rng, audio.shape[0], self.crop_samples))
+    return {"audio": out, "audio_len": np.int32(length),
+            "target": label_vector(record, self.num_classes, self.where),
+            "mix_lambda": mixup_lambda(rng, self.mixup)}
+
+
 def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   batch = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "audio"}
   # Convert int16 -> float32 straight into the batch array (no int16 batch copy).
   audio = np.empty((len(elements), elements[0]["audio"].shape[0]), np.float32)
   for row, e in zip(audio, elements):
-    np.multiply(e["audio"], np.float32(1.0 / 32768.0), out=row)
+    audio_io.pcm16_to_float(e["audio"], out=row)
   batch["audio"] = audio
   return batch
 
@@ -179,16 +244,12 @@ class Loader:
 
 def _ensure_flags_parsed() -> None:
   """Grain's worker processes read absl flags; outside an absl app, take their defaults."""
-  from absl import flags
-
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 
 def _process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # Only when the caller leaves the layout to JAX's distributed runtime.
-
+  if process_index is None or process_count is None:  # Left to JAX's distributed runtime.
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -201,13 +262,17 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
                 num_epochs: int | None = None, num_workers: int = 0,
                 process_index: int | None = None, process_count: int | None = None,
                 drop_remainder: bool = True, random_crop: bool = True,
-                caption: str = "random", min_samples: int = 0) -> Loader:
+                caption: str = "random", min_samples: int = 0, num_classes: int = 0,
+                mixup: float = 0.0, where: str = "") -> Loader:
   """A loader of this process's batches (global_batch / process_count examples each).
 
   `sources`: one or more random-access sources (e.g. `open_source(name, split)`).
   `num_epochs=None` repeats forever; with several sources an epoch is one pass of the
   mixture (see `MixedSource`). `min_samples`: clips shorter than this are zero-padded to
   it as audio before the crop (training: the official 6.1 s; evaluation: 0, as inference).
+  `num_classes` > 0: labelled examples {audio, audio_len, target, mix_lambda}
+  (`CropAndLabel`, random crops, Beta(`mixup`, `mixup`) weights, label errors naming
+  `where`) instead of captioned ones.
   """
   if not isinstance(sources, (list, tuple)):
     sources = [sources]
@@ -220,10 +285,14 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
   index, count = _process_layout(process_index, process_count)
   if global_batch % count:
     raise ValueError(f"global_batch {global_batch} is not divisible by process_count {count}")
-  dims = {int(np.asarray(s[0]["caption_embeddings"]).shape[-1]) for s in sources if len(s)}
-  if len(dims) > 1:
-    raise ValueError(f"sources have different caption embedding dims {sorted(dims)}; "
-                     "build them with the same text_model")
+  if num_classes > 0:
+    example = CropAndLabel(crop_samples, num_classes, where, mixup)
+  else:
+    dims = {int(np.asarray(s[0]["caption_embeddings"]).shape[-1]) for s in sources if len(s)}
+    if len(dims) > 1:
+      raise ValueError(f"sources have different caption embedding dims {sorted(dims)}; "
+                       "build them with the same text_model")
+    example = CropAndPick(crop_samples, random_crop, caption, min_samples)
   mixed = MixedSource(sources, weights)
   shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count,
                                       drop_remainder=drop_remainder)
@@ -239,6 +308,6 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
     _ensure_flags_parsed()
   data_loader = grain.DataLoader(
       data_source=mixed, sampler=sampler,
-      operations=[CropAndPick(crop_samples, random_crop, caption, min_samples)],
+      operations=[example],
       worker_count=num_workers, worker_buffer_size=max(2, batch), shard_options=shard)
   return Loader(data_loader, batch, drop_remainder, mixed)

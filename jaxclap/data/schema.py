@@ -59,13 +59,6 @@ def features_dict(embedding_dim: int, embedding_dtype: str, extra: dict | None =
   return tfds.features.FeaturesDict(spec)
 
 
-def check_caption(caption: object, where: str) -> str:
-  """Returns the stripped caption or raises BadInputError naming `where`."""
-  if not isinstance(caption, str) or not caption.strip():
-    raise BadInputError(f"{where}: empty caption {caption!r}")
-  return caption.strip()
-
-
 def embed_unique(captions: Iterable[str], embedder: TextEmbedder, *, dtype: str,
                  batch_size: int = 256, desc: str = "Embedding captions"
                  ) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from absl import app, flags
 
+from jaxclap import cli
 from jaxclap.data.build import DEFAULT_DATA_DIR, DEMO
 from jaxclap.data.pipeline import open_source
 from jaxclap.text.spm import MODEL_TYPES, train_spm
@@ -34,18 +35,15 @@ def dataset_captions(dataset: str, split: str = "train", data_dir: str | None = 
 
 
 def main(argv: Sequence[str]) -> int:
-  """CLI body; returns the process exit code."""
+  """CLI body; returns the exit code (a failure exits with 1 after one line on stderr)."""
   del argv
   f = flags.FLAGS
-  try:
+  with cli.exit_on(Exception, code=1, name_type=True,  # One line, exit 1, as the build CLI.
+                   prefix=f"training SentencePiece on {f.dataset!r}/{f.split} failed: "):
     captions = dataset_captions(f.dataset, f.split, f.data_dir)
     path = train_spm(captions, vocab_size=f.vocab_size, model_type=f.model_type,
                      output_prefix=f.output, lowercase=f.lowercase,
                      byte_fallback=f.byte_fallback)
-  except Exception as e:  # One line and a non-zero exit code, as the build CLI.
-    print(f"error: training SentencePiece on {f.dataset!r}/{f.split} failed: "
-          f"{type(e).__name__}: {e}", file=sys.stderr)
-    return 1
   print(f"wrote {path} and {path.with_suffix('.vocab')} ({f.vocab_size} pieces, "
         f"{len(captions)} captions)")
   return 0

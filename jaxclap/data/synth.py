@@ -14,7 +14,7 @@ the labelled one; their captions name both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -306,7 +306,3 @@ def make_clip(index: int, seed: int = 0) -> Clip:
   return Clip(spec=spec, audio=render(spec))
 
 
-def generate(num_clips: int, seed: int = 0) -> Iterator[Clip]:
-  """Yields clips 0 .. num_clips-1."""
-  for i in range(num_clips):
-    yield make_clip(i, seed)

@@ -1,6 +1,7 @@
 """Fine-tuning augmentations on normalised log-mels: mixup, SpecAugment, patch masking.
 
-All are pure functions of a JAX key and arrays, so a jitted step stays deterministic.
+All are pure functions of a JAX key and arrays, so a jitted step stays deterministic
+(each example's mixup weight λ comes with its crop: `data.pipeline.mixup_lambda`).
 Log-mels are [B, F, T] (frequency bins, time frames), normalised: 0 is the data mean,
 which is the value masked bands are set to (torchaudio's FrequencyMasking default).
 """
@@ -9,22 +10,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxclap.models import masks
 
 # SpecAugment time-mask widths are quoted for 10 s input (1001 frames).
 TIME_MASK_REF_FRAMES = 1001
 HEAD_INPUTS = ("frames", "tokens")
-
-
-def mixup_lambda(rng: np.random.Generator, alpha: float) -> np.float32:
-  """One example's mixing weight λ ~ Beta(α, α), drawn on the host (α = 0: 1, no mixing).
-
-  Host-side because jax.random.beta's rejection sampler triples the step's compile time;
-  the trainer draws it with each example's crop from grain's per-record generator.
-  """
-  return np.float32(rng.beta(alpha, alpha) if alpha > 0 else 1.0)
 
 
 def mix(x: jax.Array, lam: jax.Array, perm: jax.Array) -> jax.Array:

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from jaxclap.data import build
-from jaxclap.data import pipeline
+from jaxclap.audio import io as audio_io
+from jaxclap.data import build, pipeline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def load_split(dataset: str, split: str, data_dir: str, *, max_clips: int | None
     raise ValueError(f"{dataset}:{split}: clips have several sample rates {sorted(rates)}")
   return EvalSplit(
       name=f"{dataset}:{split}",
-      audio=[np.asarray(r["audio"], np.int16).astype(np.float32) / 32768.0 for r in records],
+      audio=[audio_io.pcm16_to_float(r["audio"]) for r in records],
       labels=np.asarray([int(r["label"]) for r in records], np.int64),
       captions=[[_text(c) for c in r["captions"]] for r in records],
       ids=[_text(r["id"]) for r in records],

@@ -1,19 +1,14 @@
 """Supervised fine-tuning of a trained jaxclap audio encoder (the stage-1.1 recipe).
 
 The whole encoder and a head (BatchNorm without affine + Linear on the time-averaged
-F'·D feature, or the D-dim mean token) are trained as EVAR's `finetune.py` does: timm's
-Lars and cosine schedule (`ft_optim`), epochs of a shuffled pass or of weighted draws
-(`sampling`), mixup, SpecAugment and structured patch masking drawn per batch; every
-epoch ends with a validation pass, the best epoch's parameters are kept, scored on the
-test split and written as an Orbax workdir (`ft_checkpoint`) that stage 2's
-`init.workdir`, `jaxclap.load` and `convert to_torch` accept.
-
-Input length: training crops of `unit_frames` frames; the encoder's position table is
-resized from its trained width to the crop's columns (bicubic, `patches.fit_pos_embed`),
-shorter input takes its first columns. Evaluation pads whole clips to one length, cuts
-them into `unit_frames` chunks (the last one zero-padded to a whole unit, as the official
-runtime's `encode_lms`), encodes all chunks as one batch, and averages only the time
-patches that hold audio.
+F'·D feature, or the D-dim mean token; `ft_model`) are trained as EVAR's `finetune.py`
+does: timm's Lars and cosine schedule (`train.optim`), epochs of a shuffled pass or of
+weighted draws (`sampling`, read through `data.pipeline` by `ft_data`), mixup, SpecAugment
+and structured patch masking drawn per batch (`ft_step`); every epoch ends with a
+validation pass, the best epoch's parameters are kept (`ft_loop`), scored on the test
+split and written as an Orbax workdir (`ft_checkpoint`) that stage 2's `init.workdir`,
+`jaxclap.load` and `convert to_torch` accept. This module runs it: config checks, the
+dataset's splits and labels, reuse of a finished workdir, the result.
 
   from configs import finetune as ft_config
   run_finetune("/runs/stage1", data_dir="~/jaxclap_data", dataset="jaxclap_demo",
@@ -22,240 +17,43 @@ patches that hold audio.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
+import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxclap.models import features
 from jaxclap import restore as restore_lib
-from jaxclap.audio import frontend as fe
 from jaxclap.data import build, pipeline
-from jaxclap import metrics
-from jaxclap.eval import augment, ft_checkpoint, ft_data, ft_optim, sampling
-from jaxclap.models import m2d, masks, patches, sizes, vit
-from jaxclap.train import handoff
+from jaxclap.eval import augment, ft_checkpoint, ft_data, ft_loop, sampling
+from jaxclap.eval.ft_model import FinetuneNet, build_net, init_variables
+from jaxclap.eval.ft_step import Setup, eval_logits, score
+from jaxclap.models import features, patches
+from jaxclap.train import checkpoint as ckpt
+from jaxclap.train import optim
 
-
-class FinetuneNet(nn.Module):
-  """Pre-trained ViT encoder + BatchNorm (no scale/bias) + Linear on the pooled feature."""
-
-  size: str
-  num_classes: int
-  patch_size: int = 16
-  n_mels: int = 80
-  input_frames: int = 608  # Width of the pre-trained position table (frames).
-  unit_frames: int = 608  # Fine-tuning input length: the table is fitted to it.
-  head_input: str = "frames"  # "frames" (F'·D) or "tokens" (D); see augment.mask_counts.
-  bn_momentum: float = 0.9
-  head_init_std: float = 0.01
-  dtype: vit.Dtype = jnp.float32
-  pos_table: str = "sincos"  # The encoder's table kind (vit.ViTEncoder.pos_table).
-
-  def setup(self):
-    w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, pos_table=self.pos_table)
-    self.norm = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5, use_bias=False,
-                             use_scale=False)
-    self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(
-        self.head_init_std), bias_init=nn.initializers.zeros)
-
-  def tokens(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-    """Normalised log-mel [B, F, t ≤ unit] → encoded patch tokens [B, K, D] (no cls)."""
-    if x.shape[1] != self.n_mels:
-      raise ValueError(f"FinetuneNet: expected {self.n_mels} mel bins, got input {x.shape}")
-    gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
-    unit_t = self.unit_frames // self.patch_size
-    if gt > unit_t:
-      raise ValueError(f"FinetuneNet.tokens: {x.shape[2]} frames exceed the unit length "
-                       f"{self.unit_frames}; encode in chunks")
-    table = self.encoder.pos_embed((gf, unit_t)).reshape(gf, unit_t, -1)[:, :gt]
-    tok = self.encoder.patch_embed(patches.patchify(x.astype(self.dtype), self.patch_size))
-    tok = tok + table.reshape(gf * gt, -1).astype(tok.dtype)
-    if keep is not None:
-      tok = jnp.take_along_axis(tok, keep[..., None], axis=1)
-    return self.encoder.encode_tokens(tok)[:, 1:]
-
-  def features(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
-               kept_grid: tuple[int, int] | None = None) -> jax.Array:
-    """Head input [B, F'·D] ("frames") or [B, D] ("tokens"): the mean over the time
-    patches that hold audio (frame < valid_frames) of the kept tokens.
-
-    `keep` [B, rows·cols] sorted token indices of a `kept_grid` = (rows, cols) sub-grid
-    (structured masking; x is one crop); None encodes all of x in unit-length chunks.
-    """
-    b, d = x.shape[0], sizes.get_size(self.size).width
-    p = self.patch_size
-    gf = x.shape[1] // p
-    if keep is not None:
-      rows, cols = kept_grid
-      grid = self.tokens(x, keep).reshape(b, rows, cols, d)
-      start = (keep[:, :cols] % (x.shape[2] // p)) * p  # First frame of each kept column.
-    else:
-      # Whole unit-length chunks (the last one zero-padded, as the official runtime) go
-      # through the encoder as one batch; padded patches get no weight below.
-      unit, n = self.unit_frames, -(-x.shape[2] // self.unit_frames)
-      x = jnp.pad(x, ((0, 0), (0, 0), (0, n * unit - x.shape[2])))
-      chunks = x.reshape(b, x.shape[1], n, unit).transpose(0, 2, 1, 3).reshape(b * n, -1, unit)
-      t = unit // p
-      grid = self.tokens(chunks).reshape(b, n, gf, t, d).transpose(0, 2, 1, 3, 4)
-      grid = grid.reshape(b, gf, n * t, d)
-      starts = (unit * np.arange(n)[:, None] + p * np.arange(t)[None, :]).reshape(-1)
-      start = jnp.broadcast_to(jnp.asarray(starts), (b, n * t))
-    w = (start < valid_frames[:, None]).astype(jnp.float32)
-    w = jnp.where(jnp.sum(w, axis=1, keepdims=True) > 0, w, 1.0)  # No audio: plain mean.
-    pooled = jnp.einsum("brtd,bt->brd", grid.astype(jnp.float32), w) / jnp.sum(
-        w, axis=1)[:, None, None]
-    if self.head_input == "tokens":
-      return jnp.mean(pooled, axis=1)
-    return pooled.reshape(b, -1)
-
-  def head(self, feature: jax.Array, train: bool) -> jax.Array:
-    """BatchNorm (batch statistics when training, running ones otherwise) → logits."""
-    return self.classifier(self.norm(feature, use_running_average=not train))
-
-  def __call__(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
-               kept_grid: tuple[int, int] | None = None, *, train: bool = False) -> jax.Array:
-    return self.head(self.features(x, valid_frames, keep, kept_grid), train)
-
-
-# ---------------------------------------------------------------------- training
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """What the jitted steps close over (static for a run)."""
-
-  net: FinetuneNet
-  frontend_cfg: fe.FrontendConfig
-  norm_stats: tuple[float, float]
-  multi_label: bool
-  freq_mask: int
-  time_mask: int  # Already scaled to the crop length.
-  # Structured masking: (rows, columns, probability), one drawn per batch
-  # (augment.mask_variants); ((0, 0, 1.0),) is no masking.
-  mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
-
-
-def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Array:
-  """BCE averaged over classes and clips (multi-label) or soft-target softmax CE."""
-  if multi_label:
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
-  return jnp.mean(optax.softmax_cross_entropy(logits, target))
-
-
-def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
-               opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
-  """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
-  (a (rows, columns) variant drawn for the batch, one `lax.switch` branch per variant,
-  each with its own static token count) → head → loss."""
-  x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
-  valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
-  mix_key, spec_key, mask_key = jax.random.split(rng, 3)
-  lam = batch["mix_lambda"]
-  x, y, perm = augment.mixup(mix_key, x, batch["target"], lam)
-  valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
-  x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
-  grid = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
-
-  def objective(p):
-    def masked(keep, kept):
-      logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
-                                        keep, kept, train=True, mutable=["batch_stats"])
-      return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
-
-    (loss, stats), variant = masks.with_drawn_mask(mask_key, setup.mask_variants, x.shape[0],
-                                                   grid, masked)
-    return loss, (stats, variant)
-
-  (loss, (batch_stats, variant)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                                          "mask_variant": variant}
-
-
-def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
-                ) -> jax.Array:
-  """Logits [B, classes] of whole (padded) clips, chunked, running BatchNorm statistics."""
-  x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
-  valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
-  return setup.net.apply({"params": params, "batch_stats": batch_stats}, x, valid)
-
-
-def score(y_score: np.ndarray, y_true: np.ndarray, multi_label: bool) -> float:
-  """mAP (multi-label) or top-1 accuracy."""
-  if multi_label:
-    return metrics.mean_average_precision(y_score, y_true)
-  return metrics.accuracy(y_score, np.argmax(y_true, axis=1))
-
-
-# ------------------------------------------------------------------------------- run
-
-
-def build_net(restored: restore_lib.Restored, num_classes: int, unit_frames: int,
-              config: ml_collections.ConfigDict) -> FinetuneNet:
-  """The fine-tuning network around the restored encoder's architecture."""
-  model = restored.model
-  return FinetuneNet(size=model.size, num_classes=num_classes, patch_size=model.patch_size,
-                     n_mels=model.n_mels, input_frames=model.input_frames,
-                     unit_frames=unit_frames, head_input=config.head_input,
-                     bn_momentum=config.bn_momentum, head_init_std=config.head_init_std,
-                     dtype=model.dtype, pos_table=restored.config.model.pos_table)
-
-
-def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
-  """(params, batch_stats): a fresh head on the pre-trained encoder parameters.
-
-  The head is drawn directly (the network is only traced for its shapes: compiling its
-  init would cost as much as a training step).
-  """
-  shapes = jax.eval_shape(lambda r: net.init(
-      r, jnp.zeros((2, net.n_mels, net.unit_frames)), jnp.full((2,), net.unit_frames)),
-      jax.random.key(seed))
-  shapes = nn.unbox(shapes)
-  have = jax.tree_util.tree_map(np.shape, encoder_params)
-  if jax.tree_util.tree_map(lambda a: a.shape, shapes["params"]["encoder"]) != have:
-    raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
-  kernel = shapes["params"]["classifier"]["kernel"]
-  params = {
-      # Copies: the step donates its inputs, which must not alias the caller's arrays.
-      "encoder": jax.tree_util.tree_map(jnp.array, encoder_params),
-      "classifier": {
-          "kernel": nn.initializers.normal(net.head_init_std)(
-              jax.random.key(seed), kernel.shape, kernel.dtype),
-          "bias": jnp.zeros((net.num_classes,), jnp.float32)},
-  }
-  stats = {"norm": {"mean": jnp.zeros(kernel.shape[0], jnp.float32),
-                    "var": jnp.ones(kernel.shape[0], jnp.float32)}}
-  expected = jax.tree_util.tree_map(lambda a: a.shape, {**shapes["params"]})
-  if jax.tree_util.tree_map(np.shape, params) != expected or jax.tree_util.tree_map(
-      np.shape, stats) != jax.tree_util.tree_map(lambda a: a.shape, shapes["batch_stats"]):
-    raise AssertionError("FinetuneNet's head layout changed; update init_variables")
-  return params, stats
+# The pieces a caller of `load_classifier` needs, and the network's builders.
+__all__ = ["FinetuneNet", "Setup", "build_net", "eval_logits", "init_variables",
+           "load_classifier", "run_finetune", "score", "validate"]
 
 
 def load_classifier(workdir: str) -> tuple[Setup, dict[str, Any], dict[str, Any]]:
   """(Setup, {"params", "batch_stats"}, meta["finetune"]) of a fine-tuning workdir: the
   whole fine-tuned classifier, for `eval_logits`."""
-  state, meta, source = handoff.load(workdir)
-  facts = meta.get("finetune")
+  saved = ckpt.load(workdir)
+  state, meta, source = saved.state, saved.meta, saved.source
+  facts = meta.finetune
   if facts is None or ft_checkpoint.HEAD not in state:
     raise ValueError(f"{source}: not a fine-tuning checkpoint (no meta 'finetune' or "
                      f"state '{ft_checkpoint.HEAD}')")
   restored = restore_lib.restore(workdir)
   head = state[ft_checkpoint.HEAD]
-  model, frames = restored.model, int(meta["input_frames"])
+  model, frames = restored.model, int(meta.input_frames)
   net = FinetuneNet(size=model.size, num_classes=len(facts["class_names"]),
                     patch_size=model.patch_size, n_mels=model.n_mels, input_frames=frames,
                     unit_frames=frames, head_input=facts["head_input"], dtype=model.dtype,
@@ -293,8 +91,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ("eval_batch", config.eval_batch >= 1), ("max_steps", config.max_steps >= 0),
       ("warmup_epochs", 0 <= config.warmup_epochs <= config.epochs),
       ("lr_min", 0 <= config.lr_min <= config.lr), ("warmup_lr", config.warmup_lr >= 0),
-      ("optimizer", config.optimizer in ft_optim.OPTIMIZERS),
-      ("schedule", config.schedule in ft_optim.SCHEDULES),
+      ("optimizer", config.optimizer in optim.FINETUNE_OPTIMIZERS),
+      ("schedule", config.schedule in optim.FINETUNE_SCHEDULES),
       ("epoch_clips", config.epoch_clips >= 0),
       ("sample_weights", config.sample_weights in sampling.WEIGHTINGS),
       ("mixup", config.mixup >= 0), ("mask_ratio", 0 <= config.mask_ratio < 1),
@@ -310,8 +108,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _multi_label(config, dataset: str, data_dir: str) -> bool:
   if config.multi_label is not None:
     return bool(config.multi_label)
-  import tensorflow_datasets as tfds  # Metadata only.
-
   return bool((tfds.builder(dataset, data_dir=data_dir).info.metadata or {}).get(
       "multi_label", False))
 
@@ -379,7 +175,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   validate(config)
   data_dir = os.path.expanduser(data_dir)
   config_json = json.loads(config.to_json_best_effort())
-  directory, source_step = handoff.locate(checkpoint)
+  directory, source_step = ckpt.locate(checkpoint)
   if workdir:
     workdir = os.path.expanduser(workdir)
     done = _finished(workdir, str(directory / str(source_step)), dataset, config_json)
@@ -419,7 +215,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
   steps_per_epoch = per_epoch // batch
   total = config.epochs * steps_per_epoch
   total = min(total, config.max_steps) if config.max_steps > 0 else total
-  tx, schedule = ft_optim.make_optimizer(config, total)
+  tx, schedule = optim.make_finetune_optimizer(config, total)
   eval_samples = (int(round(config.eval_seconds * fcfg.sample_rate)) if config.eval_seconds > 0
                   else ft_data.longest_clip([sources[val_split], sources[config.test_split]]))
   weights = _sample_weights(config, train_source, len(classes),
@@ -427,57 +223,33 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
 
   params, batch_stats = init_variables(net, restored.params["encoder"], config.seed)
   opt_state = tx.init(params)
-  step_fn = jax.jit(lambda *a: train_step(setup, tx, *a), donate_argnums=(0, 1, 2))
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  step_fn = ft_loop.make_step(setup, tx, base_key)
   eval_fn = jax.jit(lambda *a: eval_logits(setup, *a))
-
-  def evaluate(split: str, p, bs) -> float:
-    scores, truth = [], []
-    for b, n in ft_data.eval_batches(sources[split], samples=eval_samples,
-                                     batch=config.eval_batch, num_classes=len(classes),
-                                     where=f"{dataset}:{split}"):
-      scores.append(np.asarray(eval_fn(p, bs, b))[:n])
-      truth.append(b["target"][:n])
-    return score(np.concatenate(scores), np.concatenate(truth), multi_label)
-
+  eval_data = ft_loop.EvalData(sources=sources, samples=eval_samples, batch=config.eval_batch,
+                               num_classes=len(classes), dataset=dataset)
   batches = ft_data.train_batches(
       train_source, batch=batch, crop_samples=crop_samples, num_classes=len(classes),
       seed=config.seed, where=f"{dataset}:{config.train_split}", mixup=config.mixup,
       num_workers=config.num_workers, steps_per_epoch=steps_per_epoch,
       epochs=-(-total // steps_per_epoch), weights=weights)
-  base_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   logging.info("Fine-tuning %s on %s: %d classes (%s), %d steps of %d (%d per epoch, %s "
                "sampling), crop %d frames, mask variants %s, eval clips %d samples",
                restored.source, dataset, len(classes),
                "multi-label" if multi_label else "single-label", total, batch, steps_per_epoch,
                config.sample_weights, unit_frames, variants, eval_samples)
-  history, best, step, start = [], None, 0, time.time()
-  epoch = 0
-  while step < total:
-    epoch += 1
-    for _ in range(min(steps_per_epoch, total - step)):
-      lr = float(schedule(step))
-      params, batch_stats, opt_state, out = step_fn(
-          params, batch_stats, opt_state, next(batches), jax.random.fold_in(base_key, step))
-      step += 1
-      loss = float(out["loss"])
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"fine-tuning loss is {loss} at step {step} (epoch {epoch})")
-      if step % config.log_every == 0:
-        logging.info("step %d loss %.4f grad_norm %.3f lr %.4g", step, loss,
-                     float(out["grad_norm"]), lr)
-    val = evaluate(val_split, params, batch_stats)
-    history.append({"epoch": epoch, "step": step, "loss": loss, "val": val, "lr": lr})
-    logging.info("epoch %d step %d loss %.4f val %s %.4f", epoch, step, loss,
-                 "mAP" if multi_label else "accuracy", val)
-    if best is None or val > best["val"]:  # EVAR keeps the first epoch of the best score.
-      host = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), (params, batch_stats))
-      best = {"val": val, "epoch": epoch, "step": step, "params": host[0],
-              "batch_stats": host[1]}
+  start = time.time()
+  run = ft_loop.train(step_fn=step_fn, eval_fn=eval_fn, schedule=schedule, params=params,
+                      batch_stats=batch_stats, opt_state=opt_state, batches=batches,
+                      total=total, steps_per_epoch=steps_per_epoch, log_every=config.log_every,
+                      eval_data=eval_data, val_split=val_split, multi_label=multi_label)
+  best = run.best
   test = (best["val"] if val_split == config.test_split
-          else evaluate(config.test_split, best["params"], best["batch_stats"]))
+          else ft_loop.evaluate(eval_fn, best["params"], best["batch_stats"], eval_data,
+                                config.test_split, multi_label))
   result = {
       "task": "finetune", "metric": "mAP" if multi_label else "accuracy",
-      "val": best["val"], "test": test, "epochs": epoch, "steps": step,
+      "val": best["val"], "test": test, "epochs": run.epochs, "steps": run.steps,
       "best_epoch": best["epoch"], "best_step": best["step"], "dataset": dataset,
       "train_split": config.train_split, "val_split": val_split,
       "test_split": config.test_split, "checkpoint": restored.source,
@@ -486,7 +258,7 @@ def run_finetune(checkpoint: str, *, data_dir: str, dataset: str,
       "steps_per_epoch": steps_per_epoch, "batch": batch,
       "mask_variants": [list(v) for v in variants],
       "norm_stats": list(restored.norm_stats), "seconds": round(time.time() - start, 1),
-      "history": history, "config": config_json,
+      "history": run.history, "config": config_json,
   }
   if workdir:
     os.makedirs(workdir, exist_ok=True)

@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from jaxclap.models import patches
+from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 
 HEAD = "head"  # State item holding the classifier head and its BatchNorm statistics.
@@ -56,26 +57,27 @@ def write(workdir: str, *, restored: Any, net: Any, params: dict[str, Any],
   if restored.stage == "stage1":
     trained, frozen = tree, _host(restored.target)
   else:  # Stage 2 keeps its own split (the audio encoder is frozen unless finetune_audio).
-    want_params, want_frozen = jax.eval_shape(restored.objective.init, jax.random.key(0))
+    want_params, want_frozen = jax.eval_shape(restored.network.init, jax.random.key(0))
     trained = {k: tree[k] for k in want_params}
     frozen = {k: tree[k] for k in want_frozen}
   frames = int(net.unit_frames)
-  meta = {
-      "config": json.loads(config.to_json_best_effort()),
-      "norm_stats": [float(v) for v in restored.norm_stats],
-      "text_models": restored.meta.get("text_models") or {},
-      "input_frames": frames,  # Width of the stored position table.
-      "unit_frames": frames,  # The input grid fine-tuning trained on.
-      "stage": restored.stage,
-      "total_steps": int(restored.meta.get("total_steps", 1)),
-      "steps_per_epoch": int(restored.meta.get("steps_per_epoch", 1)),
-      "step": int(step),
-      "finetune": {**facts, "head": f"state/{HEAD}: classifier {{kernel, bias}}, "
-                                     "batch_stats {norm: {mean, var}}"},
-  }
+  meta = RunMeta(
+      config=json.loads(config.to_json_best_effort()),
+      norm_stats=tuple(float(v) for v in restored.norm_stats),
+      text_models=dict(restored.meta.text_models),
+      input_frames=frames,  # Width of the stored position table.
+      unit_frames=frames,  # The input grid fine-tuning trained on.
+      stage=restored.stage,
+      total_steps=int(restored.meta.total_steps or 1),
+      steps_per_epoch=int(restored.meta.steps_per_epoch or 1),
+      step=int(step),
+      finetune={**facts, "head": f"state/{HEAD}: classifier {{kernel, bias}}, "
+                                 "batch_stats {norm: {mean, var}}"},
+  )
   state = {"step": np.asarray(step, np.int32), "params": trained, "frozen": frozen,
            "rng": np.asarray(jax.random.PRNGKey(0)),
            "norm_stats": np.asarray(restored.norm_stats, np.float32),
            "bad_step": np.asarray(-1, np.int32),
            HEAD: {"classifier": _host(params["classifier"]), "batch_stats": _host(batch_stats)}}
-  return str(ckpt.write_params_checkpoint(workdir, int(step), state, meta))
+  text = restored.network.text_assets() if restored.stage == "stage2" else None
+  return str(ckpt.write_params_checkpoint(workdir, int(step), state, meta, text))

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxclap.data import pipeline
+
 WEIGHTINGS = ("none", "audioset")
 
 
@@ -98,8 +100,7 @@ def record_labels(source: Any, where: str) -> list[np.ndarray]:
   out = []
   for i in range(len(source)):
     record = source[i]
-    labels = np.asarray(record["labels"] if "labels" in record else [record["label"]],
-                        np.int64).reshape(-1)
+    labels = pipeline.record_classes(record)
     if labels.size == 0 or labels.min() < 0:
       raise ValueError(f"{where}[{i}]: clip {record.get('id')!r} has labels "
                        f"{labels.tolist()}; weighted sampling needs labelled clips")

@@ -50,9 +50,9 @@ class CLAP(nn.Module):
     """All patches visible: normalised log-mel [B, F, T] → patch tokens [B, F'·T', D]."""
     return self.encoder(x)[:, 1:]
 
-  def project_audio(self, tokens: jax.Array) -> jax.Array:
-    """CLAP audio embedding (not normalised) from patch tokens [B, N, D]."""
-    return self.audio_proj(tokens)
+  def project_audio(self, tokens: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """CLAP audio embedding (not normalised) from patch tokens [B, N, D] (mask: real ones)."""
+    return self.audio_proj(tokens, key_mask)
 
   def text(self, input_ids: jax.Array, attention_mask: jax.Array,
            deterministic: bool = True) -> jax.Array:

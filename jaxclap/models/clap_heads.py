@@ -43,8 +43,11 @@ def torch_dense(features: int, fan_in: int, names: tuple[str | None, str | None]
 class SemanticPooler(nn.Module):
   """2025 head: a learnable "semantic token" (init 0, no position) + 1 block + LayerNorm.
 
-  Returns the semantic token's output [B, D]. The optional `out_dim` projection exists only
-  when the CLAP space differs from the encoder width (not in the official models).
+  Returns the semantic token's output [B, D]. The last block computes only that token's
+  output (its other outputs are never read), so pooling is O(N) in the number of tokens;
+  `key_mask` [B, N] (1 = real token) lets padded tokens be ignored. The optional `out_dim`
+  projection exists only when the CLAP space differs from the encoder width (not in the
+  official models).
   """
 
   heads: int = 1
@@ -54,15 +57,19 @@ class SemanticPooler(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     b, _, d = tokens.shape
     sem = self.param("sem_token", nn.with_logical_partitioning(nn.initializers.zeros,
                                                                (None, None, "embed")),
                      (1, 1, d), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(sem.astype(self.dtype), (b, 1, d)),
                          tokens.astype(self.dtype)], axis=1)
+    if key_mask is not None:
+      key_mask = jnp.concatenate([jnp.ones((b, 1), bool), key_mask.astype(bool)], axis=1)
     for i in range(self.depth):
-      x = layers.Block(self.heads, self.mlp_ratio, 1e-5, self.dtype, name=f"sem_block_{i}")(x)
+      last = i == self.depth - 1
+      x = layers.Block(self.heads, self.mlp_ratio, 1e-5, self.dtype, name=f"sem_block_{i}")(
+          x, key_mask, 1 if last else None)
     x = layers.layer_norm(1e-5, self.dtype, "norm")(x[:, 0])
     if self.out_dim is not None and self.out_dim != d:
       x = layers.dense(self.out_dim, ("embed", None), self.dtype, "out_proj")(x)
@@ -72,17 +79,23 @@ class SemanticPooler(nn.Module):
 class MeanMlpHead(nn.Module):
   """2024 head: mean over tokens → Linear(D, D) → ReLU → Linear(D, out_dim or D).
 
-  PyTorch-default initialisation, as the official head (see the module docstring).
+  `key_mask` [B, N] (1 = real token) averages only real tokens. PyTorch-default
+  initialisation, as the official head (see the module docstring).
   """
 
   out_dim: int | None = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def __call__(self, tokens: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     d = tokens.shape[-1]
-    x = jnp.mean(tokens.astype(jnp.float32), axis=1).astype(self.dtype)
-    x = nn.relu(torch_dense(d, d, ("embed", "mlp"), self.dtype, "fc1")(x))
+    tokens = tokens.astype(jnp.float32)
+    if key_mask is None:
+      x = jnp.mean(tokens, axis=1)
+    else:
+      w = key_mask.astype(jnp.float32)[..., None]
+      x = jnp.sum(tokens * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    x = nn.relu(torch_dense(d, d, ("embed", "mlp"), self.dtype, "fc1")(x.astype(self.dtype)))
     return torch_dense(self.out_dim or d, d, ("mlp", "embed"), self.dtype, "fc2")(x)
 
 

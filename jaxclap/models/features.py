@@ -3,7 +3,7 @@
 Inputs are normalised log-mels [B, F, T]. Inputs longer than the trained length
 (`unit_frames(model)`: the input grid the model was trained on, e.g. 1001 frames for a stage
 2 trained on 10 s crops over a 608-frame stage-1 table) are encoded in chunks of that
-length and concatenated along time;
+length (`patches.encode_chunks`, the one chunked encoder) and concatenated along time;
 the last chunk is zero-padded to a whole patch, as the official runtime's `encode_lms`.
 `model` is any Flax module with `encode(x) -> [B, F'·T', D]` and `project_audio(tokens)`
 methods (jaxclap.models.m2d.M2D); `params` is its parameter tree.
@@ -11,7 +11,7 @@ methods (jaxclap.models.m2d.M2D); `params` is its parameter tree.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,17 +25,21 @@ def unit_frames(model: Any) -> int:
   return int(getattr(model, "unit_frames", 0) or model.input_frames)
 
 
+def _encoder(params: Any, model: Any) -> Callable[[jax.Array], jax.Array]:
+  """Chunk [B, F, t] → patch tokens [B, F'·t', D] of `model` with `params`."""
+  return lambda chunk: model.apply({"params": params}, chunk, method="encode")
+
+
 def encode_tokens(params: Any, x: jax.Array, *, model: Any) -> list[jax.Array]:
   """Patch tokens [B, F'·t', D] (no cls) of each time chunk of `x`."""
-  chunks = patches.split_time_chunks(x, unit_frames(model), model.patch_size)
-  return [model.apply({"params": params}, c, method="encode") for c in chunks]
+  return patches.encode_chunks(_encoder(params, model), x, unit_frames(model),
+                               model.patch_size)
 
 
 def frame_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
   """Frame-level features [B, T', F'·D]: per time patch, frequency patches concatenated."""
-  grid_f = x.shape[1] // model.patch_size
-  return jnp.concatenate([patches.tokens_to_frames(t, grid_f)
-                          for t in encode_tokens(params, x, model=model)], axis=1)
+  return patches.encode_in_chunks(_encoder(params, model), x, unit_frames(model),
+                                  model.patch_size)
 
 
 def clip_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:

@@ -9,15 +9,13 @@ and the cls token are shared: the target branch uses the online ones without gra
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclap import layers, losses
-from jaxclap.models import features
-from jaxclap.audio import frontend
+from jaxclap import layers
 from jaxclap.models import clap_heads, patches, sizes, vit
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -112,9 +110,9 @@ class M2D(nn.Module):
     """All patches visible: normalised log-mel [B, F, T] → patch tokens [B, F'·T', D]."""
     return self.encoder(x)[:, 1:]
 
-  def project_audio(self, tokens: jax.Array) -> jax.Array:
-    """CLAP audio embedding (not normalised) from patch tokens [B, N, D]."""
-    return self.audio_proj(tokens)
+  def project_audio(self, tokens: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    """CLAP audio embedding (not normalised) from patch tokens [B, N, D] (mask: real ones)."""
+    return self.audio_proj(tokens, key_mask)
 
   def project_text(self, text_emb: jax.Array) -> jax.Array:
     """Sentence embedding → CLAP space (not normalised)."""
@@ -172,14 +170,6 @@ def init_params(model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80,
   return dict(online), dict(target)
 
 
-def param_logical_specs(model: M2D, *, n_frames: int, n_mels: int = 80,
-                        text_dim: int) -> tuple[Any, Any]:
-  """Logical PartitionSpecs (axis names) of (online, target), without allocating params."""
-  shapes = jax.eval_shape(lambda r: init_params(model, r, n_frames=n_frames, n_mels=n_mels,
-                                                text_dim=text_dim), jax.random.key(0))
-  return nn.get_partition_spec(shapes)
-
-
 def num_visible(num_patches: int, mask_ratio: float) -> int:
   """Visible patches per example, counted as the official code: int(L · (1 − ratio))."""
   return int(num_patches * (1 - mask_ratio))
@@ -194,68 +184,3 @@ def sample_masks(rng: jax.Array, batch: int, num_patches: int,
                      "patches visible; need at least one visible and one masked")
   shuffle = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1)
   return jnp.sort(shuffle[:, :v], axis=1), jnp.sort(shuffle[:, v:], axis=1)
-
-
-def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-                model: M2D, frontend_cfg: frontend.FrontendConfig,
-                norm_stats: Sequence[float], clap_weight: float = 0.01,
-                clap_grad_divisor: float = 1.0
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Stage-1 loss: norm_mse(prediction, EMA target) + clap_weight · symmetric InfoNCE.
-
-  `clap_grad_divisor` k divides the CLAP gradient that flows through the audio and text
-  embeddings (not the one reaching `logit_scale`) by k, leaving every value unchanged: the
-  official DDP run gathers the other ranks' embeddings without a gradient path and averages
-  gradients over its k GPUs, which is exactly this (see configs/stage1.py).
-  """
-  x = frontend.waveform_input(batch, frontend_cfg, norm_stats)
-  grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
-  visible_idx, masked_idx = sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
-  out = model.apply({"params": online}, x, visible_idx, masked_idx,
-                    batch["text_embedding"], method=M2D.stage1)
-  target_out = target_body(model).apply({"params": target},
-                                         jax.lax.stop_gradient(out["target_in"]))
-  loss_m2d = losses.norm_mse(pred=out["pred"],
-                             target=jax.lax.stop_gradient(target_out[:, 1:]))
-  feature_scale = 1.0 / clap_grad_divisor
-  loss_clap = losses.clip_infonce(
-      audio_emb=losses.scale_gradient(out["audio_emb"], feature_scale),
-      text_emb=losses.scale_gradient(out["text_emb"], feature_scale),
-      logit_scale=out["logit_scale"])
-  loss = loss_m2d + clap_weight * loss_clap
-  return loss, {"loss": loss, "loss_m2d": loss_m2d, "loss_clap": loss_clap,
-                "logit_scale": out["logit_scale"]}
-
-
-def ema_decay(step: jax.Array, total_steps: int, start: float = 0.99995,
-              end: float = 0.99999) -> jax.Array:
-  """EMA decay rising linearly from `start` (update 0) to `end` (update total_steps − 1).
-
-  As the official `ema_decay_sched`: interp = step / (total_steps − 1), where `step` counts
-  updates from 0 (the train step passes the pre-increment step). A 1-step run, where the
-  official formula divides by zero, uses `start`; steps past the end stay at `end`.
-  """
-  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps - 1, 1), 0.0, 1.0)
-  return start + (end - start) * frac
-
-
-def ema_update(target: Any, online_encoder_body: Any, decay: jax.Array) -> Any:
-  """target ← decay · target + (1 − decay) · online body (same tree structure)."""
-  return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target,
-                      online_encoder_body)
-
-
-def clamp_logit_scale(online: dict) -> dict:
-  """Clamp the CLAP log scale to [0, log 100] (after each optimizer update)."""
-  clamp = lambda s: jnp.clip(s, 0.0, LOGIT_SCALE_MAX)
-  return {**online, "logit_scale": jax.tree.map(clamp, online["logit_scale"])}
-
-
-def clap_embeddings(online: Any, batch: Mapping[str, jax.Array], *, model: M2D,
-                    frontend_cfg: frontend.FrontendConfig, norm_stats: Sequence[float]
-                    ) -> tuple[jax.Array, jax.Array]:
-  """L2-normalised (audio, text) CLAP embeddings with all patches visible (validation)."""
-  x = frontend.waveform_input(batch, frontend_cfg, norm_stats)
-  audio = features.clap_audio_embedding(online, x, model=model)
-  text = model.apply({"params": online}, batch["text_embedding"], method=M2D.project_text)
-  return audio, losses.l2_normalize(text.astype(jnp.float32))

@@ -73,18 +73,26 @@ def fit_pos_embed(table: jax.Array, train_grid: tuple[int, int],
   return table.reshape(grid[0] * grid[1], d)
 
 
-def split_time_chunks(x: jax.Array, unit_frames: int, patch_size: int = 16) -> list[jax.Array]:
-  """[B, F, T] → chunks of `unit_frames` frames (last one zero-padded to a patch multiple).
+def split_time_chunks(x: jax.Array | np.ndarray, unit_frames: int, patch_size: int = 16, *,
+                      whole_units: bool = False) -> list[jax.Array | np.ndarray]:
+  """[..., T] → ceil(T / unit) chunks of `unit_frames` frames along the last axis.
 
-  Follows the official runtime's `encode_lms`: ceil(T / unit) chunks; the final chunk is
-  padded with zeros (normalised domain) so its last partial patch is kept.
+  Follows the official runtime's `encode_lms`: the final chunk is padded with zeros
+  (normalised domain) so its last partial patch is kept; `whole_units` pads it to a whole
+  unit instead, so that all chunks can go through the encoder as one batch. A numpy input
+  (the host-side inference queue) gives numpy views, padding only the last chunk.
   """
+  xp = np if isinstance(x, np.ndarray) else jnp
   t = x.shape[-1]
-  n_chunk = -(-t // unit_frames)
-  pad = (patch_size - (t % unit_frames % patch_size)) % patch_size
+  chunks = [x[..., i:i + unit_frames] for i in range(0, t, unit_frames)]
+  last = chunks[-1].shape[-1]
+  # As the official slicing, padding never reaches past the unit: with a unit that is no
+  # patch multiple (1001 frames), a last chunk that nearly fills it drops its partial patch.
+  pad = unit_frames - last if whole_units else min(
+      (patch_size - last % unit_frames % patch_size) % patch_size, unit_frames - last)
   if pad:
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, pad)))
-  return [x[..., i * unit_frames:(i + 1) * unit_frames] for i in range(n_chunk)]
+    chunks[-1] = xp.pad(chunks[-1], [(0, 0)] * (x.ndim - 1) + [(0, pad)])
+  return chunks
 
 
 def tokens_to_frames(tokens: jax.Array, grid_f: int) -> jax.Array:
@@ -94,6 +102,23 @@ def tokens_to_frames(tokens: jax.Array, grid_f: int) -> jax.Array:
       b, l // grid_f, grid_f * d)
 
 
+def encode_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+                  unit_frames: int, patch_size: int = 16, *, one_batch: bool = False
+                  ) -> list[jax.Array]:
+  """Patch tokens [B, F'·t', D] of each `split_time_chunks` chunk of [B, F, T] input.
+
+  `encode_fn` maps a chunk [N, F, t] to patch tokens [N, F'·t', D] without cls.
+  `one_batch`: chunks padded to whole units and encoded in one call of B·n rows (one
+  compiled shape; the padded patches are the caller's to leave out).
+  """
+  chunks = split_time_chunks(x, unit_frames, patch_size, whole_units=one_batch)
+  if not one_batch:
+    return [encode_fn(c) for c in chunks]
+  b, n = x.shape[0], len(chunks)
+  tokens = encode_fn(jnp.stack(chunks, axis=1).reshape(b * n, *chunks[0].shape[1:]))
+  return list(jnp.moveaxis(tokens.reshape(b, n, *tokens.shape[1:]), 1, 0))
+
+
 def encode_in_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
                      unit_frames: int, patch_size: int = 16) -> jax.Array:
   """Frame features [B, T'_total, F'·D] of a long input, chunk by chunk along time.
@@ -101,6 +126,5 @@ def encode_in_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   `encode_fn` maps a chunk [B, F, t] to patch tokens [B, F'·t', D] without cls.
   """
   grid_f = x.shape[1] // patch_size
-  outs = [tokens_to_frames(encode_fn(c), grid_f)
-          for c in split_time_chunks(x, unit_frames, patch_size)]
-  return jnp.concatenate(outs, axis=1)
+  return jnp.concatenate([tokens_to_frames(t, grid_f)
+                          for t in encode_chunks(encode_fn, x, unit_frames, patch_size)], axis=1)

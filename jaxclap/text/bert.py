@@ -13,12 +13,15 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from absl import logging
 import flax.linen as nn
-from flax.traverse_util import flatten_dict, unflatten_dict
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from flax.traverse_util import flatten_dict, unflatten_dict
+from safetensors.numpy import load_file
+
+from jaxclap import layers
 
 Array = jax.Array
 PyTree = Any
@@ -113,11 +116,15 @@ def _dense(config: BertConfig, features: int, axes: tuple[str, str], name: str, 
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
-class BertEmbeddings(nn.Module):
-  """Word + position + token-type embeddings, then LayerNorm and dropout."""
+class _BertModule(nn.Module):
+  """What every BERT module holds: the architecture and the compute dtype."""
 
   config: BertConfig
-  dtype: Any = jnp.float32
+  dtype: Any = jnp.float32  # Computation dtype; parameters stay float32.
+
+
+class BertEmbeddings(_BertModule):
+  """Word + position + token-type embeddings, then LayerNorm and dropout."""
 
   @nn.compact
   def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
@@ -139,11 +146,8 @@ class BertEmbeddings(nn.Module):
     return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class BertSelfAttention(nn.Module):
+class BertSelfAttention(_BertModule):
   """Multi-head scaled dot-product attention over unmasked keys."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
@@ -156,49 +160,45 @@ class BertSelfAttention(nn.Module):
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(x)
 
     query, key, value = project("query"), project("key"), project("value")
-    mask = attention_mask[:, None, None, :].astype(bool)  # [B, 1, 1, L_k]
     use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
-    return nn.dot_product_attention(
-        query, key, value, mask=mask,
-        dropout_rate=cfg.attention_probs_dropout_prob,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None,
-        deterministic=not use_dropout, dtype=self.dtype)  # [B, L, heads, kv]
+    return layers.attention(  # [B, L, heads, kv]
+        query, key, value, attention_mask, dropout_rate=cfg.attention_probs_dropout_prob,
+        dropout_rng=self.make_rng("dropout") if use_dropout else None)
 
 
-class BertAttentionOutput(nn.Module):
-  """Merges heads, projects back, residual + post-LayerNorm."""
+class BertOutput(_BertModule):
+  """HF's ``output`` of both sub-blocks: Dense to the width, dropout, residual + LayerNorm.
 
-  config: BertConfig
-  dtype: Any = jnp.float32
+  ``in_axes`` names the input axes the Dense contracts: ("heads", "kv") after attention (a
+  [heads, kv, H] kernel), ("mlp",) after the intermediate layer.
+  """
+
+  in_axes: tuple[str, ...] = ("mlp",)
 
   @nn.compact
-  def __call__(self, heads: Array, residual: Array, deterministic: bool) -> Array:
+  def __call__(self, h: Array, residual: Array, deterministic: bool) -> Array:
     cfg = self.config
     x = nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), dtype=self.dtype, name="dense",
-        kernel_init=nn.with_logical_partitioning(_normal(cfg), ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(heads)
+        cfg.hidden_size, axis=tuple(range(-len(self.in_axes), 0)), dtype=self.dtype,
+        name="dense",
+        kernel_init=nn.with_logical_partitioning(_normal(cfg), (*self.in_axes, "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
     x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     return _layer_norm(cfg, "LayerNorm", self.dtype)(x + residual)
 
 
-class BertAttention(nn.Module):
+class BertAttention(_BertModule):
   """HF's ``attention`` block: ``self`` attention then ``output`` projection."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
     heads = BertSelfAttention(self.config, self.dtype, name="self")(x, attention_mask, deterministic)
-    return BertAttentionOutput(self.config, self.dtype, name="output")(heads, x, deterministic)
+    return BertOutput(self.config, self.dtype, ("heads", "kv"), name="output")(
+        heads, x, deterministic)
 
 
-class BertIntermediate(nn.Module):
+class BertIntermediate(_BertModule):
   """HF's ``intermediate``: Dense to the MLP width, then the activation."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -207,38 +207,18 @@ class BertIntermediate(nn.Module):
     return _ACTIVATIONS[cfg.hidden_act](x)
 
 
-class BertOutput(nn.Module):
-  """HF's layer ``output``: Dense back to the width, dropout, residual + post-LayerNorm."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h: Array, residual: Array, deterministic: bool) -> Array:
-    cfg = self.config
-    x = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "dense", self.dtype)(h)
-    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-    return _layer_norm(cfg, "LayerNorm", self.dtype)(x + residual)
-
-
-class BertLayer(nn.Module):
+class BertLayer(_BertModule):
   """One post-norm transformer layer: attention block, then the MLP block."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
     x = BertAttention(self.config, self.dtype, name="attention")(x, attention_mask, deterministic)
     h = BertIntermediate(self.config, self.dtype, name="intermediate")(x)
-    return BertOutput(self.config, self.dtype, name="output")(h, x, deterministic)
+    return BertOutput(self.config, self.dtype, ("mlp",), name="output")(h, x, deterministic)
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(_BertModule):
   """The layer stack; ``layer_<i>`` maps to HF's ``layer.<i>``."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
@@ -247,11 +227,8 @@ class BertEncoder(nn.Module):
     return x
 
 
-class BertPooler(nn.Module):
+class BertPooler(_BertModule):
   """HF's pooler: tanh(Dense(first token)). Apply with ``{'params': params['pooler']}``."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, last_hidden_state: Array) -> Array:
@@ -260,11 +237,8 @@ class BertPooler(nn.Module):
     return jnp.tanh(x)
 
 
-class BertModel(nn.Module):
+class BertModel(_BertModule):
   """BERT encoder returning the last hidden state ``[B, L, H]``."""
-
-  config: BertConfig
-  dtype: Any = jnp.float32  # Computation dtype; parameters stay float32.
 
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None,
@@ -368,8 +342,6 @@ def load_bert(folder: str | Path, *, dtype: Any = jnp.float32,
 
   ``add_pooling_layer=None`` keeps the pooler exactly when the checkpoint has one.
   """
-  from safetensors.numpy import load_file  # Local import: only loading needs it.
-
   folder = Path(folder)
   weights = folder / "model.safetensors"
   if not weights.is_file():

@@ -51,13 +51,18 @@ def train_spm(captions: Iterable[str], *, vocab_size: int, model_type: str = "un
   return prefix.with_name(prefix.name + ".model")
 
 
-def load_spm(path: str | Path) -> sentencepiece.SentencePieceProcessor:
-  """A ``SentencePieceProcessor`` for ``path``, checking the special ids this project relies on."""
-  path = Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"SentencePiece model {path} does not exist; train one with "
-                            "`python -m jaxclap.data.spm --output=PREFIX`")
-  sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+def load_spm(path: str | Path | bytes) -> sentencepiece.SentencePieceProcessor:
+  """A ``SentencePieceProcessor`` for ``path`` (or a model's bytes, as a checkpoint stores
+  them), checking the special ids this project relies on."""
+  if isinstance(path, bytes):
+    sp = sentencepiece.SentencePieceProcessor(model_proto=path)
+    path = "the stored SentencePiece model"
+  else:
+    path = Path(path)
+    if not path.is_file():
+      raise FileNotFoundError(f"SentencePiece model {path} does not exist; train one with "
+                              "`python -m jaxclap.data.spm --output=PREFIX`")
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
   ids = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
   if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
     raise ValueError(f"{path}: special ids (pad, unk, bos, eos) are {ids}, expected "

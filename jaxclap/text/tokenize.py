@@ -91,12 +91,14 @@ def _pack(ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int,
 class HFTokenizer:
   """A model folder's ``tokenizer.json`` ([CLS] ... [SEP]), truncated at ``max_len``, bucketed."""
 
-  def __init__(self, transformer_dir: Path, max_len: int, lowercase: bool = False,
+  def __init__(self, transformer_dir: Path | Tokenizer, max_len: int, lowercase: bool = False,
                min_bucket: int = MIN_BUCKET):
     self.max_len = max_len
     self.buckets = length_buckets(max_len, min_bucket)
     self.lowercase = lowercase
-    self.tokenizer = load_tokenizer(transformer_dir)
+    # A folder, or a tokenizer already read (from a checkpoint's stored tokenizer.json).
+    self.tokenizer = (transformer_dir if isinstance(transformer_dir, Tokenizer)
+                      else load_tokenizer(transformer_dir))
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(max_len)
     pad = self.tokenizer.token_to_id("[PAD]")
@@ -117,7 +119,7 @@ class HFTokenizer:
 class SpmTokenizer:
   """A `jaxclap.text.spm` model: BOS (the [CLS]) + pieces + EOS, truncated at ``max_len``, bucketed."""
 
-  def __init__(self, model_path: str | Path, max_len: int):
+  def __init__(self, model_path: str | Path | bytes, max_len: int):
     if max_len < 3:
       raise ValueError(f"max_len={max_len} leaves no room between BOS and EOS")
     self.max_len = max_len

@@ -14,7 +14,6 @@ BERT's 512 positions, and buckets keep the shapes (so the jitted steps' compilat
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ import numpy as np
 
 from jaxclap import layers
 from jaxclap.text import bert, pooling, registry, tokenize
+from jaxclap.text.assets import TextAssets
 from jaxclap.text.sentence import SentencePipeline
 
 Dtype = Any
@@ -135,8 +135,8 @@ def _load_pretrained(boxed: PyTree, pretrained: PyTree, source: str) -> PyTree:
                       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: Dtype = jnp.float32
-                     ) -> tuple[TextTower, Callable[[Sequence[str]], dict[str, np.ndarray]],
+def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: Dtype = jnp.float32,
+                     assets: TextAssets | None = None) -> tuple[TextTower, Callable[[Sequence[str]], dict[str, np.ndarray]],
                                 Callable[[jax.Array], PyTree]]:
   """``(tower, tokenizer, init_params)`` from a text config (dict or ConfigDict).
 
@@ -150,7 +150,9 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
   ``init_params(rng)`` returns the tower's ``params`` boxed in ``nn.Partitioned`` (logical axis
   names; ``nn.unbox`` for plain arrays). For "bert" the ``bert`` subtree holds the pretrained
   weights (closed over as constants, so ``jax.eval_shape`` and ``jit`` work) and only ``proj``
-  is fresh; for "scratch" everything is fresh.
+  is fresh; for "scratch" everything is fresh. With ``assets`` (a restored checkpoint's) the
+  architecture and tokenizer come from them, no folder is read and everything is fresh: the
+  checkpoint holds the trained weights.
   """
   kind = _get(text_cfg, "kind", "bert")
   pooling = _get(text_cfg, "pooling", "cls")
@@ -164,22 +166,28 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
 
   pretrained, source = None, ""
   if kind == "bert":
-    model_name = _get(text_cfg, "model", registry.DEFAULT_TEXT_MODEL)
-    pipe = SentencePipeline.from_folder(registry.resolve_text_model(model_name))
-    model, pretrained = bert.load_bert(pipe.transformer_dir, dtype=dtype, add_pooling_layer=False)
-    source = f"text.model={model_name!r} ({pipe.transformer_dir})"
-    limit = model.config.max_position_embeddings
+    if assets is not None:
+      bert_config, source = assets.bert(), "the checkpoint's text tower"
+      tokenizer = assets.tokenizer(max_len)
+    else:
+      model_name = _get(text_cfg, "model", registry.DEFAULT_TEXT_MODEL)
+      pipe = SentencePipeline.from_folder(registry.resolve_text_model(model_name))
+      model, pretrained = bert.load_bert(pipe.transformer_dir, dtype=dtype,
+                                         add_pooling_layer=False)
+      bert_config, source = model.config, f"text.model={model_name!r} ({pipe.transformer_dir})"
+      tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, max_len, pipe.do_lower_case)
+    limit = bert_config.max_position_embeddings
     if max_len > limit:
       raise ValueError(f"text.max_len={max_len} exceeds {source} max_position_embeddings={limit}")
-    tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, max_len, pipe.do_lower_case)
-    tower = TextTower(kind="bert", bert_config=model.config, max_len=max_len, pooling=pooling,
+    tower = TextTower(kind="bert", bert_config=bert_config, max_len=max_len, pooling=pooling,
                       out_dim=out_dim, dtype=dtype)
   else:
-    spm_model = _get(text_cfg, "spm_model")
+    spm_model = "the checkpoint's model" if assets is not None else _get(text_cfg, "spm_model")
     if not spm_model:
       raise ValueError("text.kind='scratch' needs text.spm_model (train one with "
                        "`python -m jaxclap.data.spm`)")
-    tokenizer = tokenize.SpmTokenizer(spm_model, max_len)
+    tokenizer = (assets.tokenizer(max_len) if assets is not None
+                 else tokenize.SpmTokenizer(spm_model, max_len))
     vocab_size = int(_get(text_cfg, "vocab_size", 0)) or tokenizer.vocab_size
     if vocab_size != tokenizer.vocab_size:
       raise ValueError(f"text.vocab_size={vocab_size} but {spm_model} has "

@@ -1,24 +1,31 @@
-"""Orbax checkpoints of a run: train state, input-iterator state and run metadata.
+"""Orbax checkpoints of a run: train state, input-iterator state, run metadata, text tower.
 
-Layout: `<workdir>/checkpoints/<step>/{state,data,meta}`. Orbax commits a step only after
-all its items are written (a temporary folder renamed at the end), so a job killed during
-a save leaves the previous step as the latest complete checkpoint.
+Layout: `<workdir>/checkpoints/<step>/{state,data,meta[,text]}`; `text` (stage 2) holds the
+text tower's architecture and tokenizer (`text.assets`), so the model restores without the
+pretrained folder. Orbax commits a step only after all its items are written (a temporary
+folder renamed at the end), so a job killed during a save leaves the previous step as the
+latest complete checkpoint. Everything is written and read through a CheckpointManager.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
 
 from jaxclap import paths
 from jaxclap.data import iterator_state
+from jaxclap.run_meta import RunMeta
+from jaxclap.text.assets import TextAssets
 
 # Config sections whose change alters the model or its inputs: resuming across them is refused.
 MODEL_KEYS = ("model", "frontend.sample_rate", "data.crop_frames", "stage")
@@ -55,37 +62,58 @@ class IteratorSnapshot:
       self.live.start_prefetch()
 
 
+@dataclasses.dataclass(frozen=True)
+class Saved:
+  """One saved step read back on the host."""
+
+  state: dict[str, Any]  # The train state as numpy arrays (params, frozen, step, ...).
+  meta: RunMeta
+  text: TextAssets | None  # Stage 2's text tower assets; None before they were saved.
+  source: str  # The step directory.
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+  return {"state": ocp.StandardCheckpointHandler(),
+          "data": grain.checkpoint.CheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler(),
+          "text": ocp.JsonCheckpointHandler()}
+
+
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `keep` steps under `<workdir>/checkpoints`."""
   directory = paths.resolve(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)
-  handlers = {"state": ocp.StandardCheckpointHandler(),
-              "data": grain.checkpoint.CheckpointHandler(),
-              "meta": ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
 
 
-def write_params_checkpoint(workdir: str, step: int, state: dict[str, Any],
-                            meta: dict[str, Any]) -> epath.Path:
+def _items(meta: RunMeta, text: TextAssets | None) -> dict[str, Any]:
+  items = {"meta": ocp.args.JsonSave(meta.to_dict())}
+  if text is not None:
+    items["text"] = ocp.args.JsonSave(text.to_dict())
+  return items
+
+
+def write_params_checkpoint(workdir: str, step: int, state: dict[str, Any], meta: RunMeta,
+                            text: TextAssets | None = None) -> epath.Path:
   """Writes one complete step of `state` and `meta` (no input-iterator state), waiting
   for it: what `restore`, a later stage's `init.workdir` and `to_torch` read (an imported
   or fine-tuned model, not a run to resume). Returns the step directory."""
   manager = make_manager(workdir, keep=1, async_save=False)
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
+                                             **_items(meta, text)), force=True)
   manager.wait_until_finished()
   manager.close()
   return epath.Path(manager.directory) / str(step)
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, state: Any, iterator: IteratorSnapshot,
-         meta: dict[str, Any]) -> None:
+         meta: RunMeta, text: TextAssets | None = None) -> None:
   """Starts saving `step` (returns before an asynchronous write finishes)."""
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(iterator.snapshot()),
-      meta=ocp.args.JsonSave(meta)), force=True)
+      **_items(meta, text)), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, *, abstract_state: Any,
@@ -104,7 +132,7 @@ def restore(manager: ocp.CheckpointManager, step: int, *, abstract_state: Any,
   out = manager.restore(step, args=ocp.args.Composite(**items))
   if iterator is not None and not same_layout:
     _reshard_iterator(data_dir, iterator)
-  return out.state, out.meta
+  return out.state, RunMeta.from_dict(out.meta)
 
 
 def _reshard_iterator(data_dir: epath.Path, iterator: IteratorSnapshot) -> None:
@@ -130,18 +158,54 @@ def _reshard_iterator(data_dir: epath.Path, iterator: IteratorSnapshot) -> None:
                consumed)
 
 
-def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+def read_meta(manager: ocp.CheckpointManager, step: int) -> RunMeta:
   """The run metadata (config, norm_stats, data facts) of a saved step."""
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  return RunMeta.from_dict(
+      manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-  if not isinstance(d, dict):
-    return {prefix: d}
-  out = {}
-  for k, v in d.items():
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-  return out
+def locate(path: str) -> tuple[epath.Path, int]:
+  """(checkpoints dir, latest complete step) of a workdir, its checkpoints dir or a step dir."""
+  p = epath.Path(path).expanduser()
+  if not p.exists():
+    raise ValueError(f"init.workdir={path!r} does not exist")
+  for directory in (p / "checkpoints", p):
+    steps = sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit()) \
+        if directory.is_dir() else []
+    if steps:
+      return directory, steps[-1]
+  if p.name.isdigit() and (p / "state").exists():
+    return p.parent, int(p.name)
+  raise ValueError(f"init.workdir={path!r} holds no complete checkpoint (expected "
+                   "<workdir>/checkpoints/<step>/state, as jaxclap.main writes)")
+
+
+def load(path: str) -> Saved:
+  """The latest complete step of a workdir, its checkpoints dir or one step dir, on the host
+  (numpy arrays, whatever device layout wrote them), read through a CheckpointManager."""
+  directory, step = locate(path)
+  handlers = _handlers()
+  handlers["state"] = ocp.PyTreeCheckpointHandler()  # Its restore can ask for numpy.
+  manager = ocp.CheckpointManager(directory, item_handlers=handlers,
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    tree = manager.item_metadata(step)["state"].tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    items = {"state": ocp.args.PyTreeRestore(restore_args=as_numpy),
+             "meta": ocp.args.JsonRestore()}
+    if (directory / str(step) / "text").exists():
+      items["text"] = ocp.args.JsonRestore()
+    out = manager.restore(step, args=ocp.args.Composite(**items))
+  finally:
+    manager.close()
+  text = TextAssets.from_dict(out.text) if "text" in items else None
+  return Saved(state=out.state, meta=RunMeta.from_dict(out.meta), text=text,
+               source=f"{directory / str(step)}")
+
+
+def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
+  """{"a.b": leaf} of a nested config dict."""
+  return traverse_util.flatten_dict(tree, sep=".")
 
 
 def _normalise(v: Any) -> Any:

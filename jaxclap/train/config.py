@@ -1,8 +1,8 @@
 """Default configuration of a training run and its validation.
 
 `base_config()` holds every knob with its default (the paper's stage-1 recipe); the files
-in `configs/` start from it and override what differs. `validate()` turns bad values into
-errors that name the key.
+in `configs/` start from it and override what differs (the stage-2 recipe: configs/stage2.py).
+`validate()` turns bad values into errors that name the key.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import os
 
 import ml_collections
 
-PAPER_NORM_STATS = (-7.1, 4.2)  # Legacy M2D defaults; a fresh run computes its own.
+from jaxclap.models import sizes
+
 # The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build`, no weights:
 # drawn in proportion to size (configs/stage1.py says how each is built).
 PAPER_TRAIN = ("captioned_folder/audioset:train,captioned_folder/vggsound:train,"
@@ -139,32 +140,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_stage2() -> ml_collections.ConfigDict:
-  """Stage 2 (and, with mask 0 from its checkpoint, 2.1) as REFERENCE.md describes."""
-  c = base_config()
-  c.stage = "stage2"
-  c.data.train = PAPER_TRAIN  # By size; AudioCaps merged into AudioSet (configs/stage1.py).
-  c.data.val = "captioned_folder/audiocaps:validation"
-  c.data.build_demo = False
-  c.data.num_workers = 8
-  c.data.crop_frames = 1001  # 10 s.
-  c.init.workdir = ""  # Set to the stage-1 workdir (required).
-  c.init.parts = "audio_encoder"
-  c.text.kind = "bert"
-  c.text.model = "bert-base-uncased"  # A local HF folder offline; 768-d: no projection.
-  c.text.pooling = "cls"
-  c.text.max_len = 512  # The official BertXEncoder's max_length (BERT's position limit).
-  c.model.size = "base"
-  c.model.structured_mask = 0.3
-  c.model.finetune_audio = False
-  c.model.dtype = "bfloat16"
-  c.train.global_batch = 2048
-  c.train.epochs = 30.0
-  c.optim.base_lr = 3e-6  # × batch/256 = 2.4e-5 at 2048.
-  c.optim.warmup_epochs = 5.0
-  return c
-
-
 def _check(cond: bool, key: str, value, why: str) -> None:
   if not cond:
     raise ValueError(f"Bad config value {key}={value!r}: {why}")
@@ -208,8 +183,6 @@ def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `c`."""
-  from jaxclap.models import sizes  # Local: keeps config import light.
-
   _check(c.stage in ("stage1", "stage2"), "stage", c.stage, "expected 'stage1' or 'stage2'")
   _check(0.0 <= c.model.structured_mask < 1.0, "model.structured_mask", c.model.structured_mask,
          "must be in [0, 1)")

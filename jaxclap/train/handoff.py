@@ -1,4 +1,5 @@
-"""Starting a stage from an earlier stage's Orbax checkpoint (stage 1 → 2 → 2.1)."""
+"""Starting a stage from an earlier stage's checkpoint (stage 1 → 2 → 2.1): its parameters
+laid into the new state (`checkpoint.load` reads it)."""
 
 from __future__ import annotations
 
@@ -6,53 +7,12 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
-
-from jaxclap.train import checkpoint as ckpt
+from flax import traverse_util
 
 
-def locate(path: str) -> tuple[epath.Path, int]:
-  """(checkpoints dir, step) for a workdir, its checkpoints dir or one step's dir."""
-  p = epath.Path(path).expanduser()
-  if not p.exists():
-    raise ValueError(f"init.workdir={path!r} does not exist")
-  for directory in (p / "checkpoints", p):
-    steps = sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit()) \
-        if directory.is_dir() else []
-    if steps:
-      return directory, steps[-1]
-  if p.name.isdigit() and (p / "state").exists():
-    return p.parent, int(p.name)
-  raise ValueError(f"init.workdir={path!r} holds no complete checkpoint (expected "
-                   "<workdir>/checkpoints/<step>/state, as jaxclap.main writes)")
-
-
-def load(path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-  """The saved state (host arrays), run metadata and a description of where they came from."""
-  directory, step = locate(path)
-  manager = ocp.CheckpointManager(directory, item_handlers={"meta": ocp.JsonCheckpointHandler()},
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  meta = ckpt.read_meta(manager, step)
-  manager.close()
-  return _host_state(directory / str(step) / "state"), meta, f"{directory / str(step)}"
-
-
-def _host_state(path: epath.Path) -> dict[str, Any]:
-  """A saved train state as numpy arrays, whatever device layout wrote it."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
-
-
-def _paths(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_paths(v, f"{prefix}/{k}" if prefix else str(k)))
-    return out
-  return {prefix: tree}
+def _paths(tree: dict[str, Any]) -> dict[str, Any]:
+  """{"a/b": leaf} of a nested parameter tree."""
+  return traverse_util.flatten_dict(tree, sep="/")
 
 
 def mismatches(current: Any, saved: Any, where: str) -> list[str]:

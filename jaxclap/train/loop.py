@@ -17,16 +17,13 @@ from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
 from jaxclap.data import build as data_build
-from jaxclap.data import mixture
-from jaxclap.data import pipeline
+from jaxclap.data import mixture, pipeline
+from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
-from jaxclap.train import handoff
-from jaxclap.train import objectives
-from jaxclap.train import optim
+from jaxclap.train import handoff, objectives, optim, validation
 from jaxclap.train import state as state_lib
 from jaxclap.train import step as step_lib
-from jaxclap.train import validation
 from jaxclap.train.progress import Progress
 
 
@@ -90,7 +87,7 @@ def _norm_stats(config, resume_meta, init_meta, stats_loader_fn, fcfg) -> tuple[
   """Resume's > earlier stage's > config's > computed from random training crops."""
   for meta in (resume_meta, init_meta):
     if meta is not None:
-      return tuple(float(x) for x in meta["norm_stats"])
+      return tuple(float(x) for x in meta.norm_stats)
   if config.frontend.norm_stats is not None:
     return tuple(float(x) for x in config.frontend.norm_stats)
   stats = ns.compute_norm_stats(iter(stats_loader_fn()), fcfg,
@@ -137,25 +134,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = ckpt.make_manager(workdir, keep=config.train.keep_checkpoints,
                               async_save=config.train.async_checkpoint)
   latest = manager.latest_step()
-  resume_meta = init_meta = init_state = None
+  resume_meta = init_meta = init = None
+  pos_table = config.model.pos_table
   if latest is not None:
     resume_meta = ckpt.read_meta(manager, latest)
     keys = ckpt.MODEL_KEYS + (ckpt.TEXT_KEYS if config.stage == "stage2" else ())
-    diffs = ckpt.model_config_diff(resume_meta["config"], config, keys)
+    diffs = ckpt.model_config_diff(resume_meta.config, config, keys)
     if diffs:
       raise ValueError(f"Refusing to resume {workdir} (step {latest}) with a config that changes "
                        "the model: " + "; ".join(diffs) + ". Use a new --workdir.")
   elif config.init.workdir:
-    init_state, init_meta, init_source = handoff.load(config.init.workdir)
-    logging.info("Starting from %s (%s)", init_source, config.init.parts)
+    init = ckpt.load(config.init.workdir)
+    init_meta = init.meta
+    logging.info("Starting from %s (%s)", init.source, config.init.parts)
     # A stored (imported) position table is part of the encoder: the next stage keeps it.
-    table = init_meta.get("config", {}).get("model", {}).get("pos_table", "sincos")
-    if table != config.model.pos_table:
-      logging.info("model.pos_table=%r from %s", table, init_source)
-      config.model.pos_table = table
+    table = init_meta.pos_table or "sincos"
+    if table != pos_table:
+      logging.info("model.pos_table=%r from %s", table, init.source)
+      pos_table = table
   # The trained position table's width comes from stage 1 and travels with the checkpoints.
-  input_frames = int((resume_meta or init_meta or {}).get("input_frames",
-                                                          config.data.crop_frames))
+  input_frames, _ = (resume_meta or init_meta or RunMeta()).frames(config.data.crop_frames)
 
   def train_loader(seed: int):
     return pipeline.make_loader(
@@ -167,9 +165,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   iterator = ckpt.IteratorSnapshot(iter(train_loader(config.seed)))
   norm_stats = _norm_stats(config, resume_meta, init_meta,
                            lambda: train_loader(config.seed + 1), fcfg)
+  saved_config = json.loads(config.to_json_best_effort())
+  saved_config["model"]["pos_table"] = pos_table  # The config the checkpoints describe.
+  meta = RunMeta(config=saved_config, norm_stats=norm_stats,
+                 text_models={n: f["text_model"] for n, f in facts.items()},
+                 input_frames=input_frames, unit_frames=config.data.crop_frames,
+                 stage=config.stage, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   sentence_model = next((f["text_model"] for f in facts.values()), None)
-  objective = objectives.build(config, frontend_cfg=fcfg, total_steps=total_steps,
-                               input_frames=input_frames, sentence_model=sentence_model)
+  objective = objectives.build(config, meta, sentence_model=sentence_model)
+  # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
+  text_assets = objective.net.text_assets() if config.stage == "stage2" else None
   state, state_sh = state_lib.create_sharded_state(
       init_params=objective.init, tx=tx, seed=config.seed, norm_stats=norm_stats, mesh=mesh,
       rules=rules)
@@ -177,16 +182,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, _ = ckpt.restore(manager, latest, abstract_state=state_lib.abstract_state(
         state_sh, state), iterator=iterator)
     logging.info("Resumed from %s at step %d", workdir, latest)
-  elif init_state is not None:
-    state = handoff.apply(state, init_state, parts=config.init.parts, source=init_source)
+  elif init is not None:
+    state = handoff.apply(state, init.state, parts=config.init.parts, source=init.source)
   steps = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
                              schedule=schedule, grad_accum=config.train.grad_accum)
-
-  meta = {"config": json.loads(config.to_json_best_effort()), "norm_stats": list(norm_stats),
-          "text_models": {n: f["text_model"] for n, f in facts.items()},
-          "input_frames": input_frames, "unit_frames": config.data.crop_frames,
-          "stage": config.stage,
-          "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
 
   def eval_loader(specs):
     name, split = specs[0]
@@ -239,7 +238,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def save(step: int) -> None:
     check_finite()
-    ckpt.save(manager, step, state=state, iterator=iterator, meta=dict(meta, step=step))
+    ckpt.save(manager, step, state=state, iterator=iterator, meta=meta.replace(step=step),
+              text=text_assets)
 
   step = start
   preempted = False

@@ -1,99 +1,85 @@
-"""What each stage trains: its parameters, loss, post-update rule and embeddings.
+"""What each stage trains: its loss, post-update rule and embeddings.
 
-The one trainer (`loop.py`, `step.py`) calls these; stages differ only here. `params` are
-trained by the optimizer; `frozen` are not (stage 1: the EMA target; stage 2: the audio
-encoder unless it is fine-tuned).
+The one trainer (`loop.py`, `step.py`) calls these; stages differ only here. The network
+comes from `models/build.py`; `params` are trained by the optimizer, `frozen` are not
+(stage 1: the EMA target; stage 2: the audio encoder unless it is fine-tuned).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from jaxclap import losses
-from jaxclap.models import features
 from jaxclap.audio import frontend as fe
-from jaxclap.models import clap, m2d, masks, patches
-from jaxclap.text import sentence
-from jaxclap.text import tower as text_tower
+from jaxclap.models import build as build_lib
+from jaxclap.models import clap, features, m2d, masks, patches
+from jaxclap.run_meta import RunMeta
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage1:
   """M2D + λ·CLAP against precomputed sentence embeddings; EMA target update."""
 
-  model: m2d.M2D
-  frontend_cfg: fe.FrontendConfig
-  n_frames: int
+  net: build_lib.M2DNetwork
   clap_weight: float
   clap_grad_divisor: float
   ema_start: float
   ema_end: float
   total_steps: int
-  sentence_embedder: Callable[[list[str]], np.ndarray] | None = None  # Zero-shot prompts.
   batch_keys: tuple[str, ...] = ("audio", "audio_len", "text_embedding")
 
+  @property
+  def model(self) -> m2d.M2D:
+    return self.net.model
+
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
-    return m2d.init_params(self.model, rng, n_frames=self.n_frames,
-                           n_mels=self.frontend_cfg.n_mels, text_dim=self.model.text_dim)
+    return self.net.init(rng)
 
   def loss(self, params, frozen, batch, rng, norm_stats):
-    return m2d.stage1_loss(params, frozen, batch, rng, model=self.model,
-                           frontend_cfg=self.frontend_cfg, norm_stats=norm_stats,
+    return stage1_loss(params, frozen, batch, rng, model=self.model,
+                           frontend_cfg=self.net.frontend_cfg, norm_stats=norm_stats,
                            clap_weight=self.clap_weight,
                            clap_grad_divisor=self.clap_grad_divisor)
 
   def after_update(self, params, frozen, step):
-    params = m2d.clamp_logit_scale(params)
-    decay = m2d.ema_decay(step, self.total_steps, self.ema_start, self.ema_end)
-    frozen = m2d.ema_update(frozen, params["encoder"]["body"], decay)
+    params = clamp_logit_scale(params)
+    decay = ema_decay(step, self.total_steps, self.ema_start, self.ema_end)
+    frozen = ema_update(frozen, params["encoder"]["body"], decay)
     return params, frozen, {"ema_decay": decay}
 
   def audio_embed(self, params, frozen, batch, norm_stats):
-    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     return features.clap_audio_embedding(params, x, model=self.model)  # Chunks long input.
 
   def text_embed(self, params, frozen, text_inputs):
-    text = self.model.apply({"params": params}, text_inputs["text_embedding"],
-                            method=m2d.M2D.project_text)
-    return losses.l2_normalize(text.astype(jnp.float32))
+    return self.net.text_embed(params, frozen, text_inputs)
 
   def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray] | None:
-    """Host-side text inputs for captions/prompts (None: no sentence model at hand)."""
-    if self.sentence_embedder is None:
-      return None
-    return {"text_embedding": np.asarray(self.sentence_embedder(captions), np.float32)}
+    return self.net.text_inputs(captions)
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage2:
   """CLAP between the (frozen) stage-1 audio encoder + fresh pooler and a text tower."""
 
-  model: clap.CLAP
-  frontend_cfg: fe.FrontendConfig
-  n_frames: int
-  tokenizer: Callable[[list[str]], dict[str, np.ndarray]]
-  init_text: Callable[[jax.Array], Any]  # Pretrained (or fresh) text-tower params.
+  net: build_lib.CLAPNetwork
   # Structured masking: (rows, columns, probability) per batch draw, `masks.stage2_variants`;
   # the drawn counts of whole frequency rows and time columns are dropped per example.
   mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
-  finetune_audio: bool = False
   batch_keys: tuple[str, ...] = ("audio", "audio_len", "input_ids", "attention_mask")
 
+  @property
+  def model(self) -> clap.CLAP:
+    return self.net.model
+
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
-    audio_key, text_key = jax.random.split(rng)
-    ids = self.tokenizer(["a"])
-    x = jnp.zeros((1, self.frontend_cfg.n_mels, self.n_frames), jnp.float32)
-    params = dict(self.model.init(audio_key, x, jnp.asarray(ids["input_ids"]),
-                                  jnp.asarray(ids["attention_mask"]))["params"])
-    params["text_tower"] = self.init_text(text_key)
-    if self.finetune_audio:
-      return params, {}
-    return {k: v for k, v in params.items() if k != "encoder"}, {"encoder": params["encoder"]}
+    return self.net.init(rng)
 
   def _merged(self, params, frozen):
     return {**params, **jax.lax.stop_gradient(frozen)}
@@ -113,7 +99,7 @@ class Stage2:
   def loss(self, params, frozen, batch, rng, norm_stats):
     mask_key, dropout_key = jax.random.split(rng)
     p = self._merged(params, frozen)
-    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     audio, kept = self.masked_audio(p, x, mask_key)
     text = self.model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
                             deterministic=False, method=clap.CLAP.text,
@@ -125,62 +111,91 @@ class Stage2:
 
   def after_update(self, params, frozen, step):
     del step
-    return m2d.clamp_logit_scale(params), frozen, {}
+    return clamp_logit_scale(params), frozen, {}
 
   def audio_embed(self, params, frozen, batch, norm_stats):
-    x = fe.waveform_input(batch, self.frontend_cfg, norm_stats)
+    x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     emb = self.model.apply({"params": self._merged(params, frozen)}, x, method=clap.CLAP.audio)
     return losses.l2_normalize(emb.astype(jnp.float32))
 
   def text_embed(self, params, frozen, text_inputs):
-    emb = self.model.apply({"params": self._merged(params, frozen)}, text_inputs["input_ids"],
-                           text_inputs["attention_mask"], method=clap.CLAP.text)
-    return losses.l2_normalize(emb.astype(jnp.float32))
+    return self.net.text_embed(params, jax.lax.stop_gradient(frozen), text_inputs)
 
   def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray]:
-    return self.tokenizer(captions)
+    return self.net.text_inputs(captions)
 
 
-def build(config, *, frontend_cfg: fe.FrontendConfig, total_steps: int, input_frames: int,
-          sentence_model: str | None, unit_frames: int | None = None):
-  """The objective of `config.stage`; `input_frames` is the stage-1 position-table width,
-  `unit_frames` the input length this stage trains on (default: `config.data.crop_frames`)."""
-  unit_frames = int(unit_frames or config.data.crop_frames)
-  model_cfg = {**config.model.to_dict(), "input_frames": input_frames,
-               "unit_frames": unit_frames}
+def build(config: ml_collections.ConfigDict, meta: RunMeta, *,
+          sentence_model: str | None = None) -> Stage1 | Stage2:
+  """The objective of `config.stage` on the network `models.build` makes of (config, meta);
+  `meta.total_steps` sets stage 1's EMA schedule."""
+  net = build_lib.build(config, meta, sentence_model=sentence_model)
   if config.stage == "stage1":
-    embedder = None
-    if sentence_model:
-      embedder = _lazy_sentence_embedder(sentence_model)
-    return Stage1(model=m2d.build_model(model_cfg), frontend_cfg=frontend_cfg,
-                  n_frames=config.data.crop_frames, clap_weight=config.train.clap_weight,
+    return Stage1(net=net, clap_weight=config.train.clap_weight,
                   clap_grad_divisor=config.train.clap_grad_divisor,
                   ema_start=config.train.ema_start, ema_end=config.train.ema_end,
-                  total_steps=total_steps, sentence_embedder=embedder)
-  dtype = jnp.dtype(config.model.dtype)
-  tower, tokenizer, init_text = text_tower.build_text_tower(
-      config.text, out_dim=config.model.clap_dim, dtype=dtype)
-  model = clap.CLAP(text_tower=tower, size=config.model.size,
-                    patch_size=config.model.patch_size, n_mels=frontend_cfg.n_mels,
-                    input_frames=input_frames, unit_frames=unit_frames,
-                    clap_dim=config.model.clap_dim, dtype=dtype,
-                    remat=config.model.remat, pos_table=config.model.pos_table)
-  gf, gt = patches.grid_size(frontend_cfg.n_mels, config.data.crop_frames,
+                  total_steps=int(meta.total_steps or 1))
+  gf, gt = patches.grid_size(net.frontend_cfg.n_mels, config.data.crop_frames,
                              config.model.patch_size)
   variants = masks.stage2_variants(gf, gt, config.model.structured_mask,
                                    config.model.structured_mask_counts)
-  return Stage2(model=model, frontend_cfg=frontend_cfg, n_frames=config.data.crop_frames,
-                tokenizer=tokenizer, init_text=init_text, mask_variants=variants,
-                finetune_audio=config.model.finetune_audio)
+  return Stage2(net=net, mask_variants=variants)
 
 
-def _lazy_sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
-  """Loads the dataset's sentence model on first use (zero-shot prompts of stage 1)."""
-  cache: dict[str, Any] = {}
+# ----------------------------------------------------------------------------------------------
+# The stage-1 loss and the update rules the stages apply after each optimizer step.
 
-  def embed(texts: list[str]) -> np.ndarray:
-    if "model" not in cache:
-      cache["model"] = sentence.load_sentence_embedder(name)
-    return cache["model"].embed(texts)
 
-  return embed
+def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+                model: m2d.M2D, frontend_cfg: fe.FrontendConfig,
+                norm_stats: Sequence[float], clap_weight: float = 0.01,
+                clap_grad_divisor: float = 1.0
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Stage-1 loss: norm_mse(prediction, EMA target) + clap_weight · symmetric InfoNCE.
+
+  `clap_grad_divisor` k divides the CLAP gradient that flows through the audio and text
+  embeddings (not the one reaching `logit_scale`) by k, leaving every value unchanged: the
+  official DDP run gathers the other ranks' embeddings without a gradient path and averages
+  gradients over its k GPUs, which is exactly this (see configs/stage1.py).
+  """
+  x = fe.waveform_input(batch, frontend_cfg, norm_stats)
+  grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
+  visible_idx, masked_idx = m2d.sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
+  out = model.apply({"params": online}, x, visible_idx, masked_idx,
+                    batch["text_embedding"], method=m2d.M2D.stage1)
+  target_out = m2d.target_body(model).apply({"params": target},
+                                         jax.lax.stop_gradient(out["target_in"]))
+  loss_m2d = losses.norm_mse(pred=out["pred"],
+                             target=jax.lax.stop_gradient(target_out[:, 1:]))
+  feature_scale = 1.0 / clap_grad_divisor
+  loss_clap = losses.clip_infonce(
+      audio_emb=losses.scale_gradient(out["audio_emb"], feature_scale),
+      text_emb=losses.scale_gradient(out["text_emb"], feature_scale),
+      logit_scale=out["logit_scale"])
+  loss = loss_m2d + clap_weight * loss_clap
+  return loss, {"loss": loss, "loss_m2d": loss_m2d, "loss_clap": loss_clap,
+                "logit_scale": out["logit_scale"]}
+
+
+def ema_decay(step: jax.Array, total_steps: int, start: float = 0.99995,
+              end: float = 0.99999) -> jax.Array:
+  """EMA decay rising linearly from `start` (update 0) to `end` (update total_steps − 1).
+
+  As the official `ema_decay_sched`: interp = step / (total_steps − 1), where `step` counts
+  updates from 0 (the train step passes the pre-increment step). A 1-step run, where the
+  official formula divides by zero, uses `start`; steps past the end stay at `end`.
+  """
+  frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps - 1, 1), 0.0, 1.0)
+  return start + (end - start) * frac
+
+
+def ema_update(target: Any, online_encoder_body: Any, decay: jax.Array) -> Any:
+  """target ← decay · target + (1 − decay) · online body (same tree structure)."""
+  return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target,
+                      online_encoder_body)
+
+
+def clamp_logit_scale(online: dict) -> dict:
+  """Clamp the CLAP log scale to [0, log 100] (after each optimizer update)."""
+  clamp = lambda s: jnp.clip(s, 0.0, m2d.LOGIT_SCALE_MAX)
+  return {**online, "logit_scale": jax.tree.map(clamp, online["logit_scale"])}
