@@ -24,22 +24,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxclap import sharding as shd
-from jaxclap.run_meta import RunMeta
 from jaxclap.audio import frontend
 from jaxclap.audio import norm_stats as norm_stats_lib
 from jaxclap.models import flops
-from jaxclap.train import config as config_lib, objectives, optim
-from jaxclap.train import state as state_lib, step as step_lib
+from jaxclap.run_meta import RunMeta
+from jaxclap.train import config as config_lib
+from jaxclap.train import objectives, optim
+from jaxclap.train import state as state_lib
+from jaxclap.train import step as step_lib
 
 # Dense peak FLOP/s per chip from vendor data sheets (no sparsity): (bf16, f32).
 PEAKS = {
-    "H100": (989e12, 67e12),  # SXM; PCIe/NVL parts are lower.
-    "H200": (989e12, 67e12),
-    "A100": (312e12, 19.5e12),
-    "TPU v4": (275e12, 275e12 / 2),
-    "TPU v5 lite": (197e12, 197e12 / 2),  # v5e
-    "TPU v5p": (459e12, 459e12 / 2),
-    "TPU v6 lite": (918e12, 918e12 / 2),  # v6e (Trillium)
+  "H100": (989e12, 67e12),  # SXM; PCIe/NVL parts are lower.
+  "H200": (989e12, 67e12),
+  "A100": (312e12, 19.5e12),
+  "TPU v4": (275e12, 275e12 / 2),
+  "TPU v5 lite": (197e12, 197e12 / 2),  # v5e
+  "TPU v5p": (459e12, 459e12 / 2),
+  "TPU v6 lite": (918e12, 918e12 / 2),  # v6e (Trillium)
 }
 
 
@@ -58,7 +60,7 @@ def device_peak(device, dtype: str) -> tuple[float, str]:
     t0 = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t0)
-  return 2 * n ** 3 / min(times), f"measured {dtype} {n}² matmul on {kind or device.platform}"
+  return 2 * n**3 / min(times), f"measured {dtype} {n}² matmul on {kind or device.platform}"
 
 
 def peak_memory(device, compiled) -> tuple[float | None, str]:
@@ -69,8 +71,12 @@ def peak_memory(device, compiled) -> tuple[float | None, str]:
   mem = compiled.memory_analysis()
   if mem is None:
     return None, "unavailable"
-  total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-           - mem.alias_size_in_bytes)
+  total = (
+    mem.temp_size_in_bytes
+    + mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    - mem.alias_size_in_bytes
+  )
   return float(total), "XLA compiled footprint (temp + arguments + outputs - aliased)"
 
 
@@ -99,15 +105,23 @@ def main() -> None:
   objective = objectives.build(c, RunMeta(total_steps=total))
   mesh = shd.make_mesh(fsdp=args.fsdp)
   state, state_sh = state_lib.create_sharded_state(
-      init_params=objective.init, tx=tx, seed=0, norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
-      mesh=mesh, rules=c.mesh.rules)
-  train = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
-                             schedule=sched)["train"]
+    init_params=objective.init,
+    tx=tx,
+    seed=0,
+    norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
+    mesh=mesh,
+    rules=c.mesh.rules,
+  )
+  train = step_lib.jit_steps(
+    mesh=mesh, state_sh=state_sh, objective=objective, tx=tx, schedule=sched
+  )["train"]
   rng = np.random.default_rng(0)
   samples = (c.data.crop_frames - 1) * fcfg.hop_length
-  local = {"audio": (0.1 * rng.standard_normal((batch, samples))).astype(np.float32),
-           "audio_len": np.full((batch,), samples, np.int32),
-           "text_embedding": rng.standard_normal((batch, c.model.text_dim)).astype(np.float32)}
+  local = {
+    "audio": (0.1 * rng.standard_normal((batch, samples))).astype(np.float32),
+    "audio_len": np.full((batch,), samples, np.int32),
+    "text_embedding": rng.standard_normal((batch, c.model.text_dim)).astype(np.float32),
+  }
   gbatch = shd.global_batch(local, mesh)
   t0 = time.perf_counter()
   compiled = train.lower(state, gbatch).compile()
@@ -132,25 +146,40 @@ def main() -> None:
   mem, mem_src = peak_memory(devices[0], compiled)
   achieved = per_clip * batch / step_s
   out = {
-      "device": f"{len(devices)} × {devices[0].device_kind}", "model": c.model.size,
-      "input": f"{fcfg.n_mels}x{c.data.crop_frames}", "dtype": args.dtype, "remat": args.remat,
-      "fsdp": args.fsdp, "global_batch": batch, "compile_s": round(compile_s, 1),
-      "step_s": step_s, "clips_per_s": batch / step_s,
-      "model_gflop_per_clip": per_clip / 1e9,
-      "xla_gflop_per_clip": xla_flops * (len(devices) if xla_flops else 0) / batch / 1e9,
-      "mfu": achieved / (peak * len(devices)), "peak_flops_per_device": peak,
-      "peak_source": peak_src, "peak_memory_gib": None if mem is None else mem / 2 ** 30,
-      "memory_source": mem_src, "loss": float(metrics["loss"]),
+    "device": f"{len(devices)} × {devices[0].device_kind}",
+    "model": c.model.size,
+    "input": f"{fcfg.n_mels}x{c.data.crop_frames}",
+    "dtype": args.dtype,
+    "remat": args.remat,
+    "fsdp": args.fsdp,
+    "global_batch": batch,
+    "compile_s": round(compile_s, 1),
+    "step_s": step_s,
+    "clips_per_s": batch / step_s,
+    "model_gflop_per_clip": per_clip / 1e9,
+    "xla_gflop_per_clip": xla_flops * (len(devices) if xla_flops else 0) / batch / 1e9,
+    "mfu": achieved / (peak * len(devices)),
+    "peak_flops_per_device": peak,
+    "peak_source": peak_src,
+    "peak_memory_gib": None if mem is None else mem / 2**30,
+    "memory_source": mem_src,
+    "loss": float(metrics["loss"]),
   }
-  print(f"{out['device']}: {out['model']} {out['input']} {args.dtype} remat={args.remat} "
-        f"fsdp={args.fsdp} global batch {batch}")
-  print(f"  step {step_s * 1e3:.1f} ms (median of {args.steps}) = {out['clips_per_s']:.1f} clips/s;"
-        f" compile {compile_s:.1f} s")
-  print(f"  model FLOPs {out['model_gflop_per_clip']:.1f} GFLOP/clip (counted from the network;"
-        f" XLA counts {out['xla_gflop_per_clip']:.1f})")
+  print(
+    f"{out['device']}: {out['model']} {out['input']} {args.dtype} remat={args.remat} "
+    f"fsdp={args.fsdp} global batch {batch}"
+  )
+  print(
+    f"  step {step_s * 1e3:.1f} ms (median of {args.steps}) = {out['clips_per_s']:.1f} clips/s;"
+    f" compile {compile_s:.1f} s"
+  )
+  print(
+    f"  model FLOPs {out['model_gflop_per_clip']:.1f} GFLOP/clip (counted from the network;"
+    f" XLA counts {out['xla_gflop_per_clip']:.1f})"
+  )
   print(f"  MFU {100 * out['mfu']:.1f}% of {peak / 1e9:,.0f} GFLOP/s per device ({peak_src})")
   if mem is not None:
-    print(f"  peak memory {mem / 2 ** 30:.2f} GiB ({mem_src})")
+    print(f"  peak memory {mem / 2**30:.2f} GiB ({mem_src})")
   print("RESULT " + json.dumps(out))
 
 

@@ -34,8 +34,9 @@ from jaxclap.audio import norm_stats as norm_stats_lib  # noqa: E402
 from jaxclap.models import m2d, patches  # noqa: E402
 
 
-def torch_frame_features(tm: torch_m2d.TorchM2D, wave: torch.Tensor, unit: int,
-                         patch: int = 16) -> torch.Tensor:
+def torch_frame_features(
+  tm: torch_m2d.TorchM2D, wave: torch.Tensor, unit: int, patch: int = 16
+) -> torch.Tensor:
   """[N, S] → [N, T', F'·D]: log-mel, chunks of `unit` frames (last padded to a patch)."""
   x = tm.frontend(wave)
   t = x.shape[-1]
@@ -46,7 +47,7 @@ def torch_frame_features(tm: torch_m2d.TorchM2D, wave: torch.Tensor, unit: int,
   d = enc.pos.shape[-1]
   outs = []
   for start in range(0, t, unit):
-    c = x[..., start:start + unit]
+    c = x[..., start : start + unit]
     tc = c.shape[-1] // patch
     pos = enc.pos.reshape(gf, gt, d)[:, :tc].reshape(gf * tc, d)
     tokens = enc.body(enc.with_cls(enc.patch_embed(c) + pos))[:, 1:]
@@ -64,17 +65,28 @@ def main() -> None:
   args = parser.parse_args()
 
   torch.set_num_threads(os.cpu_count() or 1)
-  print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
-        f"load average {os.getloadavg()}")
-  print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads)")
+  print(
+    f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+    f"load average {os.getloadavg()}"
+  )
+  print(
+    f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+    f"({torch.get_num_threads()} threads)"
+  )
   cfg = {"size": args.size, "text_dim": 768, "input_frames": args.input_frames}
   model = m2d.build_model(cfg)
   fcfg = frontend.FrontendConfig()
-  online, target = nn.unbox(m2d.init_params(model, jax.random.key(0),
-                                            n_frames=args.input_frames, text_dim=768))
-  jm = inference.Model(model, online, frontend_cfg=fcfg, norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
-                       batch_size=args.clips, progress=False)
+  online, target = nn.unbox(
+    m2d.init_params(model, jax.random.key(0), n_frames=args.input_frames, text_dim=768)
+  )
+  jm = inference.Model(
+    model,
+    online,
+    frontend_cfg=fcfg,
+    norm_stats=norm_stats_lib.LEGACY_NORM_STATS,
+    batch_size=args.clips,
+    progress=False,
+  )
   tm = torch_m2d.TorchM2D(cfg, n_frames=args.input_frames, clap_weight=0.01)
   torch_m2d.load_jax_params(tm, online, target)
   tm.eval()
@@ -83,10 +95,13 @@ def main() -> None:
   rng = np.random.default_rng(0)
   clips = (0.1 * rng.standard_normal((args.clips, samples))).astype(np.float32)
   n_frames = fcfg.num_frames(samples)
-  chunks = [c.shape[-1] for c in inference.time_chunks(np.zeros((80, n_frames)),
-                                                       args.input_frames, 16)]
-  print(f"== {args.size}: {args.clips} clips of {args.seconds:g} s = {n_frames} frames → "
-        f"chunks {chunks}; grid F'={patches.grid_size(80, args.input_frames)[0]} ==")
+  chunks = [
+    c.shape[-1] for c in inference.time_chunks(np.zeros((80, n_frames)), args.input_frames, 16)
+  ]
+  print(
+    f"== {args.size}: {args.clips} clips of {args.seconds:g} s = {n_frames} frames → "
+    f"chunks {chunks}; grid F'={patches.grid_size(80, args.input_frames)[0]} =="
+  )
 
   t0 = time.perf_counter()
   jax_out = jm.frame_features(clips, sample_rate=fcfg.sample_rate)
@@ -95,8 +110,10 @@ def main() -> None:
   with torch.inference_mode():
     torch_out = torch_frame_features(tm, wave, args.input_frames).numpy()
   diff = np.abs(jax_out - torch_out)
-  print(f"features {jax_out.shape}: max abs diff JAX vs PyTorch {diff.max():.3g} "
-        f"(max |feature| {np.abs(torch_out).max():.3g}, mean abs diff {diff.mean():.3g})")
+  print(
+    f"features {jax_out.shape}: max abs diff JAX vs PyTorch {diff.max():.3g} "
+    f"(max |feature| {np.abs(torch_out).max():.3g}, mean abs diff {diff.mean():.3g})"
+  )
 
   jax_t, torch_t = [], []
   for _ in range(args.rounds):  # Interleaved so machine noise hits both alike.
@@ -107,15 +124,21 @@ def main() -> None:
     with torch.inference_mode():
       torch_frame_features(tm, wave, args.input_frames)
     torch_t.append(time.perf_counter() - t)
-  print("round times (s): jax " + str([round(x, 3) for x in jax_t])
-        + "; torch " + str([round(x, 3) for x in torch_t]))
+  print(
+    "round times (s): jax "
+    + str([round(x, 3) for x in jax_t])
+    + "; torch "
+    + str([round(x, 3) for x in torch_t])
+  )
   jax_cps = args.clips / statistics.median(jax_t)
   torch_cps = args.clips / statistics.median(torch_t)
   ratios = [tt / jt for jt, tt in zip(jax_t, torch_t)]
   print(f"JAX     {jax_cps:7.2f} clips/s")
   print(f"PyTorch {torch_cps:7.2f} clips/s")
-  print(f"JAX/PyTorch clips/s: {jax_cps / torch_cps:.2f}x (ratio of medians), "
-        f"{statistics.median(ratios):.2f}x (median of per-round ratios)")
+  print(
+    f"JAX/PyTorch clips/s: {jax_cps / torch_cps:.2f}x (ratio of medians), "
+    f"{statistics.median(ratios):.2f}x (median of per-round ratios)"
+  )
 
 
 if __name__ == "__main__":

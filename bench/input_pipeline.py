@@ -12,11 +12,9 @@ from __future__ import annotations
 import itertools
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from jaxclap.data import build
-from jaxclap.data import pipeline
+from jaxclap.data import build, pipeline
 
 _DATA_DIR = flags.DEFINE_string("data_dir", build.DEFAULT_DATA_DIR, "TFDS data dir.")
 _NUM_CLIPS = flags.DEFINE_integer("num_clips", 2000, "Demo clips to build if missing.")
@@ -40,8 +38,10 @@ def main(argv: list[str]) -> None:
   info = build.ensure_demo_dataset(_DATA_DIR.value, num_clips=_NUM_CLIPS.value)
   source = pipeline.open_source(build.DEMO, "train", _DATA_DIR.value)
   n = _BATCHES.value * _BATCH.value
-  print(f"demo train split: {len(source)} clips; {info['text_model']} dim "
-        f"{info['embedding_dim']}; crop {CROP_10S} samples; batch {_BATCH.value}")
+  print(
+    f"demo train split: {len(source)} clips; {info['text_model']} dim "
+    f"{info['embedding_dim']}; crop {CROP_10S} samples; batch {_BATCH.value}"
+  )
 
   start = time.perf_counter()
   for i in range(n):
@@ -50,11 +50,20 @@ def main(argv: list[str]) -> None:
   print(f"baseline: raw record reads       {baseline:8.1f} clips/s  (1.00x)")
 
   for workers in map(int, _WORKERS.value):
-    loader = pipeline.make_loader(source, global_batch=_BATCH.value, crop_samples=CROP_10S,
-                                  seed=0, num_workers=workers, process_index=0, process_count=1)
+    loader = pipeline.make_loader(
+      source,
+      global_batch=_BATCH.value,
+      crop_samples=CROP_10S,
+      seed=0,
+      num_workers=workers,
+      process_index=0,
+      process_count=1,
+    )
     rate = _rate(lambda: iter(loader), _BATCHES.value)
-    print(f"pipeline: {workers} worker(s)              {rate:8.1f} clips/s  "
-          f"({rate / baseline:.2f}x baseline)")
+    print(
+      f"pipeline: {workers} worker(s)              {rate:8.1f} clips/s  "
+      f"({rate / baseline:.2f}x baseline)"
+    )
 
 
 if __name__ == "__main__":

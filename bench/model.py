@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclap.audio import frontend
 from jaxclap import layers
+from jaxclap.audio import frontend
 from jaxclap.models import m2d, sizes
 from jaxclap.train import objectives
 
@@ -50,8 +50,9 @@ def analytic_step_flops(model: m2d.M2D, batch: int, n_patches: int, visible: int
     return n_blocks * per
 
   online = blocks(visible + 1, w, depth) + 2 * n_patches * 256 * w
-  predictor = blocks(n_patches + 1, pw, pd) + 2 * (visible + 1) * w * pw \
-      + 2 * (n_patches - visible) * pw * w
+  predictor = (
+    blocks(n_patches + 1, pw, pd) + 2 * (visible + 1) * w * pw + 2 * (n_patches - visible) * pw * w
+  )
   head = blocks(visible + 1, w, 1) / 4 if model.clap_head == "semantic" else 0.0
   target = blocks(n_patches - visible + 1, w, depth)
   return batch * (3 * (online + predictor + head) + target)
@@ -71,16 +72,20 @@ def main() -> None:
 
   model = m2d.build_model({"size": args.size, "text_dim": 768})
   fe = frontend.FrontendConfig()
-  online, target = nn.unbox(m2d.init_params(model, jax.random.key(0), n_frames=args.frames,
-                                            text_dim=768))
+  online, target = nn.unbox(
+    m2d.init_params(model, jax.random.key(0), n_frames=args.frames, text_dim=768)
+  )
   s = (args.frames - 1) * fe.hop_length
-  batch = {"audio": 0.1 * jax.random.normal(jax.random.key(1), (args.batch, s)),
-           "audio_len": jnp.full((args.batch,), s, jnp.int32),
-           "text_embedding": jax.random.normal(jax.random.key(2), (args.batch, 768))}
+  batch = {
+    "audio": 0.1 * jax.random.normal(jax.random.key(1), (args.batch, s)),
+    "audio_len": jnp.full((args.batch,), s, jnp.int32),
+    "text_embedding": jax.random.normal(jax.random.key(2), (args.batch, 768)),
+  }
 
   def loss(o):
-    return objectives.stage1_loss(o, target, batch, jax.random.key(3), model=model,
-                           frontend_cfg=fe, norm_stats=(-7.1, 4.2))[0]
+    return objectives.stage1_loss(
+      o, target, batch, jax.random.key(3), model=model, frontend_cfg=fe, norm_stats=(-7.1, 4.2)
+    )[0]
 
   step = jax.jit(jax.value_and_grad(loss))
   t0 = time.perf_counter()
@@ -93,25 +98,34 @@ def main() -> None:
   n = 5 * (args.frames // 16)
   v = m2d.num_visible(n, model.mask_ratio)
   ana = analytic_step_flops(model, args.batch, n, v)
-  print(f"stage-1 fwd+bwd {args.size} 80x{args.frames} batch {args.batch}: {sec * 1e3:.0f} ms "
-        f"= {args.batch / sec:.2f} clips/s")
-  print(f"  XLA cost-analysis FLOPs {xla_flops / 1e9:.1f} G → {xla_flops / sec / 1e9:.1f} "
-        f"GFLOP/s = {xla_flops / sec / peak:.2f} × jnp.dot")
-  print(f"  analytic matmul FLOPs  {ana / 1e9:.1f} G → {ana / sec / 1e9:.1f} GFLOP/s "
-        f"= {ana / sec / peak:.2f} × jnp.dot")
+  print(
+    f"stage-1 fwd+bwd {args.size} 80x{args.frames} batch {args.batch}: {sec * 1e3:.0f} ms "
+    f"= {args.batch / sec:.2f} clips/s"
+  )
+  print(
+    f"  XLA cost-analysis FLOPs {xla_flops / 1e9:.1f} G → {xla_flops / sec / 1e9:.1f} "
+    f"GFLOP/s = {xla_flops / sec / peak:.2f} × jnp.dot"
+  )
+  print(
+    f"  analytic matmul FLOPs  {ana / 1e9:.1f} G → {ana / sec / 1e9:.1f} GFLOP/s "
+    f"= {ana / sec / peak:.2f} × jnp.dot"
+  )
 
   w, _, h = sizes.get_size(args.size)
   for n_tok, heads, d in ((v + 1, h, w), (n - v + 1, h, w), (n + 1, 16, 512)):
-    q, k, val = jax.random.normal(jax.random.key(4),
-                                  (3, args.batch, n_tok, heads, d // heads))
-    impls = {"einsum": layers.attention, "jax.nn.dot_product_attention":
-             lambda q, k, v: jax.nn.dot_product_attention(q, k, v)}
+    q, k, val = jax.random.normal(jax.random.key(4), (3, args.batch, n_tok, heads, d // heads))
+    impls = {
+      "einsum": layers.attention,
+      "jax.nn.dot_product_attention": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+    }
     times = {}
     for name, fn in impls.items():
       g = jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
       times[name] = timeit(lambda g=g: g(q, k, val), args.iters * 4)
-    print(f"  attention fwd+bwd N={n_tok} H={heads}: " + ", ".join(
-        f"{k} {t * 1e3:.2f} ms" for k, t in times.items()))
+    print(
+      f"  attention fwd+bwd N={n_tok} H={heads}: "
+      + ", ".join(f"{k} {t * 1e3:.2f} ms" for k, t in times.items())
+    )
 
 
 if __name__ == "__main__":

@@ -13,13 +13,18 @@ import time
 
 import numpy as np
 
-from jaxclap.text import registry as text_models, sentence as text_embed
+from jaxclap.text import registry as text_models
+from jaxclap.text import sentence as text_embed
 
-_SOUNDS = ("dog barking cat meowing birds chirping engine idling rain falling wind blowing crowd "
-           "cheering man speaking woman singing guitar strumming piano playing drums siren wailing "
-           "water running footsteps door slamming baby crying people laughing thunder rumbling").split()
-_PLACES = ("in a park,on a busy street,in a small room,near the sea,in a forest,inside a car,"
-           "at a train station,in a concert hall,far away,close to the microphone").split(",")
+_SOUNDS = (
+  "dog barking cat meowing birds chirping engine idling rain falling wind blowing crowd "
+  "cheering man speaking woman singing guitar strumming piano playing drums siren wailing "
+  "water running footsteps door slamming baby crying people laughing thunder rumbling"
+).split()
+_PLACES = (
+  "in a park,on a busy street,in a small room,near the sea,in a forest,inside a car,"
+  "at a train station,in a concert hall,far away,close to the microphone"
+).split(",")
 
 
 def make_captions(n: int, seed: int = 0) -> list[str]:
@@ -27,8 +32,10 @@ def make_captions(n: int, seed: int = 0) -> list[str]:
   rng = np.random.default_rng(seed)
   out = []
   for i in range(n):
-    clauses = [f"{rng.choice(_SOUNDS)} {rng.choice(_SOUNDS)} {rng.choice(_PLACES)}"
-               for _ in range(rng.integers(1, 8))]
+    clauses = [
+      f"{rng.choice(_SOUNDS)} {rng.choice(_SOUNDS)} {rng.choice(_PLACES)}"
+      for _ in range(rng.integers(1, 8))
+    ]
     caption = "A recording of " + ", then ".join(clauses) + "."
     out.append(caption * 12 if i % 100 == 0 else caption)
   return out
@@ -54,8 +61,11 @@ def main() -> None:
   st_embedder = text_embed.load_sentence_embedder(args.text_model, backend="st", device="cpu")
 
   import torch  # Only for reporting the thread count; st_embedder already needs it.
+
   backends = {"sentence-transformers": st_embedder, "jaxclap": jax_embedder}
-  embed = {name: functools.partial(e.embed, batch_size=args.batch_size) for name, e in backends.items()}
+  embed = {
+    name: functools.partial(e.embed, batch_size=args.batch_size) for name, e in backends.items()
+  }
   warmup = {name: _timed(fn, captions)[0] for name, fn in embed.items()}
   best, vectors = {name: float("inf") for name in embed}, {}
   for _ in range(args.repeats):  # Interleaved, best of: robust to other load on a shared CPU.
@@ -64,12 +74,17 @@ def main() -> None:
       best[name] = min(best[name], seconds)
   rate = {name: len(captions) / best[name] for name in embed}
   for name in embed:
-    print(f"{name:>22}: {rate[name]:8.1f} captions/s (best of {args.repeats}; "
-          f"warm-up pass {warmup[name]:.1f} s)")
+    print(
+      f"{name:>22}: {rate[name]:8.1f} captions/s (best of {args.repeats}; "
+      f"warm-up pass {warmup[name]:.1f} s)"
+    )
   diff = np.abs(vectors["jaxclap"] - vectors["sentence-transformers"]).max()
-  print(f"{'ratio jaxclap / st':>22}: {rate['jaxclap'] / rate['sentence-transformers']:8.2f}x   "
-        f"({len(captions)} captions, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-        f"max |diff| {diff:.2e})")
+  print(
+    f"{'ratio jaxclap / st':>22}: {rate['jaxclap'] / rate['sentence-transformers']:8.2f}x   "
+    f"({len(captions)} captions, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+    f"max |diff| {diff:.2e})"
+  )
+
 
 if __name__ == "__main__":
   main()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,8 +106,11 @@ class Encoder(nn.Module):
     super().__init__()
     self.patch_embed = PatchEmbed(dim, patch)
     self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-    self.register_buffer("pos", torch.from_numpy(
-        patches.sincos_pos_embed(dim, grid, cls_token=False)), persistent=False)
+    self.register_buffer(
+      "pos",
+      torch.from_numpy(patches.sincos_pos_embed(dim, grid, cls_token=False)),
+      persistent=False,
+    )
     self.body = ViTBody(dim, depth, heads)
 
   def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,13 +123,15 @@ class Encoder(nn.Module):
 class Predictor(nn.Module):
   """Linear→width, mask tokens restored to full order, positions, blocks, norm, Linear."""
 
-  def __init__(self, in_dim: int, width: int, depth: int, heads: int,
-               grid: tuple[int, int]):
+  def __init__(self, in_dim: int, width: int, depth: int, heads: int, grid: tuple[int, int]):
     super().__init__()
     self.embed = nn.Linear(in_dim, width)
     self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-    self.register_buffer("pos", torch.from_numpy(
-        patches.sincos_pos_embed(width, grid, cls_token=True)), persistent=False)
+    self.register_buffer(
+      "pos",
+      torch.from_numpy(patches.sincos_pos_embed(width, grid, cls_token=True)),
+      persistent=False,
+    )
     self.blocks = nn.ModuleList([Block(width, heads) for _ in range(depth)])
     self.norm = nn.LayerNorm(width, eps=1e-6)
     self.pred = nn.Linear(width, in_dim)
@@ -181,16 +187,24 @@ class LogMel(nn.Module):
     super().__init__()
     self.cfg = cfg
     self.norm_stats = norm_stats
-    self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=True),
-                         persistent=False)
-    self.register_buffer("fb", torch.from_numpy(frontend.mel_filterbank(cfg)),
-                         persistent=False)
+    self.register_buffer(
+      "window", torch.hann_window(cfg.win_length, periodic=True), persistent=False
+    )
+    self.register_buffer("fb", torch.from_numpy(frontend.mel_filterbank(cfg)), persistent=False)
 
   def forward(self, wave: torch.Tensor) -> torch.Tensor:
     c = self.cfg
-    spec = torch.stft(wave, c.n_fft, c.hop_length, c.win_length, self.window, center=True,
-                      pad_mode="reflect", return_complex=True)          # [B, K, T]
-    power = spec.real ** 2 + spec.imag ** 2
+    spec = torch.stft(
+      wave,
+      c.n_fft,
+      c.hop_length,
+      c.win_length,
+      self.window,
+      center=True,
+      pad_mode="reflect",
+      return_complex=True,
+    )  # [B, K, T]
+    power = spec.real**2 + spec.imag**2
     mel = torch.einsum("bkt,km->bmt", power, self.fb)
     lm = torch.log(mel + frontend.LOG_EPS)
     return (lm - self.norm_stats[0]) / self.norm_stats[1]
@@ -199,12 +213,14 @@ class LogMel(nn.Module):
 def norm_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
   """Official M2D loss: standardised target tokens, mean of 2 − 2·cos."""
   target = (target - target.mean(-1, keepdim=True)) / torch.sqrt(
-      target.var(-1, keepdim=True) + 1e-6)
+    target.var(-1, keepdim=True) + 1e-6
+  )
   return (2 - 2 * (F.normalize(pred, dim=-1) * F.normalize(target, dim=-1)).sum(-1)).mean()
 
 
-def clip_infonce(audio: torch.Tensor, text: torch.Tensor,
-                 logit_scale: torch.Tensor) -> torch.Tensor:
+def clip_infonce(
+  audio: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
   """Symmetric InfoNCE over the batch with logits exp(s)·a·tᵀ."""
   logits = logit_scale.exp() * F.normalize(audio, dim=-1) @ F.normalize(text, dim=-1).T
   labels = torch.arange(logits.shape[0])
@@ -214,9 +230,15 @@ def clip_infonce(audio: torch.Tensor, text: torch.Tensor,
 class TorchM2D(nn.Module):
   """Stage-1 M2D + CLAP in PyTorch; `forward` returns (loss, metrics)."""
 
-  def __init__(self, model_cfg: Mapping[str, Any], *, n_frames: int, clap_weight: float,
-               norm_stats: tuple[float, float] = norm_stats_lib.LEGACY_NORM_STATS,
-               frontend_cfg: frontend.FrontendConfig = frontend.FrontendConfig()):
+  def __init__(
+    self,
+    model_cfg: Mapping[str, Any],
+    *,
+    n_frames: int,
+    clap_weight: float,
+    norm_stats: tuple[float, float] = norm_stats_lib.LEGACY_NORM_STATS,
+    frontend_cfg: frontend.FrontendConfig = frontend.FrontendConfig(),
+  ):
     super().__init__()
     get = model_cfg.get
     width, depth, heads = sizes.get_size(model_cfg["size"])
@@ -229,8 +251,13 @@ class TorchM2D(nn.Module):
     self.encoder = Encoder(width, depth, heads, patch, self.grid)
     self.target = ViTBody(width, depth, heads)
     self.target.requires_grad_(False)
-    self.predictor = Predictor(width, get("predictor_width", 512), get("predictor_depth", 8),
-                               get("predictor_heads", 16), self.grid)
+    self.predictor = Predictor(
+      width,
+      get("predictor_width", 512),
+      get("predictor_depth", 8),
+      get("predictor_heads", 16),
+      self.grid,
+    )
     clap_dim = get("clap_dim", 768)
     self.audio_proj = SemanticPooler(width, clap_dim)
     self.text_proj = TextProjection(model_cfg["text_dim"], clap_dim)
@@ -242,9 +269,13 @@ class TorchM2D(nn.Module):
     shuffle = torch.argsort(torch.rand(batch, self.num_patches), dim=1)
     return shuffle[:, :v].sort(dim=1).values, shuffle[:, v:].sort(dim=1).values
 
-  def forward(self, wave: torch.Tensor, text_emb: torch.Tensor,
-              vis: torch.Tensor | None = None, msk: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+  def forward(
+    self,
+    wave: torch.Tensor,
+    text_emb: torch.Tensor,
+    vis: torch.Tensor | None = None,
+    msk: torch.Tensor | None = None,
+  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if vis is None:
       vis, msk = self.sample_masks(wave.shape[0])
     x = self.frontend(wave)
@@ -257,18 +288,25 @@ class TorchM2D(nn.Module):
       masked = torch.gather(tokens, 1, msk[..., None].expand(-1, -1, d))
       target = self.target(self.encoder.with_cls(masked))[:, 1:]
     loss_m2d = norm_mse(pred, target)
-    loss_clap = clip_infonce(self.audio_proj(z[:, 1:]), self.text_proj(text_emb),
-                             self.logit_scale)
+    loss_clap = clip_infonce(self.audio_proj(z[:, 1:]), self.text_proj(text_emb), self.logit_scale)
     loss = loss_m2d + self.clap_weight * loss_clap
-    return loss, {"loss": loss.detach(), "loss_m2d": loss_m2d.detach(),
-                  "loss_clap": loss_clap.detach()}
+    return loss, {
+      "loss": loss.detach(),
+      "loss_m2d": loss_m2d.detach(),
+      "loss_clap": loss_clap.detach(),
+    }
 
 
 _NO_DECAY = ("cls_token", "mask_token", "sem_token", "pos", "logit_scale")
 
 
-def make_optimizer(model: TorchM2D, *, lr: float, weight_decay: float = 0.05,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+def make_optimizer(
+  model: TorchM2D,
+  *,
+  lr: float,
+  weight_decay: float = 0.05,
+  betas: tuple[float, float] = (0.9, 0.95),
+) -> torch.optim.AdamW:
   """AdamW with the paper's decay mask (none on biases, norms, tokens, temperature)."""
   decay, no_decay = [], []
   for name, p in model.named_parameters():
@@ -276,26 +314,35 @@ def make_optimizer(model: TorchM2D, *, lr: float, weight_decay: float = 0.05,
       continue
     skip = p.ndim <= 1 or any(n in name.split(".") for n in _NO_DECAY)
     (no_decay if skip else decay).append(p)
-  return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas,
-                           foreach=True)  # Multi-tensor kernels, as the default on GPU.
+  return torch.optim.AdamW(
+    [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+    lr=lr,
+    betas=betas,
+    foreach=True,
+  )  # Multi-tensor kernels, as the default on GPU.
 
 
-def train_step(model: TorchM2D, opt: torch.optim.Optimizer, wave: torch.Tensor,
-               text_emb: torch.Tensor, *, ema_decay: float, grad_clip: float = 3.0
-               ) -> dict[str, torch.Tensor]:
+def train_step(
+  model: TorchM2D,
+  opt: torch.optim.Optimizer,
+  wave: torch.Tensor,
+  text_emb: torch.Tensor,
+  *,
+  ema_decay: float,
+  grad_clip: float = 3.0,
+) -> dict[str, torch.Tensor]:
   """One update: loss, backward, clip, AdamW, logit-scale clamp, EMA target update."""
   opt.zero_grad(set_to_none=True)
   loss, metrics = model(wave, text_emb)
   loss.backward()
   if grad_clip > 0:
-    metrics["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), grad_clip,
-                                                    foreach=True)
+    metrics["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
   opt.step()
   with torch.no_grad():
     model.logit_scale.clamp_(0.0, jax_m2d.LOGIT_SCALE_MAX)
-    torch._foreach_lerp_(list(model.target.parameters()),
-                         list(model.encoder.body.parameters()), 1.0 - ema_decay)
+    torch._foreach_lerp_(
+      list(model.target.parameters()), list(model.encoder.body.parameters()), 1.0 - ema_decay
+    )
   return metrics
 
 
@@ -321,8 +368,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]
   return out
 
 
-def load_jax_params(model: TorchM2D, online: Mapping[str, Any],
-                    target: Mapping[str, Any]) -> None:
+def load_jax_params(model: TorchM2D, online: Mapping[str, Any], target: Mapping[str, Any]) -> None:
   """Copies unboxed jaxclap (online, target) params into `model`; every tensor must match."""
   flat = {**_flatten(online), **_flatten(target, "target.")}
   state = model.state_dict()
@@ -337,8 +383,10 @@ def load_jax_params(model: TorchM2D, online: Mapping[str, Any],
     elif jkey.endswith("kernel"):
       value = value.T
     if tuple(value.shape) != tuple(state[tkey].shape):
-      raise ValueError(f"load_jax_params: {jkey!r} shape {value.shape} != torch {tkey!r} "
-                       f"{tuple(state[tkey].shape)}")
+      raise ValueError(
+        f"load_jax_params: {jkey!r} shape {value.shape} != torch {tkey!r} "
+        f"{tuple(state[tkey].shape)}"
+      )
     converted[tkey] = torch.from_numpy(np.array(value, np.float32, copy=True))
   missing = sorted(set(state) - set(converted))
   if missing:

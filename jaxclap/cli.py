@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def report(message: str, code: int = 2) -> int:
@@ -17,8 +17,9 @@ def report(message: str, code: int = 2) -> int:
 
 
 @contextlib.contextmanager
-def exit_on(*errors: type[BaseException], code: int = 2, prefix: str = "",
-            name_type: bool = False) -> Iterator[None]:
+def exit_on(
+  *errors: type[BaseException], code: int = 2, prefix: str = "", name_type: bool = False
+) -> Iterator[None]:
   """Turns `errors` raised inside into one reported line and `SystemExit(code)`.
 
   The line is `error: {prefix}{e}`, or `error: {prefix}{type}: {e}` with `name_type`.

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -24,8 +25,10 @@ from jaxclap.train import config as config_lib
 TEXT_PREFIX = "text_encoder.text_encoder."  # + Hugging Face BertModel keys.
 TEXT_ENCODERS = {"A": "GTE-base", "B": "BERT-base", "N": "NV-Embed-v2"}
 _MODEL_RE = re.compile(r"^m2d(?:_[a-z0-9]+)*_vit_([a-z]+)$")
-GRAMMAR = "<model>-<F>x<T>p<ph>x<pw>[p<sr>k[p<TE>[pTI]]][-<tag>], e.g. " \
-          "m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025"
+GRAMMAR = (
+  "<model>-<F>x<T>p<ph>x<pw>[p<sr>k[p<TE>[pTI]]][-<tag>], e.g. "
+  "m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +49,9 @@ class FolderName:
     return _MODEL_RE.match(self.model).group(1)
 
   def __str__(self) -> str:
-    params = f"{self.n_mels}x{self.frames}p{self.patch[0]}x{self.patch[1]}" \
-             f"p{self.sample_rate // 1000}k"
+    params = (
+      f"{self.n_mels}x{self.frames}p{self.patch[0]}x{self.patch[1]}p{self.sample_rate // 1000}k"
+    )
     if self.text_encoder:
       params += f"p{self.text_encoder}" + ("pTI" if self.text_included else "")
     return f"{self.model}-{params}" + (f"-{self.tag}" if self.tag else "")
@@ -55,6 +59,7 @@ class FolderName:
 
 def parse_folder_name(name: str) -> FolderName:
   """Parses an official folder name; errors name the folder and the expected grammar."""
+
   def bad(why: str) -> ValueError:
     return ValueError(f"checkpoint folder name {name!r}: {why}; expected {GRAMMAR}")
 
@@ -86,9 +91,16 @@ def parse_folder_name(name: str) -> FolderName:
   if extra[1:] not in ([], ["TI"]):
     raise bad(f"unknown trailing fields {extra[1:]} (only 'TI' may follow the letter)")
   (f, t), (ph, pw) = [(int(g.group(1)), int(g.group(2))) for g in grid]
-  return FolderName(model=model, n_mels=f, frames=t, patch=(ph, pw), sample_rate=sample_rate,
-                    text_encoder=text_encoder, text_included=extra[1:] == ["TI"],
-                    tag=parts[2] if len(parts) > 2 else "")
+  return FolderName(
+    model=model,
+    n_mels=f,
+    frames=t,
+    patch=(ph, pw),
+    sample_rate=sample_rate,
+    text_encoder=text_encoder,
+    text_included=extra[1:] == ["TI"],
+    tag=parts[2] if len(parts) > 2 else "",
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,25 +108,25 @@ def parse_folder_name(name: str) -> FolderName:
 # EMA target paths get a "target." prefix, the stage-2 BERT is handled by `bert.params_to_hf`.
 
 _PREFIXES = (  # (jaxclap prefix, official prefix) after block renaming; first match wins.
-    ("encoder.patch_embed.", "patch_embed.proj."),
-    ("encoder.cls_token", "cls_token"),
-    ("encoder.body.norm.", "norm."),
-    ("encoder.body.blocks.", "blocks."),
-    ("predictor.embed.", "decoder_embed."),
-    ("predictor.mask_token", "mask_token"),
-    ("predictor.blocks.", "decoder_blocks."),
-    ("predictor.norm.", "decoder_norm."),
-    ("predictor.pred.", "decoder_pred."),
-    ("target.blocks.", "target_blocks."),
-    ("target.norm.", "target_norm."),
-    ("audio_proj.fc1.", "audio_proj.0."),  # 2024 head: Sequential(Linear, ReLU, Linear).
-    ("audio_proj.fc2.", "audio_proj.2."),
-    ("audio_proj.sem_token", "audio_proj.sem_token"),
-    ("audio_proj.sem_blocks.", "audio_proj.sem_blocks."),
-    ("audio_proj.norm.", "audio_proj.norm."),
-    ("text_proj.proj.", "text_proj."),  # Stage 1: sentence embedding → CLAP space.
-    ("text_tower.proj.", "text_proj."),  # Stage 2: text tower width → CLAP space.
-    ("logit_scale", "logit_scale"),
+  ("encoder.patch_embed.", "patch_embed.proj."),
+  ("encoder.cls_token", "cls_token"),
+  ("encoder.body.norm.", "norm."),
+  ("encoder.body.blocks.", "blocks."),
+  ("predictor.embed.", "decoder_embed."),
+  ("predictor.mask_token", "mask_token"),
+  ("predictor.blocks.", "decoder_blocks."),
+  ("predictor.norm.", "decoder_norm."),
+  ("predictor.pred.", "decoder_pred."),
+  ("target.blocks.", "target_blocks."),
+  ("target.norm.", "target_norm."),
+  ("audio_proj.fc1.", "audio_proj.0."),  # 2024 head: Sequential(Linear, ReLU, Linear).
+  ("audio_proj.fc2.", "audio_proj.2."),
+  ("audio_proj.sem_token", "audio_proj.sem_token"),
+  ("audio_proj.sem_blocks.", "audio_proj.sem_blocks."),
+  ("audio_proj.norm.", "audio_proj.norm."),
+  ("text_proj.proj.", "text_proj."),  # Stage 1: sentence embedding → CLAP space.
+  ("text_tower.proj.", "text_proj."),  # Stage 2: text tower width → CLAP space.
+  ("logit_scale", "logit_scale"),
 )
 
 
@@ -124,11 +136,13 @@ def official_name(path: str) -> str:
   key = re.sub(r"\bblock_(\d+)\b", r"blocks.\1", key)
   for ours, theirs in _PREFIXES:
     if key == ours or (ours.endswith(".") and key.startswith(ours)):
-      key = theirs + key[len(ours):]
+      key = theirs + key[len(ours) :]
       return re.sub(r"\.(kernel|scale)$", ".weight", key)
-  raise ValueError(f"jaxclap parameter {path!r} has no counterpart in the official layout "
-                   "(audio_proj.out_proj: CLAP width != encoder width; text_tower.encoder: "
-                   "a from-scratch text tower)")
+  raise ValueError(
+    f"jaxclap parameter {path!r} has no counterpart in the official layout "
+    "(audio_proj.out_proj: CLAP width != encoder width; text_tower.encoder: "
+    "a from-scratch text tower)"
+  )
 
 
 def to_official(path: str, value: np.ndarray) -> np.ndarray:
@@ -142,8 +156,7 @@ def to_official(path: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def from_official(path: str, value: np.ndarray, shape: tuple[int, ...], source: str
-                  ) -> np.ndarray:
+def from_official(path: str, value: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarray:
   """Inverse of `to_official` for a parameter of jaxclap shape `shape`; checks the shape."""
   value = np.asarray(value, np.float32)
   if path.endswith("patch_embed.kernel"):
@@ -153,8 +166,10 @@ def from_official(path: str, value: np.ndarray, shape: tuple[int, ...], source: 
   else:
     want = tuple(shape)
   if tuple(value.shape) != want:
-    raise ValueError(f"{source}: {official_name(path)!r} has shape {tuple(value.shape)}, "
-                     f"expected {want} for jaxclap {path!r}")
+    raise ValueError(
+      f"{source}: {official_name(path)!r} has shape {tuple(value.shape)}, "
+      f"expected {want} for jaxclap {path!r}"
+    )
   if path.endswith("patch_embed.kernel"):
     return np.ascontiguousarray(value.reshape(shape[1], shape[0]).T)
   if path.endswith(".kernel"):
@@ -172,8 +187,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep=".")
 
 
-def pos_embed(width: int, n_mels: int, train_frames: int, frames: int,
-              patch: int) -> np.ndarray:
+def pos_embed(width: int, n_mels: int, train_frames: int, frames: int, patch: int) -> np.ndarray:
   """Official `pos_embed` [1, 1 + F'·T', D] for `frames`-long chunks (cls row zero).
 
   jaxclap's own table for that length: the trained sin-cos table, its first columns when
@@ -201,18 +215,22 @@ def tree_to_official(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
   tower = tree.get("text_tower")
   if tower is not None:
     if "bert" not in tower:
-      raise ValueError("the official layout holds a BERT text encoder; this text tower is "
-                       f"{sorted(tower)} (a from-scratch tower has no official counterpart)")
+      raise ValueError(
+        "the official layout holds a BERT text encoder; this text tower is "
+        f"{sorted(tower)} (a from-scratch tower has no official counterpart)"
+      )
     for key, value in bert.params_to_hf(tower["bert"], None).items():
       out[TEXT_PREFIX + key] = value
-    for path, value in flatten({"text_tower": {k: v for k, v in tower.items()
-                                               if k != "bert"}}).items():
+    for path, value in flatten(
+      {"text_tower": {k: v for k, v in tower.items() if k != "bert"}}
+    ).items():
       out[official_name(path)] = to_official(path, value)
   return out
 
 
-def official_to_tree(state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]],
-                     source: str) -> tuple[dict[str, np.ndarray], list[str]]:
+def official_to_tree(
+  state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]], source: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
   """Official arrays for each jaxclap path in `shapes` (no text tower): (flat tree, missing)."""
   flat, missing = {}, []
   for path, shape in shapes.items():
@@ -224,13 +242,15 @@ def official_to_tree(state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple
   return flat, missing
 
 
-def bert_from_official(state: Mapping[str, np.ndarray], config: bert.BertConfig,
-                       source: str) -> dict[str, Any]:
+def bert_from_official(
+  state: Mapping[str, np.ndarray], config: bert.BertConfig, source: str
+) -> dict[str, Any]:
   """The Flax BERT tree from `text_encoder.text_encoder.*` (its unused pooler dropped)."""
-  hf = {k[len(TEXT_PREFIX):]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
+  hf = {k[len(TEXT_PREFIX) :]: v for k, v in state.items() if k.startswith(TEXT_PREFIX)}
   hf = {k: v for k, v in hf.items() if not k.startswith("pooler.")}
-  return bert.params_from_hf(hf, dataclasses.replace(config, add_pooling_layer=False),
-                             source=source)
+  return bert.params_from_hf(
+    hf, dataclasses.replace(config, add_pooling_layer=False), source=source
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -243,20 +263,31 @@ def count_blocks(state: dict[str, np.ndarray], prefix: str) -> int:
   return max(ids) + 1 if ids else 0
 
 
-def run_config(name: FolderName, state: dict[str, np.ndarray], saved: dict[str, Any] | None,
-               stage: str, text_model: str | None, source: str) -> Any:
+def run_config(
+  name: FolderName,
+  state: dict[str, np.ndarray],
+  saved: dict[str, Any] | None,
+  stage: str,
+  text_model: str | None,
+  source: str,
+) -> Any:
   """The jaxclap run config an official state dict describes: its folder name and shapes,
   over the config jaxclap saved in the file (`saved`, when it wrote it)."""
-  config = (restore_lib.config_from_meta(RunMeta(config=saved["config"]), source)
-            if saved and "config" in saved else config_lib.base_config())
+  config = (
+    restore_lib.config_from_meta(RunMeta(config=saved["config"]), source)
+    if saved and "config" in saved
+    else config_lib.base_config()
+  )
   width, depth, _ = sizes.get_size(name.size)
   for key in ("cls_token", "patch_embed.proj.weight", "pos_embed"):
     if key not in state:
       raise ValueError(f"{source}: missing key {key!r}; not an M2D checkpoint?")
   if state["cls_token"].shape[-1] != width or count_blocks(state, "blocks.") != depth:
-    raise ValueError(f"{source}: the folder name says ViT size {name.size!r} (width {width}, "
-                     f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
-                     f"and {count_blocks(state, 'blocks.')} blocks")
+    raise ValueError(
+      f"{source}: the folder name says ViT size {name.size!r} (width {width}, "
+      f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
+      f"and {count_blocks(state, 'blocks.')} blocks"
+    )
   if name.patch[0] != name.patch[1]:
     raise ValueError(f"{source}: patch {name.patch} is not square; jaxclap uses square patches")
   if name.n_mels != 80:
@@ -272,20 +303,27 @@ def run_config(name: FolderName, state: dict[str, np.ndarray], saved: dict[str, 
     config.model.clap_head, config.model.clap_dim = "mlp", state["audio_proj.2.weight"].shape[0]
   else:
     config.model.clap_head, config.model.clap_dim = "semantic", width
-  config.model.text_dim = (state["text_proj.weight"].shape[1]
-                           if stage == "stage1" and "text_proj.weight" in state
-                           and not any(k.startswith(TEXT_PREFIX) for k in state)
-                           else config.model.clap_dim)
+  config.model.text_dim = (
+    state["text_proj.weight"].shape[1]
+    if stage == "stage1"
+    and "text_proj.weight" in state
+    and not any(k.startswith(TEXT_PREFIX) for k in state)
+    else config.model.clap_dim
+  )
   if "decoder_embed.weight" in state:
     config.model.predictor_width = state["decoder_embed.weight"].shape[0]
     config.model.predictor_depth = count_blocks(state, "decoder_blocks.")
     if config.model.predictor_width % config.model.predictor_heads:
-      raise ValueError(f"{source}: predictor width {config.model.predictor_width} is not "
-                       f"divisible by {config.model.predictor_heads} heads")
+      raise ValueError(
+        f"{source}: predictor width {config.model.predictor_width} is not "
+        f"divisible by {config.model.predictor_heads} heads"
+      )
   if stage == "stage2":
     if config.model.clap_head != "semantic":
-      raise ValueError(f"{source}: jaxclap's stage-2 model has the semantic-token pooler; "
-                       "this file has the 2024 MLP head (import it without --text_model)")
+      raise ValueError(
+        f"{source}: jaxclap's stage-2 model has the semantic-token pooler; "
+        "this file has the 2024 MLP head (import it without --text_model)"
+      )
     config.text.kind, config.text.model = "bert", text_model
     if not saved:
       config.text.pooling = "cls"

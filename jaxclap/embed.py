@@ -21,7 +21,8 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
@@ -34,16 +35,18 @@ FORMATS = ("npz", "parquet")
 _MANIFEST_KEYS = ("kind", "checkpoint", "shard_size", "num_files", "ids_sha256")
 
 
-def find_audio(inputs: Sequence[str],
-               extensions: Sequence[str] = audio_io.AUDIO_EXTENSIONS) -> list[tuple[str, str]]:
+def find_audio(
+  inputs: Sequence[str], extensions: Sequence[str] = audio_io.AUDIO_EXTENSIONS
+) -> list[tuple[str, str]]:
   """Sorted (id, path) of the audio files named or found (recursively) under `inputs`."""
   found: list[tuple[str, str]] = []
   for root in inputs:
     if os.path.isdir(root):
       hits = []
       for folder, _, files in os.walk(root):
-        hits += [os.path.join(folder, f) for f in files
-                 if os.path.splitext(f)[1].lower() in extensions]
+        hits += [
+          os.path.join(folder, f) for f in files if os.path.splitext(f)[1].lower() in extensions
+        ]
       found += sorted((os.path.relpath(p, root), p) for p in hits)
     elif os.path.isfile(root):
       found.append((os.path.basename(root), root))
@@ -67,8 +70,13 @@ def _atomic_save(path: str, write: Any) -> None:
   os.replace(tmp, path)
 
 
-def _decoded(items: Sequence[tuple[str, str]], sample_rate: int, skip_bad: bool,
-             ok: list[str], skipped: list[tuple[str, str]]) -> Iterator[np.ndarray]:
+def _decoded(
+  items: Sequence[tuple[str, str]],
+  sample_rate: int,
+  skip_bad: bool,
+  ok: list[str],
+  skipped: list[tuple[str, str]],
+) -> Iterator[np.ndarray]:
   """Waveforms of `items` in order; unreadable ones raise, or are recorded when skip_bad."""
   for clip_id, path in items:
     try:
@@ -83,27 +91,44 @@ def _decoded(items: Sequence[tuple[str, str]], sample_rate: int, skip_bad: bool,
     yield wave
 
 
-def _embed_shard(model: inference.Model, items: Sequence[tuple[str, str]], kind: str,
-                 skip_bad: bool) -> dict[str, np.ndarray]:
+def _embed_shard(
+  model: inference.Model, items: Sequence[tuple[str, str]], kind: str, skip_bad: bool
+) -> dict[str, np.ndarray]:
   """Arrays of one shard: ids, embeddings (frames stacked), num_frames, skipped."""
   ok: list[str] = []
   skipped: list[tuple[str, str]] = []
-  outs = list(model.iter_outputs(_decoded(items, model.sample_rate, skip_bad, ok, skipped),
-                                 kind, progress=False))
+  outs = list(
+    model.iter_outputs(
+      _decoded(items, model.sample_rate, skip_bad, ok, skipped), kind, progress=False
+    )
+  )
   dim = model.embedding_dim if kind == "clap" else model.feature_dim
-  emb = np.concatenate(outs) if kind == "frame" and outs else \
-      np.stack(outs) if outs else np.zeros((0, dim), np.float32)
-  return {"input_ids": np.array([i for i, _ in items], str), "ids": np.array(ok, str),
-          "embeddings": emb.astype(np.float32),
-          "num_frames": np.array([len(o) if kind == "frame" else 1 for o in outs], np.int64),
-          "skipped": np.array([s for s, _ in skipped], str),
-          "skipped_errors": np.array([e for _, e in skipped], str)}
+  emb = (
+    np.concatenate(outs)
+    if kind == "frame" and outs
+    else np.stack(outs)
+    if outs
+    else np.zeros((0, dim), np.float32)
+  )
+  return {
+    "input_ids": np.array([i for i, _ in items], str),
+    "ids": np.array(ok, str),
+    "embeddings": emb.astype(np.float32),
+    "num_frames": np.array([len(o) if kind == "frame" else 1 for o in outs], np.int64),
+    "skipped": np.array([s for s, _ in skipped], str),
+    "skipped_errors": np.array([e for _, e in skipped], str),
+  }
 
 
 def _manifest(kind: str, checkpoint: str, shard_size: int, ids: list[str]) -> dict[str, Any]:
   digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-  return {"kind": kind, "checkpoint": os.path.abspath(checkpoint), "shard_size": shard_size,
-          "num_files": len(ids), "ids_sha256": digest}
+  return {
+    "kind": kind,
+    "checkpoint": os.path.abspath(checkpoint),
+    "shard_size": shard_size,
+    "num_files": len(ids),
+    "ids_sha256": digest,
+  }
 
 
 def _check_manifest(parts: str, manifest: dict[str, Any]) -> None:
@@ -114,15 +139,18 @@ def _check_manifest(parts: str, manifest: dict[str, Any]) -> None:
       old = json.load(f)
     diff = [k for k in _MANIFEST_KEYS if old.get(k) != manifest[k]]
     if diff:
-      raise ValueError(f"{parts} holds shards of a different run ({', '.join(diff)} differ: "
-                       f"{ {k: old.get(k) for k in diff} } vs { {k: manifest[k] for k in diff} }); "
-                       "delete it or rerun with the same arguments")
+      raise ValueError(
+        f"{parts} holds shards of a different run ({', '.join(diff)} differ: "
+        f"{ {k: old.get(k) for k in diff} } vs { {k: manifest[k] for k in diff} }); "
+        "delete it or rerun with the same arguments"
+      )
   else:
     _atomic_save(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
 
 
-def _write_output(output: str, fmt: str, kind: str, shards: list[dict[str, np.ndarray]],
-                  dim: int) -> None:
+def _write_output(
+  output: str, fmt: str, kind: str, shards: list[dict[str, np.ndarray]], dim: int
+) -> None:
   """Merges shards into OUTPUT (atomically) in the chosen format."""
   ids = np.concatenate([s["ids"] for s in shards])
   emb = np.concatenate([s["embeddings"].reshape(-1, dim) for s in shards])
@@ -140,23 +168,38 @@ def _write_output(output: str, fmt: str, kind: str, shards: list[dict[str, np.nd
 
     if kind == "frame":
       starts = np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64)
-      col = [emb[s:s + n].tolist() for s, n in zip(starts, num_frames)]
-      table = pa.table({"id": ids.tolist(), "num_frames": num_frames,
-                        "embedding": pa.array(col, pa.list_(pa.list_(pa.float32())))})
+      col = [emb[s : s + n].tolist() for s, n in zip(starts, num_frames)]
+      table = pa.table(
+        {
+          "id": ids.tolist(),
+          "num_frames": num_frames,
+          "embedding": pa.array(col, pa.list_(pa.list_(pa.float32()))),
+        }
+      )
     else:
-      table = pa.table({"id": ids.tolist(),
-                        "embedding": pa.array(list(emb), pa.list_(pa.float32()))})
+      table = pa.table(
+        {"id": ids.tolist(), "embedding": pa.array(list(emb), pa.list_(pa.float32()))}
+      )
     _atomic_save(output, lambda f: pq.write_table(table, f))
   if len(skipped):
     lines = "".join(f"{s}\t{e}\n" for s, e in zip(skipped, errors))
     _atomic_save(f"{output}.skipped.txt", lambda f: f.write(lines.encode()))
 
 
-def embed_files(inputs: Sequence[str], *, checkpoint: str, output: str, kind: str = "clip",
-                fmt: str = "npz", batch_size: int = 16, skip_bad: bool = False,
-                shard_size: int = 256, text_model: str | None = None,
-                stop_after_shards: int | None = None,
-                model: inference.Model | None = None) -> dict[str, Any]:
+def embed_files(
+  inputs: Sequence[str],
+  *,
+  checkpoint: str,
+  output: str,
+  kind: str = "clip",
+  fmt: str = "npz",
+  batch_size: int = 16,
+  skip_bad: bool = False,
+  shard_size: int = 256,
+  text_model: str | None = None,
+  stop_after_shards: int | None = None,
+  model: inference.Model | None = None,
+) -> dict[str, Any]:
   """Embeds every audio file under `inputs` into `output`; returns a summary.
 
   `stop_after_shards` (tests) stops after writing that many new shards, as if killed.
@@ -172,12 +215,11 @@ def embed_files(inputs: Sequence[str], *, checkpoint: str, output: str, kind: st
   os.makedirs(parts, exist_ok=True)
   _check_manifest(parts, _manifest(kind, checkpoint, shard_size, [i for i, _ in items]))
   if model is None:
-    model = inference.load(checkpoint, text_model=text_model, batch_size=batch_size,
-                           progress=False)
+    model = inference.load(checkpoint, text_model=text_model, batch_size=batch_size, progress=False)
   shards, new, reused = [], 0, 0
   n_shards = -(-len(items) // shard_size)
   for k in tqdm(range(n_shards), desc="embed shards", unit="shard", disable=n_shards < 2):
-    part = items[k * shard_size:(k + 1) * shard_size]
+    part = items[k * shard_size : (k + 1) * shard_size]
     path = os.path.join(parts, f"shard-{k:05d}-of-{n_shards:05d}.npz")
     if os.path.exists(path):
       with np.load(path) as z:
@@ -196,15 +238,24 @@ def embed_files(inputs: Sequence[str], *, checkpoint: str, output: str, kind: st
   _write_output(output, fmt, kind, shards, dim)
   shutil.rmtree(parts)
   skipped = [str(s) for sh in shards for s in sh["skipped"]]
-  return {"stopped": False, "new_shards": new, "reused_shards": reused,
-          "clips": int(sum(len(s["ids"]) for s in shards)), "skipped": skipped}
+  return {
+    "stopped": False,
+    "new_shards": new,
+    "reused_shards": reused,
+    "clips": int(sum(len(s["ids"]) for s in shards)),
+    "skipped": skipped,
+  }
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "jaxclap workdir, checkpoints dir or step dir.")
   flags.DEFINE_string("output", None, "Output file (.npz or .parquet).")
-  flags.DEFINE_enum("kind", "clip", list(inference.KINDS),
-                    "clip: mean frame features; clap: CLAP audio embedding; frame: per 160 ms.")
+  flags.DEFINE_enum(
+    "kind",
+    "clip",
+    list(inference.KINDS),
+    "clip: mean frame features; clap: CLAP audio embedding; frame: per 160 ms.",
+  )
   flags.DEFINE_enum("format", "npz", list(FORMATS), "Output file format.")
   flags.DEFINE_integer("batch_size", 16, "Encoder chunks per jitted batch.")
   flags.DEFINE_integer("shard_size", 256, "Clips per resumable shard.")
@@ -220,10 +271,18 @@ def main(argv: list[str]) -> int:
   if len(argv) < 2:
     return cli.report("give audio files or directories to embed")
   with cli.exit_on(ValueError, FileNotFoundError):  # AudioDecodeError is a ValueError.
-    summary = embed_files(argv[1:], checkpoint=f.checkpoint, output=f.output, kind=f.kind,
-                          fmt=f.format, batch_size=f.batch_size, skip_bad=f.skip_bad,
-                          shard_size=f.shard_size, text_model=f.text_model,
-                          stop_after_shards=f.stop_after_shards)
+    summary = embed_files(
+      argv[1:],
+      checkpoint=f.checkpoint,
+      output=f.output,
+      kind=f.kind,
+      fmt=f.format,
+      batch_size=f.batch_size,
+      skip_bad=f.skip_bad,
+      shard_size=f.shard_size,
+      text_model=f.text_model,
+      stop_after_shards=f.stop_after_shards,
+    )
   print(json.dumps(summary))
   return 0
 

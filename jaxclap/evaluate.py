@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from absl import app, flags
@@ -40,23 +41,27 @@ class Evaluation:
   checkpoint: str = ""  # Where `model` came from (tasks that re-load it, e.g. fine-tuning).
   workdir: str | None = None  # Output folder; tasks may write under it.
   template: str = plots.DEFAULT_TEMPLATE
-  splits: dict[str, str] = dataclasses.field(default_factory=lambda: {
-      "train": "train", "validation": "validation", "test": "test"})
+  splits: dict[str, str] = dataclasses.field(
+    default_factory=lambda: {"train": "train", "validation": "validation", "test": "test"}
+  )
   max_clips: int | None = None  # Per split (quick runs); None: every clip.
   shots: tuple[int, ...] = (1, 5)
   seeds: tuple[int, ...] = (0, 1, 2)
   probe_config: probe.ProbeConfig = probe.ProbeConfig()
   finetune_config: Any = None  # configs/finetune.py's ConfigDict (task "finetune").
   _loaded: dict[str, eval_data.EvalSplit] = dataclasses.field(
-      default_factory=dict, init=False, repr=False)
+    default_factory=dict, init=False, repr=False
+  )
   _embedded: dict[tuple[str, str], np.ndarray] = dataclasses.field(
-      default_factory=dict, init=False, repr=False)
+    default_factory=dict, init=False, repr=False
+  )
 
   def split(self, role: str) -> eval_data.EvalSplit:
     """The split playing `role` ("train", "validation" or "test")."""
     if role not in self._loaded:
-      self._loaded[role] = eval_data.load_split(self.dataset, self.splits[role], self.data_dir,
-                                                max_clips=self.max_clips)
+      self._loaded[role] = eval_data.load_split(
+        self.dataset, self.splits[role], self.data_dir, max_clips=self.max_clips
+      )
     return self._loaded[role]
 
   def embed(self, kind: str, role: str) -> np.ndarray:
@@ -64,7 +69,8 @@ class Evaluation:
     if (kind, role) not in self._embedded:
       ev = self.split(role)
       self._embedded[kind, role] = np.asarray(
-          getattr(self.model, kind)(ev.audio, sample_rate=ev.sample_rate))
+        getattr(self.model, kind)(ev.audio, sample_rate=ev.sample_rate)
+      )
     return self._embedded[kind, role]
 
   def loaded(self) -> dict[str, eval_data.EvalSplit]:
@@ -74,8 +80,10 @@ class Evaluation:
   def labelled(self, role: str) -> eval_data.EvalSplit:
     """The split, checked to carry a class label on every clip."""
     if not self.class_names:
-      raise ValueError(f"{self.dataset} under {self.data_dir} has no class names; "
-                       "zero-shot and probes need a labelled dataset")
+      raise ValueError(
+        f"{self.dataset} under {self.data_dir} has no class names; "
+        "zero-shot and probes need a labelled dataset"
+      )
     ev = self.split(role)
     eval_data.check_labelled(ev, len(self.class_names))
     return ev
@@ -91,8 +99,7 @@ def zero_shot(ev: Evaluation) -> dict[str, float]:
   test = ev.labelled("test")
   prompts = [ev.template.format(n) for n in ev.class_names]
   class_emb = np.asarray(ev.model.text_embedding(prompts))
-  acc = metrics.zero_shot_accuracy(ev.embed("audio_embedding", "test"), test.labels,
-                                   class_emb)
+  acc = metrics.zero_shot_accuracy(ev.embed("audio_embedding", "test"), test.labels, class_emb)
   return {"accuracy": acc, "chance": 1.0 / len(ev.class_names)}
 
 
@@ -100,24 +107,33 @@ def retrieval(ev: Evaluation) -> dict[str, float]:
   """a2t / t2a R@1/5/10 and mAP@10 over every caption of every test clip."""
   texts, caption_clip = metrics.flatten_captions(ev.split("test").captions)
   text_emb = np.asarray(ev.model.text_embedding(texts))
-  out = metrics.retrieval_from_embeddings(ev.embed("audio_embedding", "test"), text_emb,
-                                          caption_clip)
+  out = metrics.retrieval_from_embeddings(
+    ev.embed("audio_embedding", "test"), text_emb, caption_clip
+  )
   return {**out, "clips": len(ev.split("test")), "captions": len(texts)}
 
 
 def linear_probe(ev: Evaluation) -> dict[str, float]:
   """Linear probe on frozen clip features: test accuracy at the best validation epoch."""
   train, valid, test = ev.probe_splits()
-  out = probe.linear_probe(train, valid, test, num_classes=len(ev.class_names),
-                           config=ev.probe_config)
+  out = probe.linear_probe(
+    train, valid, test, num_classes=len(ev.class_names), config=ev.probe_config
+  )
   return {**out, "chance": 1.0 / len(ev.class_names)}
 
 
 def few_shot(ev: Evaluation) -> dict[str, float]:
   """Linear probes on k clips per class (k in `shots`), averaged over `seeds`."""
   train, valid, test = ev.probe_splits()
-  out = probe.few_shot(train, valid, test, num_classes=len(ev.class_names), shots=ev.shots,
-                       seeds=ev.seeds, config=ev.probe_config)
+  out = probe.few_shot(
+    train,
+    valid,
+    test,
+    num_classes=len(ev.class_names),
+    shots=ev.shots,
+    seeds=ev.seeds,
+    config=ev.probe_config,
+  )
   return {**out, "chance": 1.0 / len(ev.class_names)}
 
 
@@ -125,18 +141,29 @@ def finetune(ev: Evaluation) -> dict[str, float]:
   """The whole encoder fine-tuned (stage-1.1 recipe); test accuracy (or mAP) at the best
   validation epoch, beside the frozen-feature probes."""
   if ev.finetune_config is None:
-    raise ValueError("task 'finetune' needs a fine-tuning config (--finetune_config="
-                     "configs/finetune.py, or finetune_config= in Python)")
+    raise ValueError(
+      "task 'finetune' needs a fine-tuning config (--finetune_config="
+      "configs/finetune.py, or finetune_config= in Python)"
+    )
   config = ev.finetune_config.copy_and_resolve_references()
   with config.unlocked():
     config.train_split, config.val_split = ev.splits["train"], ev.splits["validation"]
     config.test_split = ev.splits["test"]
   out = finetune_lib.run_finetune(
-      ev.checkpoint, data_dir=ev.data_dir, dataset=ev.dataset, config=config,
-      workdir=os.path.join(ev.workdir, "finetune") if ev.workdir else None)
+    ev.checkpoint,
+    data_dir=ev.data_dir,
+    dataset=ev.dataset,
+    config=config,
+    workdir=os.path.join(ev.workdir, "finetune") if ev.workdir else None,
+  )
   metric = out["metric"]
-  result = {metric: out["test"], f"val_{metric}": out["val"], "best_epoch": out["best_epoch"],
-            "epochs": out["epochs"], "steps": out["steps"]}
+  result = {
+    metric: out["test"],
+    f"val_{metric}": out["val"],
+    "best_epoch": out["best_epoch"],
+    "epochs": out["epochs"],
+    "steps": out["steps"],
+  }
   if metric == "accuracy":
     result["chance"] = 1.0 / len(ev.class_names)
   return result
@@ -145,11 +172,11 @@ def finetune(ev: Evaluation) -> dict[str, float]:
 # Task name -> function of the Evaluation returning flat {metric: number}: the one place a
 # task name picks code.
 TASKS: dict[str, Callable[[Evaluation], dict[str, float]]] = {
-    "zero_shot": zero_shot,
-    "retrieval": retrieval,
-    "linear_probe": linear_probe,
-    "few_shot": few_shot,
-    "finetune": finetune,
+  "zero_shot": zero_shot,
+  "retrieval": retrieval,
+  "linear_probe": linear_probe,
+  "few_shot": few_shot,
+  "finetune": finetune,
 }
 
 
@@ -172,8 +199,9 @@ def check_tasks(tasks: Sequence[str], template: str) -> None:
   """Task names must be in TASKS and the template must hold one '{}' for the class."""
   unknown = [t for t in tasks if t not in TASKS]
   if unknown or not tasks:
-    raise ValueError(f"unknown or no task(s) {list(unknown) or list(tasks)}; "
-                     f"known: {sorted(TASKS)}")
+    raise ValueError(
+      f"unknown or no task(s) {list(unknown) or list(tasks)}; known: {sorted(TASKS)}"
+    )
   if template.count("{}") != 1:
     raise ValueError(f"zero-shot template {template!r} must contain '{{}}' exactly once")
 
@@ -184,10 +212,19 @@ def run(ev: Evaluation, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
   return {t: TASKS[t](ev) for t in tasks}
 
 
-def evaluate(checkpoint: str, *, data_dir: str, workdir: str,
-             dataset: str = "jaxclap_demo", tasks: Sequence[str] = DEFAULT_TASKS,
-             with_plots: bool = False, model: Any = None, batch_size: int = 16,
-             text_model: str | None = None, **options: Any) -> dict[str, Any]:
+def evaluate(
+  checkpoint: str,
+  *,
+  data_dir: str,
+  workdir: str,
+  dataset: str = "jaxclap_demo",
+  tasks: Sequence[str] = DEFAULT_TASKS,
+  with_plots: bool = False,
+  model: Any = None,
+  batch_size: int = 16,
+  text_model: str | None = None,
+  **options: Any,
+) -> dict[str, Any]:
   """Loads the checkpoint (unless `model` is given), runs tasks, writes eval.json/eval.md.
 
   `batch_size` and `text_model` go to `jaxclap.load`; `options` are further
@@ -195,32 +232,51 @@ def evaluate(checkpoint: str, *, data_dir: str, workdir: str,
   """
   check_tasks(tasks, options.get("template", plots.DEFAULT_TEMPLATE))
   if "finetune" in tasks and options.get("finetune_config") is None:
-    raise ValueError("task 'finetune' needs a fine-tuning config (--finetune_config="
-                     "configs/finetune.py, or finetune_config= in Python)")
+    raise ValueError(
+      "task 'finetune' needs a fine-tuning config (--finetune_config="
+      "configs/finetune.py, or finetune_config= in Python)"
+    )
   names = eval_data.class_names(dataset, data_dir)  # Fails early on a missing dataset.
   if model is None:
     model = load_model(checkpoint, batch_size=batch_size, text_model=text_model)
-  ev = Evaluation(model=model, dataset=dataset, data_dir=data_dir, class_names=names,
-                  checkpoint=checkpoint, workdir=workdir, **options)
+  ev = Evaluation(
+    model=model,
+    dataset=dataset,
+    data_dir=data_dir,
+    class_names=names,
+    checkpoint=checkpoint,
+    workdir=workdir,
+    **options,
+  )
   results = run(ev, tasks)
   report = {
-      "checkpoint": checkpoint, "dataset": dataset, "data_dir": data_dir,
-      "stage": getattr(model, "stage", None), "template": ev.template,
-      "splits": {role: {"name": ev.splits[role], "clips": len(s)}
-                 for role, s in ev.loaded().items()},
-      "results": results,
+    "checkpoint": checkpoint,
+    "dataset": dataset,
+    "data_dir": data_dir,
+    "stage": getattr(model, "stage", None),
+    "template": ev.template,
+    "splits": {role: {"name": ev.splits[role], "clips": len(s)} for role, s in ev.loaded().items()},
+    "results": results,
   }
   if with_plots:
     report["plots"] = plots.write_demo_plots(
-        workdir, model, data_dir, dataset=dataset, split=ev.splits["test"],
-        template=ev.template, **({"max_clips": ev.max_clips} if ev.max_clips else {}))
+      workdir,
+      model,
+      data_dir,
+      dataset=dataset,
+      split=ev.splits["test"],
+      template=ev.template,
+      **({"max_clips": ev.max_clips} if ev.max_clips else {}),
+    )
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)
   table = format_table(results)
   with open(os.path.join(workdir, "eval.md"), "w") as f:
-    f.write(f"# Evaluation of {checkpoint}\n\nDataset `{dataset}` ({data_dir}), "
-            f"stage {report['stage']}, zero-shot template \"{ev.template}\".\n\n{table}\n")
+    f.write(
+      f"# Evaluation of {checkpoint}\n\nDataset `{dataset}` ({data_dir}), "
+      f'stage {report["stage"]}, zero-shot template "{ev.template}".\n\n{table}\n'
+    )
   report["table"] = table
   return report
 
@@ -231,19 +287,25 @@ _DATASET = flags.DEFINE_string("dataset", "jaxclap_demo", "Built dataset name.")
 _TASKS = flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks to run, in order.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder for eval.json/eval.md/plots.")
 _TEMPLATE = flags.DEFINE_string("template", plots.DEFAULT_TEMPLATE, "Zero-shot prompt.")
-_SPLITS = flags.DEFINE_list("splits", ["train", "validation", "test"],
-                            "Dataset splits used as train, validation, test.")
+_SPLITS = flags.DEFINE_list(
+  "splits", ["train", "validation", "test"], "Dataset splits used as train, validation, test."
+)
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Few-shot k values.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Few-shot seeds.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Encoder chunks per jitted model call.")
 _TEXT_MODEL = flags.DEFINE_string(
-    "text_model", None, "Stage-2 text tower folder, when the checkpoint's path is not here.")
+  "text_model", None, "Stage-2 text tower folder, when the checkpoint's path is not here."
+)
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Read at most this many clips per split.")
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write the demo plots under workdir/plots.")
 _FINETUNE = config_flags.DEFINE_config_file(
-    "finetune_config", None, "Fine-tuning config file for task 'finetune' (e.g. "
-    "configs/finetune.py or configs/finetune.py:as2m); override knobs with "
-    "--finetune_config.epochs=3 etc.", lock_config=True)
+  "finetune_config",
+  None,
+  "Fine-tuning config file for task 'finetune' (e.g. "
+  "configs/finetune.py or configs/finetune.py:as2m); override knobs with "
+  "--finetune_config.epochs=3 etc.",
+  lock_config=True,
+)
 
 
 def main(argv: list[str]) -> None:
@@ -253,13 +315,21 @@ def main(argv: list[str]) -> None:
     if len(_SPLITS.value) != 3:
       raise ValueError(f"--splits needs three names (train,validation,test), got {_SPLITS.value}")
     report = evaluate(
-        _CHECKPOINT.value, data_dir=_DATA_DIR.value, workdir=_WORKDIR.value,
-        dataset=_DATASET.value, tasks=_TASKS.value, with_plots=_PLOTS.value,
-        template=_TEMPLATE.value, batch_size=_BATCH.value,
-        text_model=_TEXT_MODEL.value, max_clips=_MAX_CLIPS.value,
-        splits=dict(zip(("train", "validation", "test"), _SPLITS.value)),
-        shots=tuple(_ints(_SHOTS.value, "--shots")), seeds=tuple(_ints(_SEEDS.value, "--seeds")),
-        finetune_config=_FINETUNE.value)
+      _CHECKPOINT.value,
+      data_dir=_DATA_DIR.value,
+      workdir=_WORKDIR.value,
+      dataset=_DATASET.value,
+      tasks=_TASKS.value,
+      with_plots=_PLOTS.value,
+      template=_TEMPLATE.value,
+      batch_size=_BATCH.value,
+      text_model=_TEXT_MODEL.value,
+      max_clips=_MAX_CLIPS.value,
+      splits=dict(zip(("train", "validation", "test"), _SPLITS.value)),
+      shots=tuple(_ints(_SHOTS.value, "--shots")),
+      seeds=tuple(_ints(_SEEDS.value, "--seeds")),
+      finetune_config=_FINETUNE.value,
+    )
   print(report["table"], flush=True)
 
 

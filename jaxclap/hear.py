@@ -33,8 +33,10 @@ class HearModel:
 def load_model(model_file_path: str = "", **kwargs: Any) -> HearModel:
   """Loads a jaxclap workdir / checkpoints dir / step dir; kwargs go to `jaxclap.load`."""
   if not model_file_path:
-    raise ValueError("jaxclap.hear.load_model: model_file_path must name a jaxclap workdir "
-                     "or checkpoint directory (no weights are bundled)")
+    raise ValueError(
+      "jaxclap.hear.load_model: model_file_path must name a jaxclap workdir "
+      "or checkpoint directory (no weights are bundled)"
+    )
   kwargs.setdefault("progress", False)
   return HearModel(inference.load(model_file_path, **kwargs))
 
@@ -45,8 +47,9 @@ def _audio(audio: Any, model: HearModel) -> np.ndarray:
     audio = audio.detach().cpu().numpy()
   x = np.asarray(audio, np.float32)
   if x.ndim != 2:
-    raise ValueError(f"HEAR audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, "
-                     f"got shape {x.shape}")
+    raise ValueError(
+      f"HEAR audio must be [n_sounds, n_samples] at {model.sample_rate} Hz, got shape {x.shape}"
+    )
   return x
 
 
@@ -59,6 +62,7 @@ def get_scene_embeddings(audio: Any, model: HearModel) -> np.ndarray:
 def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[np.ndarray, np.ndarray]:
   """(embeddings [n_sounds, n_timestamps, size], timestamps [n_sounds, n_timestamps] in ms)."""
   x = _audio(audio, model)
-  emb, seconds = model.model.frame_features(x, sample_rate=model.sample_rate,
-                                            return_timestamps=True)
+  emb, seconds = model.model.frame_features(
+    x, sample_rate=model.sample_rate, return_timestamps=True
+  )
   return emb.astype(np.float32), (np.asarray(seconds, np.float64) * 1000.0).astype(np.float32)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Iterable, Iterator, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -29,19 +30,34 @@ from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
 from jaxclap.models import features, patches
 
-AudioInput = Union[np.ndarray, str, os.PathLike, Sequence[Union[np.ndarray, str, os.PathLike]]]
+AudioInput = np.ndarray | str | os.PathLike | Sequence[np.ndarray | str | os.PathLike]
 KINDS = ("frame", "clip", "clap")
 _PROGRESS_MIN_CLIPS = 16  # Show a progress bar from this many clips (when not told).
 _POOL_BUCKET = 16  # Pooler inputs padded to a multiple of this many time steps.
 
 
-def load(path: str, *, text_model: str | None = None, batch_size: int = 16,
-         dtype: str = "float32", progress: bool | None = None) -> "Model":
+def load(
+  path: str,
+  *,
+  text_model: str | None = None,
+  batch_size: int = 16,
+  dtype: str = "float32",
+  progress: bool | None = None,
+) -> Model:
   """A `Model` from a jaxclap workdir, checkpoints dir or step dir (latest step)."""
   r = restore.restore(path, text_model=text_model)
-  return Model(r.model, r.params, frontend_cfg=r.frontend_cfg, norm_stats=r.norm_stats,
-               objective=r.network, stage=r.stage, step=r.step, batch_size=batch_size,
-               dtype=dtype, progress=progress)
+  return Model(
+    r.model,
+    r.params,
+    frontend_cfg=r.frontend_cfg,
+    norm_stats=r.norm_stats,
+    objective=r.network,
+    stage=r.stage,
+    step=r.step,
+    batch_size=batch_size,
+    dtype=dtype,
+    progress=progress,
+  )
 
 
 class SegmentedLogMel:
@@ -53,8 +69,9 @@ class SegmentedLogMel:
   which bounds the number of compiled shapes.
   """
 
-  def __init__(self, cfg: fe.FrontendConfig, norm_stats: Sequence[float],
-               segment_frames: int = 2048):
+  def __init__(
+    self, cfg: fe.FrontendConfig, norm_stats: Sequence[float], segment_frames: int = 2048
+  ):
     self.cfg = cfg
     self.segment_frames = segment_frames
     self._margin = -(-(cfg.n_fft // 2) // cfg.hop_length)  # Frames a window reaches over.
@@ -72,9 +89,9 @@ class SegmentedLogMel:
       b = min(s, (g1 + self._margin) * hop)
       width = next(w for w in self._widths if w >= b - a)
       buf = np.zeros((1, width), np.float32)
-      buf[0, :b - a] = wave[a:b]
+      buf[0, : b - a] = wave[a:b]
       lm = np.asarray(self._fn(buf, np.array([b - a], np.int32)))[0]
-      out[:, g0:g1] = lm[:, g0 - a // hop:g1 - a // hop]
+      out[:, g0:g1] = lm[:, g0 - a // hop : g1 - a // hop]
     return out
 
 
@@ -94,14 +111,12 @@ def _encode_frames(params: Any, x: jax.Array, *, model: nn.Module) -> jax.Array:
   return patches.tokens_to_frames(tokens, x.shape[1] // model.patch_size).astype(jnp.float32)
 
 
-def _pool(params: Any, tokens: jax.Array, valid: jax.Array, *, model: nn.Module
-          ) -> jax.Array:
+def _pool(params: Any, tokens: jax.Array, valid: jax.Array, *, model: nn.Module) -> jax.Array:
   """CLAP audio head on padded tokens [B, N, D] with `valid` [B, N]; float32 [B, C].
 
   The head itself, with a key mask: O(N) in the tokens, padded ones ignored.
   """
-  return model.apply({"params": params}, tokens.astype(jnp.float32), valid,
-                     method="project_audio")
+  return model.apply({"params": params}, tokens.astype(jnp.float32), valid, method="project_audio")
 
 
 class Model:
@@ -113,10 +128,21 @@ class Model:
   `sample_rate=` and are resampled to `self.sample_rate`.
   """
 
-  def __init__(self, model: nn.Module, params: Any, *, frontend_cfg: fe.FrontendConfig,
-               norm_stats: Sequence[float], objective: Any = None, stage: str = "stage1",
-               step: int = 0, batch_size: int = 16, dtype: str = "float32",
-               progress: bool | None = None, segment_frames: int = 2048):
+  def __init__(
+    self,
+    model: nn.Module,
+    params: Any,
+    *,
+    frontend_cfg: fe.FrontendConfig,
+    norm_stats: Sequence[float],
+    objective: Any = None,
+    stage: str = "stage1",
+    step: int = 0,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    progress: bool | None = None,
+    segment_frames: int = 2048,
+  ):
     if dtype not in ("float32", "bfloat16"):
       raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     if batch_size < 1:
@@ -134,20 +160,32 @@ class Model:
     self.token_dim = int(np.shape(params["encoder"]["cls_token"])[-1])
     self.feature_dim = grid_f * self.token_dim
     head = params["audio_proj"]
-    self.embedding_dim = int(np.shape(head["out_proj"]["bias"] if "out_proj" in head else
-                                      head["fc2"]["bias"] if "fc2" in head
-                                      else head["norm"]["bias"])[0])
+    self.embedding_dim = int(
+      np.shape(
+        head["out_proj"]["bias"]
+        if "out_proj" in head
+        else head["fc2"]["bias"]
+        if "fc2" in head
+        else head["norm"]["bias"]
+      )[0]
+    )
     self.frame_hop_s = model.patch_size * frontend_cfg.hop_length / frontend_cfg.sample_rate
     self._log_mel = SegmentedLogMel(frontend_cfg, self.norm_stats, segment_frames)
     self._encode = jax.jit(functools.partial(_encode_frames, model=self.model))
     self._pool = jax.jit(functools.partial(_pool, model=model.clone(dtype=jnp.float32)))
-    self._text = None if objective is None else jax.jit(
-        lambda p, inputs: objective.text_embed(p, {}, inputs))
+    self._text = (
+      None if objective is None else jax.jit(lambda p, inputs: objective.text_embed(p, {}, inputs))
+    )
 
   # ---- audio ----------------------------------------------------------------------------
 
-  def frame_features(self, audio: AudioInput, sample_rate: int | None = None,
-                     return_timestamps: bool = False, progress: bool | None = None):
+  def frame_features(
+    self,
+    audio: AudioInput,
+    sample_rate: int | None = None,
+    return_timestamps: bool = False,
+    progress: bool | None = None,
+  ):
     """Frame features [N, T', F'·D] (a list of [T'_i, F'·D] for a list input).
 
     With `return_timestamps`, also each frame's centre in seconds ([N, T'] or a list).
@@ -159,28 +197,33 @@ class Model:
       feats, times = np.stack(feats), np.stack(times)
     return (feats, times) if return_timestamps else feats
 
-  def clip_features(self, audio: AudioInput, sample_rate: int | None = None,
-                    progress: bool | None = None) -> np.ndarray:
+  def clip_features(
+    self, audio: AudioInput, sample_rate: int | None = None, progress: bool | None = None
+  ) -> np.ndarray:
     """Clip features [N, F'·D]: each clip's frame features averaged over time."""
     waves, _ = self._waves(audio, sample_rate)
-    return np.stack(list(self.iter_outputs(waves, "clip", progress=progress,
-                                           total=len(waves))))
+    return np.stack(list(self.iter_outputs(waves, "clip", progress=progress, total=len(waves))))
 
-  def audio_embedding(self, audio: AudioInput, sample_rate: int | None = None,
-                      progress: bool | None = None) -> np.ndarray:
+  def audio_embedding(
+    self, audio: AudioInput, sample_rate: int | None = None, progress: bool | None = None
+  ) -> np.ndarray:
     """L2-normalised CLAP audio embeddings [N, C] from all patch tokens of all chunks."""
     waves, _ = self._waves(audio, sample_rate)
-    return np.stack(list(self.iter_outputs(waves, "clap", progress=progress,
-                                           total=len(waves))))
+    return np.stack(list(self.iter_outputs(waves, "clap", progress=progress, total=len(waves))))
 
   def timestamps(self, num_frames: int) -> np.ndarray:
     """Centre (seconds) of each frame feature: the mean time of its patch's log-mel frames."""
     hop_s = self.frontend_cfg.hop_length / self.sample_rate
     return (np.arange(num_frames) * self.patch_size + (self.patch_size - 1) / 2) * hop_s
 
-  def iter_outputs(self, waves: Iterable[np.ndarray], kind: str = "clip", *,
-                   progress: bool | None = None, total: int | None = None
-                   ) -> Iterator[np.ndarray]:
+  def iter_outputs(
+    self,
+    waves: Iterable[np.ndarray],
+    kind: str = "clip",
+    *,
+    progress: bool | None = None,
+    total: int | None = None,
+  ) -> Iterator[np.ndarray]:
     """One output per 1-D float32 waveform (at `sample_rate`), in order, streaming.
 
     kind: "frame" → [T', F'·D], "clip" → [F'·D], "clap" → [C] (L2-normalised).
@@ -207,7 +250,7 @@ class Model:
     the oldest clip's chunks run part-full, so memory stays bounded on any input order.
     """
     queues: dict[int, list[tuple[int, int, np.ndarray]]] = {}  # chunk width → chunks
-    parts: dict[int, list[np.ndarray | None]] = {}             # clip → frames per chunk
+    parts: dict[int, list[np.ndarray | None]] = {}  # clip → frames per chunk
     done = 0
     for i, wave in enumerate(waves):
       chunks = time_chunks(self._log_mel(wave), self.unit_frames, self.patch_size)
@@ -233,8 +276,9 @@ class Model:
       yield np.concatenate(parts.pop(done), axis=0)
       done += 1
 
-  def _run(self, queue: list[tuple[int, int, np.ndarray]],
-           parts: dict[int, list[np.ndarray | None]]) -> None:
+  def _run(
+    self, queue: list[tuple[int, int, np.ndarray]], parts: dict[int, list[np.ndarray | None]]
+  ) -> None:
     """Encodes queued chunks in one padded batch and files the rows; empties the queue."""
     x = np.zeros((_batch_rows(len(queue), self.batch_size), *queue[0][2].shape), np.float32)
     for row, (_, _, chunk) in enumerate(queue):
@@ -273,15 +317,19 @@ class Model:
       raise ValueError("text_embedding: this model has no text side (built without objective)")
     out = []
     for start in range(0, len(texts), self.batch_size):
-      part = texts[start:start + self.batch_size]
+      part = texts[start : start + self.batch_size]
       inputs = self.objective.text_inputs(part)
       if inputs is None:
-        raise ValueError("text_embedding: the checkpoint records no sentence model, so "
-                         "stage-1 text cannot be embedded")
+        raise ValueError(
+          "text_embedding: the checkpoint records no sentence model, so "
+          "stage-1 text cannot be embedded"
+        )
       rows = _batch_rows(len(part), self.batch_size)
-      inputs = {k: np.concatenate([v, np.repeat(v[:1], rows - len(part), axis=0)])
-                for k, v in inputs.items()}
-      out.append(np.asarray(self._text(self.params, inputs))[:len(part)])
+      inputs = {
+        k: np.concatenate([v, np.repeat(v[:1], rows - len(part), axis=0)])
+        for k, v in inputs.items()
+      }
+      out.append(np.asarray(self._text(self.params, inputs))[: len(part)])
     return np.concatenate(out).astype(np.float32)
 
   @property
@@ -298,9 +346,15 @@ class Model:
     t = t / np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
     return a @ t.T
 
-  def zero_shot(self, audio: AudioInput, labels: Sequence[str],
-                template: str = "{} can be heard", sample_rate: int | None = None,
-                return_similarity: bool = False, progress: bool | None = None):
+  def zero_shot(
+    self,
+    audio: AudioInput,
+    labels: Sequence[str],
+    template: str = "{} can be heard",
+    sample_rate: int | None = None,
+    return_similarity: bool = False,
+    progress: bool | None = None,
+  ):
     """Softmax over labels of exp(s)·cos(audio, prompt) [N, L]; also the cosines if asked."""
     if "{}" not in template:
       raise ValueError(f"zero_shot: template {template!r} has no '{{}}' for the label")
@@ -310,8 +364,9 @@ class Model:
     return (probs, sim) if return_similarity else probs
 
 
-def prepare_audio(audio: AudioInput, sample_rate: int | None,
-                  target_rate: int) -> tuple[list[np.ndarray], bool]:
+def prepare_audio(
+  audio: AudioInput, sample_rate: int | None, target_rate: int
+) -> tuple[list[np.ndarray], bool]:
   """Checks and converts any accepted audio input to 1-D float32 waveforms at target_rate."""
   if isinstance(audio, (str, os.PathLike)):
     audio = [audio]
@@ -338,8 +393,10 @@ def prepare_audio(audio: AudioInput, sample_rate: int | None,
       continue
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
-      raise ValueError(f"audio clip {i}: expected float samples in [-1, 1], got dtype "
-                       f"{x.dtype} (convert int16 PCM with x / 32768)")
+      raise ValueError(
+        f"audio clip {i}: expected float samples in [-1, 1], got dtype "
+        f"{x.dtype} (convert int16 PCM with x / 32768)"
+      )
     x = audio_io.check_waveform(x.astype(np.float32, copy=False), f"audio clip {i}")
     waves.append(audio_io.resample(x, int(sample_rate), target_rate))
   return waves, stacked

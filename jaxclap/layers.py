@@ -19,23 +19,39 @@ _zeros = nn.initializers.zeros
 _ones = nn.initializers.ones
 
 
-def dense(features: int, names: tuple[str | None, str | None], dtype: Dtype,
-          name: str) -> nn.Dense:
+def dense(features: int, names: tuple[str | None, str | None], dtype: Dtype, name: str) -> nn.Dense:
   """Dense layer with xavier-uniform kernel, zero bias and logical axis names."""
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.with_logical_partitioning(_xavier, names),
-                  bias_init=nn.with_logical_partitioning(_zeros, names[1:]))
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(_xavier, names),
+    bias_init=nn.with_logical_partitioning(_zeros, names[1:]),
+  )
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
   """LayerNorm over 'embed' with logical axis names on scale and bias."""
-  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, name=name,
-                      scale_init=nn.with_logical_partitioning(_ones, ("embed",)),
-                      bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))
+  return nn.LayerNorm(
+    epsilon=eps,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    scale_init=nn.with_logical_partitioning(_ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
+  )
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None,
-              *, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None) -> jax.Array:
+def attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  key_mask: jax.Array | None = None,
+  *,
+  dropout_rate: float = 0.0,
+  dropout_rng: jax.Array | None = None,
+) -> jax.Array:
   """Softmax attention: q [B, Q, H, d], k and v [B, N, H, d] → [B, Q, H, d].
 
   Logits and softmax are float32. `key_mask` [B, N] (1 = real token) hides padding keys.
@@ -66,8 +82,9 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
-               num_queries: int | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, key_mask: jax.Array | None = None, num_queries: int | None = None
+  ) -> jax.Array:
     b, n, d = x.shape
     if d % self.heads:
       raise ValueError(f"Attention: width {d} not divisible by heads {self.heads}")
@@ -103,11 +120,14 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
-               num_queries: int | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, key_mask: jax.Array | None = None, num_queries: int | None = None
+  ) -> jax.Array:
     d = x.shape[-1]
     h = Attention(self.heads, self.dtype, name="attn")(
-        layer_norm(self.eps, self.dtype, "norm1")(x), key_mask, num_queries)
+      layer_norm(self.eps, self.dtype, "norm1")(x), key_mask, num_queries
+    )
     x = x[:, :num_queries] + h
     return x + Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(
-        layer_norm(self.eps, self.dtype, "norm2")(x))
+      layer_norm(self.eps, self.dtype, "norm2")(x)
+    )

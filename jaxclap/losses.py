@@ -43,8 +43,7 @@ def norm_mse(*, pred: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(2.0 - 2.0 * cos)
 
 
-def clip_infonce(*, audio_emb: jax.Array, text_emb: jax.Array,
-                 logit_scale: jax.Array) -> jax.Array:
+def clip_infonce(*, audio_emb: jax.Array, text_emb: jax.Array, logit_scale: jax.Array) -> jax.Array:
   """Symmetric InfoNCE over the whole batch: (CE(audio→text) + CE(text→audio)) / 2.
 
   Embeddings [B, C] are L2-normalised here; `logit_scale` is the log scale s
@@ -52,8 +51,7 @@ def clip_infonce(*, audio_emb: jax.Array, text_emb: jax.Array,
   """
   a = l2_normalize(audio_emb.astype(jnp.float32))
   t = l2_normalize(text_emb.astype(jnp.float32))
-  logits = jnp.exp(logit_scale) * jnp.einsum("ic,jc->ij", a, t,
-                                             precision=jax.lax.Precision.HIGHEST)
+  logits = jnp.exp(logit_scale) * jnp.einsum("ic,jc->ij", a, t, precision=jax.lax.Precision.HIGHEST)
   diag = jnp.diagonal(logits)
   loss_a = jnp.mean(jax.nn.logsumexp(logits, axis=1) - diag)
   loss_t = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)

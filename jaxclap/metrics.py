@@ -9,7 +9,7 @@ scores keep index order (a stable sort), so a tie never favours the correct item
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn import metrics as skm
@@ -34,8 +34,9 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
   if labels.size == 0:
     raise ValueError("accuracy of an empty set")
   if labels.min() < 0 or labels.max() >= scores.shape[1]:
-    raise ValueError(f"labels must lie in [0, {scores.shape[1]}); got range "
-                     f"[{labels.min()}, {labels.max()}]")
+    raise ValueError(
+      f"labels must lie in [0, {scores.shape[1]}); got range [{labels.min()}, {labels.max()}]"
+    )
   return float(np.mean(np.argmax(scores, axis=1) == labels))
 
 
@@ -61,8 +62,7 @@ def zero_shot_scores(audio_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray
   return _as_2d(audio_emb, "audio_emb") @ _as_2d(class_emb, "class_emb").T
 
 
-def zero_shot_accuracy(audio_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray
-                       ) -> float:
+def zero_shot_accuracy(audio_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> float:
   """Single-label zero-shot top-1 accuracy (argmax = argmax of the softmax of the scores)."""
   return accuracy(zero_shot_scores(audio_emb, class_emb), labels)
 
@@ -72,8 +72,9 @@ def zero_shot_map(audio_emb: np.ndarray, targets: np.ndarray, class_emb: np.ndar
   return mean_average_precision(zero_shot_scores(audio_emb, class_emb), targets)
 
 
-def _ranked_metrics(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int], prefix: str
-                    ) -> dict[str, float]:
+def _ranked_metrics(
+  scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int], prefix: str
+) -> dict[str, float]:
   """R@k and mAP@10 of queries (rows) over candidates (columns) with a relevance mask."""
   n_rel = relevant.sum(axis=1)
   if np.any(n_rel == 0):
@@ -88,8 +89,9 @@ def _ranked_metrics(scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int],
   return out
 
 
-def retrieval(sims: np.ndarray, caption_clip: np.ndarray | None = None, *,
-              ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def retrieval(
+  sims: np.ndarray, caption_clip: np.ndarray | None = None, *, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
   """Audio→text and text→audio retrieval from a [clips, captions] similarity matrix.
 
   `caption_clip[j]` is the clip that caption j describes (default: caption i ↔ clip i).
@@ -103,22 +105,31 @@ def retrieval(sims: np.ndarray, caption_clip: np.ndarray | None = None, *,
   """
   sims = _as_2d(sims, "sims").astype(np.float64)
   n_clips, n_caps = sims.shape
-  caption_clip = (np.arange(n_caps) if caption_clip is None
-                  else np.asarray(caption_clip).astype(np.int64).reshape(-1))
+  caption_clip = (
+    np.arange(n_caps)
+    if caption_clip is None
+    else np.asarray(caption_clip).astype(np.int64).reshape(-1)
+  )
   if caption_clip.shape[0] != n_caps:
     raise ValueError(f"caption_clip has {caption_clip.shape[0]} entries for {n_caps} captions")
   if caption_clip.size and (caption_clip.min() < 0 or caption_clip.max() >= n_clips):
-    raise ValueError(f"caption_clip values must lie in [0, {n_clips}); got range "
-                     f"[{caption_clip.min()}, {caption_clip.max()}]")
+    raise ValueError(
+      f"caption_clip values must lie in [0, {n_clips}); got range "
+      f"[{caption_clip.min()}, {caption_clip.max()}]"
+    )
   relevant = caption_clip[None, :] == np.arange(n_clips)[:, None]  # [clips, captions]
   out = _ranked_metrics(sims, relevant, ks, "a2t")
   out.update(_ranked_metrics(sims.T, relevant.T, ks, "t2a"))
   return out
 
 
-def retrieval_from_embeddings(audio_emb: np.ndarray, text_emb: np.ndarray,
-                              caption_clip: np.ndarray | None = None, *,
-                              ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+def retrieval_from_embeddings(
+  audio_emb: np.ndarray,
+  text_emb: np.ndarray,
+  caption_clip: np.ndarray | None = None,
+  *,
+  ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
   """`retrieval` on cosine similarities of L2-normalised audio [N, C] and text [M, C]."""
   audio_emb, text_emb = _as_2d(audio_emb, "audio_emb"), _as_2d(text_emb, "text_emb")
   return retrieval(audio_emb @ text_emb.T, caption_clip, ks=ks)

@@ -69,8 +69,9 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
     if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
       _overlay(config[key], value)
     else:
-      config[key] = tuple(value) if isinstance(value, list) and isinstance(
-          config[key], tuple) else value
+      config[key] = (
+        tuple(value) if isinstance(value, list) and isinstance(config[key], tuple) else value
+      )
 
 
 def restore(path: str, *, text_model: str | None = None) -> Restored:
@@ -92,19 +93,32 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
   else:
     merged, target = {**frozen, **params}, None
   _check_tree(network, merged, source)
-  return Restored(stage=config.stage, step=int(np.asarray(state["step"])), config=config,
-                  meta=meta, network=network, params=merged, target=target,
-                  frontend_cfg=network.frontend_cfg,
-                  norm_stats=tuple(float(x) for x in np.asarray(state["norm_stats"])),
-                  source=source)
+  return Restored(
+    stage=config.stage,
+    step=int(np.asarray(state["step"])),
+    config=config,
+    meta=meta,
+    network=network,
+    params=merged,
+    target=target,
+    frontend_cfg=network.frontend_cfg,
+    norm_stats=tuple(float(x) for x in np.asarray(state["norm_stats"])),
+    source=source,
+  )
 
 
 def _check_tree(network: build_lib.Network, params: dict[str, Any], source: str) -> None:
   """Saved params must match the rebuilt network exactly (names and shapes)."""
   params_shape, frozen_shape = jax.eval_shape(network.init, jax.random.key(0))
-  expected = ({**frozen_shape, **params_shape} if isinstance(network, build_lib.CLAPNetwork)
-              else dict(params_shape))
+  expected = (
+    {**frozen_shape, **params_shape}
+    if isinstance(network, build_lib.CLAPNetwork)
+    else dict(params_shape)
+  )
   problems = handoff.mismatches(nn.unbox(expected), params, "params")
   if problems:
-    raise ValueError(f"{source}: parameters do not match the network its config describes: "
-                     + "; ".join(problems[:10]) + (" ..." if len(problems) > 10 else ""))
+    raise ValueError(
+      f"{source}: parameters do not match the network its config describes: "
+      + "; ".join(problems[:10])
+      + (" ..." if len(problems) > 10 else "")
+    )

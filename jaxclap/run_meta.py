@@ -13,8 +13,19 @@ from collections.abc import Mapping
 from typing import Any
 
 # Keys in the order the trainer has always written them; `to_dict` keeps it.
-_ORDER = ("config", "norm_stats", "text_models", "input_frames", "unit_frames", "stage",
-          "total_steps", "steps_per_epoch", "step", "imported", "finetune")
+_ORDER = (
+  "config",
+  "norm_stats",
+  "text_models",
+  "input_frames",
+  "unit_frames",
+  "stage",
+  "total_steps",
+  "steps_per_epoch",
+  "step",
+  "imported",
+  "finetune",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +71,7 @@ class RunMeta:
 
   def frames(self, crop_frames: int) -> tuple[int, int]:
     """(position-table width, trained input grid); runs that predate them used the crop."""
-    return (int(self.input_frames or crop_frames),
-            int(self.unit_frames or crop_frames))
+    return (int(self.input_frames or crop_frames), int(self.unit_frames or crop_frames))
 
   @property
   def pos_table(self) -> str | None:

@@ -29,9 +29,13 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
       if previous is None:
         raise ValueError(f"stage {name!r} fine-tunes an encoder: it needs a stage before it")
       print(f"===== {name} → {stage_dir} (fine-tuning {previous})", flush=True)
-      results[name] = finetune.run_finetune(previous, data_dir=config.data_dir,
-                                            dataset=stage_cfg.dataset,
-                                            config=stage_cfg.finetune, workdir=stage_dir)
+      results[name] = finetune.run_finetune(
+        previous,
+        data_dir=config.data_dir,
+        dataset=stage_cfg.dataset,
+        config=stage_cfg.finetune,
+        workdir=stage_dir,
+      )
       previous = stage_dir
       continue
     stage_cfg.data.data_dir = config.data_dir
@@ -64,10 +68,15 @@ def format_table(results: dict[str, Any]) -> str:
   lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
   for name, r in results.items():
     v = _scores(r)
-    lines.append(f"| {name} | " + " | ".join(f"{v[c]:.3f}" if c in v else "-" for c in cols)
-                 + " |")
-  chance = next((r["final_validation"]["zero_shot_chance"] for r in results.values()
-                 if "zero_shot_chance" in (r.get("final_validation") or {})), None)
+    lines.append(f"| {name} | " + " | ".join(f"{v[c]:.3f}" if c in v else "-" for c in cols) + " |")
+  chance = next(
+    (
+      r["final_validation"]["zero_shot_chance"]
+      for r in results.values()
+      if "zero_shot_chance" in (r.get("final_validation") or {})
+    ),
+    None,
+  )
   if chance:
     lines.append(f"(zero-shot chance: {chance:.3f})")
   return "\n".join(lines)

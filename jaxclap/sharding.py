@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # The batch is split over every device, FSDP style.
@@ -49,8 +51,7 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, An
     spec = spec if isinstance(spec, P) else P()
     return NamedSharding(mesh, _divisible(tuple(shape_leaf.shape), spec, mesh))
 
-  return jax.tree.map(one, shapes, mesh_specs,
-                      is_leaf=lambda x: isinstance(x, P) or x is None)
+  return jax.tree.map(one, shapes, mesh_specs, is_leaf=lambda x: isinstance(x, P) or x is None)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -66,5 +67,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's slice of the batch into global, batch-sharded arrays."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }

@@ -25,7 +25,7 @@ class HashEmbedder:
     rows = []
     for t in texts:
       digest = hashlib.sha256(t.encode()).digest() * (1 + 2 * self.dim // 32)
-      rows.append(np.frombuffer(digest[:2 * self.dim], np.int16).astype(np.float32) / 4096.0)
+      rows.append(np.frombuffer(digest[: 2 * self.dim], np.int16).astype(np.float32) / 4096.0)
     return np.stack(rows).reshape(len(texts), self.dim)
 
 
@@ -58,8 +58,9 @@ def hash_demo_data_dir(tmp_path_factory) -> str:
   from jaxclap.data import build
 
   data_dir = str(tmp_path_factory.mktemp("hash_demo_data"))
-  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedding_dtype="float32",
-                      embedder=HashEmbedder())
+  build.build_dataset(
+    build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedding_dtype="float32", embedder=HashEmbedder()
+  )
   return data_dir
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import write_wav
+
 from jaxclap.audio import io as audio_io
 
 
@@ -18,8 +18,9 @@ def _peak_hz(x, sr):
   return np.argmax(np.abs(np.fft.rfft(x))) * sr / x.size
 
 
-@pytest.mark.parametrize("sr,channels,fmt", [(44100, 2, "wav"), (8000, 1, "wav"),
-                                             (22050, 1, "flac"), (48000, 2, "ogg")])
+@pytest.mark.parametrize(
+  "sr,channels,fmt", [(44100, 2, "wav"), (8000, 1, "wav"), (22050, 1, "flac"), (48000, 2, "ogg")]
+)
 def test_decode_resamples_to_16k_mono(tmp_path, sr, channels, fmt):
   path = tmp_path / f"x.{fmt}"
   subtype = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}[fmt]
@@ -41,8 +42,9 @@ def test_decode_mp3(tmp_path):
 
 def test_stereo_is_averaged(tmp_path):
   left = _tone(16000)
-  path = write_wav(tmp_path / "s.wav", np.stack([left, np.zeros_like(left)], axis=1), 16000,
-                   subtype="FLOAT")
+  path = write_wav(
+    tmp_path / "s.wav", np.stack([left, np.zeros_like(left)], axis=1), 16000, subtype="FLOAT"
+  )
   np.testing.assert_allclose(audio_io.load_audio(path), left / 2, atol=1e-6)
 
 

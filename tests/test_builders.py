@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import tensorflow_datasets as tfds
-
 from conftest import DEMO_CLIPS, TEXT_MODEL, HashEmbedder, write_wav
+
 from jaxclap.audio import io as audio_io
 from jaxclap.data import build, builders, schema, synth
 
@@ -33,8 +33,9 @@ def _tone(sr, seconds, hz=440.0, channels=1, amp=0.5):
 
 def test_demo_round_trip(hash_demo_data_dir):
   info = build.dataset_info(build.DEMO, hash_demo_data_dir)
-  expected = {s: sum(builders.demo_split(i) == s for i in range(DEMO_CLIPS))
-              for s in builders.DEMO_SPLITS}
+  expected = {
+    s: sum(builders.demo_split(i) == s for i in range(DEMO_CLIPS)) for s in builders.DEMO_SPLITS
+  }
   assert info["splits"] == expected and sum(expected.values()) == DEMO_CLIPS
   assert info["embedding_dim"] == 8 and info["text_model"] == "test-hash-embedder"
   assert info["sample_rate"] == 16000 and info["class_names"] == list(synth.CLASS_NAMES)
@@ -87,8 +88,9 @@ def test_build_is_idempotent_and_checks_existing(tmp_path):
   info = build.build_dataset(build.DEMO, str(tmp_path), num_clips=30, embedder=again)
   assert again.calls == [] and sum(info["splits"].values()) == 30
   with pytest.raises(ValueError, match="text_model"):
-    build.build_dataset(build.DEMO, str(tmp_path), num_clips=30,
-                        embedder=HashEmbedder(name="other-model"))
+    build.build_dataset(
+      build.DEMO, str(tmp_path), num_clips=30, embedder=HashEmbedder(name="other-model")
+    )
 
 
 class _Boom(RuntimeError):
@@ -122,8 +124,9 @@ def test_embedding_dim_mismatch(tmp_path):
       return np.zeros((len(texts), self.dim + 1), np.float32)
 
   with pytest.raises(schema.BadInputError, match=r"wrong-dim.*expected \(\d+, 8\)"):
-    build.build_dataset(build.DEMO, str(tmp_path), num_clips=30,
-                        embedder=WrongDim(name="wrong-dim"))
+    build.build_dataset(
+      build.DEMO, str(tmp_path), num_clips=30, embedder=WrongDim(name="wrong-dim")
+    )
   assert not build.is_built(build.DEMO, str(tmp_path))
 
 
@@ -148,33 +151,41 @@ def captioned_dir(tmp_path):
   sf.write(str(root / "audio" / "c.mp3"), _tone(22050, 1.0, hz=600.0), 22050, format="MP3")
   write_wav(root / "d.ogg", _tone(48000, 1.0, hz=1000.0, channels=2), 48000, subtype="VORBIS")
   (root / "captions.csv").write_text(
-      "file,caption,split\n"
-      "a.wav,a tone in stereo,train\n"
-      "a.wav,a second caption for a,train\n"  # AudioCaps style: one caption per row.
-      "b,an 8 kHz tone,val\n"  # No extension; 'val' alias.
-      "c.mp3,an mp3 tone,test\n"
-      "d.ogg,an ogg tone,train\n")
+    "file,caption,split\n"
+    "a.wav,a tone in stereo,train\n"
+    "a.wav,a second caption for a,train\n"  # AudioCaps style: one caption per row.
+    "b,an 8 kHz tone,val\n"  # No extension; 'val' alias.
+    "c.mp3,an mp3 tone,test\n"
+    "d.ogg,an ogg tone,train\n"
+  )
   return root
 
 
 def test_captioned_folder_round_trip(captioned_dir, tmp_path):
   data_dir = str(tmp_path / "data")
   embedder = HashEmbedder(dim=6)
-  info = build.build_dataset("captioned_folder/mini", data_dir, manual_dir=str(captioned_dir),
-                             embedding_dtype="float32", embedder=embedder)
+  info = build.build_dataset(
+    "captioned_folder/mini",
+    data_dir,
+    manual_dir=str(captioned_dir),
+    embedding_dtype="float32",
+    embedder=embedder,
+  )
   assert info["splits"] == {"train": 2, "validation": 1, "test": 1}
   assert info["embedding_dim"] == 6 and info["build"]["captions"] == 5
   train = _records("captioned_folder/mini", "train", data_dir)
   assert set(train) == {"audio/a", "d"}
   a = train["audio/a"]
   assert [c.decode() for c in a["captions"]] == ["a tone in stereo", "a second caption for a"]
-  np.testing.assert_array_equal(a["caption_embeddings"],
-                                embedder.embed(["a tone in stereo", "a second caption for a"]))
+  np.testing.assert_array_equal(
+    a["caption_embeddings"], embedder.embed(["a tone in stereo", "a second caption for a"])
+  )
   assert a["label"] == -1 and a["sample_rate"] == 16000
   # 44.1 kHz stereo -> 16 kHz mono (mean of 1.0x and 0.5x channels = 0.75x).
   assert abs(a["audio"].size - 24000) <= 2
   np.testing.assert_array_equal(
-      a["audio"], audio_io.float_to_pcm16(audio_io.load_audio(captioned_dir / "audio/a.wav")))
+    a["audio"], audio_io.float_to_pcm16(audio_io.load_audio(captioned_dir / "audio/a.wav"))
+  )
   peak = np.abs(audio_io.pcm16_to_float(a["audio"][1000:-1000])).max()
   assert abs(peak - 0.375) < 0.01
   b = _records("captioned_folder/mini", "validation", data_dir)["audio/b"]
@@ -186,8 +197,7 @@ def test_captioned_folder_round_trip(captioned_dir, tmp_path):
 def test_clotho_style_caption_columns(tmp_path):
   root = tmp_path / "clotho"
   write_wav(root / "development" / "x.wav", _tone(44100, 1.0), 44100)
-  (root / "train.csv").write_text(
-      "file_name,caption_1,caption_2,caption_3\nx.wav,one,two,three\n")
+  (root / "train.csv").write_text("file_name,caption_1,caption_2,caption_3\nx.wav,one,two,three\n")
   (root / "development").rename(root / "train")
   data_dir = str(tmp_path / "data")
   build.build_dataset("captioned_folder", data_dir, manual_dir=str(root), embedder=HashEmbedder())
@@ -224,23 +234,28 @@ def _bad_folder(tmp_path, problem):
   return root
 
 
-@pytest.mark.parametrize("problem,message", [
+@pytest.mark.parametrize(
+  "problem,message",
+  [
     ("corrupt", r"captions.csv line 4.*bad.wav.*cannot decode"),
     ("empty", r"captions.csv line 4.*bad.wav.*empty \(0 bytes\)"),
     ("zero_length", r"captions.csv line 4.*bad.wav.*zero samples"),
     ("nan", r"captions.csv line 4.*bad.wav.*NaN"),
     ("missing", r"captions.csv line 4.*'bad.wav' not found"),
     ("empty_caption", r"captions.csv line 4.*bad.wav.*empty caption"),
-])
+  ],
+)
 def test_bad_inputs_raise_or_skip(tmp_path, problem, message):
   root = _bad_folder(tmp_path, problem)
   data_dir = str(tmp_path / "data")
   with pytest.raises(schema.BadInputError, match=message):
-    build.build_dataset("captioned_folder/bad", data_dir, manual_dir=str(root),
-                        embedder=HashEmbedder())
+    build.build_dataset(
+      "captioned_folder/bad", data_dir, manual_dir=str(root), embedder=HashEmbedder()
+    )
   assert not build.is_built("captioned_folder/bad", data_dir)
-  info = build.build_dataset("captioned_folder/bad", data_dir, manual_dir=str(root),
-                             skip_bad=True, embedder=HashEmbedder())
+  info = build.build_dataset(
+    "captioned_folder/bad", data_dir, manual_dir=str(root), skip_bad=True, embedder=HashEmbedder()
+  )
   assert info["splits"] == {"train": 2}
   assert info["build"]["skipped"] == 1
   assert "line 4" in info["build"]["skipped_inputs"][0]
@@ -251,26 +266,33 @@ def test_csv_without_caption_column(tmp_path):
   write_wav(root / "x.wav", _tone(16000, 1.0), 16000)
   (root / "captions.csv").write_text("file,description\nx.wav,hello\n")
   with pytest.raises(schema.BadInputError, match="captions.csv: no caption column"):
-    build.build_dataset("captioned_folder/x", str(tmp_path / "d"), manual_dir=str(root),
-                        embedder=HashEmbedder())
+    build.build_dataset(
+      "captioned_folder/x", str(tmp_path / "d"), manual_dir=str(root), embedder=HashEmbedder()
+    )
 
 
 def test_esc50_layout(tmp_path):
   root = tmp_path / "esc50"
   rows = ["filename,fold,target,category,esc10,src_file,take"]
-  for i, (target, category) in enumerate([(1, "rooster"), (0, "dog"), (1, "rooster"),
-                                          (2, "chirping_birds")]):
+  for i, (target, category) in enumerate(
+    [(1, "rooster"), (0, "dog"), (1, "rooster"), (2, "chirping_birds")]
+  ):
     write_wav(root / "audio" / f"{i}.wav", _tone(44100, 0.5, hz=200 + 100 * i), 44100)
     rows.append(f"{i}.wav,{i % 2 + 1},{target},{category},False,x,A")
   (root / "meta").mkdir()
   (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
   data_dir = str(tmp_path / "data")
-  info = build.build_dataset("labelled_folder/esc50", data_dir, manual_dir=str(root),
-                             embedder=HashEmbedder())
+  info = build.build_dataset(
+    "labelled_folder/esc50", data_dir, manual_dir=str(root), embedder=HashEmbedder()
+  )
   assert info["class_names"] == ["dog", "rooster", "chirping birds"]  # Ordered by target.
   recs = _records("labelled_folder/esc50", "train", data_dir)
   assert {k: (int(r["label"]), int(r["fold"])) for k, r in recs.items()} == {
-      "audio/0": (1, 1), "audio/1": (0, 2), "audio/2": (1, 1), "audio/3": (2, 2)}
+    "audio/0": (1, 1),
+    "audio/1": (0, 2),
+    "audio/2": (1, 1),
+    "audio/3": (2, 2),
+  }
   assert [c.decode() for c in recs["audio/3"]["captions"]] == ["chirping birds"]
   assert recs["audio/0"]["audio"].size == 8000
 
@@ -282,12 +304,17 @@ def test_folder_per_class_layout(tmp_path):
       write_wav(root / name / f"{j}.wav", _tone(8000, 0.5), 8000)
   (root / "dog" / "notes.txt").write_text("not audio")
   data_dir = str(tmp_path / "data")
-  info = build.build_dataset("labelled_folder/pets", data_dir, manual_dir=str(root),
-                             embedder=HashEmbedder())
+  info = build.build_dataset(
+    "labelled_folder/pets", data_dir, manual_dir=str(root), embedder=HashEmbedder()
+  )
   assert info["class_names"] == ["cat", "dog"] and info["splits"] == {"train": 4}
   recs = _records("labelled_folder/pets", "train", data_dir)
   assert {k: int(r["label"]) for k, r in recs.items()} == {
-      "cat/0": 0, "cat/1": 0, "dog/0": 1, "dog/1": 1}
+    "cat/0": 0,
+    "cat/1": 0,
+    "dog/0": 1,
+    "dog/1": 1,
+  }
 
 
 @pytest.mark.skipif(not BERKLEE.is_dir(), reason="shared Berklee recordings not present")
@@ -301,8 +328,9 @@ def test_berklee_mp3s(tmp_path):
     (root / name).symlink_to(BERKLEE / name)
   (root / "captions.csv").write_text("\n".join([lines[0], *chosen]) + "\n")
   data_dir = str(tmp_path / "data")
-  info = build.build_dataset("captioned_folder/berklee", data_dir, manual_dir=str(root),
-                             embedder=HashEmbedder())
+  info = build.build_dataset(
+    "captioned_folder/berklee", data_dir, manual_dir=str(root), embedder=HashEmbedder()
+  )
   assert info["splits"] == {"train": 5} and info["build"]["hours"] > 0
   for rec in _records("captioned_folder/berklee", "train", data_dir).values():
     assert rec["audio"].size > 1600 and np.abs(rec["audio"]).max() > 0
@@ -315,18 +343,27 @@ def _run_cli(args, tmp_path, block_torch=True):
   prelude = "import sys\n"
   if block_torch:  # The build path must not need PyTorch: make `import torch` fail.
     prelude += "sys.modules['torch'] = None\n"
-  code = (prelude + "import runpy\nsys.argv = ['build'] + sys.argv[1:]\n"
-          "runpy.run_module('jaxclap.data.build', run_name='__main__')\n")
+  code = (
+    prelude + "import runpy\nsys.argv = ['build'] + sys.argv[1:]\n"
+    "runpy.run_module('jaxclap.data.build', run_name='__main__')\n"
+  )
   env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-  return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                        env=env, timeout=300, cwd=tmp_path)
+  return subprocess.run(
+    [sys.executable, "-c", code, *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=tmp_path,
+  )
 
 
 @pytest.mark.slow
 def test_cli_builds_demo_without_torch(tmp_path):
   data_dir = tmp_path / "data"
-  result = _run_cli([f"--data_dir={data_dir}", "--num_clips=30", f"--text_model={TEXT_MODEL}"],
-                    tmp_path)
+  result = _run_cli(
+    [f"--data_dir={data_dir}", "--num_clips=30", f"--text_model={TEXT_MODEL}"], tmp_path
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "clips          30" in result.stdout and "dim 384" in result.stdout
   info = build.dataset_info(build.DEMO, str(data_dir))
@@ -334,7 +371,14 @@ def test_cli_builds_demo_without_torch(tmp_path):
 
 
 def test_cli_fails_with_nonzero_exit(tmp_path):
-  result = _run_cli(["--dataset=captioned_folder/x", f"--data_dir={tmp_path}",
-                     f"--manual_dir={tmp_path / 'absent'}"], tmp_path, block_torch=False)
+  result = _run_cli(
+    [
+      "--dataset=captioned_folder/x",
+      f"--data_dir={tmp_path}",
+      f"--manual_dir={tmp_path / 'absent'}",
+    ],
+    tmp_path,
+    block_torch=False,
+  )
   assert result.returncode != 0
   assert "absent" in result.stderr and "not a folder" in result.stderr

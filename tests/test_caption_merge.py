@@ -8,12 +8,14 @@ stored in the record at build time.
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-
 from conftest import HashEmbedder, write_wav
+
 from jaxclap.data import build, caption_merge
 
 
-@pytest.mark.parametrize("name,want", [
+@pytest.mark.parametrize(
+  "name,want",
+  [
     ("--aE2O5G5WE_0.000", "--aE2O5G5WE"),  # nttcslab/m2d data/files_audioset.csv style.
     ("balanced_train_segments/--aE2O5G5WE_0.000.wav", "--aE2O5G5WE"),
     ("Y--aE2O5G5WE_0.000_10.000.wav", "--aE2O5G5WE"),  # AudioSet "Y" prefix, start_end.
@@ -24,7 +26,8 @@ from jaxclap.data import build, caption_merge
     ("Y---1_cCGK4M", "---1_cCGK4M"),
     ("clotho_recording_7.wav", None),
     ("short_1", None),
-])
+  ],
+)
 def test_youtube_id(name, want):
   assert caption_merge.youtube_id(name) == want
 
@@ -51,21 +54,23 @@ def audioset_dir(tmp_path):
   for f in files:
     write_wav(root / "audio" / f, 0.1 * rng.standard_normal(1600).astype(np.float32), 16000)
   (root / "captions.csv").write_text(
-      "file,caption\n"
-      f"{files[0]},acd caption of the first clip\n"
-      f"{files[1]},acd caption of the second clip\n"
-      f"{files[2]},acd caption of the third clip\n")
+    "file,caption\n"
+    f"{files[0]},acd caption of the first clip\n"
+    f"{files[1]},acd caption of the second clip\n"
+    f"{files[2]},acd caption of the third clip\n"
+  )
   (tmp_path / "audiocaps_train.csv").write_text(
-      "audiocap_id,youtube_id,start_time,caption\n"
-      "1,--aE2O5G5WE,0,a man speaks\n"
-      "2,--aE2O5G5WE,0,a man talks while a dog barks\n"
-      "3,abcdefghijk,30,acd caption of the second clip\n"  # Already the clip's caption.
-      "4,missingid01,10,not in this download\n"
-      "5,missingid02,10,also missing\n"
-      "6,missingid01,10,a second caption of a missing clip\n")
+    "audiocap_id,youtube_id,start_time,caption\n"
+    "1,--aE2O5G5WE,0,a man speaks\n"
+    "2,--aE2O5G5WE,0,a man talks while a dog barks\n"
+    "3,abcdefghijk,30,acd caption of the second clip\n"  # Already the clip's caption.
+    "4,missingid01,10,not in this download\n"
+    "5,missingid02,10,also missing\n"
+    "6,missingid01,10,a second caption of a missing clip\n"
+  )
   (tmp_path / "acalt4.csv").write_text(  # Several caption columns, keyed by file name.
-      "file_name,caption_1,caption_2\n"
-      "abcdefghijk_30.000.wav,alt one,alt two\n")
+    "file_name,caption_1,caption_2\nabcdefghijk_30.000.wav,alt one,alt two\n"
+  )
   return root
 
 
@@ -73,14 +78,24 @@ def test_merged_record_holds_the_union(audioset_dir, tmp_path):
   data_dir = str(tmp_path / "data")
   embedder = HashEmbedder(dim=6)
   merge = [str(tmp_path / "audiocaps_train.csv"), str(tmp_path / "acalt4.csv")]
-  info = build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                             embedding_dtype="float32", embedder=embedder, merge_captions=merge)
+  info = build.build_dataset(
+    "captioned_folder/audioset",
+    data_dir,
+    manual_dir=str(audioset_dir),
+    embedding_dtype="float32",
+    embedder=embedder,
+    merge_captions=merge,
+  )
   assert info["splits"] == {"train": 3}  # No second copy of any clip.
-  main = {"--aE2O5G5WE": ["acd caption of the first clip"],
-          "abcdefghijk": ["acd caption of the second clip"],
-          "Zzzzzzzzzzz": ["acd caption of the third clip"]}
-  extra = {"--aE2O5G5WE": ["a man speaks", "a man talks while a dog barks"],
-           "abcdefghijk": ["acd caption of the second clip", "alt one", "alt two"]}
+  main = {
+    "--aE2O5G5WE": ["acd caption of the first clip"],
+    "abcdefghijk": ["acd caption of the second clip"],
+    "Zzzzzzzzzzz": ["acd caption of the third clip"],
+  }
+  extra = {
+    "--aE2O5G5WE": ["a man speaks", "a man talks while a dog barks"],
+    "abcdefghijk": ["acd caption of the second clip", "alt one", "alt two"],
+  }
   recs = _records("captioned_folder/audioset", "train", data_dir)
   for clip_id, rec in recs.items():
     want = _official_union(main, extra, caption_merge.youtube_id(clip_id))
@@ -97,8 +112,14 @@ def test_merged_record_holds_the_union(audioset_dir, tmp_path):
   assert "merged" in summary and "missingid01" in summary and "2 ids unmatched" in summary
   # A rebuild request with another merge list does not silently reuse this build.
   with pytest.raises(ValueError, match="merge_captions"):
-    build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                        embedding_dtype="float32", embedder=embedder, merge_captions=merge[:1])
+    build.build_dataset(
+      "captioned_folder/audioset",
+      data_dir,
+      manual_dir=str(audioset_dir),
+      embedding_dtype="float32",
+      embedder=embedder,
+      merge_captions=merge[:1],
+    )
 
 
 def test_merge_report_message_names_unmatched_ids(audioset_dir, tmp_path):
@@ -114,20 +135,41 @@ def test_merge_report_message_names_unmatched_ids(audioset_dir, tmp_path):
 def test_bad_merge_inputs_are_named(audioset_dir, tmp_path):
   data_dir = str(tmp_path / "data")
   with pytest.raises(FileNotFoundError, match="absent.csv"):
-    build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                        embedder=HashEmbedder(), merge_captions=[str(tmp_path / "absent.csv")])
+    build.build_dataset(
+      "captioned_folder/audioset",
+      data_dir,
+      manual_dir=str(audioset_dir),
+      embedder=HashEmbedder(),
+      merge_captions=[str(tmp_path / "absent.csv")],
+    )
   with pytest.raises(ValueError, match="captioned_folder"):
-    build.build_dataset(build.DEMO, data_dir, embedder=HashEmbedder(),
-                        merge_captions=[str(tmp_path / "acalt4.csv")])
+    build.build_dataset(
+      build.DEMO, data_dir, embedder=HashEmbedder(), merge_captions=[str(tmp_path / "acalt4.csv")]
+    )
   (tmp_path / "noid.csv").write_text("name,caption\nx,y\n")
   with pytest.raises(Exception, match="noid.csv: no clip id column"):
-    build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                        embedder=HashEmbedder(), merge_captions=[str(tmp_path / "noid.csv")])
+    build.build_dataset(
+      "captioned_folder/audioset",
+      data_dir,
+      manual_dir=str(audioset_dir),
+      embedder=HashEmbedder(),
+      merge_captions=[str(tmp_path / "noid.csv")],
+    )
   (tmp_path / "badrow.csv").write_text("youtube_id,caption\nnot an id,y\n--aE2O5G5WE,ok\n")
   with pytest.raises(Exception, match="badrow.csv line 2.*no YouTube id"):
-    build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                        embedder=HashEmbedder(), merge_captions=[str(tmp_path / "badrow.csv")])
-  info = build.build_dataset("captioned_folder/audioset", data_dir, manual_dir=str(audioset_dir),
-                             embedder=HashEmbedder(), skip_bad=True,
-                             merge_captions=[str(tmp_path / "badrow.csv")])
+    build.build_dataset(
+      "captioned_folder/audioset",
+      data_dir,
+      manual_dir=str(audioset_dir),
+      embedder=HashEmbedder(),
+      merge_captions=[str(tmp_path / "badrow.csv")],
+    )
+  info = build.build_dataset(
+    "captioned_folder/audioset",
+    data_dir,
+    manual_dir=str(audioset_dir),
+    embedder=HashEmbedder(),
+    skip_bad=True,
+    merge_captions=[str(tmp_path / "badrow.csv")],
+  )
   assert info["build"]["skipped"] == 1 and info["build"]["merged_captions"]["clips"] == 1

@@ -16,7 +16,8 @@ import pytest
 from jaxclap import losses
 from jaxclap.audio import frontend
 from jaxclap.models import m2d
-from jaxclap.train import config as config_lib, objectives
+from jaxclap.train import config as config_lib
+from jaxclap.train import objectives
 
 FE = frontend.FrontendConfig()
 NORM = (-7.1, 4.2)
@@ -45,8 +46,11 @@ def test_scale_gradient_equals_official_ddp(ranks):
 
   def ours(a, t, s):
     scale = 1.0 / ranks
-    return losses.clip_infonce(audio_emb=losses.scale_gradient(a, scale),
-                               text_emb=losses.scale_gradient(t, scale), logit_scale=s)
+    return losses.clip_infonce(
+      audio_emb=losses.scale_gradient(a, scale),
+      text_emb=losses.scale_gradient(t, scale),
+      logit_scale=s,
+    )
 
   ga, gt, gs = jax.grad(ours, argnums=(0, 1, 2))(a, t, s)
   oa, ot, os_ = official_ddp_grads(a, t, s, ranks)
@@ -54,31 +58,49 @@ def test_scale_gradient_equals_official_ddp(ranks):
   np.testing.assert_allclose(gt, ot, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(gs, os_, rtol=1e-5)
   # The feature path is divided by k, the shared temperature keeps the full gradient.
-  na, _, ns = jax.grad(lambda a, t, s: losses.clip_infonce(audio_emb=a, text_emb=t,
-                                                           logit_scale=s),
-                       argnums=(0, 1, 2))(a, t, s)
+  na, _, ns = jax.grad(
+    lambda a, t, s: losses.clip_infonce(audio_emb=a, text_emb=t, logit_scale=s), argnums=(0, 1, 2)
+  )(a, t, s)
   np.testing.assert_allclose(ga, na / ranks, rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(gs, ns, rtol=1e-6)
   # Values are untouched.
-  assert float(ours(a, t, s)) == float(losses.clip_infonce(audio_emb=a, text_emb=t,
-                                                           logit_scale=s))
+  assert float(ours(a, t, s)) == float(losses.clip_infonce(audio_emb=a, text_emb=t, logit_scale=s))
 
 
 def test_stage1_loss_divides_only_the_clap_feature_path():
-  model = m2d.build_model(dict(size="test", predictor_width=32, predictor_depth=1,
-                               predictor_heads=2, clap_dim=64, text_dim=48, input_frames=96))
+  model = m2d.build_model(
+    dict(
+      size="test",
+      predictor_width=32,
+      predictor_depth=1,
+      predictor_heads=2,
+      clap_dim=64,
+      text_dim=48,
+      input_frames=96,
+    )
+  )
   online, target = m2d.init_params(model, jax.random.key(0), n_frames=96, text_dim=48)
   online, target = nn.unbox(online), nn.unbox(target)
   s = 95 * FE.hop_length
   k1, k2 = jax.random.split(jax.random.key(1))
-  batch = {"audio": jax.random.normal(k1, (4, s)) * 0.1,
-           "audio_len": jnp.full((4,), s, jnp.int32),
-           "text_embedding": jax.random.normal(k2, (4, 48))}
+  batch = {
+    "audio": jax.random.normal(k1, (4, s)) * 0.1,
+    "audio_len": jnp.full((4,), s, jnp.int32),
+    "text_embedding": jax.random.normal(k2, (4, 48)),
+  }
 
   def grads(divisor):
-    fn = lambda o: objectives.stage1_loss(o, target, batch, jax.random.key(2), model=model,
-                                   frontend_cfg=FE, norm_stats=NORM, clap_weight=0.5,
-                                   clap_grad_divisor=divisor)
+    fn = lambda o: objectives.stage1_loss(
+      o,
+      target,
+      batch,
+      jax.random.key(2),
+      model=model,
+      frontend_cfg=FE,
+      norm_stats=NORM,
+      clap_weight=0.5,
+      clap_grad_divisor=divisor,
+    )
     (loss, _), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(online)
     return loss, g
 
@@ -87,12 +109,16 @@ def test_stage1_loss_divides_only_the_clap_feature_path():
   assert float(loss1) == float(loss4)
   # Heads see only the CLAP loss: their gradient is divided by 4.
   for part in ("audio_proj", "text_proj"):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x / 4, rtol=1e-4, atol=1e-9),
-                 g1[part], g4[part])
+    jax.tree.map(
+      lambda x, y: np.testing.assert_allclose(y, x / 4, rtol=1e-4, atol=1e-9), g1[part], g4[part]
+    )
   # The temperature and the predictor (M2D loss only) are unchanged.
   np.testing.assert_allclose(g4["logit_scale"], g1["logit_scale"], rtol=1e-6)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-9),
-               g1["predictor"], g4["predictor"])
+  jax.tree.map(
+    lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-9),
+    g1["predictor"],
+    g4["predictor"],
+  )
 
 
 def test_paper_config_matches_the_official_effective_weight():

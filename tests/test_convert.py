@@ -10,16 +10,15 @@ import jax
 import numpy as np
 import pytest
 import torch
+import torch_reference as tr
 import transformers
+from conftest import small_config
 
 from jaxclap import convert, restore
-from jaxclap.models import features
 from jaxclap import convert_keys as ck
 from jaxclap.audio import frontend
-from jaxclap.models import m2d
+from jaxclap.models import features, m2d
 from jaxclap.train import loop
-import torch_reference as tr
-from conftest import small_config
 
 LENGTHS = (201, 609, 1001, 2501)  # 2 s, 6.08 s, 10 s, 25 s of 16 kHz log-mel frames.
 TOL = 1e-4
@@ -28,8 +27,9 @@ CAPTIONS = ["a dog barks twice", "rain on a tin roof", "a short beep"]
 
 
 def _minilm_dir() -> Path:
-  from jaxclap.text.sentence import SentencePipeline
   from jaxclap.text.registry import resolve_text_model
+  from jaxclap.text.sentence import SentencePipeline
+
   return SentencePipeline.from_folder(resolve_text_model(MINILM)).transformer_dir
 
 
@@ -86,18 +86,35 @@ def stage2_export(stage2_workdir, tmp_path_factory):
 
 def test_folder_name_grammar():
   name = ck.parse_folder_name("m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025")
-  assert (name.size, name.n_mels, name.frames, name.patch, name.sample_rate,
-          name.text_encoder, name.text_included, name.tag) == \
-      ("base", 80, 1001, (16, 16), 16000, "B", True, "2025")
+  assert (
+    name.size,
+    name.n_mels,
+    name.frames,
+    name.patch,
+    name.sample_rate,
+    name.text_encoder,
+    name.text_included,
+    name.tag,
+  ) == ("base", 80, 1001, (16, 16), 16000, "B", True, "2025")
   old = ck.parse_folder_name("m2d_vit_base-80x608p16x16-221006-mr7")
-  assert (old.frames, old.sample_rate, old.text_encoder, old.tag) == (608, 16000, None,
-                                                                      "221006-mr7")
+  assert (old.frames, old.sample_rate, old.text_encoder, old.tag) == (
+    608,
+    16000,
+    None,
+    "221006-mr7",
+  )
   for text in ("m2d_clap_vit_base-80x1001p16x16p16kpBpTI-2025", "m2d_vit_test-80x64p16x16p32k-x"):
     assert str(ck.parse_folder_name(text)) == text
-  for bad in ("m2d_vit_base", "resnet50-80x608p16x16-x", "m2d_vit_huge-80x608p16x16-x",
-              "m2d_vit_base-80x608-x", "m2d_vit_base-80by608p16x16-x",
-              "m2d_vit_base-80x608p16x16p16kpX-x", "m2d_vit_base-80x608p16x16p16kpBpXX-x",
-              "m2d_vit_base-80x608p16x16p44k-x"):
+  for bad in (
+    "m2d_vit_base",
+    "resnet50-80x608p16x16-x",
+    "m2d_vit_huge-80x608p16x16-x",
+    "m2d_vit_base-80x608-x",
+    "m2d_vit_base-80by608p16x16-x",
+    "m2d_vit_base-80x608p16x16p16kpX-x",
+    "m2d_vit_base-80x608p16x16p16kpBpXX-x",
+    "m2d_vit_base-80x608p16x16p44k-x",
+  ):
     with pytest.raises(ValueError, match="expected <model>") as e:
       ck.parse_folder_name(bad)
     assert repr(bad) in str(e.value)
@@ -115,9 +132,16 @@ def test_stage1_layout_and_round_trip_bit_exact(stage1_workdir, stage1_export, t
   assert state["patch_embed.proj.weight"].shape == (64, 1, 16, 16)
   assert state["blocks.1.attn.qkv.weight"].shape == (192, 64)
   assert state["text_proj.weight"].shape == (64, 384)  # MiniLM sentences → CLAP space.
-  assert {"decoder_embed.weight", "mask_token", "decoder_blocks.0.mlp.fc2.bias",
-          "target_blocks.1.norm2.weight", "target_norm.bias", "audio_proj.sem_token",
-          "audio_proj.sem_blocks.0.attn.qkv.weight", "logit_scale"} <= set(state)
+  assert {
+    "decoder_embed.weight",
+    "mask_token",
+    "decoder_blocks.0.mlp.fc2.bias",
+    "target_blocks.1.norm2.weight",
+    "target_norm.bias",
+    "audio_proj.sem_token",
+    "audio_proj.sem_blocks.0.attn.qkv.weight",
+    "logit_scale",
+  } <= set(state)
 
   out = convert.from_torch(str(stage1_export), str(tmp_path / "back"))
   assert out.stage == "stage1" and out.filled == () and out.step_dir.name == "3"
@@ -152,9 +176,11 @@ def test_stage2_parity_and_round_trip(stage2_workdir, stage2_export, tmp_path):
   _audio_parity(ref, r, lengths=(609, 2501))  # 2 s and 10 s: the official-file test.
   inputs = r.network.text_inputs(CAPTIONS)
   with torch.no_grad():
-    text = ref.clap_text(torch.from_numpy(inputs["input_ids"]).long(),
-                         torch.from_numpy(inputs["attention_mask"]).long(),
-                         pooling=r.config.text.pooling)
+    text = ref.clap_text(
+      torch.from_numpy(inputs["input_ids"]).long(),
+      torch.from_numpy(inputs["attention_mask"]).long(),
+      pooling=r.config.text.pooling,
+    )
   ours = r.network.text_embed(r.params, {}, inputs)
   assert _maxdiff(torch.nn.functional.normalize(text, dim=-1).numpy(), ours) < TOL
 
@@ -185,8 +211,14 @@ def test_front_end_matches_torch_librosa(stage1_workdir, stage1_export):
 
 def _official_stage2(folder: Path) -> tuple[tr.OfficialM2D, Path]:
   bert_config = transformers.BertConfig.from_pretrained(str(_minilm_dir()))
-  model = tr.OfficialM2D(size="test", frames=64, clap_head="semantic", text_proj=(384, 64),
-                         bert_config=bert_config, logit_scale=True)
+  model = tr.OfficialM2D(
+    size="test",
+    frames=64,
+    clap_head="semantic",
+    text_proj=(384, 64),
+    bert_config=bert_config,
+    logit_scale=True,
+  )
   tr.randomize_(model, seed=3, norm_stats=(-6.5, 3.9))
   path = tr.write_official(model, folder / "m2d_clap_vit_test-80x64p16x16p16kpBpTI-ref")
   return model.eval(), path
@@ -201,8 +233,10 @@ def test_official_file_imports_with_same_outputs(tmp_path):
   _audio_parity(model, r, lengths=(201, 1001))
   inputs = r.network.text_inputs(CAPTIONS)
   with torch.no_grad():
-    text = model.clap_text(torch.from_numpy(inputs["input_ids"]).long(),
-                           torch.from_numpy(inputs["attention_mask"]).long())
+    text = model.clap_text(
+      torch.from_numpy(inputs["input_ids"]).long(),
+      torch.from_numpy(inputs["attention_mask"]).long(),
+    )
   ours = r.network.text_embed(r.params, {}, inputs)
   assert _maxdiff(torch.nn.functional.normalize(text, dim=-1).numpy(), ours) < TOL
   assert float(r.params["logit_scale"]) == pytest.approx(3.0)
@@ -210,8 +244,15 @@ def test_official_file_imports_with_same_outputs(tmp_path):
 
 def test_official_stage1_training_state_round_trips(tmp_path):
   """A 2024-head full training state (predictor, EMA target) → jaxclap → official, unchanged."""
-  model = tr.OfficialM2D(size="test", frames=64, clap_head="mlp", text_proj=(384, 64),
-                         logit_scale=True, predictor=(32, 2, 16), target=True)
+  model = tr.OfficialM2D(
+    size="test",
+    frames=64,
+    clap_head="mlp",
+    text_proj=(384, 64),
+    logit_scale=True,
+    predictor=(32, 2, 16),
+    target=True,
+  )
   tr.randomize_(model, seed=4, norm_stats=(-7.0, 4.0))
   path = tr.write_official(model.eval(), tmp_path / "m2d_clap_vit_test-80x64p16x16p16k-ref", 7)
   out = convert.from_torch(str(path), str(tmp_path / "jax"))
@@ -235,8 +276,9 @@ def test_interpolated_position_table_imports_as_stored(tmp_path, demo_data_dir):
   with torch.no_grad():  # A 5×3 sin-cos grid resized bicubically to 5×4 (torch's kernel).
     d = model.pos_embed.shape[-1]
     short = torch.from_numpy(tr.sincos_table(d, 5, 3)[1:]).float().reshape(1, 5, 3, d)
-    grown = torch.nn.functional.interpolate(short.permute(0, 3, 1, 2), size=(5, 4),
-                                            mode="bicubic", align_corners=False)
+    grown = torch.nn.functional.interpolate(
+      short.permute(0, 3, 1, 2), size=(5, 4), mode="bicubic", align_corners=False
+    )
     table = grown.permute(0, 2, 3, 1).reshape(1, 20, d)
     row0 = torch.full((1, 1, d), 0.01)  # Official forwards add row 0 to the cls token.
     model.pos_embed.copy_(torch.cat([row0, table], dim=1))
@@ -275,8 +317,9 @@ def test_encoder_only_params_only_and_shorter_chunks(stage1_workdir, tmp_path):
 
   rel, _ = convert.to_torch(stage1_workdir, str(tmp_path / "rel"), params_only=True)
   state, _ = convert.load_official(rel)
-  assert "audio_proj.sem_token" in state and not any(k.startswith(("decoder", "target"))
-                                                     for k in state)
+  assert "audio_proj.sem_token" in state and not any(
+    k.startswith(("decoder", "target")) for k in state
+  )
   short, _ = convert.to_torch(stage1_workdir, str(tmp_path / "short"), input_frames=32)
   assert short.parent.name.startswith("m2d_clap_vit_test-80x32p16x16")
   ref = tr.OfficialM2D.from_file(short, predictor_heads=2)
@@ -311,11 +354,13 @@ def test_malformed_files_give_clear_errors(tmp_path):
 
   name = "m2d_clap_vit_test-80x64p16x16p16kpBpTI-x"
   cases = {
-      "missing": ({k: v for k, v in good.items() if k != "blocks.1.attn.qkv.weight"},
-                  "missing keys \\['blocks.1.attn.qkv.weight'\\]"),
-      "shape": ({**good, "norm.weight": torch.ones(65)}, "'norm.weight' has shape \\(65,\\)"),
-      "extra": ({**good, "head.weight": torch.ones(3)}, "unexpected keys .*head.weight"),
-      "pos": ({**good, "pos_embed": good["pos_embed"][:, :-5]}, "'pos_embed' has shape"),
+    "missing": (
+      {k: v for k, v in good.items() if k != "blocks.1.attn.qkv.weight"},
+      "missing keys \\['blocks.1.attn.qkv.weight'\\]",
+    ),
+    "shape": ({**good, "norm.weight": torch.ones(65)}, "'norm.weight' has shape \\(65,\\)"),
+    "extra": ({**good, "head.weight": torch.ones(3)}, "unexpected keys .*head.weight"),
+    "pos": ({**good, "pos_embed": good["pos_embed"][:, :-5]}, "'pos_embed' has shape"),
   }
   for case, (state, message) in cases.items():
     p = write(f"{case}/{name}", state)
@@ -327,8 +372,10 @@ def test_malformed_files_give_clear_errors(tmp_path):
   p = write("size/m2d_clap_vit_base-80x64p16x16p16kpBpTI-x", good)
   with pytest.raises(ValueError, match="size 'base'.*cls_token"):
     convert.from_torch(str(p), str(tmp_path / "size_out"), text_model=MINILM)
-  p = write("text/m2d_clap_vit_test-80x64p16x16p16k-x",
-            {k: v for k, v in good.items() if not k.startswith("text_")})
+  p = write(
+    "text/m2d_clap_vit_test-80x64p16x16p16k-x",
+    {k: v for k, v in good.items() if not k.startswith("text_")},
+  )
   with pytest.raises(ValueError, match="no text encoder"):
     convert.from_torch(str(p), str(tmp_path / "text_out"), text_model=MINILM)
 
@@ -342,8 +389,14 @@ def test_malformed_files_give_clear_errors(tmp_path):
 
 
 def test_cli(stage1_export, tmp_path):
-  cmd = [sys.executable, "-m", "jaxclap.convert", "from_torch",
-         f"--checkpoint={stage1_export}", f"--output={tmp_path / 'cli'}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxclap.convert",
+    "from_torch",
+    f"--checkpoint={stage1_export}",
+    f"--output={tmp_path / 'cli'}",
+  ]
   run = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
   assert run.returncode == 0, run.stderr[-2000:]
   assert "wrote stage1 checkpoint" in run.stdout and (tmp_path / "cli/checkpoints/3").is_dir()
@@ -370,6 +423,7 @@ def test_vit_base_parity():
 
   class R:  # The two attributes `_audio_parity` reads.
     pass
+
   r = R()
   r.params, r.model = params, model
   _audio_parity(ref, r, lengths=(201, 1001))

@@ -18,7 +18,9 @@ import optax
 import pytest
 
 from jaxclap.run_meta import RunMeta
-from jaxclap.train import config as config_lib, objectives, step as step_lib
+from jaxclap.train import config as config_lib
+from jaxclap.train import objectives
+from jaxclap.train import step as step_lib
 from jaxclap.train.state import TrainState
 
 INIT, END = 0.9, 0.99
@@ -39,7 +41,7 @@ class _Quadratic:
   inner: Any
 
   def loss(self, params, frozen, batch, rng, norm_stats):
-    value = sum(jnp.sum(x ** 2) for x in jax.tree.leaves(params))
+    value = sum(jnp.sum(x**2) for x in jax.tree.leaves(params))
     return value, {"loss": value}
 
   def after_update(self, params, frozen, step):
@@ -59,12 +61,18 @@ def test_ema_decay_per_update_matches_official(total):
   objective = _Quadratic(_stage1(total))
   params = {"encoder": {"body": {"w": jnp.ones(3)}}, "logit_scale": jnp.zeros(())}
   tx = optax.sgd(0.1)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     frozen={"w": jnp.zeros(3)}, opt_state=tx.init(params),
-                     rng=jax.random.PRNGKey(0), norm_stats=jnp.asarray([0.0, 1.0]),
-                     bad_step=jnp.full((), -1, jnp.int32))
-  train = jax.jit(lambda s, b: step_lib.train_step(s, b, objective=objective, tx=tx,
-                                                   schedule=lambda n: 0.1))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    frozen={"w": jnp.zeros(3)},
+    opt_state=tx.init(params),
+    rng=jax.random.PRNGKey(0),
+    norm_stats=jnp.asarray([0.0, 1.0]),
+    bad_step=jnp.full((), -1, jnp.int32),
+  )
+  train = jax.jit(
+    lambda s, b: step_lib.train_step(s, b, objective=objective, tx=tx, schedule=lambda n: 0.1)
+  )
   decays, target, online = [], np.zeros(3), np.ones(3)
   for _ in range(total):
     state, metrics = train(state, {"x": jnp.zeros(1)})

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import write_wav
+
 from jaxclap import embed, inference
 
 
@@ -52,8 +52,7 @@ def test_find_audio_sorted_relative_ids(folder):
 
 def test_clip_embeddings_of_a_folder(model, folder, tmp_path):
   out = str(tmp_path / "emb.npz")
-  summary = embed.embed_files([folder], checkpoint="ckpt", output=out, model=model,
-                              shard_size=3)
+  summary = embed.embed_files([folder], checkpoint="ckpt", output=out, model=model, shard_size=3)
   assert summary["clips"] == 7 and summary["new_shards"] == 3
   z = _load(out)
   items = embed.find_audio([folder])
@@ -66,18 +65,27 @@ def test_clip_embeddings_of_a_folder(model, folder, tmp_path):
 def test_resume_after_interruption(model, folder, tmp_path):
   """Stopped after 2 of 4 shards, a rerun reuses them; output equals an uninterrupted run."""
   full = str(tmp_path / "full.npz")
-  embed.embed_files([folder], checkpoint="ckpt", output=full, model=model, shard_size=2,
-                    kind="clap")
+  embed.embed_files(
+    [folder], checkpoint="ckpt", output=full, model=model, shard_size=2, kind="clap"
+  )
   out = str(tmp_path / "resumed.npz")
-  first = embed.embed_files([folder], checkpoint="ckpt", output=out, model=model,
-                            shard_size=2, kind="clap", stop_after_shards=2)
+  first = embed.embed_files(
+    [folder],
+    checkpoint="ckpt",
+    output=out,
+    model=model,
+    shard_size=2,
+    kind="clap",
+    stop_after_shards=2,
+  )
   assert first["stopped"] and not os.path.exists(out)
   parts = sorted(os.listdir(out + ".parts"))
   assert len([p for p in parts if p.startswith("shard-")]) == 2
   # A write killed mid-way leaves only a temporary file: it must be ignored.
   open(os.path.join(out + ".parts", "shard-00002-of-00004.npz.tmp-999"), "wb").write(b"x")
-  second = embed.embed_files([folder], checkpoint="ckpt", output=out, model=model,
-                             shard_size=2, kind="clap")
+  second = embed.embed_files(
+    [folder], checkpoint="ckpt", output=out, model=model, shard_size=2, kind="clap"
+  )
   assert (second["reused_shards"], second["new_shards"]) == (2, 2)
   a, b = _load(full), _load(out)
   assert b["ids"].tolist() == a["ids"].tolist() and len(set(b["ids"].tolist())) == 7
@@ -87,11 +95,13 @@ def test_resume_after_interruption(model, folder, tmp_path):
 
 def test_parts_of_another_run_are_refused(model, folder, tmp_path):
   out = str(tmp_path / "emb.npz")
-  embed.embed_files([folder], checkpoint="ckpt", output=out, model=model, shard_size=2,
-                    stop_after_shards=1)
+  embed.embed_files(
+    [folder], checkpoint="ckpt", output=out, model=model, shard_size=2, stop_after_shards=1
+  )
   with pytest.raises(ValueError, match="kind"):
-    embed.embed_files([folder], checkpoint="ckpt", output=out, model=model, shard_size=2,
-                      kind="frame")
+    embed.embed_files(
+      [folder], checkpoint="ckpt", output=out, model=model, shard_size=2, kind="frame"
+    )
 
 
 def test_frame_kind_and_parquet(model, folder, tmp_path):
@@ -99,21 +109,22 @@ def test_frame_kind_and_parquet(model, folder, tmp_path):
 
   npz, pqt = str(tmp_path / "f.npz"), str(tmp_path / "f.parquet")
   embed.embed_files([folder], checkpoint="ckpt", output=npz, model=model, kind="frame")
-  embed.embed_files([folder], checkpoint="ckpt", output=pqt, model=model, kind="frame",
-                    fmt="parquet")
+  embed.embed_files(
+    [folder], checkpoint="ckpt", output=pqt, model=model, kind="frame", fmt="parquet"
+  )
   z = _load(npz)
   assert z["embeddings"].shape == (z["num_frames"].sum(), model.feature_dim)
   table = pq.read_table(pqt).to_pydict()
   assert table["id"] == z["ids"].tolist()
   assert table["num_frames"] == z["num_frames"].tolist()
   first = np.asarray(table["embedding"][0], np.float32)
-  np.testing.assert_array_equal(first, z["embeddings"][:z["num_frames"][0]])
+  np.testing.assert_array_equal(first, z["embeddings"][: z["num_frames"][0]])
   clip_pq = str(tmp_path / "c.parquet")
   embed.embed_files([folder], checkpoint="ckpt", output=clip_pq, model=model, fmt="parquet")
   clips = pq.read_table(clip_pq).to_pydict()
   assert clips["id"] == table["id"]
   starts = np.concatenate([[0], np.cumsum(z["num_frames"])[:-1]])
-  means = [z["embeddings"][s:s + n].mean(0) for s, n in zip(starts, z["num_frames"])]
+  means = [z["embeddings"][s : s + n].mean(0) for s, n in zip(starts, z["num_frames"])]
   np.testing.assert_allclose(np.asarray(clips["embedding"], np.float32), means, atol=1e-5)
 
 
@@ -125,8 +136,7 @@ def test_bad_files(model, folder, tmp_path):
   with pytest.raises(ValueError, match="broken.wav"):
     embed.embed_files([folder], checkpoint="ckpt", output=out, model=model)
   out2 = str(tmp_path / "emb2.npz")
-  summary = embed.embed_files([folder], checkpoint="ckpt", output=out2, model=model,
-                              skip_bad=True)
+  summary = embed.embed_files([folder], checkpoint="ckpt", output=out2, model=model, skip_bad=True)
   assert summary["skipped"] == ["sub/broken.wav"] and summary["clips"] == 7
   z = _load(out2)
   assert z["skipped"].tolist() == ["sub/broken.wav"] and "broken.wav" in z["skipped_errors"][0]
@@ -137,13 +147,22 @@ def test_bad_files(model, folder, tmp_path):
 def test_cli(stage1_workdir, folder, tmp_path):
   """The absl entry point: writes the output; a bad file fails with exit 2 and its name."""
   out = str(tmp_path / "cli.npz")
-  cmd = [sys.executable, "-m", "jaxclap.embed", f"--checkpoint={stage1_workdir}",
-         f"--output={out}", "--kind=clap", "--shard_size=4", folder]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxclap.embed",
+    f"--checkpoint={stage1_workdir}",
+    f"--output={out}",
+    "--kind=clap",
+    "--shard_size=4",
+    folder,
+  ]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert _load(out)["embeddings"].shape == (7, 64)
   with open(os.path.join(folder, "zz_bad.flac"), "wb") as f:
     f.write(b"fLaC broken")
-  done = subprocess.run(cmd[:4] + [f"--output={out}.2.npz", folder], capture_output=True,
-                        text=True, timeout=300)
+  done = subprocess.run(
+    cmd[:4] + [f"--output={out}.2.npz", folder], capture_output=True, text=True, timeout=300
+  )
   assert done.returncode == 2 and "zz_bad.flac" in done.stderr.splitlines()[-1]

@@ -35,23 +35,44 @@ def _stand_in(folder: Path, *, name_or_path: str | None = None) -> Path:
   tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
-  PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                          pad_token="<pad>", unk_token="<unk>",
-                          padding_side="left").save_pretrained(folder)
+  PreTrainedTokenizerFast(
+    tokenizer_object=tok,
+    bos_token="<s>",
+    eos_token="</s>",
+    pad_token="<pad>",
+    unk_token="<unk>",
+    padding_side="left",
+  ).save_pretrained(folder)
   torch.manual_seed(0)
-  config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
-                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+  config = BertConfig(
+    vocab_size=len(vocab),
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=64,
+  )
   BertModel(config).save_pretrained(folder)
   if name_or_path:
     cfg = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**cfg, "_name_or_path": name_or_path}))
   (folder / "1_Pooling").mkdir()
   (folder / "1_Pooling" / "config.json").write_text(
-      json.dumps({"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True}))
-  (folder / "modules.json").write_text(json.dumps([
-      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-      {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-  ]))
+    json.dumps({"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True})
+  )
+  (folder / "modules.json").write_text(
+    json.dumps(
+      [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+          "idx": 1,
+          "name": "1",
+          "path": "1_Pooling",
+          "type": "sentence_transformers.models.Pooling",
+        },
+      ]
+    )
+  )
   (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
   return folder
 
@@ -68,8 +89,12 @@ def _spy(embedder) -> list[tuple[list[str], dict]]:
 
   def preprocess(inputs, *args, **kwargs):
     features = original(inputs, *args, **kwargs)
-    seen.append((list(inputs), {k: v.numpy().copy() for k, v in features.items()
-                                if k in ("input_ids", "attention_mask")}))
+    seen.append(
+      (
+        list(inputs),
+        {k: v.numpy().copy() for k, v in features.items() if k in ("input_ids", "attention_mask")},
+      )
+    )
     return features
 
   embedder.model.preprocess = preprocess
@@ -94,8 +119,13 @@ def _direct(folder: Path, texts: list[str], padding_side: str, normalize: bool =
 def test_nv_embed_v2_recipe_is_the_official_one(tmp_path):
   recipe = text_embed.RECIPES["nv-embed-v2"]
   assert recipe == text_embed.EmbeddingRecipe(
-      prompt="", append_eos=True, padding_side="right", max_seq_length=32768,
-      normalize_embeddings=False, trust_remote_code=True)
+    prompt="",
+    append_eos=True,
+    padding_side="right",
+    max_seq_length=32768,
+    normalize_embeddings=False,
+    trust_remote_code=True,
+  )
   # Found by hub id, bare name (any case) or a folder whose config names it.
   for name in ("nvidia/NV-Embed-v2", "NV-Embed-v2", "nv-embed-v2", "/models/NV-Embed-v2/"):
     assert text_embed.recipe_for(name) is recipe, name
@@ -141,16 +171,22 @@ def test_stand_in_is_fed_as_the_official_code_feeds_nv_embed_v2(nv_folder):
 
 
 def test_recipe_knobs_prompt_length_and_normalisation(nv_folder):
-  recipe = text_embed.EmbeddingRecipe(prompt="loud ", append_eos=True, padding_side="right",
-                                      max_seq_length=6, normalize_embeddings=True)
+  recipe = text_embed.EmbeddingRecipe(
+    prompt="loud ",
+    append_eos=True,
+    padding_side="right",
+    max_seq_length=6,
+    normalize_embeddings=True,
+  )
   embedder = text_embed.load_sentence_embedder(str(nv_folder), backend="st", recipe=recipe)
   assert embedder.model.max_seq_length == 6
   seen = _spy(embedder)
   ours = embedder.embed(CAPTIONS)
-  (_, features), = seen
+  ((_, features),) = seen
   assert features["input_ids"].shape[1] == 6  # "<s> loud rain on the roof ..." truncated.
   assert (features["input_ids"][:, 1] == len(_SPECIALS) + _WORDS.index("loud")).all()
   from transformers import AutoTokenizer
+
   tok = AutoTokenizer.from_pretrained(str(nv_folder))
   texts = [tok.convert_tokens_to_string(tok.tokenize("loud " + c + "</s>")[:5]) for c in CAPTIONS]
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
@@ -163,9 +199,12 @@ def test_models_without_a_recipe_keep_plain_encode_and_the_jax_backend():
   assert st.recipe == text_embed.EmbeddingRecipe()
   assert st.prepare(["a dog"]) == ["a dog"]
   with pytest.raises(ValueError, match="defines no eos_token"):  # BERT has no EOS token.
-    text_embed.load_sentence_embedder(backend="st", recipe=text_embed.EmbeddingRecipe(append_eos=True))
+    text_embed.load_sentence_embedder(
+      backend="st", recipe=text_embed.EmbeddingRecipe(append_eos=True)
+    )
   with pytest.raises(ValueError, match="padding_side='middle'"):
-    text_embed.load_sentence_embedder(backend="st",
-                                      recipe=text_embed.EmbeddingRecipe(padding_side="middle"))
+    text_embed.load_sentence_embedder(
+      backend="st", recipe=text_embed.EmbeddingRecipe(padding_side="middle")
+    )
   with pytest.raises(ValueError, match=r"backend='torch'; expected one of \['auto', 'jax', 'st'\]"):
     text_embed.load_sentence_embedder(backend="torch")

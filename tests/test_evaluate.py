@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import small_config
 from matplotlib import image as mpimg
 
-from conftest import small_config
 from jaxclap import evaluate
 from jaxclap.eval import data as eval_data
 from jaxclap.eval import plots
@@ -72,18 +72,28 @@ def test_plot_writers_write_pngs(tmp_path):
   labels = np.repeat(np.arange(3), 4)
   emb = rng.normal(size=(12, 8)) + 3 * np.eye(3, 8)[labels]
   paths = [
-      plots.embedding_map(emb, labels, names, str(tmp_path / "m" / "map.png")),
-      plots.similarity_matrix(rng.normal(size=(3, 3)), str(tmp_path / "sim.png"),
-                              row_labels=["x", "y", "z"], col_labels=names),
-      plots.zero_shot_timeline(np.arange(5) + 0.5, rng.normal(size=(3, 5)), names,
-                               str(tmp_path / "timeline.png"), boundaries=[2.0]),
+    plots.embedding_map(emb, labels, names, str(tmp_path / "m" / "map.png")),
+    plots.similarity_matrix(
+      rng.normal(size=(3, 3)),
+      str(tmp_path / "sim.png"),
+      row_labels=["x", "y", "z"],
+      col_labels=names,
+    ),
+    plots.zero_shot_timeline(
+      np.arange(5) + 0.5,
+      rng.normal(size=(3, 5)),
+      names,
+      str(tmp_path / "timeline.png"),
+      boundaries=[2.0],
+    ),
   ]
   assert paths[0] == str(tmp_path / "m" / "map.png")
   for p in paths:
     _assert_png(p)
   with pytest.raises(ValueError, match=r"sims shape \(2, 3\) does not match 3 row"):
-    plots.similarity_matrix(np.zeros((2, 3)), str(tmp_path / "x.png"),
-                            row_labels=["x", "y", "z"], col_labels=names)
+    plots.similarity_matrix(
+      np.zeros((2, 3)), str(tmp_path / "x.png"), row_labels=["x", "y", "z"], col_labels=names
+    )
   with pytest.raises(ValueError, match="12 embeddings but 11 labels"):
     plots.embedding_map(emb, labels[:11], names, str(tmp_path / "y.png"))
 
@@ -109,14 +119,16 @@ def test_sliding_zero_shot_windows():
       return np.stack([[w[0] / sr, np.count_nonzero(w) / sr] for w in np.asarray(audio)])
 
   audio = np.arange(1, 10 * sr + 1, dtype=np.float32)  # 10 s, sample i holds i+1.
-  times, scores = plots.sliding_zero_shot(Probe(), audio, sample_rate=sr, class_emb=np.eye(2),
-                                          hop_s=2.0)
+  times, scores = plots.sliding_zero_shot(
+    Probe(), audio, sample_rate=sr, class_emb=np.eye(2), hop_s=2.0
+  )
   np.testing.assert_allclose(scores[0], [0.01, 2.01, 4.01, 6.01])  # Starts 0, 2, 4, 6 s.
   np.testing.assert_allclose(scores[1], 3.0)  # Every window is the full 3 s.
   np.testing.assert_allclose(times, [1.5, 3.5, 5.5, 7.5])
   # Shorter than a window: one zero-padded window centred on the clip.
-  times, scores = plots.sliding_zero_shot(Probe(), audio[:150], sample_rate=sr,
-                                          class_emb=np.eye(2), window_s=2.0)
+  times, scores = plots.sliding_zero_shot(
+    Probe(), audio[:150], sample_rate=sr, class_emb=np.eye(2), window_s=2.0
+  )
   np.testing.assert_allclose(times, [0.75])
   np.testing.assert_allclose(scores[:, 0], [0.01, 1.5])
 
@@ -126,14 +138,13 @@ def test_sliding_zero_shot_windows():
 
 def test_evaluate_rejects_unknown_tasks_and_missing_data(tmp_path, demo_data_dir):
   with pytest.raises(ValueError, match=r"unknown or no task\(s\) \['nope'\]"):
-    evaluate.evaluate("unused", data_dir=demo_data_dir, workdir=str(tmp_path),
-                      tasks=["zero_shot", "nope"])
+    evaluate.evaluate(
+      "unused", data_dir=demo_data_dir, workdir=str(tmp_path), tasks=["zero_shot", "nope"]
+    )
   with pytest.raises(ValueError, match="must contain '{}' exactly once"):
-    evaluate.evaluate("unused", data_dir=demo_data_dir, workdir=str(tmp_path),
-                      template="no slot")
+    evaluate.evaluate("unused", data_dir=demo_data_dir, workdir=str(tmp_path), template="no slot")
   with pytest.raises(FileNotFoundError, match="not built under"):
-    evaluate.evaluate("unused", data_dir=str(tmp_path), workdir=str(tmp_path),
-                      tasks=["zero_shot"])
+    evaluate.evaluate("unused", data_dir=str(tmp_path), workdir=str(tmp_path), tasks=["zero_shot"])
 
 
 def test_load_split_reads_whole_clips(demo_data_dir):
@@ -148,16 +159,18 @@ def test_load_split_reads_whole_clips(demo_data_dir):
 
 def test_barely_trained_encoder_probe_beats_chance(stage1_workdir, eval_data_dir, tmp_path):
   """The 3-step fixture: frozen clip features already carry the class (EVAR linear eval)."""
-  report = evaluate.evaluate(stage1_workdir, data_dir=eval_data_dir, workdir=str(tmp_path),
-                             tasks=["linear_probe"])
+  report = evaluate.evaluate(
+    stage1_workdir, data_dir=eval_data_dir, workdir=str(tmp_path), tasks=["linear_probe"]
+  )
   acc = report["results"]["linear_probe"]["accuracy"]
   print(f"3-step stage 1: linear probe {acc:.3f} on 40 test clips (chance {CHANCE:.3f})")
   assert acc > 4 * CHANCE
 
 
 def test_stage2_retrieval_counts_every_caption(stage2_workdir, demo_data_dir, tmp_path):
-  report = evaluate.evaluate(stage2_workdir, data_dir=demo_data_dir, workdir=str(tmp_path),
-                             tasks=["retrieval"])
+  report = evaluate.evaluate(
+    stage2_workdir, data_dir=demo_data_dir, workdir=str(tmp_path), tasks=["retrieval"]
+  )
   ev = eval_data.load_split("jaxclap_demo", "test", demo_data_dir)
   res = report["results"]["retrieval"]
   assert res["clips"] == len(ev) and res["captions"] == sum(len(c) for c in ev.captions)
@@ -171,8 +184,9 @@ def test_stage2_retrieval_counts_every_caption(stage2_workdir, demo_data_dir, tm
 @pytest.mark.slow
 def test_zero_shot_and_probes_well_above_chance(clap_workdir, eval_data_dir, tmp_path):
   start = time.perf_counter()
-  report = evaluate.evaluate(clap_workdir, data_dir=eval_data_dir, workdir=str(tmp_path),
-                             shots=(5,), seeds=(0, 1))
+  report = evaluate.evaluate(
+    clap_workdir, data_dir=eval_data_dir, workdir=str(tmp_path), shots=(5,), seeds=(0, 1)
+  )
   res = report["results"]
   print(f"evaluation in {time.perf_counter() - start:.1f} s:\n{report['table']}")
   assert res["zero_shot"]["chance"] == pytest.approx(CHANCE)
@@ -187,27 +201,40 @@ def test_zero_shot_and_probes_well_above_chance(clap_workdir, eval_data_dir, tmp
 
 def test_cli_writes_eval_json_md_and_plots(stage1_workdir, demo_data_dir, tmp_path):
   out = tmp_path / "eval"
-  cmd = [sys.executable, "-m", "jaxclap.evaluate", f"--checkpoint={stage1_workdir}",
-         f"--data_dir={demo_data_dir}", "--dataset=jaxclap_demo", f"--workdir={out}",
-         "--tasks=zero_shot,retrieval,linear_probe,few_shot", "--shots=1,5", "--seeds=0",
-         "--template=the sound of {}", "--plots"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxclap.evaluate",
+    f"--checkpoint={stage1_workdir}",
+    f"--data_dir={demo_data_dir}",
+    "--dataset=jaxclap_demo",
+    f"--workdir={out}",
+    "--tasks=zero_shot,retrieval,linear_probe,few_shot",
+    "--shots=1,5",
+    "--seeds=0",
+    "--template=the sound of {}",
+    "--plots",
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| zero_shot | accuracy |" in proc.stdout
   report = json.loads((out / "eval.json").read_text())
-  assert set(report) >= {"checkpoint", "dataset", "stage", "template", "splits", "results",
-                         "plots"}
+  assert set(report) >= {"checkpoint", "dataset", "stage", "template", "splits", "results", "plots"}
   assert report["template"] == "the sound of {}" and report["stage"] == "stage1"
   res = report["results"]
   assert list(res) == ["zero_shot", "retrieval", "linear_probe", "few_shot"]
   assert set(res["zero_shot"]) == {"accuracy", "chance"}
-  assert set(res["retrieval"]) == {f"{d}_{m}" for d in ("a2t", "t2a")
-                                   for m in ("R@1", "R@5", "R@10", "mAP@10")} | {"clips",
-                                                                                 "captions"}
-  assert set(res["linear_probe"]) == {"accuracy", "val_accuracy", "best_epoch", "epochs",
-                                      "chance"}
-  assert set(res["few_shot"]) == {"1shot_accuracy", "1shot_accuracy_std", "5shot_accuracy",
-                                   "5shot_accuracy_std", "chance"}
+  assert set(res["retrieval"]) == {
+    f"{d}_{m}" for d in ("a2t", "t2a") for m in ("R@1", "R@5", "R@10", "mAP@10")
+  } | {"clips", "captions"}
+  assert set(res["linear_probe"]) == {"accuracy", "val_accuracy", "best_epoch", "epochs", "chance"}
+  assert set(res["few_shot"]) == {
+    "1shot_accuracy",
+    "1shot_accuracy_std",
+    "5shot_accuracy",
+    "5shot_accuracy_std",
+    "chance",
+  }
   md = (out / "eval.md").read_text()
   assert md.count("\n| ") == sum(len(v) for v in res.values()) + 1  # Header + one per metric.
   assert set(report["plots"]) == {"embedding_map", "similarity", "timeline"}
@@ -217,9 +244,19 @@ def test_cli_writes_eval_json_md_and_plots(stage1_workdir, demo_data_dir, tmp_pa
 
 def test_cli_user_error_is_one_line(tmp_path, demo_data_dir):
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxclap.evaluate", f"--checkpoint={tmp_path}",
-       f"--data_dir={demo_data_dir}", f"--workdir={tmp_path}", "--tasks=zero_shot,bogus"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "jaxclap.evaluate",
+      f"--checkpoint={tmp_path}",
+      f"--data_dir={demo_data_dir}",
+      f"--workdir={tmp_path}",
+      "--tasks=zero_shot,bogus",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown or no task(s)")
 
@@ -230,8 +267,13 @@ def test_finetune_is_reported_beside_the_linear_probe(stage1_workdir, demo_data_
 
   config = ft_config.get_config()
   config.batch, config.epochs, config.warmup_epochs, config.max_steps = 8, 2, 0.5, 4
-  report = evaluate.evaluate(stage1_workdir, data_dir=demo_data_dir, workdir=str(tmp_path),
-                             tasks=["linear_probe", "finetune"], finetune_config=config)
+  report = evaluate.evaluate(
+    stage1_workdir,
+    data_dir=demo_data_dir,
+    workdir=str(tmp_path),
+    tasks=["linear_probe", "finetune"],
+    finetune_config=config,
+  )
   res = report["results"]
   assert list(res) == ["linear_probe", "finetune"]
   assert set(res["finetune"]) >= {"accuracy", "val_accuracy", "epochs", "steps", "chance"}
@@ -241,5 +283,6 @@ def test_finetune_is_reported_beside_the_linear_probe(stage1_workdir, demo_data_
   saved = json.loads((tmp_path / "finetune" / "finetune.json").read_text())
   assert saved["test"] == res["finetune"]["accuracy"]
   with pytest.raises(ValueError, match="needs a fine-tuning config"):
-    evaluate.evaluate(stage1_workdir, data_dir=demo_data_dir, workdir=str(tmp_path),
-                      tasks=["finetune"])
+    evaluate.evaluate(
+      stage1_workdir, data_dir=demo_data_dir, workdir=str(tmp_path), tasks=["finetune"]
+    )

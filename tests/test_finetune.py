@@ -10,17 +10,16 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from conftest import HashEmbedder, small_config, write_wav
 
 import jaxclap
 from configs import finetune as ft_config
-from conftest import HashEmbedder, small_config, write_wav
 from jaxclap import convert, restore, sharding
-from jaxclap.models import features
-from jaxclap.data import build, pipeline
 from jaxclap.audio import frontend
+from jaxclap.data import build, pipeline
 from jaxclap.data.schema import BadInputError
 from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data, ft_loop
-from jaxclap.models import masks, patches
+from jaxclap.models import features, masks, patches
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import handoff, objectives
@@ -29,8 +28,11 @@ from jaxclap.train import state as state_lib
 
 def _leaves(tree) -> dict:
   """{"a/b/c": array} of a nested dict."""
-  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+    for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
 
 DEMO_FT_CLIPS = 300  # 240 train / 30 validation / 30 test clips.
 
@@ -69,13 +71,14 @@ def test_mixup_mixes_inputs_and_labels_with_the_same_lambda():
   perm = np.asarray(perm)
   assert sorted(perm.tolist()) == list(range(8)) and (perm != np.arange(8)).any()
   np.testing.assert_array_equal(perm, jax.random.permutation(rng, 8))
-  np.testing.assert_allclose(xm, lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm],
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    xm, lam[:, None, None] * x + (1 - lam[:, None, None]) * x[perm], rtol=1e-6, atol=1e-6
+  )
   np.testing.assert_allclose(ym, lam[:, None] * y + (1 - lam[:, None]) * y[perm], atol=1e-6)
   np.testing.assert_allclose(ym.sum(axis=1), 1.0, atol=1e-6)  # Still a distribution.
   # Per example, the weight that the label got is the weight that the input got.
   own = np.arange(8) % 5
-  moved = (own != own[perm])
+  moved = own != own[perm]
   lam_y = np.asarray(ym)[np.arange(8), own]
   xn, xmn = np.asarray(x)[:, 0, 0], np.asarray(xm)[:, 0, 0]
   lam_x = (xmn[moved] - xn[perm][moved]) / (xn[moved] - xn[perm][moved])  # Partner ≠ self.
@@ -131,8 +134,9 @@ def test_batchnorm_has_no_affine_params(restored):
   assert "norm" not in params and set(params) == {"encoder", "classifier"}
   assert set(stats["norm"]) == {"mean", "var"} and stats["norm"]["mean"].shape == (5 * 64,)
   assert params["classifier"]["kernel"].shape == (5 * 64, 13)
-  np.testing.assert_array_equal(params["encoder"]["cls_token"],
-                                restored.params["encoder"]["cls_token"])
+  np.testing.assert_array_equal(
+    params["encoder"]["cls_token"], restored.params["encoder"]["cls_token"]
+  )
 
 
 def test_head_input_is_the_time_averaged_feature(restored):
@@ -148,8 +152,9 @@ def test_head_input_is_the_time_averaged_feature(restored):
   np.testing.assert_allclose(logits, feat / np.sqrt(1 + 1e-5) @ k + b, rtol=1e-4, atol=1e-6)
   # Padding is left out: only time patches starting before valid_frames are averaged.
   frames = features.frame_features(restored.params, x, model=restored.model)  # [3, 8, 320]
-  short = net.apply({"params": params, "batch_stats": stats}, x, jnp.array([128, 40, 1]),
-                    method="features")
+  short = net.apply(
+    {"params": params, "batch_stats": stats}, x, jnp.array([128, 40, 1]), method="features"
+  )
   np.testing.assert_allclose(short[1], frames[1, :3].mean(axis=0), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(short[2], frames[2, :1].mean(axis=0), rtol=1e-5, atol=1e-5)
 
@@ -163,8 +168,9 @@ def test_position_table_is_resized_to_the_crop(restored):
   expected = restored.model.apply({"params": restored.params}, x, method="encode")
   np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
   # Interpolated from the trained 5x4 table, not a fresh 5x8 sin-cos table.
-  table = net.apply({"params": params, "batch_stats": stats},
-                    method=lambda m: m.encoder.pos_embed((5, 8)))
+  table = net.apply(
+    {"params": params, "batch_stats": stats}, method=lambda m: m.encoder.pos_embed((5, 8))
+  )
   fresh = patches.sincos_pos_embed(64, (5, 8), cls_token=False)
   assert np.abs(np.asarray(table) - fresh).max() > 0.05
 
@@ -174,16 +180,23 @@ def test_masked_training_features_use_the_kept_grid(restored):
   params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
   x = jax.random.normal(jax.random.key(5), (2, 80, 64))
   keep = jnp.array([[t + 4 * f for f in range(5) for t in (0, 2)]] * 2)  # Columns 0 and 2.
-  feat = net.apply({"params": params, "batch_stats": stats}, x, jnp.full((2,), 64), keep,
-                   (5, 2), method="features")
+  feat = net.apply(
+    {"params": params, "batch_stats": stats}, x, jnp.full((2,), 64), keep, (5, 2), method="features"
+  )
   tok = net.apply({"params": params, "batch_stats": stats}, x, keep, method="tokens")
   expected = tok.reshape(2, 5, 2, -1).mean(axis=2).reshape(2, -1)
   np.testing.assert_allclose(feat, expected, rtol=1e-5, atol=1e-5)
   # "tokens" head: rows may go too (here rows 1 and 3, columns 0 and 2); D-dim mean.
   net_t = _net(restored, head_input="tokens")
   keep_t = jnp.array([[t + 4 * f for f in (1, 3) for t in (0, 2)]] * 2)
-  feat_t = net_t.apply({"params": params, "batch_stats": stats}, x, jnp.full((2,), 64), keep_t,
-                       (2, 2), method="features")
+  feat_t = net_t.apply(
+    {"params": params, "batch_stats": stats},
+    x,
+    jnp.full((2,), 64),
+    keep_t,
+    (2, 2),
+    method="features",
+  )
   tok_t = net_t.apply({"params": params, "batch_stats": stats}, x, keep_t, method="tokens")
   assert feat_t.shape == (2, 64)
   np.testing.assert_allclose(feat_t, tok_t.mean(axis=1), rtol=1e-5, atol=1e-5)
@@ -191,8 +204,9 @@ def test_masked_training_features_use_the_kept_grid(restored):
 
 def test_targets_reject_labels_out_of_range():
   np.testing.assert_array_equal(pipeline.label_vector({"label": 2}, 4, "x"), [0, 0, 1, 0])
-  np.testing.assert_array_equal(pipeline.label_vector({"labels": np.array([0, 3])}, 4, "x"),
-                                [1, 0, 0, 1])
+  np.testing.assert_array_equal(
+    pipeline.label_vector({"labels": np.array([0, 3])}, 4, "x"), [1, 0, 0, 1]
+  )
   with pytest.raises(ValueError, match=r"ds:train\[5\].*clip b'c'.*\[-1\]"):
     pipeline.label_vector({"label": -1, "id": b"c"}, 4, "ds:train[5]")
 
@@ -222,8 +236,9 @@ def test_config_presets():
 
 def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   c = _config(epochs=4, warmup_epochs=0.5, batch=32)
-  result = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
-                                 config=c, workdir=str(tmp_path))
+  result = finetune.run_finetune(
+    stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=c, workdir=str(tmp_path)
+  )
   assert result["task"] == "finetune" and result["metric"] == "accuracy"
   assert result["epochs"] == 4 and result["steps"] == 4 * (240 // 32)
   assert len(result["history"]) == 4
@@ -241,8 +256,13 @@ def test_same_seed_same_run(stage1_workdir, ft_demo_dir, tmp_path):
   def run(seed, name):
     # 3 steps: timm's schedule (as EVAR steps it) runs the first two at warmup_lr = 0.
     c = _config(epochs=1, max_steps=3, seed=seed, batch=8)
-    out = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
-                                config=c, workdir=str(tmp_path / name))
+    out = finetune.run_finetune(
+      stage1_workdir,
+      data_dir=ft_demo_dir,
+      dataset="jaxclap_demo",
+      config=c,
+      workdir=str(tmp_path / name),
+    )
     state = ckpt.load(str(tmp_path / name)).state
     return out, {k: v for k, v in _leaves(state).items() if k != "rng"}
 
@@ -267,16 +287,26 @@ def _tone(hz, seconds=1.0, sr=16000):
 
 def _multi_label_folder(root, rows_extra=()):
   rng = np.random.default_rng(0)
-  sounds = {"low": lambda: _tone(200), "high": lambda: _tone(3000),
-            "noise": lambda: 0.1 * rng.standard_normal(16000)}
+  sounds = {
+    "low": lambda: _tone(200),
+    "high": lambda: _tone(3000),
+    "noise": lambda: 0.1 * rng.standard_normal(16000),
+  }
   rows = ["file,labels,split"]
-  combos = [("low",), ("high",), ("noise",), ("low", "high"), ("low", "noise"),
-            ("high", "noise"), ("low", "high", "noise")]
+  combos = [
+    ("low",),
+    ("high",),
+    ("noise",),
+    ("low", "high"),
+    ("low", "noise"),
+    ("high", "noise"),
+    ("low", "high", "noise"),
+  ]
   for i in range(28):
     combo = combos[i % len(combos)]
     split = ("train", "train", "validation", "test")[i % 4]
     write_wav(root / f"c{i}.wav", sum(sounds[n]() for n in combo) / len(combo), 16000)
-    rows.append(f"c{i}.wav,\"{','.join(combo)}\",{split}")
+    rows.append(f'c{i}.wav,"{",".join(combo)}",{split}')
   rows.extend(rows_extra)
   (root / "labels.csv").write_text("\n".join(rows) + "\n")
   return root
@@ -285,8 +315,9 @@ def _multi_label_folder(root, rows_extra=()):
 def test_multi_label_csv_builds_and_finetunes(stage1_workdir, tmp_path):
   root = _multi_label_folder(tmp_path / "tags")
   data_dir = str(tmp_path / "data")
-  info = build.build_dataset("labelled_folder/tags", data_dir, manual_dir=str(root),
-                             embedder=HashEmbedder())
+  info = build.build_dataset(
+    "labelled_folder/tags", data_dir, manual_dir=str(root), embedder=HashEmbedder()
+  )
   assert info["class_names"] == ["high", "low", "noise"]
   assert tfds.builder("labelled_folder/tags", data_dir=data_dir).info.metadata["multi_label"]
   source = tfds.data_source("labelled_folder/tags", split="train", data_dir=data_dir)
@@ -296,46 +327,63 @@ def test_multi_label_csv_builds_and_finetunes(stage1_workdir, tmp_path):
   assert recs["c4"]["label"] == -1 and recs["c1"]["label"] == -1
   assert [c.decode() for c in recs["c4"]["captions"]] == ["low", "noise"]
   c = _config(epochs=4, batch=8, max_steps=3)
-  result = finetune.run_finetune(stage1_workdir, data_dir=data_dir,
-                                 dataset="labelled_folder/tags", config=c,
-                                 workdir=str(tmp_path / "ft"))
+  result = finetune.run_finetune(
+    stage1_workdir,
+    data_dir=data_dir,
+    dataset="labelled_folder/tags",
+    config=c,
+    workdir=str(tmp_path / "ft"),
+  )
   assert result["metric"] == "mAP" and result["multi_label"]
   assert 0.0 <= result["test"] <= 1.0 and 0.0 <= result["val"] <= 1.0
   assert (result["steps"], result["epochs"]) == (3, 3)
   assert os.path.isfile(tmp_path / "ft" / "finetune.json")
 
 
-@pytest.mark.parametrize("extra,vocab,message", [
-    ("c0.wav,\"low,,high\",train", None, r"labels.csv line 30: empty label in 'low,,high'"),
-    ("c1.wav,\"low;bird\",train", "index,mid,display_name\n0,/m/1,low\n1,/m/2,high\n"
-     "2,/m/3,noise\n", r"labels.csv line 30: unknown label 'bird'.*classes.csv"),
-])
+@pytest.mark.parametrize(
+  "extra,vocab,message",
+  [
+    ('c0.wav,"low,,high",train', None, r"labels.csv line 30: empty label in 'low,,high'"),
+    (
+      'c1.wav,"low;bird",train',
+      "index,mid,display_name\n0,/m/1,low\n1,/m/2,high\n2,/m/3,noise\n",
+      r"labels.csv line 30: unknown label 'bird'.*classes.csv",
+    ),
+  ],
+)
 def test_bad_label_names_file_and_row(tmp_path, extra, vocab, message):
   root = _multi_label_folder(tmp_path / "bad", [extra])
   if vocab:
     (root / "classes.csv").write_text(vocab)
   with pytest.raises(BadInputError, match=message):
-    build.build_dataset("labelled_folder/bad", str(tmp_path / "data"), manual_dir=str(root),
-                        embedder=HashEmbedder())
+    build.build_dataset(
+      "labelled_folder/bad", str(tmp_path / "data"), manual_dir=str(root), embedder=HashEmbedder()
+    )
 
 
 def test_single_label_column_keeps_commas_and_vocabulary_order(tmp_path):
   root = tmp_path / "speech"
   write_wav(root / "a.wav", _tone(300), 16000)
   write_wav(root / "b.wav", _tone(600), 16000)
-  (root / "labels.csv").write_text("file,label\na.wav,\"Male speech, man speaking\"\n"
-                                   "b.wav,/m/09x0r\n")
+  (root / "labels.csv").write_text(
+    'file,label\na.wav,"Male speech, man speaking"\nb.wav,/m/09x0r\n'
+  )
   (root / "class_labels_indices.csv").write_text(
-      "index,mid,display_name\n1,/m/09x0r,Speech\n0,/m/05zppz,\"Male speech, man speaking\"\n")
-  info = build.build_dataset("labelled_folder/speech", str(tmp_path / "d"),
-                             manual_dir=str(root), embedder=HashEmbedder())
+    'index,mid,display_name\n1,/m/09x0r,Speech\n0,/m/05zppz,"Male speech, man speaking"\n'
+  )
+  info = build.build_dataset(
+    "labelled_folder/speech", str(tmp_path / "d"), manual_dir=str(root), embedder=HashEmbedder()
+  )
   assert info["class_names"] == ["Male speech, man speaking", "Speech"]
   source = tfds.data_source("labelled_folder/speech", split="train", data_dir=str(tmp_path / "d"))
-  got = {r["id"].decode(): (int(r["label"]), r["labels"].tolist())
-         for r in (source[i] for i in range(len(source)))}
+  got = {
+    r["id"].decode(): (int(r["label"]), r["labels"].tolist())
+    for r in (source[i] for i in range(len(source)))
+  }
   assert got == {"a": (0, [0]), "b": (1, [1])}
-  assert not tfds.builder("labelled_folder/speech",
-                          data_dir=str(tmp_path / "d")).info.metadata["multi_label"]
+  assert not tfds.builder("labelled_folder/speech", data_dir=str(tmp_path / "d")).info.metadata[
+    "multi_label"
+  ]
 
 
 # ------------------------------------------------------ the stage-1.1 workdir it writes
@@ -349,10 +397,18 @@ def ft_run(stage1_workdir, ft_demo_dir, tmp_path_factory):
   batch, weighted epochs of 64 of the 240 clips, best epoch on the test split, 128-frame
   crops (the position table fitted to twice the trained width)."""
   workdir = str(tmp_path_factory.mktemp("ft_run"))
-  c = _config(epochs=2, batch=16, head_input="tokens", crop_seconds=FT_CROP_SECONDS,
-              epoch_clips=64, sample_weights="audioset", val_split="")
-  result = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
-                                 config=c, workdir=workdir)
+  c = _config(
+    epochs=2,
+    batch=16,
+    head_input="tokens",
+    crop_seconds=FT_CROP_SECONDS,
+    epoch_clips=64,
+    sample_weights="audioset",
+    val_split="",
+  )
+  result = finetune.run_finetune(
+    stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=c, workdir=workdir
+  )
   return workdir, result, c
 
 
@@ -370,7 +426,10 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
   assert meta.config["model"]["pos_table"] == "stored" and meta.step == result["best_step"]
   ft = meta.finetune
   assert (ft["dataset"], ft["best_epoch"], ft["test"]) == (
-      "jaxclap_demo", result["best_epoch"], result["test"])
+    "jaxclap_demo",
+    result["best_epoch"],
+    result["test"],
+  )
   assert ft["trained_input_frames"] == 64 and ft["head"].startswith("state/head")
   # Everything but the encoder is the starting checkpoint's, unchanged.
   start, tuned = restore.restore(stage1_workdir), restore.restore(workdir)
@@ -380,28 +439,38 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
       np.testing.assert_array_equal(_leaves(tuned.params[part])[k], v, err_msg=f"{part}/{k}")
   for k, v in _leaves(start.target).items():
     np.testing.assert_array_equal(_leaves(tuned.target)[k], v, err_msg=k)
-  assert not np.allclose(tuned.params["encoder"]["patch_embed"]["kernel"],
-                         start.params["encoder"]["patch_embed"]["kernel"])
+  assert not np.allclose(
+    tuned.params["encoder"]["patch_embed"]["kernel"],
+    start.params["encoder"]["patch_embed"]["kernel"],
+  )
   # The table is the trained sin-cos one fitted (bicubic) to 8 columns, not a fresh 5x8.
   d = tuned.params["encoder"]["cls_token"].shape[-1]
-  fitted = patches.fit_pos_embed(patches.sincos_pos_embed(d, (5, 4), cls_token=False),
-                                 (5, 4), (5, 8))
+  fitted = patches.fit_pos_embed(
+    patches.sincos_pos_embed(d, (5, 4), cls_token=False), (5, 4), (5, 8)
+  )
   np.testing.assert_allclose(tuned.params["encoder"]["pos_embed"], fitted, atol=1e-6)
-  assert np.abs(tuned.params["encoder"]["pos_embed"]
-                - patches.sincos_pos_embed(d, (5, 8), cls_token=False)).max() > 0.05
+  assert (
+    np.abs(
+      tuned.params["encoder"]["pos_embed"] - patches.sincos_pos_embed(d, (5, 8), cls_token=False)
+    ).max()
+    > 0.05
+  )
   # The classifier read back scores the test split as the run did.
   setup, variables, facts = finetune.load_classifier(workdir)
   assert facts["head_input"] == "tokens" and setup.net.unit_frames == 128
   source_test = pipeline.open_source("jaxclap_demo", "test", ft_demo_dir)
   samples = ft_data.longest_clip([source_test])
   scores, truth = [], []
-  for b, n in ft_data.eval_batches(source_test, samples=samples, batch=32, num_classes=13,
-                                   where="test"):
-    scores.append(np.asarray(finetune.eval_logits(setup, variables["params"],
-                                                  variables["batch_stats"], b))[:n])
+  for b, n in ft_data.eval_batches(
+    source_test, samples=samples, batch=32, num_classes=13, where="test"
+  ):
+    scores.append(
+      np.asarray(finetune.eval_logits(setup, variables["params"], variables["batch_stats"], b))[:n]
+    )
     truth.append(b["target"][:n])
   assert finetune.score(np.concatenate(scores), np.concatenate(truth), False) == pytest.approx(
-      result["test"], abs=1e-9)
+    result["test"], abs=1e-9
+  )
 
 
 def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
@@ -410,17 +479,21 @@ def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
   params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
   noise = jax.random.split(jax.random.key(9), len(jax.tree_util.tree_leaves(params["encoder"])))
   leaves, tree = jax.tree_util.tree_flatten(params["encoder"])
-  params["encoder"] = jax.tree_util.tree_unflatten(tree, [
-      v + 0.02 * jax.random.normal(k, v.shape) for v, k in zip(leaves, noise)])
-  facts = {"class_names": [str(i) for i in range(13)], "head_input": "frames",
-           "multi_label": False}
-  ft_checkpoint.write(str(tmp_path), restored=restored, net=net, params=params,
-                      batch_stats=stats, step=7, facts=facts)
+  params["encoder"] = jax.tree_util.tree_unflatten(
+    tree, [v + 0.02 * jax.random.normal(k, v.shape) for v, k in zip(leaves, noise)]
+  )
+  facts = {"class_names": [str(i) for i in range(13)], "head_input": "frames", "multi_label": False}
+  ft_checkpoint.write(
+    str(tmp_path), restored=restored, net=net, params=params, batch_stats=stats, step=7, facts=facts
+  )
   wave = 0.1 * np.random.default_rng(0).standard_normal(127 * 160).astype(np.float32)
   model = jaxclap.load(str(tmp_path), progress=False)
   got = model.frame_features(wave, sample_rate=16000)[0]
-  x = frontend.waveform_input({"audio": jnp.asarray(wave[None]), "audio_len": jnp.array([wave.size])},
-                         restored.frontend_cfg, restored.norm_stats)
+  x = frontend.waveform_input(
+    {"audio": jnp.asarray(wave[None]), "audio_len": jnp.array([wave.size])},
+    restored.frontend_cfg,
+    restored.norm_stats,
+  )
   tokens = net.apply({"params": params, "batch_stats": stats}, x, method="tokens")
   expected = np.asarray(patches.tokens_to_frames(tokens, 5))[0]
   assert got.shape == expected.shape == (8, 5 * 64)
@@ -436,12 +509,18 @@ def test_finetuned_workdir_starts_stage2(ft_run, demo_data_dir):
   c.init.workdir = workdir
   run_config = json.loads(c.to_json_best_effort())
   run_config["model"]["pos_table"] = meta.pos_table  # As loop.train_and_evaluate.
-  objective = objectives.build(c, RunMeta(config=run_config, total_steps=1,
-                                          input_frames=meta.input_frames))
+  objective = objectives.build(
+    c, RunMeta(config=run_config, total_steps=1, input_frames=meta.input_frames)
+  )
   mesh = sharding.make_mesh(data=1, fsdp=1)
   state, _ = state_lib.create_sharded_state(
-      init_params=objective.init, tx=optax.sgd(0.1), seed=0, norm_stats=(0.0, 1.0),
-      mesh=mesh, rules=[tuple(r) for r in c.mesh.rules])
+    init_params=objective.init,
+    tx=optax.sgd(0.1),
+    seed=0,
+    norm_stats=(0.0, 1.0),
+    mesh=mesh,
+    rules=[tuple(r) for r in c.mesh.rules],
+  )
   state = handoff.apply(state, saved, parts="audio_encoder", source=source)
   encoder = state.frozen["encoder"] if "encoder" in state.frozen else state.params["encoder"]
   for k, v in _leaves(saved["params"]["encoder"]).items():
@@ -462,15 +541,17 @@ def test_finetuned_workdir_exports_to_torch(ft_run, tmp_path):
 def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
   workdir, result, c = ft_run
   stamp = os.path.getmtime(os.path.join(workdir, "finetune.json"))
-  again = finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
-                                config=c, workdir=workdir)
+  again = finetune.run_finetune(
+    stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=c, workdir=workdir
+  )
   assert again == json.loads(json.dumps(result))
   assert os.path.getmtime(os.path.join(workdir, "finetune.json")) == stamp
   other = ml_collections.ConfigDict(c.to_dict())
   other.lr = 1.0
   with pytest.raises(ValueError, match="with another config; use a new workdir"):
-    finetune.run_finetune(stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo",
-                          config=other, workdir=workdir)
+    finetune.run_finetune(
+      stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=other, workdir=workdir
+    )
 
 
 # ----------------------------------------------------------------------- the loop
@@ -499,12 +580,27 @@ def test_loop_names_the_first_non_finite_step(bad_step, epoch):
     track = ft_loop.track_loss(track, loss, step)
     return params, batch_stats, opt_state, {"loss": loss, "grad_norm": loss}, track
 
-  data = ft_loop.EvalData(sources={"val": _Clips()}, samples=160, batch=4, num_classes=2,
-                          dataset="toy")
+  data = ft_loop.EvalData(
+    sources={"val": _Clips()}, samples=160, batch=4, num_classes=2, dataset="toy"
+  )
   eval_fn = lambda p, bs, b: jnp.zeros((b["audio"].shape[0], 2))
-  with pytest.raises(FloatingPointError, match=rf"loss is nan at step {bad_step} \(epoch "
-                                               rf"{epoch}\)"):
-    ft_loop.train(step_fn=step_fn, eval_fn=eval_fn, schedule=lambda c: 0.1,
-                  params={"w": jnp.zeros(2)}, batch_stats={}, opt_state=(),
-                  batches=iter([{"loss": losses}] * 10), total=10, steps_per_epoch=5,
-                  log_every=1000, eval_data=data, val_split="val", multi_label=False)
+  with pytest.raises(
+    FloatingPointError,
+    match=rf"loss is nan at step {bad_step} \(epoch "
+    rf"{epoch}\)",
+  ):
+    ft_loop.train(
+      step_fn=step_fn,
+      eval_fn=eval_fn,
+      schedule=lambda c: 0.1,
+      params={"w": jnp.zeros(2)},
+      batch_stats={},
+      opt_state=(),
+      batches=iter([{"loss": losses}] * 10),
+      total=10,
+      steps_per_epoch=5,
+      log_every=1000,
+      eval_data=data,
+      val_split="val",
+      multi_label=False,
+    )

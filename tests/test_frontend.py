@@ -13,9 +13,21 @@ EPS = np.finfo(np.float32).eps
 
 def librosa_log_mel(y: np.ndarray, cfg: frontend.FrontendConfig) -> np.ndarray:
   mel = librosa.feature.melspectrogram(
-      y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
-      win_length=cfg.win_length, window="hann", center=True, pad_mode="reflect", power=2.0,
-      n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, htk=False, norm="slaney")
+    y=y,
+    sr=cfg.sample_rate,
+    n_fft=cfg.n_fft,
+    hop_length=cfg.hop_length,
+    win_length=cfg.win_length,
+    window="hann",
+    center=True,
+    pad_mode="reflect",
+    power=2.0,
+    n_mels=cfg.n_mels,
+    fmin=cfg.fmin,
+    fmax=cfg.fmax,
+    htk=False,
+    norm="slaney",
+  )
   return np.log(mel + EPS)
 
 
@@ -28,10 +40,10 @@ def test_signals(sr: int = 16000, seconds: float = 2.0) -> dict[str, np.ndarray]
   src = 0.3 * np.sin(2 * np.pi * 1234.5 * t_src) + 0.05 * rng.standard_normal(t_src.size)
   resampled = librosa.resample(src, orig_sr=src_sr, target_sr=sr, res_type="soxr_hq")[:n]
   return {
-      "noise": 0.1 * rng.standard_normal(n),
-      "tones": 0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3100.7 * t),
-      "chirp": 0.5 * librosa.chirp(fmin=60, fmax=sr / 2 * 0.95, sr=sr, duration=seconds),
-      "resampled": np.pad(resampled, (0, n - resampled.size)),
+    "noise": 0.1 * rng.standard_normal(n),
+    "tones": 0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3100.7 * t),
+    "chirp": 0.5 * librosa.chirp(fmin=60, fmax=sr / 2 * 0.95, sr=sr, duration=seconds),
+    "resampled": np.pad(resampled, (0, n - resampled.size)),
   }
 
 
@@ -103,15 +115,17 @@ def test_bad_shape_error():
 
 def test_normalize():
   x = jnp.array([[-7.1, 0.0, 1.3]])
-  np.testing.assert_allclose(np.asarray(frontend.normalize(x, -7.1, 4.2)),
-                             (np.asarray(x) + 7.1) / 4.2, rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(frontend.normalize(x, -7.1, 4.2)), (np.asarray(x) + 7.1) / 4.2, rtol=1e-6
+  )
 
 
 def test_filterbank_is_librosa_slaney():
   cfg = frontend.FrontendConfig()
   fb = frontend.mel_filterbank(cfg)
-  ref = librosa.filters.mel(sr=16000, n_fft=400, n_mels=80, fmin=50, fmax=8000,
-                            htk=False, norm="slaney")
+  ref = librosa.filters.mel(
+    sr=16000, n_fft=400, n_mels=80, fmin=50, fmax=8000, htk=False, norm="slaney"
+  )
   assert fb.shape == (201, 80)
   np.testing.assert_allclose(fb, ref.T, rtol=1e-6)
 

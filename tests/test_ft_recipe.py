@@ -19,8 +19,19 @@ from jaxclap.train import optim
 # ---------------------------------------------------------------------- update rule
 
 
-def _timm_lars_numpy(params, grad_seq, lr_seq, *, momentum=0.9, dampening=0.0, wd=0.0,
-                     nesterov=False, trust_coeff=1e-3, eps=1e-8, always_adapt=False):
+def _timm_lars_numpy(
+  params,
+  grad_seq,
+  lr_seq,
+  *,
+  momentum=0.9,
+  dampening=0.0,
+  wd=0.0,
+  nesterov=False,
+  trust_coeff=1e-3,
+  eps=1e-8,
+  always_adapt=False,
+):
   """timm.optim.Lars.step (timm 0.9), one parameter group, in numpy float64."""
   params = {k: v.astype(np.float64) for k, v in params.items()}
   bufs = {}
@@ -47,29 +58,43 @@ def _run_optax(tx, params, grad_seq):
   return params
 
 
-@pytest.mark.parametrize("kw", [
+@pytest.mark.parametrize(
+  "kw",
+  [
     {},  # EVAR's call: momentum 0.9, weight_decay 0 → no trust ratio.
     {"wd": 1e-2},  # With decay timm applies the trust ratio (true LARS).
     {"wd": 1e-2, "dampening": 0.1},
     {"nesterov": True},
-])
+  ],
+)
 def test_timm_lars_matches_numpy(kw):
   rng = np.random.default_rng(0)
-  params = {"w": rng.standard_normal((4, 3)).astype(np.float32),
-            "b": np.zeros(3, np.float32)}  # Zero norm: trust ratio 1.
-  grad_seq = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
-              for _ in range(5)]
+  params = {
+    "w": rng.standard_normal((4, 3)).astype(np.float32),
+    "b": np.zeros(3, np.float32),
+  }  # Zero norm: trust ratio 1.
+  grad_seq = [
+    {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+    for _ in range(5)
+  ]
   lrs = [0.0, 0.5, 2.0, 1.5, 0.7]
   expected = _timm_lars_numpy(params, grad_seq, lrs, **kw)
-  tx = optim.timm_lars(lambda count: jnp.asarray(lrs)[count], momentum=0.9,
-                          dampening=kw.get("dampening", 0.0), weight_decay=kw.get("wd", 0.0),
-                          nesterov=kw.get("nesterov", False))
+  tx = optim.timm_lars(
+    lambda count: jnp.asarray(lrs)[count],
+    momentum=0.9,
+    dampening=kw.get("dampening", 0.0),
+    weight_decay=kw.get("wd", 0.0),
+    nesterov=kw.get("nesterov", False),
+  )
   got = _run_optax(tx, {k: jnp.asarray(v) for k, v in params.items()}, grad_seq)
   for k in params:
     np.testing.assert_allclose(got[k], expected[k], rtol=2e-5, atol=2e-6, err_msg=k)
   if not kw:  # In effect SGD with momentum 0.9 (no Nesterov, no dampening).
-    sgd = _run_optax(optax.sgd(lambda c: jnp.asarray(lrs)[c], momentum=0.9),
-                     {k: jnp.asarray(v) for k, v in params.items()}, grad_seq)
+    sgd = _run_optax(
+      optax.sgd(lambda c: jnp.asarray(lrs)[c], momentum=0.9),
+      {k: jnp.asarray(v) for k, v in params.items()},
+      grad_seq,
+    )
     for k in params:
       np.testing.assert_allclose(got[k], sgd[k], rtol=1e-6, atol=1e-6)
   else:  # The options really change the update.
@@ -101,13 +126,22 @@ def _evar_lrs(*, epochs, iters, **kw):
   return np.asarray(used)
 
 
-@pytest.mark.parametrize("epochs,iters,warmup,lr_min,warmup_lr", [
-    (7, 5, 2, 1e-7, 0.0), (6, 4, 0, 0.01, 0.0), (5, 3, 1.5, 1e-3, 0.2)])
+@pytest.mark.parametrize(
+  "epochs,iters,warmup,lr_min,warmup_lr",
+  [(7, 5, 2, 1e-7, 0.0), (6, 4, 0, 0.01, 0.0), (5, 3, 1.5, 1e-3, 0.2)],
+)
 def test_timm_cosine_schedule_matches_evar_loop(epochs, iters, warmup, lr_min, warmup_lr):
-  expected = _evar_lrs(epochs=epochs, iters=iters, lr=2.0, warmup_t=warmup,
-                       warmup_lr_init=warmup_lr, lr_min=lr_min)
-  schedule = optim.timm_cosine(lr=2.0, epochs=epochs, warmup_epochs=warmup, lr_min=lr_min,
-                                  warmup_lr=warmup_lr, steps_per_epoch=iters)
+  expected = _evar_lrs(
+    epochs=epochs, iters=iters, lr=2.0, warmup_t=warmup, warmup_lr_init=warmup_lr, lr_min=lr_min
+  )
+  schedule = optim.timm_cosine(
+    lr=2.0,
+    epochs=epochs,
+    warmup_epochs=warmup,
+    lr_min=lr_min,
+    warmup_lr=warmup_lr,
+    steps_per_epoch=iters,
+  )
   got = np.asarray([schedule(k) for k in range(epochs * iters)])
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   # After the last epoch: lr_min (one cycle).
@@ -119,9 +153,8 @@ def test_as2m_schedule_and_steps():
   total = c.epochs * (c.epoch_clips // c.batch)
   assert total == 70 * 3125
   _, schedule = optim.make_finetune_optimizer(c, total)
-  expected = _evar_lrs(epochs=70, iters=3125, lr=2.0, warmup_t=15, warmup_lr_init=0.0,
-                       lr_min=1e-7)
-  ks = np.r_[0:5, 3124:3128, 15 * 3125 - 2:15 * 3125 + 3, 100_000, total - 3:total]
+  expected = _evar_lrs(epochs=70, iters=3125, lr=2.0, warmup_t=15, warmup_lr_init=0.0, lr_min=1e-7)
+  ks = np.r_[0:5, 3124:3128, 15 * 3125 - 2 : 15 * 3125 + 3, 100_000, total - 3 : total]
   got = np.asarray([schedule(int(k)) for k in ks])
   np.testing.assert_allclose(got, expected[ks], rtol=1e-5, atol=1e-6)
   # Warm-up is not a prefix: at the end of warm-up the cosine has already decayed.
@@ -214,8 +247,9 @@ def test_epoch_source_restarts_each_epoch_on_a_batch():
   stream = sampling.EpochSource(src, per_epoch=6, epochs=3, seed=5, weights=w)
   assert len(stream) == 18
   for e in range(3):
-    np.testing.assert_array_equal([stream[6 * e + i] for i in range(6)],
-                                  sampling.epoch_order(5, e, 10, 6, w))
+    np.testing.assert_array_equal(
+      [stream[6 * e + i] for i in range(6)], sampling.epoch_order(5, e, 10, 6, w)
+    )
   uniform = sampling.EpochSource(src, per_epoch=10, epochs=2, seed=5)
   assert sorted(uniform[i] for i in range(10)) == src  # A full pass: each clip once.
 

@@ -23,15 +23,15 @@ def test_scene_embeddings(model):
   emb = hear.get_scene_embeddings(audio, model)
   assert emb.shape == (3, model.scene_embedding_size) and emb.dtype == np.float32
   assert np.isfinite(emb).all()
-  np.testing.assert_allclose(emb[1], hear.get_scene_embeddings(audio[1:2], model)[0],
-                             atol=1e-5)
+  np.testing.assert_allclose(emb[1], hear.get_scene_embeddings(audio[1:2], model)[0], atol=1e-5)
   assert not np.allclose(emb[0], emb[1])
 
 
 def test_timestamp_embeddings(model):
   seconds = 2.5
-  audio = 0.1 * np.random.default_rng(1).standard_normal((2, int(seconds * 16000)),
-                                                         dtype=np.float32)
+  audio = 0.1 * np.random.default_rng(1).standard_normal(
+    (2, int(seconds * 16000)), dtype=np.float32
+  )
   emb, ts = hear.get_timestamp_embeddings(audio, model)
   n = -(-(1 + int(seconds * 100)) // 16)  # 251 log-mel frames → 16 patch columns.
   assert emb.shape == (2, n, model.timestamp_embedding_size) and emb.dtype == np.float32
@@ -41,8 +41,7 @@ def test_timestamp_embeddings(model):
   np.testing.assert_allclose(ts[:, 0], 75.0, atol=1e-4)  # Mean of frames 0..15 at 10 ms.
   assert ts[0, -1] <= seconds * 1000
   np.testing.assert_array_equal(ts[0], ts[1])
-  np.testing.assert_allclose(emb.mean(axis=1), hear.get_scene_embeddings(audio, model),
-                             atol=1e-5)
+  np.testing.assert_allclose(emb.mean(axis=1), hear.get_scene_embeddings(audio, model), atol=1e-5)
 
 
 def test_torch_tensor_input(model):

@@ -24,8 +24,10 @@ from jaxclap.models import clap_heads, features, patches
 @pytest.fixture(scope="module")
 def models(stage1_workdir, stage2_workdir):
   """Stage-1 and stage-2 fixtures loaded once, batch 4 so batches really mix clips."""
-  return {"stage1": inference.load(stage1_workdir, batch_size=4),
-          "stage2": inference.load(stage2_workdir, batch_size=4)}
+  return {
+    "stage1": inference.load(stage1_workdir, batch_size=4),
+    "stage2": inference.load(stage2_workdir, batch_size=4),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,7 @@ def test_matches_features_module_on_chunked_input(models, demo_audio, stage):
   want = np.asarray(features.frame_features(m.params, lm, model=m.model))
   assert frames.shape == want.shape
   np.testing.assert_allclose(frames, want, atol=1e-5)
-  np.testing.assert_allclose(m.clip_features(wave, sample_rate=16000),
-                             want.mean(axis=1), atol=1e-5)
+  np.testing.assert_allclose(m.clip_features(wave, sample_rate=16000), want.mean(axis=1), atol=1e-5)
   emb = m.audio_embedding(wave, sample_rate=16000)
   want_emb = np.asarray(features.clap_audio_embedding(m.params, lm, model=m.model))
   np.testing.assert_allclose(emb, want_emb, atol=1e-5)
@@ -90,8 +91,9 @@ def test_audio_head_key_mask_and_single_query_block(kind):
   head = clap_heads.audio_head(kind, 24, jnp.float32)
   tokens = jax.random.normal(jax.random.key(1), (2, 30, 16))
   params = nn.unbox(head.init(jax.random.key(2), tokens))["params"]
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape),
-                        params)  # Non-zero semantic token and biases.
+  params = jax.tree.map(
+    lambda p: p + 0.1 * jax.random.normal(jax.random.key(3), p.shape), params
+  )  # Non-zero semantic token and biases.
   want = head.apply({"params": params}, tokens)
   padded = jnp.concatenate([tokens, jnp.full((2, 10, 16), 7.0)], axis=1)
   valid = jnp.arange(40)[None].repeat(2, 0) < 30
@@ -109,9 +111,18 @@ def test_model_without_checkpoint_mlp_head_and_bfloat16():
   """A Model from a bare network (as the benchmark builds it): 2024 mean-MLP head, bf16."""
   from jaxclap.models import m2d
 
-  net = m2d.build_model({"size": "test", "text_dim": 16, "clap_head": "mlp", "clap_dim": 32,
-                         "input_frames": 64, "predictor_width": 32, "predictor_depth": 1,
-                         "predictor_heads": 2})
+  net = m2d.build_model(
+    {
+      "size": "test",
+      "text_dim": 16,
+      "clap_head": "mlp",
+      "clap_dim": 32,
+      "input_frames": 64,
+      "predictor_width": 32,
+      "predictor_depth": 1,
+      "predictor_heads": 2,
+    }
+  )
   params, _ = nn.unbox(m2d.init_params(net, jax.random.key(0), n_frames=64, text_dim=16))
   m = inference.Model(net, params, frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2))
   assert (m.embedding_dim, m.feature_dim, m.stage) == (32, 320, "stage1")
@@ -120,8 +131,9 @@ def test_model_without_checkpoint_mlp_head_and_bfloat16():
   np.testing.assert_allclose(m.audio_embedding(wave, sample_rate=16000), want, atol=1e-5)
   with pytest.raises(ValueError, match="no text side"):
     m.text_embedding(["a dog"])
-  half = inference.Model(net, params, frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2),
-                         dtype="bfloat16")
+  half = inference.Model(
+    net, params, frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2), dtype="bfloat16"
+  )
   a = m.clip_features(wave, sample_rate=16000)[0]
   b = half.clip_features(wave, sample_rate=16000)[0]
   assert b.dtype == np.float32 and _cosine(a, b) > 0.99
@@ -155,8 +167,13 @@ def test_deterministic_and_batch_independent(models, demo_audio, kind):
   """A clip alone, twice, in a mixed-length list and in a stacked batch: same output."""
   m = models["stage2"] if kind == "clap" else models["stage1"]
   method = {"frame": m.frame_features, "clip": m.clip_features, "clap": m.audio_embedding}[kind]
-  clips = [demo_audio[0], demo_audio[1][:5000], np.concatenate(demo_audio[2:4]),
-           demo_audio[4][:700], demo_audio[5]]
+  clips = [
+    demo_audio[0],
+    demo_audio[1][:5000],
+    np.concatenate(demo_audio[2:4]),
+    demo_audio[4][:700],
+    demo_audio[5],
+  ]
   alone = [method([c], sample_rate=16000)[0] for c in clips]
   again = method([clips[0]], sample_rate=16000)[0]
   np.testing.assert_array_equal(alone[0], again)
@@ -166,8 +183,9 @@ def test_deterministic_and_batch_independent(models, demo_audio, kind):
   n = min(len(c) for c in demo_audio)
   stacked = method(np.stack([c[:n] for c in demo_audio]), sample_rate=16000)
   for i in (0, 5):
-    np.testing.assert_allclose(stacked[i], method(demo_audio[i][:n], sample_rate=16000)[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      stacked[i], method(demo_audio[i][:n], sample_rate=16000)[0], atol=1e-5
+    )
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -198,12 +216,14 @@ def test_file_paths_equal_arrays(models, demo_audio, tmp_path):
   m = models["stage1"]
   wave44 = soxr.resample(demo_audio[0], 16000, 44100)
   path = write_wav(tmp_path / "a.wav", wave44, 44100, subtype="FLOAT")
-  stereo = write_wav(tmp_path / "b.wav", np.stack([demo_audio[1]] * 2, axis=1), 16000,
-                     subtype="FLOAT")
+  stereo = write_wav(
+    tmp_path / "b.wav", np.stack([demo_audio[1]] * 2, axis=1), 16000, subtype="FLOAT"
+  )
   got = m.clip_features([str(path), stereo])
   np.testing.assert_allclose(got[0], m.clip_features(wave44, sample_rate=44100)[0], atol=1e-5)
-  np.testing.assert_allclose(got[1], m.clip_features(demo_audio[1], sample_rate=16000)[0],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    got[1], m.clip_features(demo_audio[1], sample_rate=16000)[0], atol=1e-5
+  )
   np.testing.assert_allclose(m.clip_features(str(path)), got[:1], atol=1e-6)
 
 
@@ -216,8 +236,9 @@ def test_timestamps_and_list_outputs(models, demo_audio):
   assert [len(t) for t in times] == [len(f) for f in feats]
   np.testing.assert_allclose(np.diff(times[0]), 0.16, atol=1e-9)
   assert times[0][0] == pytest.approx(7.5 * 0.01)  # Mean centre of log-mel frames 0..15.
-  stacked, ts = m.frame_features(np.stack([clips[0]] * 2), sample_rate=16000,
-                                 return_timestamps=True)
+  stacked, ts = m.frame_features(
+    np.stack([clips[0]] * 2), sample_rate=16000, return_timestamps=True
+  )
   assert stacked.shape == (2, len(times[0]), 320) and ts.shape == (2, len(times[0]))
 
 
@@ -242,8 +263,9 @@ def test_input_errors_are_clear(models, tmp_path):
   with pytest.raises(audio_io.AudioDecodeError, match="bad.wav"):
     m.clip_features([str(bad)])
   with pytest.raises(ValueError, match="dtype must be"):
-    inference.Model(m.model, m.params, frontend_cfg=m.frontend_cfg, norm_stats=(0, 1),
-                    dtype="float16")
+    inference.Model(
+      m.model, m.params, frontend_cfg=m.frontend_cfg, norm_stats=(0, 1), dtype="float16"
+    )
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
@@ -259,8 +281,10 @@ def test_text_embedding_and_zero_shot(models, demo_audio, stage):
   assert probs.shape == sim.shape == (4, 3)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
   assert np.all(np.abs(sim) <= 1.0 + 1e-5)
-  want = m.similarity(m.audio_embedding(demo_audio[:4], sample_rate=16000),
-                      m.text_embedding([f"{x} can be heard" for x in labels]))
+  want = m.similarity(
+    m.audio_embedding(demo_audio[:4], sample_rate=16000),
+    m.text_embedding([f"{x} can be heard" for x in labels]),
+  )
   np.testing.assert_allclose(sim, want, atol=1e-5)
   z = m.logit_scale * want
   np.testing.assert_allclose(probs, np.exp(z) / np.exp(z).sum(1, keepdims=True), atol=1e-5)
@@ -283,8 +307,13 @@ print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
 
 
 def _peak_memory(workdir: str, minutes: float) -> dict:
-  out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, workdir, str(minutes)],
-                       capture_output=True, text=True, timeout=600, check=True)
+  out = subprocess.run(
+    [sys.executable, "-c", _MEMORY_SCRIPT, workdir, str(minutes)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=True,
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

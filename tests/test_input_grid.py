@@ -8,6 +8,7 @@ then encode in chunks of it instead of the table's width.
 import jax
 import numpy as np
 import pytest
+from conftest import small_config
 
 import jaxclap
 from jaxclap import convert
@@ -17,8 +18,6 @@ from jaxclap.data import pipeline
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import objectives
-
-from conftest import small_config
 
 STAGE1_FRAMES = 64  # small_config's crop: the stage-1 table is 4 patch columns wide.
 STAGE2_FRAMES = 96  # Stage 2 trains on 6 columns (the table resized), as 608 → 1001.
@@ -45,14 +44,24 @@ def _validation_embeddings(config, workdir, data_dir):
   # The trainer builds its objective with the stage-1 table width and its own crop.
   objective = objectives.build(config, RunMeta(total_steps=1, input_frames=meta.input_frames))
   crop = (config.data.crop_frames - 1) * fcfg.hop_length
-  loader = pipeline.make_loader([pipeline.open_source("jaxclap_demo", "train", data_dir)],
-                                None, global_batch=16, crop_samples=crop, seed=0,
-                                shuffle=False, num_epochs=1, random_crop=False,
-                                caption="first")
+  loader = pipeline.make_loader(
+    [pipeline.open_source("jaxclap_demo", "train", data_dir)],
+    None,
+    global_batch=16,
+    crop_samples=crop,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    random_crop=False,
+    caption="first",
+  )
   batch = next(iter(loader))
-  emb = jax.jit(objective.audio_embed)(state["params"], state["frozen"],
-                                       {k: batch[k] for k in ("audio", "audio_len")},
-                                       np.asarray(state["norm_stats"]))
+  emb = jax.jit(objective.audio_embed)(
+    state["params"],
+    state["frozen"],
+    {k: batch[k] for k in ("audio", "audio_len")},
+    np.asarray(state["norm_stats"]),
+  )
   return batch, np.asarray(emb)
 
 

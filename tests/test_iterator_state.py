@@ -10,9 +10,15 @@ from jaxclap.data import iterator_state, pipeline
 
 def _loader(data_dir, process_index, process_count, workers=0):
   source = pipeline.open_source("jaxclap_demo", "train", data_dir)
-  return pipeline.make_loader(source, global_batch=8, crop_samples=1600, seed=3,
-                              process_index=process_index, process_count=process_count,
-                              num_workers=workers)
+  return pipeline.make_loader(
+    source,
+    global_batch=8,
+    crop_samples=1600,
+    seed=3,
+    process_index=process_index,
+    process_count=process_count,
+    num_workers=workers,
+  )
 
 
 def _global_batch(iterators):
@@ -24,22 +30,27 @@ def _global_batch(iterators):
   return index[order], audio[order]
 
 
-@pytest.mark.parametrize("before,after", [((2, 0), (1, 0)), ((1, 0), (4, 0)), ((1, 2), (2, 0)),
-                                          ((2, 0), (1, 3))])
+@pytest.mark.parametrize(
+  "before,after", [((2, 0), (1, 0)), ((1, 0), (4, 0)), ((1, 2), (2, 0)), ((2, 0), (1, 3))]
+)
 def test_position_moves_between_layouts(hash_demo_data_dir, before, after):
   (c0, w0), (c1, w1) = before, after
   old = [iter(_loader(hash_demo_data_dir, p, c0, w0)) for p in range(c0)]
   for _ in range(3):  # 3 global steps, then "save".
     _global_batch(old)
   saved = {p: it.get_state() for p, it in enumerate(old)}
-  consumed = {iterator_state.records_consumed(s, process_index=p, process_count=c0)
-              for p, s in saved.items()}
+  consumed = {
+    iterator_state.records_consumed(s, process_index=p, process_count=c0) for p, s in saved.items()
+  }
   assert consumed == {3 * 8}
 
   new = [iter(_loader(hash_demo_data_dir, p, c1, w1)) for p in range(c1)]
   for p, it in enumerate(new):
-    it.set_state(json.dumps(iterator_state.state_for(
-        24, it.get_state(), process_index=p, process_count=c1)).encode())
+    it.set_state(
+      json.dumps(
+        iterator_state.state_for(24, it.get_state(), process_index=p, process_count=c1)
+      ).encode()
+    )
   uninterrupted = [iter(_loader(hash_demo_data_dir, p, c0, w0)) for p in range(c0)]
   for _ in range(3):
     _global_batch(uninterrupted)

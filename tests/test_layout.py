@@ -15,11 +15,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "jaxclap"
 
 # Layers, lowest first: a module may import its own layer or lower ones. Root modules are
 # listed by name so that a new one has to be placed on purpose.
-BASE = {"jaxclap.paths", "jaxclap.sharding", "jaxclap.losses", "jaxclap.layers",
-        "jaxclap.metrics", "jaxclap.cli", "jaxclap.run_meta"}
-TOP_ROOT = {"jaxclap.restore", "jaxclap.inference", "jaxclap.convert", "jaxclap.convert_keys",
-            "jaxclap.embed", "jaxclap.hear", "jaxclap.evaluate", "jaxclap.sequence",
-            "jaxclap.main"}
+BASE = {
+  "jaxclap.paths",
+  "jaxclap.sharding",
+  "jaxclap.losses",
+  "jaxclap.layers",
+  "jaxclap.metrics",
+  "jaxclap.cli",
+  "jaxclap.run_meta",
+}
+TOP_ROOT = {
+  "jaxclap.restore",
+  "jaxclap.inference",
+  "jaxclap.convert",
+  "jaxclap.convert_keys",
+  "jaxclap.embed",
+  "jaxclap.hear",
+  "jaxclap.evaluate",
+  "jaxclap.sequence",
+  "jaxclap.main",
+}
 PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "data": 2, "train": 3, "eval": 4}
 # eval/ sits with the top-level tools (restore, inference, convert), which it uses.
 # Within layer 1: text and audio stand on their own; models may use both.
@@ -27,8 +42,14 @@ SIDEWAYS_ALLOWED = {("models", "audio"), ("models", "text")}
 
 # Imports allowed inside functions: optional dependencies only (each says why), and the
 # package's lazy `jaxclap.load`, which keeps `import jaxclap.audio` from importing everything.
-OPTIONAL = {"torch", "sentence_transformers", "huggingface_hub", "tensorboardX", "pyarrow",
-            "transformers"}
+OPTIONAL = {
+  "torch",
+  "sentence_transformers",
+  "huggingface_hub",
+  "tensorboardX",
+  "pyarrow",
+  "transformers",
+}
 LAZY = {("jaxclap", "jaxclap.inference")}
 
 
@@ -49,7 +70,7 @@ def _targets(node: ast.AST, module: str, is_package: bool) -> list[str]:
   base = node.module or ""
   if node.level:
     pkg = module.split(".") if is_package else module.split(".")[:-1]
-    pkg = pkg[:len(pkg) - node.level + 1]
+    pkg = pkg[: len(pkg) - node.level + 1]
     base = ".".join(pkg + ([base] if base else []))
   return [f"{base}.{a.name}" for a in node.names] + [base]
 
@@ -70,9 +91,12 @@ def _imports(top_level_only: bool):
   known = set(modules)
   for module, tree in modules.items():
     is_package = module == "jaxclap" or (ROOT.parent / module.replace(".", "/")).is_dir()
-    nested_ids = {id(n) for f in ast.walk(tree)
-                  if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                  for n in ast.walk(f)}
+    nested_ids = {
+      id(n)
+      for f in ast.walk(tree)
+      if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+      for n in ast.walk(f)
+    }
     for node in ast.walk(tree):
       if not isinstance(node, (ast.Import, ast.ImportFrom)):
         continue
@@ -137,8 +161,7 @@ def test_function_level_imports_are_optional_dependencies_only():
   found = set()
   for path in sorted(ROOT.rglob("*.py")):
     tree = ast.parse(path.read_text(), str(path))
-    module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(
-        ".__init__")
+    module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts).removesuffix(".__init__")
     for f in ast.walk(tree):
       if not isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
         continue
@@ -147,19 +170,25 @@ def test_function_level_imports_are_optional_dependencies_only():
           found |= {(module, a.name) for a in node.names}
         elif isinstance(node, ast.ImportFrom):
           found |= {(module, f"{node.module}.{a.name}") for a in node.names}
-  bad = sorted(f"{m}: {name}" for m, name in found
-               if name.split(".")[0] not in OPTIONAL and (m, name) not in LAZY)
+  bad = sorted(
+    f"{m}: {name}"
+    for m, name in found
+    if name.split(".")[0] not in OPTIONAL and (m, name) not in LAZY
+  )
   assert not bad, "imports inside functions that belong at the top:\n" + "\n".join(bad)
   # The allowance is used (or it should go): the lazy `jaxclap.load` is still there.
   assert LAZY <= found
 
 
-@pytest.mark.parametrize("module,target,ok", [
+@pytest.mark.parametrize(
+  "module,target,ok",
+  [
     ("jaxclap.data.build", "jaxclap.train.loop", False),
     ("jaxclap.text.tower", "jaxclap.models.vit", False),
     ("jaxclap.models.clap", "jaxclap.text.tower", True),
     ("jaxclap.inference", "jaxclap.train.checkpoint", True),
-])
+  ],
+)
 def test_layer_rule_itself(module, target, ok):
   (lm, gm), (lt, gt) = _layer(module), _layer(target)
   allowed = not (lt > lm or (lt == lm == 1 and gm != gt and (gm, gt) not in SIDEWAYS_ALLOWED))

@@ -2,9 +2,9 @@
 
 import pytest
 
+from configs import demo
 from jaxclap.data import build as data_build
 from jaxclap.train import loop
-from configs import demo
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,9 @@ def _config(data_dir, seed):
 
 @pytest.mark.slow
 def test_m2d_loss_falls_and_retrieval_rises(data_dir, tmp_path):
-  runs = [loop.train_and_evaluate(_config(data_dir, seed), str(tmp_path / f"s{seed}"))
-          for seed in (0, 1)]
+  runs = [
+    loop.train_and_evaluate(_config(data_dir, seed), str(tmp_path / f"s{seed}")) for seed in (0, 1)
+  ]
   for r in runs:
     first, last = r["first_logged"], r["last_logged"]
     assert last["loss_m2d"] < 0.6 * first["loss_m2d"], (first, last)

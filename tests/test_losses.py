@@ -33,13 +33,24 @@ def test_norm_mse_matches_numpy():
   rng = np.random.default_rng(0)
   pred = rng.standard_normal((3, 5, 16))
   target = 3.0 + 2.0 * rng.standard_normal((3, 5, 16))  # offset: standardisation matters
-  got = float(losses.norm_mse(pred=jnp.asarray(pred, jnp.float32),
-                              target=jnp.asarray(target, jnp.float32)))
+  got = float(
+    losses.norm_mse(pred=jnp.asarray(pred, jnp.float32), target=jnp.asarray(target, jnp.float32))
+  )
   np.testing.assert_allclose(got, np_norm_mse(pred, target), rtol=1e-5)
   # Without the per-token standardisation the value is clearly different.
-  naive = float(np.mean(2 - 2 * np.sum(
-      pred / np.linalg.norm(pred, axis=-1, keepdims=True)
-      * target / np.linalg.norm(target, axis=-1, keepdims=True), -1)))
+  naive = float(
+    np.mean(
+      2
+      - 2
+      * np.sum(
+        pred
+        / np.linalg.norm(pred, axis=-1, keepdims=True)
+        * target
+        / np.linalg.norm(target, axis=-1, keepdims=True),
+        -1,
+      )
+    )
+  )
   assert abs(naive - got) > 0.05
   # Prediction equal to the standardised target gives zero loss.
   std_t = (target - target.mean(-1, keepdims=True)) / target.std(-1, ddof=1, keepdims=True)
@@ -52,9 +63,13 @@ def test_clip_infonce_matches_numpy():
   t = rng.standard_normal((6, 12))
   t[:3] += 2 * a[:3]  # some correlated pairs
   for s in (0.0, np.log(1 / 0.07), np.log(100.0)):
-    got = float(losses.clip_infonce(audio_emb=jnp.asarray(a, jnp.float32),
-                                    text_emb=jnp.asarray(t, jnp.float32),
-                                    logit_scale=jnp.float32(s)))
+    got = float(
+      losses.clip_infonce(
+        audio_emb=jnp.asarray(a, jnp.float32),
+        text_emb=jnp.asarray(t, jnp.float32),
+        logit_scale=jnp.float32(s),
+      )
+    )
     np.testing.assert_allclose(got, np_infonce(a, t, s), rtol=1e-4)
 
 
@@ -70,6 +85,7 @@ def test_gradients_finite():
   g = jax.grad(lambda p: losses.norm_mse(pred=p, target=target))(pred)
   assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0
   a, t = (jnp.asarray(rng.standard_normal((4, 8)), jnp.float32) for _ in range(2))
-  ga, gs = jax.grad(lambda a, s: losses.clip_infonce(audio_emb=a, text_emb=t, logit_scale=s),
-                    argnums=(0, 1))(a, jnp.float32(2.6))
+  ga, gs = jax.grad(
+    lambda a, s: losses.clip_infonce(audio_emb=a, text_emb=t, logit_scale=s), argnums=(0, 1)
+  )(a, jnp.float32(2.6))
   assert np.isfinite(np.asarray(ga)).all() and np.isfinite(float(gs)) and float(gs) != 0.0

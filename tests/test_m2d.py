@@ -15,8 +15,15 @@ from jaxclap.train import objectives
 
 FE = frontend.FrontendConfig()
 NORM = (-7.1, 4.2)
-TEST_CFG = dict(size="test", predictor_width=32, predictor_depth=2, predictor_heads=2,
-                clap_dim=768, text_dim=768, input_frames=208)
+TEST_CFG = dict(
+  size="test",
+  predictor_width=32,
+  predictor_depth=2,
+  predictor_heads=2,
+  clap_dim=768,
+  text_dim=768,
+  input_frames=208,
+)
 
 
 def make_batch(batch: int, frames: int, text_dim: int, seed: int = 0) -> dict:
@@ -25,9 +32,12 @@ def make_batch(batch: int, frames: int, text_dim: int, seed: int = 0) -> dict:
   lens = np.full((batch,), s, np.int32)
   lens[-1] = s // 3  # one short, zero-padded clip
   audio = np.asarray(jax.random.normal(k1, (batch, s))) * 0.1
-  audio[-1, lens[-1]:] = 0.0
-  return {"audio": jnp.asarray(audio, jnp.float32), "audio_len": jnp.asarray(lens),
-          "text_embedding": jax.random.normal(k2, (batch, text_dim))}
+  audio[-1, lens[-1] :] = 0.0
+  return {
+    "audio": jnp.asarray(audio, jnp.float32),
+    "audio_len": jnp.asarray(lens),
+    "text_embedding": jax.random.normal(k2, (batch, text_dim)),
+  }
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +56,18 @@ def clap_embeddings(online, batch, *, model):
 
 
 def loss_fn(model, target, batch, rng):
-  return lambda o: objectives.stage1_loss(o, target, batch, rng, model=model, frontend_cfg=FE,
-                                   norm_stats=NORM)
+  return lambda o: objectives.stage1_loss(
+    o, target, batch, rng, model=model, frontend_cfg=FE, norm_stats=NORM
+  )
 
 
 def abstract_batch(batch: int, frames: int, text_dim: int) -> dict:
   s = (frames - 1) * FE.hop_length
-  return {"audio": jax.ShapeDtypeStruct((batch, s), jnp.float32),
-          "audio_len": jax.ShapeDtypeStruct((batch,), jnp.int32),
-          "text_embedding": jax.ShapeDtypeStruct((batch, text_dim), jnp.float32)}
+  return {
+    "audio": jax.ShapeDtypeStruct((batch, s), jnp.float32),
+    "audio_len": jax.ShapeDtypeStruct((batch,), jnp.int32),
+    "text_embedding": jax.ShapeDtypeStruct((batch, text_dim), jnp.float32),
+  }
 
 
 def test_sample_masks():
@@ -63,8 +76,8 @@ def test_sample_masks():
   assert vis.shape == (16, 57) and msk.shape == (16, 133)
   for v, m in zip(vis, msk):
     assert np.array_equal(np.sort(np.concatenate([v, m])), np.arange(190))  # disjoint, full
-    assert np.all(np.diff(v) > 0) and np.all(np.diff(m) > 0)                 # sorted
-  assert len({tuple(v) for v in vis}) == 16                                  # per-example
+    assert np.all(np.diff(v) > 0) and np.all(np.diff(m) > 0)  # sorted
+  assert len({tuple(v) for v in vis}) == 16  # per-example
   assert m2d.num_visible(190, 0.7) == int(190 * (1 - 0.7)) == 57
   with pytest.raises(ValueError, match="mask_ratio"):
     m2d.sample_masks(jax.random.key(0), 1, 10, 1.0)
@@ -81,8 +94,7 @@ def test_ema_decay_schedule_and_update():
   onl = {"a": rng.standard_normal((3, 4)), "b": {"c": rng.standard_normal(5)}}
   out = objectives.ema_update(jax.tree.map(jnp.asarray, tgt), jax.tree.map(jnp.asarray, onl), 0.9)
   np.testing.assert_allclose(out["a"], 0.9 * tgt["a"] + 0.1 * onl["a"], rtol=1e-6)
-  np.testing.assert_allclose(out["b"]["c"], 0.9 * tgt["b"]["c"] + 0.1 * onl["b"]["c"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(out["b"]["c"], 0.9 * tgt["b"]["c"] + 0.1 * onl["b"]["c"], rtol=1e-6)
 
 
 def test_clamp_logit_scale():
@@ -96,20 +108,21 @@ def test_init_structure(small):
   assert set(online) == {"encoder", "predictor", "audio_proj", "logit_scale"}  # 768 → identity
   assert float(online["logit_scale"]) == pytest.approx(math.log(1 / 0.07), rel=1e-6)
   assert jax.tree.structure(target) == jax.tree.structure(online["encoder"]["body"])
-  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), target,
-                      online["encoder"]["body"])
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), target, online["encoder"]["body"])
   assert diff["block_0"]["attn"]["qkv"]["kernel"] > 0  # initialised independently
-  assert not online["audio_proj"]["sem_token"].any()    # semantic token init 0
+  assert not online["audio_proj"]["sem_token"].any()  # semantic token init 0
   model_p = m2d.build_model({**TEST_CFG, "text_dim": 48})
-  online_p, _ = jax.eval_shape(lambda r: m2d.init_params(model_p, r, n_frames=208,
-                                                         text_dim=48), jax.random.key(0))
+  online_p, _ = jax.eval_shape(
+    lambda r: m2d.init_params(model_p, r, n_frames=208, text_dim=48), jax.random.key(0)
+  )
   assert nn.unbox(online_p)["text_proj"]["proj"]["kernel"].shape == (48, 768)
 
 
 def test_param_logical_specs(small):
   model, _, _ = small
-  shapes = jax.eval_shape(lambda r: m2d.init_params(model, r, n_frames=208, text_dim=768),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda r: m2d.init_params(model, r, n_frames=208, text_dim=768), jax.random.key(0)
+  )
   online_specs, target_specs = nn.get_partition_spec(shapes)
   assert tuple(online_specs["logit_scale"]) == ()
   assert tuple(target_specs["block_1"]["mlp"]["fc2"]["kernel"]) == ("mlp", "embed")
@@ -119,14 +132,20 @@ def test_param_logical_specs(small):
 def test_stage1_loss_grads_and_clap_at_init(small):
   model, online, target = small
   batch = make_batch(8, 208, 768)
-  grad_fn = jax.jit(jax.value_and_grad(
-      lambda o, t: objectives.stage1_loss(o, t, batch, jax.random.key(2), model=model,
-                                   frontend_cfg=FE, norm_stats=NORM),
-      argnums=(0, 1), has_aux=True))
+  grad_fn = jax.jit(
+    jax.value_and_grad(
+      lambda o, t: objectives.stage1_loss(
+        o, t, batch, jax.random.key(2), model=model, frontend_cfg=FE, norm_stats=NORM
+      ),
+      argnums=(0, 1),
+      has_aux=True,
+    )
+  )
   (loss, metrics), (grads, g_target) = grad_fn(online, target)
   assert set(metrics) >= {"loss", "loss_m2d", "loss_clap", "logit_scale"}
-  np.testing.assert_allclose(float(loss), float(metrics["loss_m2d"])
-                             + 0.01 * float(metrics["loss_clap"]), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(loss), float(metrics["loss_m2d"]) + 0.01 * float(metrics["loss_clap"]), rtol=1e-6
+  )
   assert abs(float(metrics["loss_clap"]) - math.log(8)) < 0.5
   assert 0.0 < float(metrics["loss_m2d"]) < 4.0
   for name, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -154,29 +173,43 @@ def test_predictor_places_mask_tokens_at_masked_positions():
     for j, idx in enumerate(np.asarray(msk[b])):
       h = p["mask_token"][0, 0] + pos[idx]
       h = (h - h.mean()) / np.sqrt(h.var() + 1e-6) * p["norm"]["scale"] + p["norm"]["bias"]
-      np.testing.assert_allclose(out[b, j], h @ p["pred"]["kernel"] + p["pred"]["bias"],
-                                 rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(
+        out[b, j], h @ p["pred"]["kernel"] + p["pred"]["bias"], rtol=1e-4, atol=1e-5
+      )
 
 
 @pytest.mark.parametrize("frames", [208, 608])
 def test_base_shapes(frames):
   model = m2d.build_model({"size": "base", "text_dim": 4096})
-  shapes = jax.eval_shape(lambda r: m2d.init_params(model, r, n_frames=frames, text_dim=4096),
-                          jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda r: m2d.init_params(model, r, n_frames=frames, text_dim=4096), jax.random.key(0)
+  )
   online, target = nn.unbox(shapes)
   batch = abstract_batch(2, frames, 4096)
   n = 5 * (frames // 16)
   v = int(n * 0.3)
   out = jax.eval_shape(
-      lambda o, b: model.apply({"params": o}, frontend.waveform_input(b, FE, NORM),
-                               *m2d.sample_masks(jax.random.key(0), 2, n, 0.7),
-                               b["text_embedding"], method=m2d.M2D.stage1), online, batch)
+    lambda o, b: model.apply(
+      {"params": o},
+      frontend.waveform_input(b, FE, NORM),
+      *m2d.sample_masks(jax.random.key(0), 2, n, 0.7),
+      b["text_embedding"],
+      method=m2d.M2D.stage1,
+    ),
+    online,
+    batch,
+  )
   assert out["pred"].shape == (2, n - v, 768)
   assert out["target_in"].shape == (2, 1 + n - v, 768)
   assert out["audio_emb"].shape == out["text_emb"].shape == (2, 768)
-  loss = jax.eval_shape(lambda o, t, b: objectives.stage1_loss(o, t, b, jax.random.key(0),
-                                                        model=model, frontend_cfg=FE,
-                                                        norm_stats=NORM), online, target, batch)
+  loss = jax.eval_shape(
+    lambda o, t, b: objectives.stage1_loss(
+      o, t, b, jax.random.key(0), model=model, frontend_cfg=FE, norm_stats=NORM
+    ),
+    online,
+    target,
+    batch,
+  )
   assert loss[0].shape == () and loss[1]["loss_clap"].shape == ()
 
 
@@ -200,9 +233,10 @@ def test_clap_embeddings_and_features(small):
   np.testing.assert_allclose(np.linalg.norm(np.asarray(audio), axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(text), axis=-1), 1.0, rtol=1e-5)
 
-  x = frontend.waveform_input(batch, FE, NORM)                        # [3, 80, 208]
-  tokens = np.asarray(jax.jit(lambda o, x: model.apply({"params": o}, x,
-                                                       method=m2d.M2D.encode))(online, x))
+  x = frontend.waveform_input(batch, FE, NORM)  # [3, 80, 208]
+  tokens = np.asarray(
+    jax.jit(lambda o, x: model.apply({"params": o}, x, method=m2d.M2D.encode))(online, x)
+  )
   frame_fn = jax.jit(lambda o, x: features.frame_features(o, x, model=model))
   frames = np.asarray(frame_fn(online, x))
   assert tokens.shape == (3, 5 * 13, 64) and frames.shape == (3, 13, 5 * 64)
@@ -214,16 +248,16 @@ def test_clap_embeddings_and_features(small):
 
 
 def test_long_input_is_chunked(small):
-  model, online, _ = small                                        # input_frames = 208
-  x = jax.random.normal(jax.random.key(4), (2, 80, 500))          # 208 + 208 + 84 (→ 96)
+  model, online, _ = small  # input_frames = 208
+  x = jax.random.normal(jax.random.key(4), (2, 80, 500))  # 208 + 208 + 84 (→ 96)
   encode = jax.jit(lambda o, x: model.apply({"params": o}, x, method=m2d.M2D.encode))
-  frames = np.asarray(jax.jit(lambda o, x: features.frame_features(o, x, model=model))(
-      online, x))
+  frames = np.asarray(jax.jit(lambda o, x: features.frame_features(o, x, model=model))(online, x))
   assert frames.shape == (2, 13 + 13 + 6, 5 * 64)
   first = patches.tokens_to_frames(encode(online, x[..., :208]), 5)
   np.testing.assert_allclose(frames[:, :13], first, rtol=1e-5, atol=1e-5)
-  last = patches.tokens_to_frames(encode(online, jnp.pad(x[..., 416:],
-                                                         ((0, 0), (0, 0), (0, 12)))), 5)
+  last = patches.tokens_to_frames(
+    encode(online, jnp.pad(x[..., 416:], ((0, 0), (0, 0), (0, 12)))), 5
+  )
   np.testing.assert_allclose(frames[:, 26:], last, rtol=1e-5, atol=1e-5)
   emb = jax.jit(lambda o, x: features.clap_audio_embedding(o, x, model=model))(online, x)
   assert emb.shape == (2, 768)

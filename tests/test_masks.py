@@ -25,8 +25,9 @@ def test_drops_whole_rows_and_columns_at_about_the_ratio(grid_f, grid_t):
   frac = masks.dropped_fraction(grid_f, grid_t, n_rows, n_cols)
   assert abs(frac - 0.3) <= 0.1
   batch = 16
-  keep = np.asarray(masks.structured_keep(jax.random.PRNGKey(0), batch, grid_f, grid_t,
-                                          n_rows, n_cols))
+  keep = np.asarray(
+    masks.structured_keep(jax.random.PRNGKey(0), batch, grid_f, grid_t, n_rows, n_cols)
+  )
   assert keep.dtype == np.int32
   assert keep.shape == (batch, (grid_f - n_rows) * (grid_t - n_cols))
   for b in range(batch):
@@ -66,14 +67,16 @@ def test_positions_differ_per_example_and_per_key():
 
 
 def test_jit_matches_eager():
-  fn = jax.jit(functools.partial(masks.structured_keep, batch=4, grid_f=5, grid_t=38, n_rows=1,
-                                 n_cols=5))
+  fn = jax.jit(
+    functools.partial(masks.structured_keep, batch=4, grid_f=5, grid_t=38, n_rows=1, n_cols=5)
+  )
   key = jax.random.PRNGKey(4)
   np.testing.assert_array_equal(fn(key), masks.structured_keep(key, 4, 5, 38, 1, 5))
 
 
-@pytest.mark.parametrize("args,match", [
-    ((5, 62, 1.0), "ratio"), ((5, 62, -0.1), "ratio"), ((0, 62, 0.3), "grid")])
+@pytest.mark.parametrize(
+  "args,match", [((5, 62, 1.0), "ratio"), ((5, 62, -0.1), "ratio"), ((0, 62, 0.3), "grid")]
+)
 def test_counts_reject_bad_input(args, match):
   with pytest.raises(ValueError, match=match):
     masks.structured_counts(*args)
@@ -87,8 +90,9 @@ def test_keep_rejects_dropping_a_whole_axis():
 # --- The official per-batch counts (nttcslab/m2d random_structured_mask) ----------------
 
 
-def _official_counts_numpy(grid_f: int, grid_t: int, ratio: float, u: np.ndarray
-                           ) -> list[tuple[int, int]]:
+def _official_counts_numpy(
+  grid_f: int, grid_t: int, ratio: float, u: np.ndarray
+) -> list[tuple[int, int]]:
   """The official rule, written from its formula, for each uniform draw in `u`."""
   out = []
   for x in u:
@@ -101,8 +105,7 @@ def _official_counts_numpy(grid_f: int, grid_t: int, ratio: float, u: np.ndarray
 @pytest.mark.parametrize("grid_f,grid_t,ratio", [(5, 62, 0.3), (5, 38, 0.5)])
 def test_drawn_counts_follow_the_official_distribution(grid_f, grid_t, ratio):
   variants = masks.official_variants(grid_f, grid_t, ratio)
-  sim = _official_counts_numpy(grid_f, grid_t, ratio,
-                               np.random.default_rng(0).random(200_000))
+  sim = _official_counts_numpy(grid_f, grid_t, ratio, np.random.default_rng(0).random(200_000))
   pairs, sim_counts = np.unique(np.asarray(sim), axis=0, return_counts=True)
   # The same (rows, columns) pairs, none missing and none extra.
   assert [tuple(p) for p in pairs] == [(r, c) for r, c, _ in variants]
@@ -118,15 +121,23 @@ def test_drawn_counts_follow_the_official_distribution(grid_f, grid_t, ratio):
 def test_official_variants_probabilities_closed_form():
   # rows = min(int(a·U), F − 1), a = F·(r + 1/F): P(k) = 1/a for k < floor(a), the rest on
   # floor(a); columns from the official formula.
-  for grid_f, grid_t, ratio in [(5, 62, 0.3), (5, 38, 0.5), (5, 4, 0.3), (8, 100, 0.7),
-                                (5, 62, 0.9)]:
+  for grid_f, grid_t, ratio in [
+    (5, 62, 0.3),
+    (5, 38, 0.5),
+    (5, 4, 0.3),
+    (8, 100, 0.7),
+    (5, 62, 0.9),
+  ]:
     a = grid_f * (ratio + 1.0 / grid_f)
     probs = {}
     for k in range(int(np.floor(a)) + 1):
       p = 1.0 / a if k < np.floor(a) else (a - np.floor(a)) / a
       probs[min(k, grid_f - 1)] = probs.get(min(k, grid_f - 1), 0.0) + p
-    expected = [(r, int(grid_t * max(ratio + 0.5 / grid_t - r / grid_f, 0.0)), p)
-                for r, p in sorted(probs.items()) if p > 0]
+    expected = [
+      (r, int(grid_t * max(ratio + 0.5 / grid_t - r / grid_f, 0.0)), p)
+      for r, p in sorted(probs.items())
+      if p > 0
+    ]
     got = masks.official_variants(grid_f, grid_t, ratio)
     assert [(r, c) for r, c, _ in got] == [(r, c) for r, c, _ in expected]
     np.testing.assert_allclose([p for *_, p in got], [p for *_, p in expected], rtol=1e-12)

@@ -45,8 +45,9 @@ def _brute_retrieval(sims: np.ndarray, caption_clip: np.ndarray) -> dict[str, fl
 def test_retrieval_matches_brute_force(seed):
   rng = np.random.default_rng(seed)
   n_clips = 30
-  caption_clip = np.concatenate([np.arange(n_clips),
-                                 rng.integers(0, n_clips, size=50)])  # 1 to ~6 per clip.
+  caption_clip = np.concatenate(
+    [np.arange(n_clips), rng.integers(0, n_clips, size=50)]
+  )  # 1 to ~6 per clip.
   rng.shuffle(caption_clip)
   # A weak signal so that ranks spread over 1..30; continuous values avoid ties.
   sims = rng.normal(size=(n_clips, caption_clip.size))
@@ -61,8 +62,7 @@ def test_retrieval_matches_brute_force(seed):
 
 def test_retrieval_hand_case_and_several_captions():
   # Clip 0 owns captions 0, 2; clip 1 owns caption 1.
-  sims = np.array([[0.1, 0.9, 0.5],
-                   [0.8, 0.2, 0.3]])
+  sims = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.3]])
   got = metrics.retrieval(sims, np.array([0, 1, 0]))
   # a2t clip 0: order 1, 2, 0 -> own at ranks 2, 3: AP = (1/2 + 2/3) / 2.
   # a2t clip 1: order 0, 2, 1 -> own at rank 3: AP = 1/3.
@@ -95,14 +95,8 @@ def test_retrieval_rejects_bad_input():
 
 
 def test_mean_average_precision_hand_case():
-  scores = np.array([[0.9, 0.1],
-                     [0.8, 0.7],
-                     [0.3, 0.6],
-                     [0.2, 0.2]])
-  targets = np.array([[1, 0],
-                      [0, 1],
-                      [1, 0],
-                      [0, 0]])
+  scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6], [0.2, 0.2]])
+  targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])
   # Class 0: positives at ranks 1 and 3 -> AP = (1/1 + 2/3) / 2 = 5/6.
   # Class 1: one positive, ranked 1st (0.7) -> AP = 1.
   assert metrics.mean_average_precision(scores, targets) == pytest.approx((5 / 6 + 1) / 2)
@@ -115,8 +109,9 @@ def test_mean_average_precision_hand_case():
 
 
 def test_accuracy_and_zero_shot():
-  assert metrics.accuracy(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.4]]),
-                          np.array([1, 0, 0])) == pytest.approx(2 / 3)
+  assert metrics.accuracy(
+    np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.4]]), np.array([1, 0, 0])
+  ) == pytest.approx(2 / 3)
   class_emb = np.eye(3)
   audio = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])
   assert metrics.zero_shot_accuracy(audio, [0, 2], class_emb) == 1.0

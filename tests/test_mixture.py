@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import HashEmbedder, write_wav
+
 from jaxclap.data import build, mixture, pipeline
 from jaxclap.train import config as config_lib
 
@@ -47,10 +47,13 @@ def test_weighted_epoch_counts():
 
 
 def test_format_line():
-  mix = [mixture.Share("audioset:train", 100, 100, 0.78125, 92.0),
-         mixture.Share("clotho:train", 3, 3, 0.21875, 1234.56)]
+  mix = [
+    mixture.Share("audioset:train", 100, 100, 0.78125, 92.0),
+    mixture.Share("clotho:train", 3, 3, 0.21875, 1234.56),
+  ]
   assert mixture.format_shares(mix) == (
-      "mixture: audioset:train 78.1% (92.0 passes), clotho:train 21.9% (1234.6 passes)")
+    "mixture: audioset:train 78.1% (92.0 passes), clotho:train 21.9% (1234.6 passes)"
+  )
 
 
 def test_mixed_source_follows_epoch_counts():
@@ -59,7 +62,8 @@ def test_mixed_source_follows_epoch_counts():
   which = np.array([by_size[k]["source"] for k in range(len(by_size))])
   np.testing.assert_array_equal(np.bincount(which), [50, 7, 20])
   assert {(by_size[k]["source"], by_size[k]["index"]) for k in range(len(by_size))} == {
-      (s, i) for s, n in enumerate((50, 7, 20)) for i in range(n)}  # Each record once.
+    (s, i) for s, n in enumerate((50, 7, 20)) for i in range(n)
+  }  # Each record once.
   weighted = pipeline.MixedSource(sources, [1.0, 1.0, 1.0])
   which = np.array([weighted[k]["source"] for k in range(len(weighted))])
   np.testing.assert_array_equal(np.bincount(which), mixture.epoch_counts([50, 7, 20], [1] * 3))
@@ -109,11 +113,17 @@ def _stand_in_data(root: Path) -> str:
     merge = ()
     if name == "audioset":  # AudioCaps captions join AudioSet clips: no extra records.
       (root / "audiocaps.csv").write_text(
-          "audiocap_id,youtube_id,start_time,caption\n1,00000000001,30,an audiocaps caption\n")
+        "audiocap_id,youtube_id,start_time,caption\n1,00000000001,30,an audiocaps caption\n"
+      )
       merge = (str(root / "audiocaps.csv"),)
-    build.build_dataset(f"captioned_folder/{name}", data_dir, manual_dir=str(folder),
-                        embedding_dtype="float32", embedder=HashEmbedder(),
-                        merge_captions=merge)
+    build.build_dataset(
+      f"captioned_folder/{name}",
+      data_dir,
+      manual_dir=str(folder),
+      embedding_dtype="float32",
+      embedder=HashEmbedder(),
+      merge_captions=merge,
+    )
   return data_dir
 
 
@@ -147,8 +157,10 @@ def test_paper_config_logs_shares_proportional_to_size(tmp_path, capsys):
   assert [g["size"] for g in got] == sizes
   np.testing.assert_allclose([g["share"] for g in got], share, rtol=1e-12)
   np.testing.assert_allclose([g["passes"] for g in got], passes, rtol=1e-12)
-  line = "mixture: " + ", ".join(f"captioned_folder/{n}:train {100 * s:.1f}% ({p:.1f} passes)"
-                                 for n, s, p in zip(STAND_INS, share, passes))
+  line = "mixture: " + ", ".join(
+    f"captioned_folder/{n}:train {100 * s:.1f}% ({p:.1f} passes)"
+    for n, s, p in zip(STAND_INS, share, passes)
+  )
   assert line in capsys.readouterr().out
   on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert on_disk["mixture"] == got

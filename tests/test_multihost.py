@@ -11,7 +11,7 @@ import pytest
 
 from jaxclap.data import iterator_state
 
-_WORKER = textwrap.dedent('''
+_WORKER = textwrap.dedent("""
 import json, sys, os
 pid, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 import jax
@@ -47,7 +47,7 @@ for b in batches:
   state, m = train(state, shd.global_batch(local, mesh))
   losses.append(float(m["loss"]))
 print("RESULT", pid, json.dumps(losses), flush=True)
-''')
+""")
 
 
 def _free_port() -> int:
@@ -57,10 +57,16 @@ def _free_port() -> int:
 
 
 def _run(pid: int, n: int, port: int, devices: int) -> subprocess.Popen:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-c", _WORKER, str(pid), str(n), str(port)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  return subprocess.Popen(
+    [sys.executable, "-c", _WORKER, str(pid), str(n), str(port)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
 
 
 def _losses(proc: subprocess.Popen) -> list[float]:
@@ -83,21 +89,49 @@ def test_two_processes_match_one_process():
 def _main(pid: int | None, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
   """jaxclap.main as process `pid` of 2 (4 devices each), or alone on 8 devices (pid None)."""
   devices = 8 if pid is None else 4
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  layout = [] if pid is None else [
-      "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=2",
-      f"--process_id={pid}"]
-  cmd = [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py:stage1",
-         f"--workdir={workdir}", *layout, f"--config.data.data_dir={data_dir}",
-         "--config.data.build_demo=False", "--config.model.size=test",
-         "--config.model.predictor_width=32", "--config.model.predictor_depth=1",
-         "--config.model.predictor_heads=2", "--config.model.clap_dim=64",
-         "--config.data.crop_frames=64", "--config.train.global_batch=16",
-         "--config.train.num_steps=4", "--config.train.val_every=0",
-         "--config.train.log_every=1", "--config.frontend.norm_stats_crops=32", *extra]
-  return subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(__file__)),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  layout = (
+    []
+    if pid is None
+    else [
+      "--distributed",
+      f"--coordinator_address=localhost:{port}",
+      "--num_processes=2",
+      f"--process_id={pid}",
+    ]
+  )
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxclap.main",
+    "--config=configs/demo.py:stage1",
+    f"--workdir={workdir}",
+    *layout,
+    f"--config.data.data_dir={data_dir}",
+    "--config.data.build_demo=False",
+    "--config.model.size=test",
+    "--config.model.predictor_width=32",
+    "--config.model.predictor_depth=1",
+    "--config.model.predictor_heads=2",
+    "--config.model.clap_dim=64",
+    "--config.data.crop_frames=64",
+    "--config.train.global_batch=16",
+    "--config.train.num_steps=4",
+    "--config.train.val_every=0",
+    "--config.train.log_every=1",
+    "--config.frontend.norm_stats_crops=32",
+    *extra,
+  ]
+  return subprocess.Popen(
+    cmd,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
 
 
 def _data_files(workdir, step):
@@ -109,8 +143,11 @@ def _data_files(workdir, step):
 def test_checkpoints_move_between_two_processes_and_one(demo_data_dir, tmp_path):
   """2 processes save step 2; 1 process resumes to 3; 2 processes resume from that to 4."""
   starts = []
-  for pids, extra in (((0, 1), ["--config.train.stop_after=2"]),
-                      ((None,), ["--config.train.stop_after=3"]), ((0, 1), [])):
+  for pids, extra in (
+    ((0, 1), ["--config.train.stop_after=2"]),
+    ((None,), ["--config.train.stop_after=3"]),
+    ((0, 1), []),
+  ):
     port = _free_port()
     procs = [_main(i, port, tmp_path, demo_data_dir, *extra) for i in pids]
     for p in procs:

@@ -17,7 +17,7 @@ def test_patchify_order_and_inverse():
   for b in range(2):
     for f in range(5):
       for t in (0, 1, 37):
-        expected = x[b, f * 16:(f + 1) * 16, t * 16:(t + 1) * 16].reshape(-1)
+        expected = x[b, f * 16 : (f + 1) * 16, t * 16 : (t + 1) * 16].reshape(-1)
         np.testing.assert_array_equal(out[b, f * 38 + t], expected)
   back = np.asarray(patches.unpatchify(jnp.asarray(out), (5, 38), 16))
   np.testing.assert_array_equal(back, x[:, :, :608])
@@ -31,8 +31,9 @@ def test_patchify_matches_conv_weight_flattening():
   conv = np.zeros((3, 2, 3))
   for f in range(2):
     for t in range(3):
-      conv[:, f, t] = np.tensordot(w[:, 0], x[0, f * 16:(f + 1) * 16, t * 16:(t + 1) * 16],
-                                   axes=([1, 2], [0, 1]))
+      conv[:, f, t] = np.tensordot(
+        w[:, 0], x[0, f * 16 : (f + 1) * 16, t * 16 : (t + 1) * 16], axes=([1, 2], [0, 1])
+      )
   expected = conv.reshape(3, -1).T  # flatten [D, F', T'] → tokens f·T' + t
   dense = np.asarray(patches.patchify(jnp.asarray(x), 16))[0] @ w.reshape(3, -1).T
   np.testing.assert_allclose(dense, expected, rtol=1e-4, atol=1e-4)
@@ -62,8 +63,9 @@ def test_fit_pos_embed_truncates_time_columns():
   expected = table.reshape(5, 38, 16)[:, :13].reshape(-1, 16)
   np.testing.assert_array_equal(short, expected)
   # Truncation equals a table computed for the smaller grid (values depend on (f, t) only).
-  np.testing.assert_allclose(short, patches.sincos_pos_embed(16, (5, 13), cls_token=False),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    short, patches.sincos_pos_embed(16, (5, 13), cls_token=False), atol=1e-6
+  )
   same = np.asarray(patches.fit_pos_embed(table, (5, 38), (5, 38)))
   np.testing.assert_array_equal(same, table)
 
@@ -75,8 +77,9 @@ def test_fit_pos_embed_resizes_longer_grid_bicubically():
   grid = longer.reshape(5, 62, 16)
   # Frequency half is untouched by a time-only resize; time half stays within [-1, 1]-ish
   # and is smooth (first column close to the original first column).
-  np.testing.assert_allclose(grid[:, :, 8:], table.reshape(5, 38, 16)[:, :1, 8:].repeat(62, 1),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    grid[:, :, 8:], table.reshape(5, 38, 16)[:, :1, 8:].repeat(62, 1), atol=1e-5
+  )
   np.testing.assert_allclose(grid[:, 0, :8], table.reshape(5, 38, 16)[:, 0, :8], atol=0.35)
   assert np.abs(grid).max() < 1.3
 
@@ -87,8 +90,9 @@ def test_tokens_to_frames_layout():
   out = np.asarray(patches.tokens_to_frames(jnp.asarray(tokens), 5))
   assert out.shape == (2, 7, 20)
   for t in range(7):
-    np.testing.assert_array_equal(out[:, t], np.concatenate(
-        [tokens[:, f * 7 + t] for f in range(5)], axis=-1))
+    np.testing.assert_array_equal(
+      out[:, t], np.concatenate([tokens[:, f * 7 + t] for f in range(5)], axis=-1)
+    )
 
 
 def test_split_time_chunks_as_official_runtime():
@@ -97,14 +101,16 @@ def test_split_time_chunks_as_official_runtime():
   assert [c.shape[-1] for c in chunks] == [608, 400]  # 393 frames padded by 7 to 400
   assert float(chunks[1][..., 393:].sum()) == 0.0
   assert [c.shape[-1] for c in patches.split_time_chunks(jnp.ones((1, 80, 1216)), 608)] == [
-      608, 608]
+    608,
+    608,
+  ]
 
 
 def _official_chunks(x: np.ndarray, unit: int, p: int) -> list[np.ndarray]:
   """m2d runtime_audio.encode_lms: pad the whole input, then slice whole units."""
   pad = (p - (x.shape[-1] % unit % p)) % p
   x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, pad)])
-  return [x[..., i * unit:(i + 1) * unit] for i in range(-(-(x.shape[-1] - pad) // unit))]
+  return [x[..., i * unit : (i + 1) * unit] for i in range(-(-(x.shape[-1] - pad) // unit))]
 
 
 @pytest.mark.parametrize("unit", [64, 100, 1001])
@@ -137,8 +143,11 @@ def test_encode_chunks_in_one_batch_equals_chunk_by_chunk():
   assert [c.shape for c in batched] == [(3, 6, 5)] * 3  # The last chunk: a whole unit.
   for s, b in zip(single[:2], batched[:2]):
     np.testing.assert_allclose(b, s, rtol=1e-6)
-  np.testing.assert_allclose(batched[2][:, [0, 3]], encode(
-      jnp.pad(x[..., 96:], ((0, 0), (0, 0), (0, 44))))[:, [0, 3]], rtol=1e-6)
+  np.testing.assert_allclose(
+    batched[2][:, [0, 3]],
+    encode(jnp.pad(x[..., 96:], ((0, 0), (0, 0), (0, 44))))[:, [0, 3]],
+    rtol=1e-6,
+  )
 
 
 def test_encode_in_chunks_concatenates_frame_features():
@@ -151,5 +160,5 @@ def test_encode_in_chunks_concatenates_frame_features():
   xp = np.pad(x, ((0, 0), (0, 0), (0, 12)))
   for t in range(7):
     for f in range(2):
-      patch = xp[:, f * 16:(f + 1) * 16, t * 16:(t + 1) * 16].reshape(2, -1)[:, :3] * 2.0
-      np.testing.assert_allclose(out[:, t, f * 3:(f + 1) * 3], patch, rtol=1e-6)
+      patch = xp[:, f * 16 : (f + 1) * 16, t * 16 : (t + 1) * 16].reshape(2, -1)[:, :3] * 2.0
+      np.testing.assert_allclose(out[:, t, f * 3 : (f + 1) * 3], patch, rtol=1e-6)

@@ -27,7 +27,8 @@ def _take(loader_or_iter, n):
 
 def _equal(a, b):
   return len(a) == len(b) and all(
-      x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+    x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+  )
 
 
 def test_batch_layout_and_values(train):
@@ -40,8 +41,9 @@ def test_batch_layout_and_values(train):
     rec = train[int(batch["index"][row])]
     np.testing.assert_array_equal(batch["audio"][row], rec["audio"][:CROP] / 32768.0)
     assert batch["audio_len"][row] == CROP  # Every demo clip is longer than 1 s.
-    np.testing.assert_array_equal(batch["text_embedding"][row],
-                                  rec["caption_embeddings"][0].astype(np.float32))
+    np.testing.assert_array_equal(
+      batch["text_embedding"][row], rec["caption_embeddings"][0].astype(np.float32)
+    )
     assert batch["label"][row] == rec["label"]
 
 
@@ -67,8 +69,9 @@ def test_short_clip_is_padded_with_true_length(train):
     n = train[int(batch["index"][row])]["audio"].shape[0]
     assert batch["audio_len"][row] == n
     assert not batch["audio"][row, n:].any()
-    np.testing.assert_array_equal(batch["audio"][row, :n],
-                                  train[int(batch["index"][row])]["audio"] / 32768.0)
+    np.testing.assert_array_equal(
+      batch["audio"][row, :n], train[int(batch["index"][row])]["audio"] / 32768.0
+    )
 
 
 def test_same_seed_same_batches_different_seed_differs(train):
@@ -95,8 +98,14 @@ def test_epochs_cover_all_records_and_reshuffle(train):
 def test_two_processes_see_disjoint_shards(train, drop_remainder):
   seen = []
   for p in range(2):
-    loader = _loader(train, global_batch=8, num_epochs=1, process_index=p, process_count=2,
-                     drop_remainder=drop_remainder)
+    loader = _loader(
+      train,
+      global_batch=8,
+      num_epochs=1,
+      process_index=p,
+      process_count=2,
+      drop_remainder=drop_remainder,
+    )
     batches = _take(loader, 10**6)
     assert all(b["audio"].shape[0] <= 4 for b in batches)  # 8 / 2 processes.
     seen.append(np.concatenate([b["index"] for b in batches]))
@@ -121,8 +130,8 @@ def test_state_restore_continues_identically(train):
 
 
 def test_state_round_trips_through_grain_checkpoint_handler(train, tmp_path):
-  from etils import epath
   import grain
+  from etils import epath
 
   it = iter(_loader(train, seed=4))
   _take(it, 2)
@@ -202,8 +211,7 @@ class _Records:
 
 def test_labelled_examples_carry_a_label_vector_and_mixup_weight(train):
   """num_classes: crops of the record with its multi-hot target and a Beta(α, α) λ."""
-  unshuffled = dict(shuffle=False, num_epochs=1, global_batch=8, num_classes=13,
-                    where="demo:train")
+  unshuffled = dict(shuffle=False, num_epochs=1, global_batch=8, num_classes=13, where="demo:train")
   batch = _take(_loader(train, mixup=0.5, **unshuffled), 1)[0]
   assert set(batch) == {"audio", "audio_len", "target", "mix_lambda"}
   assert batch["target"].dtype == np.float32 and batch["mix_lambda"].dtype == np.float32
@@ -220,8 +228,9 @@ def test_labelled_examples_carry_a_label_vector_and_mixup_weight(train):
   np.testing.assert_array_equal(plain["audio"], batch["audio"])
   assert _equal(_take(_loader(train, mixup=0.5, **unshuffled), 1), [batch])
   # Labelled sources need no captions.
-  bare = _Records([{"audio": train[i]["audio"], "labels": np.array([0, 2]), "id": b"x"}
-                   for i in range(4)])
+  bare = _Records(
+    [{"audio": train[i]["audio"], "labels": np.array([0, 2]), "id": b"x"} for i in range(4)]
+  )
   out = _take(_loader(bare, global_batch=4, num_classes=3, where="bare"), 1)[0]
   np.testing.assert_array_equal(out["target"], [[1, 0, 1]] * 4)
   with pytest.raises(ValueError, match=r"bare: clip b'x' has labels \[0, 2\], outside \[0, 2\)"):

@@ -11,8 +11,9 @@ CLASSES = 5
 FAST = probe.ProbeConfig(max_epochs=60, patience=10)
 
 
-def _blobs(n_per_class: int, seed: int, *, spread: float = 1.0, dim: int = 16,
-           offset: float = 50.0) -> probe.Split:
+def _blobs(
+  n_per_class: int, seed: int, *, spread: float = 1.0, dim: int = 16, offset: float = 50.0
+) -> probe.Split:
   """Class means on random directions plus noise; a large shared offset and scale per
   feature, so that a probe without standardisation would struggle."""
   rng = np.random.default_rng(seed)
@@ -45,8 +46,9 @@ def test_linear_probe_is_at_chance_on_random_labels():
   x = rng.normal(size=(600, 16)).astype(np.float32)
   y = rng.integers(0, CLASSES, size=600)
   split = lambda a, b: probe.Split(x[a:b], y[a:b])
-  out = probe.linear_probe(split(0, 300), split(300, 400), split(400, 600),
-                           num_classes=CLASSES, config=FAST)
+  out = probe.linear_probe(
+    split(0, 300), split(300, 400), split(400, 600), num_classes=CLASSES, config=FAST
+  )
   assert out["accuracy"] < 0.35  # Chance is 0.2; nothing to learn.
 
 
@@ -61,11 +63,13 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 def test_multilabel_probe_reports_map():
   rng = np.random.default_rng(0)
   y = (rng.random((300, 4)) < 0.3).astype(np.float32)
-  x = np.concatenate([y * 2.0 + 0.5 * rng.normal(size=y.shape),
-                      rng.normal(size=(300, 4))], axis=1).astype(np.float32)
+  x = np.concatenate(
+    [y * 2.0 + 0.5 * rng.normal(size=y.shape), rng.normal(size=(300, 4))], axis=1
+  ).astype(np.float32)
   split = lambda a, b: probe.Split(x[a:b], y[a:b])
-  out = probe.linear_probe(split(0, 200), split(200, 250), split(250, 300), num_classes=4,
-                           multilabel=True, config=FAST)
+  out = probe.linear_probe(
+    split(0, 200), split(200, 250), split(250, 300), num_classes=4, multilabel=True, config=FAST
+  )
   assert set(out) == {"mAP", "val_mAP", "best_epoch", "epochs"}
   assert out["mAP"] > 0.85
 
@@ -92,15 +96,22 @@ def test_sample_shots_draws_k_per_class_by_seed():
 
 
 def test_few_shot_improves_with_shots_and_averages_seeds():
-  train, valid, test = _blobs(30, 0, spread=2.0), _blobs(10, 1, spread=2.0), _blobs(20, 2,
-                                                                                       spread=2.0)
-  out = probe.few_shot(train, valid, test, num_classes=CLASSES, shots=(1, 10), seeds=(0, 1),
-                       config=FAST)
-  assert set(out) == {"1shot_accuracy", "1shot_accuracy_std", "10shot_accuracy",
-                      "10shot_accuracy_std"}
+  train, valid, test = (
+    _blobs(30, 0, spread=2.0),
+    _blobs(10, 1, spread=2.0),
+    _blobs(20, 2, spread=2.0),
+  )
+  out = probe.few_shot(
+    train, valid, test, num_classes=CLASSES, shots=(1, 10), seeds=(0, 1), config=FAST
+  )
+  assert set(out) == {
+    "1shot_accuracy",
+    "1shot_accuracy_std",
+    "10shot_accuracy",
+    "10shot_accuracy_std",
+  }
   assert out["1shot_accuracy"] > 1 / CLASSES
   assert out["10shot_accuracy"] > out["1shot_accuracy"]
   assert out["10shot_accuracy_std"] >= 0.0
   with pytest.raises(ValueError, match="single-label"):
-    probe.few_shot(probe.Split(train.x, np.eye(CLASSES)[train.y]), valid, test,
-                   num_classes=CLASSES)
+    probe.few_shot(probe.Split(train.x, np.eye(CLASSES)[train.y]), valid, test, num_classes=CLASSES)

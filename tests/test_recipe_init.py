@@ -58,9 +58,18 @@ def test_semantic_pooler_is_mae_init():
 
 
 def test_stage1_model_uses_these_heads():
-  model = m2d.build_model({"size": "test", "predictor_width": 32, "predictor_depth": 1,
-                           "predictor_heads": 2, "clap_dim": 64, "text_dim": 96,
-                           "input_frames": 64, "clap_head": "mlp"})
+  model = m2d.build_model(
+    {
+      "size": "test",
+      "predictor_width": 32,
+      "predictor_depth": 1,
+      "predictor_heads": 2,
+      "clap_dim": 64,
+      "text_dim": 96,
+      "input_frames": 64,
+      "clap_head": "mlp",
+    }
+  )
   online, _ = nn.unbox(m2d.init_params(model, jax.random.key(3), n_frames=64, text_dim=96))
   bias = np.asarray(online["text_proj"]["proj"]["bias"])
   assert np.any(bias) and np.abs(bias).max() <= 1 / math.sqrt(96)

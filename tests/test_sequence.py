@@ -2,9 +2,9 @@
 
 import ml_collections
 import pytest
+from conftest import small_config
 
 from configs import demo
-from conftest import small_config
 from jaxclap import sequence
 from jaxclap.train import checkpoint as ckpt
 
@@ -15,12 +15,16 @@ def test_stages_chain_and_write_plots(demo_data_dir, tmp_path, capsys):
   config.data_dir = demo_data_dir
   config.demo_clips = 64
   stage1_1 = demo.stage1_1()
-  stage1_1.finetune.update(dict(batch=8, epochs=1, max_steps=3, warmup_epochs=0.5,
-                                eval_batch=8, log_every=1000))
-  config.stages = ml_collections.ConfigDict({
+  stage1_1.finetune.update(
+    dict(batch=8, epochs=1, max_steps=3, warmup_epochs=0.5, eval_batch=8, log_every=1000)
+  )
+  config.stages = ml_collections.ConfigDict(
+    {
       "stage1": small_config("stage1", demo_data_dir),
       "stage1_1": stage1_1,
-      "stage2": small_config("stage2", demo_data_dir)})
+      "stage2": small_config("stage2", demo_data_dir),
+    }
+  )
   config.stages.stage2.model.structured_mask_counts = "official"  # As the demo runs it.
   config.plots = True
   results = sequence.run_stages(config, str(tmp_path))

@@ -70,13 +70,13 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def sharded_result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
-                        env=env, timeout=600)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT") :])
 
 
 def test_data_parallel_matches_one_device(sharded_result):
@@ -106,6 +106,8 @@ def test_fsdp_divides_per_device_parameter_and_optimizer_bytes(sharded_result):
     ratio = data[key] / fsdp[key]
     assert 7.0 <= ratio <= 8, (key, ratio)
   # ... and 0.2% in ViT-B (stage-1 online + target parameters), where the fall is the factor.
-  ratio = (sharded_result["vit_b_data"]["param_bytes_per_device"]
-           / sharded_result["vit_b_fsdp"]["param_bytes_per_device"])
+  ratio = (
+    sharded_result["vit_b_data"]["param_bytes_per_device"]
+    / sharded_result["vit_b_fsdp"]["param_bytes_per_device"]
+  )
   assert 7.95 <= ratio <= 8, ratio

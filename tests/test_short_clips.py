@@ -34,8 +34,15 @@ def official_log_mel(pcm: np.ndarray, crop_frames: int) -> np.ndarray:
   idx = np.arange(CFG.n_fft)[None, :] + CFG.hop_length * np.arange(n_frames)[:, None]
   window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(CFG.n_fft) / CFG.n_fft)  # Periodic Hann.
   power = np.abs(np.fft.rfft(padded[idx] * window, axis=-1)) ** 2
-  mel_fb = librosa.filters.mel(sr=SR, n_fft=CFG.n_fft, n_mels=CFG.n_mels, fmin=CFG.fmin,
-                               fmax=CFG.fmax, htk=False, norm="slaney").astype(np.float64)
+  mel_fb = librosa.filters.mel(
+    sr=SR,
+    n_fft=CFG.n_fft,
+    n_mels=CFG.n_mels,
+    fmin=CFG.fmin,
+    fmax=CFG.fmax,
+    htk=False,
+    norm="slaney",
+  ).astype(np.float64)
   lms = np.log(mel_fb @ power.T + EPS)
   if lms.shape[1] >= crop_frames:
     return lms[:, :crop_frames]
@@ -50,16 +57,27 @@ def _clip(seconds: float, seed: int) -> np.ndarray:
 
 
 def _record(pcm: np.ndarray) -> dict:
-  return {"audio": pcm, "caption_embeddings": np.zeros((1, 4), np.float32),
-          "captions": [b"a tone"], "label": -1}
+  return {
+    "audio": pcm,
+    "caption_embeddings": np.zeros((1, 4), np.float32),
+    "captions": [b"a tone"],
+    "label": -1,
+  }
 
 
 def _batch(clips, crop_frames, *, min_seconds=MIN_SECONDS, random_crop=False, seed=0):
   loader = pipeline.make_loader(
-      [[_record(c) for c in clips]], global_batch=len(clips),
-      crop_samples=(crop_frames - 1) * CFG.hop_length, seed=seed, shuffle=False,
-      num_epochs=1, process_index=0, process_count=1, random_crop=random_crop,
-      min_samples=int(min_seconds * SR))
+    [[_record(c) for c in clips]],
+    global_batch=len(clips),
+    crop_samples=(crop_frames - 1) * CFG.hop_length,
+    seed=seed,
+    shuffle=False,
+    num_epochs=1,
+    process_index=0,
+    process_count=1,
+    random_crop=random_crop,
+    min_samples=int(min_seconds * SR),
+  )
   return next(iter(loader))
 
 
@@ -84,14 +102,14 @@ def test_short_clips_match_the_official_log_mel(crop_frames):
     crop = (crop_frames - 1) * CFG.hop_length
     inside = pcm.size > crop - CFG.n_fft // 2 and max(pcm.size, SR * MIN_SECONDS) > crop
     edge = 2 if inside else 0
-    err = np.abs(got[row, :, :crop_frames - edge] - want[:, :crop_frames - edge])
+    err = np.abs(got[row, :, : crop_frames - edge] - want[:, : crop_frames - edge])
     assert err.max() <= 5e-3 and err.mean() <= 1e-4, (s, err.max(), err.mean())
     padded_frames = 1 + max(pcm.size, int(SR * MIN_SECONDS)) // CFG.hop_length
     # Past the waveform pad: log-domain 0, exactly as audio_dataset.py pads.
     assert not got[row, :, padded_frames:].any()
     # Frames wholly in the appended zeros are silence, log(eps), not 0 (the old behaviour).
     first_silent = (pcm.size + CFG.n_fft // 2) // CFG.hop_length + 1
-    silent = got[row, :, first_silent:min(padded_frames, crop_frames)]
+    silent = got[row, :, first_silent : min(padded_frames, crop_frames)]
     if pcm.size < SR * MIN_SECONDS and crop_frames > first_silent:
       assert silent.size and np.allclose(silent, np.log(EPS), atol=1e-6)
 
@@ -101,8 +119,8 @@ def test_three_second_clip_in_a_ten_second_crop_has_611_valid_frames():
   batch = _batch([pcm], 1001)
   assert batch["audio_len"][0] == int(SR * MIN_SECONDS) == 97_600
   assert frontend.valid_frames(batch["audio_len"], CFG)[0] == 611
-  np.testing.assert_array_equal(batch["audio"][0, :pcm.size], pcm / 32768.0)
-  assert not batch["audio"][0, pcm.size:].any()
+  np.testing.assert_array_equal(batch["audio"][0, : pcm.size], pcm / 32768.0)
+  assert not batch["audio"][0, pcm.size :].any()
 
 
 def test_min_seconds_zero_keeps_the_log_domain_pad():
@@ -110,7 +128,7 @@ def test_min_seconds_zero_keeps_the_log_domain_pad():
   batch = _batch([pcm], 608, min_seconds=0.0)
   assert batch["audio_len"][0] == pcm.size
   got = _jaxclap_log_mel(batch)[0]
-  assert not got[:, 1 + pcm.size // CFG.hop_length:].any()
+  assert not got[:, 1 + pcm.size // CFG.hop_length :].any()
 
 
 def test_random_crops_of_a_padded_clip_lie_in_the_padded_waveform():
@@ -118,9 +136,15 @@ def test_random_crops_of_a_padded_clip_lie_in_the_padded_waveform():
   padded = np.pad(pcm, (0, int(SR * MIN_SECONDS) - pcm.size))
   crop = 607 * CFG.hop_length
   windows = np.lib.stride_tricks.sliding_window_view(padded, crop)
-  loader = pipeline.make_loader([[_record(pcm)]], global_batch=1, crop_samples=crop, seed=0,
-                                process_index=0, process_count=1,
-                                min_samples=int(SR * MIN_SECONDS))
+  loader = pipeline.make_loader(
+    [[_record(pcm)]],
+    global_batch=1,
+    crop_samples=crop,
+    seed=0,
+    process_index=0,
+    process_count=1,
+    min_samples=int(SR * MIN_SECONDS),
+  )
   starts = set()
   for batch in itertools.islice(iter(loader), 40):
     got = np.round(batch["audio"][0] * 32768).astype(np.int16)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.data import spm as spm_cli, synth
+from jaxclap.data import spm as spm_cli
+from jaxclap.data import synth
 from jaxclap.text import spm, tokenize
 from jaxclap.text import tower as text_tower
 
@@ -28,8 +29,9 @@ def spm_model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
 def test_trains_with_fixed_special_ids_and_round_trips(tmp_path, model_type):
-  path = spm.train_spm(CAPTIONS, vocab_size=120, model_type=model_type,
-                       output_prefix=tmp_path / "sub" / model_type)
+  path = spm.train_spm(
+    CAPTIONS, vocab_size=120, model_type=model_type, output_prefix=tmp_path / "sub" / model_type
+  )
   assert path == tmp_path / "sub" / f"{model_type}.model"
   assert path.is_file() and path.with_suffix(".vocab").is_file()
   sp = spm.load_spm(path)
@@ -45,8 +47,9 @@ def test_trains_with_fixed_special_ids_and_round_trips(tmp_path, model_type):
 
 
 def test_cased_model_keeps_case(tmp_path):
-  path = spm.train_spm(CAPTIONS, vocab_size=150, model_type="unigram", output_prefix=tmp_path / "c",
-                       lowercase=False)
+  path = spm.train_spm(
+    CAPTIONS, vocab_size=150, model_type="unigram", output_prefix=tmp_path / "c", lowercase=False
+  )
   sp = spm.load_spm(path)
   assert sp.decode(sp.encode(CAPTIONS[0])) == CAPTIONS[0]
 
@@ -77,8 +80,16 @@ def test_tokenizer_pads_truncates_and_decodes(spm_model):
 
 
 def test_feeds_scratch_tower(spm_model):
-  cfg = dict(kind="scratch", spm_model=str(spm_model), vocab_size=150, width=32, depth=2, heads=4,
-             max_len=24, pooling="cls")
+  cfg = dict(
+    kind="scratch",
+    spm_model=str(spm_model),
+    vocab_size=150,
+    width=32,
+    depth=2,
+    heads=4,
+    max_len=24,
+    pooling="cls",
+  )
   tower, tok, init_params = text_tower.build_text_tower(cfg, out_dim=48)
   boxed = init_params(jax.random.PRNGKey(0))
   assert isinstance(boxed["encoder"]["token_embed"]["embedding"], nn.Partitioned)
@@ -88,8 +99,13 @@ def test_feeds_scratch_tower(spm_model):
   assert params["encoder"]["token_embed"]["embedding"].shape == (150, 32)
   assert params["proj"]["kernel"].shape == (32, 48)  # 32 != 48, so a projection.
   batch = tok(CAPTIONS[:4])
-  loss_and_grad = jax.jit(jax.value_and_grad(lambda p: jnp.sum(tower.apply(
-      {"params": p}, batch["input_ids"], batch["attention_mask"]) ** 2)))
+  loss_and_grad = jax.jit(
+    jax.value_and_grad(
+      lambda p: jnp.sum(
+        tower.apply({"params": p}, batch["input_ids"], batch["attention_mask"]) ** 2
+      )
+    )
+  )
   loss, grads = loss_and_grad(params)
   assert np.isfinite(loss) and loss > 0
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
@@ -100,14 +116,16 @@ def test_feeds_scratch_tower(spm_model):
   noisy = np.where(batch["attention_mask"] == 1, batch["input_ids"], 7)
   out = apply_mean({"params": params}, batch["input_ids"], batch["attention_mask"])
   assert out.shape == (4, 48) and np.isfinite(out).all()
-  np.testing.assert_allclose(apply_mean({"params": params}, noisy, batch["attention_mask"]), out,
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    apply_mean({"params": params}, noisy, batch["attention_mask"]), out, rtol=1e-6, atol=1e-6
+  )
 
 
 def test_scratch_config_errors(spm_model):
   with pytest.raises(ValueError, match="vocab_size=999"):
-    text_tower.build_text_tower(dict(kind="scratch", spm_model=str(spm_model), vocab_size=999),
-                                out_dim=8)
+    text_tower.build_text_tower(
+      dict(kind="scratch", spm_model=str(spm_model), vocab_size=999), out_dim=8
+    )
   with pytest.raises(ValueError, match="spm_model"):
     text_tower.build_text_tower(dict(kind="scratch"), out_dim=8)
 
@@ -122,9 +140,17 @@ def test_cli_trains_on_a_built_split(hash_demo_data_dir, tmp_path):
   assert expected and all(isinstance(c, str) and c for c in expected)
   prefix = tmp_path / "cli" / "tok"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "-m", "jaxclap.data.spm", "--dataset=jaxclap_demo",
-         f"--data_dir={hash_demo_data_dir}", "--split=train", "--vocab_size=100",
-         "--model_type=bpe", f"--output={prefix}"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "jaxclap.data.spm",
+    "--dataset=jaxclap_demo",
+    f"--data_dir={hash_demo_data_dir}",
+    "--split=train",
+    "--vocab_size=100",
+    "--model_type=bpe",
+    f"--output={prefix}",
+  ]
   run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert run.returncode == 0, run.stderr
   assert f"{len(expected)} captions" in run.stdout

@@ -98,15 +98,18 @@ def test_stage2_restores_from_its_checkpoint_alone(chain, demo_data_dir, tmp_pat
   loop.train_and_evaluate(c, workdir)
   before = restore.restore(workdir)
   captions = ["a dog barks", "rain falls on a tin roof"]
-  want = np.asarray(before.network.text_embed(before.params, {},
-                                              before.network.text_inputs(captions)))
+  want = np.asarray(
+    before.network.text_embed(before.params, {}, before.network.text_inputs(captions))
+  )
   shutil.rmtree(folder)
   after = restore.restore(workdir)
   inputs = after.network.text_inputs(captions)
-  np.testing.assert_array_equal(inputs["input_ids"],
-                                before.network.text_inputs(captions)["input_ids"])
-  np.testing.assert_allclose(np.asarray(after.network.text_embed(after.params, {}, inputs)), want,
-                             rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(
+    inputs["input_ids"], before.network.text_inputs(captions)["input_ids"]
+  )
+  np.testing.assert_allclose(
+    np.asarray(after.network.text_embed(after.params, {}, inputs)), want, rtol=0, atol=1e-6
+  )
   # A checkpoint written before the text assets were saved still reads the folder: gone here.
   step_dir = Path(after.source)
   shutil.rmtree(step_dir / "text")
@@ -114,5 +117,6 @@ def test_stage2_restores_from_its_checkpoint_alone(chain, demo_data_dir, tmp_pat
     restore.restore(workdir)
   shutil.copytree(resolve_text_model(DEFAULT_TEXT_MODEL), folder)
   old = restore.restore(workdir)
-  np.testing.assert_allclose(np.asarray(old.network.text_embed(old.params, {}, inputs)), want,
-                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(old.network.text_embed(old.params, {}, inputs)), want, rtol=0, atol=1e-6
+  )

@@ -11,7 +11,8 @@ import pytest
 from jaxclap.audio import frontend as fe
 from jaxclap.models import build, clap, masks
 from jaxclap.run_meta import RunMeta
-from jaxclap.train import config as config_lib, objectives
+from jaxclap.train import config as config_lib
+from jaxclap.train import objectives
 
 GRID_F, GRID_T = 5, 8  # 80 mel bins × 128 frames, 16×16 patches.
 N_FRAMES = 128
@@ -36,8 +37,13 @@ def _tokenize(texts):
 
 def _stage2(variants) -> objectives.Stage2:
   model = clap.CLAP(text_tower=_TinyText(), size="test", input_frames=N_FRAMES, clap_dim=64)
-  net = build.CLAPNetwork(model=model, frontend_cfg=fe.FrontendConfig(), n_frames=N_FRAMES,
-                          tokenizer=_tokenize, init_text=None)
+  net = build.CLAPNetwork(
+    model=model,
+    frontend_cfg=fe.FrontendConfig(),
+    n_frames=N_FRAMES,
+    tokenizer=_tokenize,
+    init_text=None,
+  )
   return objectives.Stage2(net=net, mask_variants=variants)
 
 
@@ -46,9 +52,11 @@ def setup():
   obj = _stage2(masks.official_variants(GRID_F, GRID_T, 0.3))
   rng = np.random.default_rng(0)
   samples = (N_FRAMES - 1) * 160
-  batch = {"audio": (0.1 * rng.standard_normal((BATCH, samples))).astype(np.float32),
-           "audio_len": np.full(BATCH, samples, np.int32),
-           **_tokenize([f"caption {i}" for i in range(BATCH)])}
+  batch = {
+    "audio": (0.1 * rng.standard_normal((BATCH, samples))).astype(np.float32),
+    "audio_len": np.full(BATCH, samples, np.int32),
+    **_tokenize([f"caption {i}" for i in range(BATCH)]),
+  }
   x = jnp.zeros((1, 80, N_FRAMES))
   ids = _tokenize(["a"])
   init = jax.jit(lambda k: obj.model.init(k, x, ids["input_ids"], ids["attention_mask"]))
@@ -80,12 +88,12 @@ def test_each_branch_keeps_the_drawn_rows_and_columns(setup):
   p = {**params, **frozen}
   x = jax.random.normal(jax.random.PRNGKey(9), (BATCH, 80, N_FRAMES))
   run = jax.jit(obj.masked_audio)
-  reference = jax.jit(lambda keep: obj.model.apply({"params": p}, x, keep,
-                                                   method=clap.CLAP.audio))
+  reference = jax.jit(lambda keep: obj.model.apply({"params": p}, x, keep, method=clap.CLAP.audio))
   # One key per variant: which variant a key draws is the test's own computation.
   keys = jax.random.split(jax.random.PRNGKey(100), 40)
-  drawn = jax.jit(jax.vmap(
-      lambda k: masks.draw_variant(jax.random.split(k)[0], obj.mask_variants)))(keys)
+  drawn = jax.jit(
+    jax.vmap(lambda k: masks.draw_variant(jax.random.split(k)[0], obj.mask_variants))
+  )(keys)
   first_key = {}
   for idx, key in zip(np.asarray(drawn).tolist(), keys):
     first_key.setdefault(idx, key)
@@ -97,8 +105,7 @@ def test_each_branch_keeps_the_drawn_rows_and_columns(setup):
     if (rows, cols) == (1, 1):  # Both axes masked: the embedding of exactly these tokens.
       keep = masks.structured_keep(jax.random.split(key)[1], BATCH, GRID_F, GRID_T, 1, 1)
       assert keep.shape == (BATCH, int(kept))
-      np.testing.assert_allclose(np.asarray(emb), np.asarray(reference(keep)), rtol=1e-5,
-                                 atol=1e-5)
+      np.testing.assert_allclose(np.asarray(emb), np.asarray(reference(keep)), rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_option_keeps_one_count(setup):
@@ -115,8 +122,11 @@ def test_fixed_option_keeps_one_count(setup):
 def test_build_takes_the_counts_knob(counts, monkeypatch):
   from jaxclap.text import tower as text_tower
 
-  monkeypatch.setattr(text_tower, "build_text_tower",
-                      lambda cfg, out_dim, dtype, assets: (_TinyText(out_dim), _tokenize, None))
+  monkeypatch.setattr(
+    text_tower,
+    "build_text_tower",
+    lambda cfg, out_dim, dtype, assets: (_TinyText(out_dim), _tokenize, None),
+  )
   c = config_lib.base_config()
   c.stage = "stage2"
   c.model.size = "test"

@@ -66,7 +66,7 @@ def test_captions_name_the_pitch_of_tones():
   for i in range(300):
     spec = synth.clip_spec(i, seed=0)
     if synth.CLASS_NAMES[spec.label] == "sine tone" and len(spec.sources) == 1:
-      (freq, _), = spec.sources[0].params["partials"]
+      ((freq, _),) = spec.sources[0].params["partials"]
       audio = synth.render(spec)
       spectrum = np.abs(np.fft.rfft(audio))
       peak_hz = np.argmax(spectrum) * synth.SAMPLE_RATE / audio.size

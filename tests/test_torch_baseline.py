@@ -20,16 +20,25 @@ FE = frontend.FrontendConfig()
 NORM = (-7.1, 4.2)
 FRAMES = 64
 # clap_dim != width and text_dim != clap_dim, so both optional projections are exercised.
-CFG = dict(size="test", predictor_width=32, predictor_depth=2, predictor_heads=2,
-           clap_dim=48, text_dim=24, input_frames=FRAMES, mask_ratio=0.7)
+CFG = dict(
+  size="test",
+  predictor_width=32,
+  predictor_depth=2,
+  predictor_heads=2,
+  clap_dim=48,
+  text_dim=24,
+  input_frames=FRAMES,
+  mask_ratio=0.7,
+)
 
 
 @pytest.fixture(scope="module")
 def pair():
   """JAX model + params and a PyTorch baseline holding the same weights, and a batch."""
   model = m2d.build_model(CFG)
-  online, target = nn.unbox(m2d.init_params(model, jax.random.key(0), n_frames=FRAMES,
-                                            text_dim=CFG["text_dim"]))
+  online, target = nn.unbox(
+    m2d.init_params(model, jax.random.key(0), n_frames=FRAMES, text_dim=CFG["text_dim"])
+  )
   # Non-zero tokens and temperature so that every copied tensor affects the loss.
   online["audio_proj"]["sem_token"] = online["audio_proj"]["sem_token"] + 0.1
   online["logit_scale"] = online["logit_scale"] * 0.5
@@ -38,36 +47,44 @@ def pair():
   torch_m2d.load_jax_params(tmodel, online, target)
   rng = np.random.default_rng(0)
   s = (FRAMES - 1) * FE.hop_length
-  batch = {"audio": (0.1 * rng.standard_normal((4, s))).astype(np.float32),
-           "audio_len": np.full((4,), s, np.int32),
-           "text_embedding": rng.standard_normal((4, CFG["text_dim"])).astype(np.float32)}
+  batch = {
+    "audio": (0.1 * rng.standard_normal((4, s))).astype(np.float32),
+    "audio_len": np.full((4,), s, np.int32),
+    "text_embedding": rng.standard_normal((4, CFG["text_dim"])).astype(np.float32),
+  }
   return model, online, target, tmodel, batch
 
 
 def test_torch_loss_matches_jax(pair):
   model, online, target, tmodel, batch = pair
   key = jax.random.key(7)
-  loss, metrics = jax.jit(lambda o, t, b: objectives.stage1_loss(
-      o, t, b, key, model=model, frontend_cfg=FE, norm_stats=NORM, clap_weight=0.5))(
-          online, target, batch)
+  loss, metrics = jax.jit(
+    lambda o, t, b: objectives.stage1_loss(
+      o, t, b, key, model=model, frontend_cfg=FE, norm_stats=NORM, clap_weight=0.5
+    )
+  )(online, target, batch)
   # stage1_loss draws its masks with sample_masks(key, ...): hand PyTorch the same ones.
   n = (80 // 16) * (FRAMES // 16)
   vis, msk = (np.array(i) for i in m2d.sample_masks(key, 4, n, CFG["mask_ratio"]))
   assert vis.shape == (4, 6) and msk.shape == (4, 14)
   with torch.no_grad():
-    tloss, tmetrics = tmodel(torch.from_numpy(batch["audio"]),
-                             torch.from_numpy(batch["text_embedding"]),
-                             torch.from_numpy(vis).long(),
-                             torch.from_numpy(msk).long())
+    tloss, tmetrics = tmodel(
+      torch.from_numpy(batch["audio"]),
+      torch.from_numpy(batch["text_embedding"]),
+      torch.from_numpy(vis).long(),
+      torch.from_numpy(msk).long(),
+    )
   for name in ("loss_m2d", "loss_clap"):
     assert abs(float(tmetrics[name]) - float(metrics[name])) <= 1e-4, name
   assert abs(float(tloss) - float(loss)) <= 1e-4
   # The check is not vacuous: other masks give a different M2D loss.
   with torch.no_grad():
-    other, _ = tmodel(torch.from_numpy(batch["audio"]),
-                      torch.from_numpy(batch["text_embedding"]),
-                      torch.from_numpy(msk[:, :6]).long(),
-                      torch.from_numpy(np.concatenate([vis, msk[:, 6:]], 1)).long())
+    other, _ = tmodel(
+      torch.from_numpy(batch["audio"]),
+      torch.from_numpy(batch["text_embedding"]),
+      torch.from_numpy(msk[:, :6]).long(),
+      torch.from_numpy(np.concatenate([vis, msk[:, 6:]], 1)).long(),
+    )
   assert abs(float(other) - float(loss)) > 1e-3
 
 

@@ -11,15 +11,22 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
 # A few-second model: 64-frame crops, 2-block width-64 encoder, 1-block predictor.
-SMALL = ["--config.model.size=test", "--config.model.predictor_width=32",
-         "--config.model.predictor_depth=1", "--config.model.predictor_heads=2",
-         "--config.model.clap_dim=32", "--config.data.crop_frames=64",
-         "--config.train.global_batch=8", "--config.frontend.norm_stats_crops=64",
-         "--config.data.build_demo=False", "--config.train.val_every=0",
-         "--config.train.log_every=1", "--config.optim.warmup_epochs=1"]
+SMALL = [
+  "--config.model.size=test",
+  "--config.model.predictor_width=32",
+  "--config.model.predictor_depth=1",
+  "--config.model.predictor_heads=2",
+  "--config.model.clap_dim=32",
+  "--config.data.crop_frames=64",
+  "--config.train.global_batch=8",
+  "--config.frontend.norm_stats_crops=64",
+  "--config.data.build_demo=False",
+  "--config.train.val_every=0",
+  "--config.train.log_every=1",
+  "--config.optim.warmup_epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +35,22 @@ def data_dir(demo_data_dir):
 
 
 def _cmd(workdir, data_dir, *extra):
-  return [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py:stage1",
-          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *SMALL, *extra]
+  return [
+    sys.executable,
+    "-m",
+    "jaxclap.main",
+    "--config=configs/demo.py:stage1",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    *SMALL,
+    *extra,
+  ]
 
 
 def _run(workdir, data_dir, *extra, check=True):
-  proc = subprocess.run(_cmd(workdir, data_dir, *extra), cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    _cmd(workdir, data_dir, *extra), cwd=REPO, capture_output=True, text=True, timeout=600
+  )
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
@@ -52,6 +68,7 @@ def _state(workdir, step):
 
 def _assert_trees_equal(a, b):
   import jax
+
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb) > 10
   for x, y in zip(la, lb):
@@ -68,8 +85,9 @@ def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
   ref = tmp_path / "ref"
   _run(ref, data_dir, *steps)
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(_cmd(killed, data_dir, *steps), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(killed, data_dir, *steps), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   in_flight = []
   while time.time() < deadline and proc.poll() is None:
@@ -96,8 +114,9 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, tmp_path):
   steps = ["--config.train.num_steps=400", "--config.train.checkpoint_every=1000"]
   log = tmp_path / "out.txt"
   with open(log, "w") as out:
-    proc = subprocess.Popen(_cmd(tmp_path, data_dir, *steps), cwd=REPO, stdout=out,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      _cmd(tmp_path, data_dir, *steps), cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+    )
     deadline = time.time() + 300
     while time.time() < deadline and "step 6/400" not in log.read_text():
       time.sleep(0.05)
@@ -114,16 +133,23 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_nan_stops_with_clear_error_and_keeps_last_good(data_dir, tmp_path):
-  proc = _run(tmp_path, data_dir, "--config.train.num_steps=12",
-              "--config.train.checkpoint_every=4", "--config.train.inject_nan_at=6",
-              "--config.train.async_checkpoint=False", check=False)
+  proc = _run(
+    tmp_path,
+    data_dir,
+    "--config.train.num_steps=12",
+    "--config.train.checkpoint_every=4",
+    "--config.train.inject_nan_at=6",
+    "--config.train.async_checkpoint=False",
+    check=False,
+  )
   assert proc.returncode == 2
   assert "Non-finite loss or gradient at step 6" in proc.stderr
   assert _steps(tmp_path) == [4]
   state = _state(tmp_path, 4)
   assert int(state["step"]) == 4 and int(state["bad_step"]) == -1
-  assert all(np.isfinite(np.asarray(x)).all() for x in
-             __import__("jax").tree.leaves(state["params"]))
+  assert all(
+    np.isfinite(np.asarray(x)).all() for x in __import__("jax").tree.leaves(state["params"])
+  )
 
 
 def test_unknown_config_key_is_named(data_dir, tmp_path):
@@ -132,13 +158,16 @@ def test_unknown_config_key_is_named(data_dir, tmp_path):
   assert "sizee" in proc.stderr
 
 
-@pytest.mark.parametrize("override,named", [
+@pytest.mark.parametrize(
+  "override,named",
+  [
     ("--config.model.mask_ratio=1.5", "model.mask_ratio"),
     ("--config.model.size=huge", "model.size"),
     ("--config.train.global_batch=1", "train.global_batch"),
     ("--config.data.train=jaxclap_demo", "jaxclap_demo"),
     ("--config.model.text_dim=512", "text_dim"),
-])
+  ],
+)
 def test_bad_config_value_is_named(data_dir, tmp_path, override, named):
   proc = _run(tmp_path, data_dir, override, check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
@@ -149,7 +178,8 @@ def test_bad_config_value_is_named(data_dir, tmp_path, override, named):
 @pytest.mark.slow
 def test_resume_with_changed_model_is_refused(data_dir, tmp_path):
   _run(tmp_path, data_dir, "--config.train.num_steps=2")
-  proc = _run(tmp_path, data_dir, "--config.train.num_steps=2", "--config.model.clap_dim=48",
-              check=False)
+  proc = _run(
+    tmp_path, data_dir, "--config.train.num_steps=2", "--config.model.clap_dim=48", check=False
+  )
   assert proc.returncode == 2
   assert "Refusing to resume" in proc.stderr and "model.clap_dim" in proc.stderr

@@ -24,8 +24,9 @@ def abstract_params(module, *args):
 
 def test_vit_base_parameter_count():
   params = abstract_params(encoder("base"), jnp.zeros((1, 80, 608)))
-  counts = {k: sum(math.prod(p.shape) for p in jax.tree.leaves(v))
-            for k, v in nn.unbox(params).items()}
+  counts = {
+    k: sum(math.prod(p.shape) for p in jax.tree.leaves(v)) for k, v in nn.unbox(params).items()
+  }
   assert sum(counts.values()) == 85_254_144
   assert counts["patch_embed"] == 197_376 and counts["cls_token"] == 768
   block = sum(math.prod(p.shape) for p in jax.tree.leaves(nn.unbox(params)["body"]["block_0"]))
@@ -37,8 +38,11 @@ def test_vit_base_parameter_count():
 def test_base_shapes(frames):
   enc = encoder("base")
   params = abstract_params(enc, jnp.zeros((1, 80, 608)))
-  out = jax.eval_shape(lambda p, x: enc.apply({"params": p}, x), params,
-                       jax.ShapeDtypeStruct((2, 80, frames), jnp.float32))
+  out = jax.eval_shape(
+    lambda p, x: enc.apply({"params": p}, x),
+    params,
+    jax.ShapeDtypeStruct((2, 80, frames), jnp.float32),
+  )
   assert out.shape == (2, 1 + 5 * (frames // 16), 768)
 
 
@@ -82,9 +86,12 @@ def test_unknown_size():
 
 def test_attention_matches_jax_dot_product_attention():
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 3, 8))
-  np.testing.assert_allclose(np.asarray(layers.attention(q, k, v)),
-                             np.asarray(jax.nn.dot_product_attention(q, k, v)),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(layers.attention(q, k, v)),
+    np.asarray(jax.nn.dot_product_attention(q, k, v)),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def _np_ln(x, p, eps):
@@ -102,7 +109,7 @@ def np_block(x: np.ndarray, p: dict, heads: int, eps: float) -> np.ndarray:
   b, n, d = x.shape
   hd = d // heads
   qkv = _np_dense(_np_ln(x, p["norm1"], eps), p["attn"]["qkv"]).reshape(b, n, 3, heads, hd)
-  q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # [b, h, n, hd]
+  q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [b, h, n, hd]
   logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
@@ -118,8 +125,9 @@ def test_block_matches_numpy_reference():
   x = np.asarray(jax.random.normal(jax.random.key(2), (2, 9, 32)))
   params = nn.unbox(block.init(jax.random.key(3), x))["params"]
   rng = np.random.default_rng(4)
-  params = jax.tree.map(lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape),
-                        params)  # non-trivial norms and biases
+  params = jax.tree.map(
+    lambda a: np.asarray(a) + 0.1 * rng.standard_normal(a.shape), params
+  )  # non-trivial norms and biases
   out = np.asarray(block.apply({"params": params}, x))
   ref = np_block(x.astype(np.float64), params, 4, 1e-6)
   np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
@@ -127,7 +135,7 @@ def test_block_matches_numpy_reference():
 
 def test_embed_uses_truncated_positions_for_short_input():
   enc = encoder("test", frames=608)
-  x = jax.random.normal(jax.random.key(5), (1, 80, 64))   # 5 × 4 patches
+  x = jax.random.normal(jax.random.key(5), (1, 80, 64))  # 5 × 4 patches
   params = enc.init(jax.random.key(0), x)
   tokens = enc.apply(params, x, method=vit.ViTEncoder.embed)
   p = nn.unbox(params)["params"]["patch_embed"]
@@ -156,8 +164,9 @@ def test_attention_dropout_draws_as_flax():
   mask = jnp.arange(7)[None].repeat(2, 0) < jnp.array([[7], [4]])
   rng = jax.random.key(5)
   got = layers.attention(q, k, v, mask, dropout_rate=0.3, dropout_rng=rng)
-  want = nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], dropout_rate=0.3,
-                                   dropout_rng=rng, deterministic=False)
+  want = nn.dot_product_attention(
+    q, k, v, mask=mask[:, None, None, :], dropout_rate=0.3, dropout_rng=rng, deterministic=False
+  )
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
   assert not np.allclose(np.asarray(got), np.asarray(layers.attention(q, k, v, mask)))
 
@@ -186,8 +195,9 @@ def test_stored_position_table_starts_as_sincos_and_stays_fixed():
   assert p_stored["pos_embed"].shape == (5 * 4, 32)
   rest = {k: v for k, v in p_stored.items() if k != "pos_embed"}
   assert set(nn.unbox(p_plain)) == set(rest)  # The stored table is the only extra parameter.
-  np.testing.assert_allclose(stored.apply({"params": p_stored}, x),
-                             plain.apply({"params": nn.unbox(rest)}, x), atol=1e-6)
+  np.testing.assert_allclose(
+    stored.apply({"params": p_stored}, x), plain.apply({"params": nn.unbox(rest)}, x), atol=1e-6
+  )
   grads = jax.grad(lambda p: jnp.sum(stored.apply({"params": p}, x) ** 2))(p_stored)
   assert not np.any(np.asarray(grads["pos_embed"]))
   assert not optim.decay_mask({"encoder": p_stored})["encoder"]["pos_embed"]

@@ -28,16 +28,23 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from torch_m2d import Block, SemanticPooler  # noqa: E402  (bench script module)
 
-SIZES = {"test": (64, 2, 2), "tiny": (192, 12, 3), "small": (384, 12, 6),
-         "base": (768, 12, 12), "large": (1024, 24, 16)}  # width, depth, heads
+SIZES = {
+  "test": (64, 2, 2),
+  "tiny": (192, 12, 3),
+  "small": (384, 12, 6),
+  "base": (768, 12, 12),
+  "large": (1024, 24, 16),
+}  # width, depth, heads
 
 
 def sincos_table(dim: int, grid_f: int, grid_t: int) -> np.ndarray:
   """MAE 2-D table [1 + F'·T', dim]: zero cls row; first half time, second half frequency."""
+
   def one_d(d: int, pos: np.ndarray) -> np.ndarray:
     omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
     out = pos.reshape(-1, 1).astype(np.float64) * omega[None]
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
   f_idx, t_idx = np.divmod(np.arange(grid_f * grid_t), grid_t)  # token = f·T' + t
   table = np.concatenate([one_d(dim // 2, t_idx), one_d(dim // 2, f_idx)], axis=1)
   return np.concatenate([np.zeros((1, dim)), table]).astype(np.float32)
@@ -49,8 +56,12 @@ def parse_name(name: str) -> dict:
   fields = params.split("p")
   n_mels, frames = (int(v) for v in fields[0].split("x"))
   ph, pw = (int(v) for v in fields[1].split("x"))
-  return {"size": model.rsplit("_vit_", 1)[1], "n_mels": n_mels, "frames": frames,
-          "patch": ph if ph == pw else (ph, pw)}
+  return {
+    "size": model.rsplit("_vit_", 1)[1],
+    "n_mels": n_mels,
+    "frames": frames,
+    "patch": ph if ph == pw else (ph, pw),
+  }
 
 
 class PatchEmbed(nn.Module):
@@ -82,10 +93,20 @@ class BertText(nn.Module):
 class OfficialM2D(nn.Module):
   """ViT encoder + optional CLAP heads, text encoder, predictor and EMA target."""
 
-  def __init__(self, *, size: str, n_mels: int = 80, frames: int = 608, patch: int = 16,
-               clap_head: str | None = None, text_proj: tuple[int, int] | None = None,
-               bert_config: transformers.BertConfig | None = None, logit_scale: bool = False,
-               predictor: tuple[int, int, int] | None = None, target: bool = False):
+  def __init__(
+    self,
+    *,
+    size: str,
+    n_mels: int = 80,
+    frames: int = 608,
+    patch: int = 16,
+    clap_head: str | None = None,
+    text_proj: tuple[int, int] | None = None,
+    bert_config: transformers.BertConfig | None = None,
+    logit_scale: bool = False,
+    predictor: tuple[int, int, int] | None = None,
+    target: bool = False,
+  ):
     super().__init__()
     width, depth, heads = SIZES[size]
     self.frames, self.patch, self.grid_f = frames, patch, n_mels // patch
@@ -100,8 +121,7 @@ class OfficialM2D(nn.Module):
     if clap_head == "semantic":
       self.audio_proj = SemanticPooler(width, width)
     elif clap_head == "mlp":
-      self.audio_proj = nn.Sequential(nn.Linear(width, width), nn.ReLU(),
-                                      nn.Linear(width, width))
+      self.audio_proj = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
     if text_proj:
       self.text_proj = nn.Linear(*text_proj)
     if bert_config is not None:
@@ -121,8 +141,13 @@ class OfficialM2D(nn.Module):
       self.target_norm = nn.LayerNorm(width, eps=1e-6)
 
   @classmethod
-  def from_file(cls, path: str | Path, *, bert_config: transformers.BertConfig | None = None,
-                predictor_heads: int = 16) -> "OfficialM2D":
+  def from_file(
+    cls,
+    path: str | Path,
+    *,
+    bert_config: transformers.BertConfig | None = None,
+    predictor_heads: int = 16,
+  ) -> OfficialM2D:
     """Builds the network a checkpoint's folder name and keys describe; loads it strictly."""
     path = Path(path)
     spec = parse_name(path.parent.name)
@@ -130,23 +155,37 @@ class OfficialM2D(nn.Module):
       ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = ckpt["model"] if "model" in ckpt else ckpt
     keys = set(state)
-    clap = "semantic" if "audio_proj.sem_token" in keys else \
-        "mlp" if "audio_proj.0.weight" in keys else None
-    text_proj = tuple(state["text_proj.weight"].shape[::-1]) if "text_proj.weight" in keys \
-        else None
+    clap = (
+      "semantic"
+      if "audio_proj.sem_token" in keys
+      else "mlp"
+      if "audio_proj.0.weight" in keys
+      else None
+    )
+    text_proj = tuple(state["text_proj.weight"].shape[::-1]) if "text_proj.weight" in keys else None
     predictor = None
     if "decoder_embed.weight" in keys:
-      depth = 1 + max(int(re.match(r"decoder_blocks\.(\d+)\.", k).group(1))
-                      for k in keys if k.startswith("decoder_blocks."))
+      depth = 1 + max(
+        int(re.match(r"decoder_blocks\.(\d+)\.", k).group(1))
+        for k in keys
+        if k.startswith("decoder_blocks.")
+      )
       predictor = (state["decoder_embed.weight"].shape[0], depth, predictor_heads)
     has_text = any(k.startswith("text_encoder.text_encoder.") for k in keys)
     if has_text and bert_config is None:
       raise ValueError(f"{path} holds a BERT text encoder: pass bert_config")
-    model = cls(size=spec["size"], n_mels=spec["n_mels"], frames=spec["frames"],
-                patch=spec["patch"], clap_head=clap, text_proj=text_proj,
-                bert_config=bert_config if has_text else None,
-                logit_scale="logit_scale" in keys, predictor=predictor,
-                target="target_norm.weight" in keys)
+    model = cls(
+      size=spec["size"],
+      n_mels=spec["n_mels"],
+      frames=spec["frames"],
+      patch=spec["patch"],
+      clap_head=clap,
+      text_proj=text_proj,
+      bert_config=bert_config if has_text else None,
+      logit_scale="logit_scale" in keys,
+      predictor=predictor,
+      target="target_norm.weight" in keys,
+    )
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -156,7 +195,7 @@ class OfficialM2D(nn.Module):
     pos = self.pos_embed[:, 1:]
     if x.shape[1] < pos.shape[1]:
       d = pos.shape[-1]
-      pos = pos.reshape(1, self.grid_f, -1, d)[:, :, :x.shape[1] // self.grid_f].reshape(1, -1, d)
+      pos = pos.reshape(1, self.grid_f, -1, d)[:, :, : x.shape[1] // self.grid_f].reshape(1, -1, d)
     x = x + pos
     cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
@@ -170,16 +209,21 @@ class OfficialM2D(nn.Module):
     n_chunk = -(-t // self.frames)
     pad = (self.patch - t % self.frames % self.patch) % self.patch
     x = F.pad(lms, (0, pad))[:, None]
-    return [self.forward_encoder(x[..., i * self.frames:(i + 1) * self.frames])[:, 1:]
-            for i in range(n_chunk)]
+    return [
+      self.forward_encoder(x[..., i * self.frames : (i + 1) * self.frames])[:, 1:]
+      for i in range(n_chunk)
+    ]
 
   def frame_features(self, lms: torch.Tensor) -> torch.Tensor:
     """[B, T', F'·D]: per time patch, the frequency patches' features side by side."""
     out = []
     for e in self.chunk_tokens(lms):
       b, n, d = e.shape
-      out.append(e.reshape(b, self.grid_f, n // self.grid_f, d).permute(0, 2, 1, 3)
-                 .reshape(b, n // self.grid_f, self.grid_f * d))
+      out.append(
+        e.reshape(b, self.grid_f, n // self.grid_f, d)
+        .permute(0, 2, 1, 3)
+        .reshape(b, n // self.grid_f, self.grid_f * d)
+      )
     return torch.cat(out, dim=1)
 
   def clip_features(self, lms: torch.Tensor) -> torch.Tensor:
@@ -188,24 +232,35 @@ class OfficialM2D(nn.Module):
   def clap_audio(self, lms: torch.Tensor) -> torch.Tensor:
     """CLAP audio embedding (not normalised) from all chunks' patch tokens."""
     tokens = torch.cat(self.chunk_tokens(lms), dim=1)
-    return self.audio_proj(tokens) if self.clap_head == "semantic" \
-        else self.audio_proj(tokens.mean(1))
+    return (
+      self.audio_proj(tokens) if self.clap_head == "semantic" else self.audio_proj(tokens.mean(1))
+    )
 
-  def clap_text(self, ids: torch.Tensor, mask: torch.Tensor,
-                pooling: str = "cls") -> torch.Tensor:
+  def clap_text(self, ids: torch.Tensor, mask: torch.Tensor, pooling: str = "cls") -> torch.Tensor:
     """CLAP text embedding (not normalised): BERT CLS (→ text_proj when present)."""
     t = self.text_encoder(ids, mask, pooling)
     return self.text_proj(t) if hasattr(self, "text_proj") else t
 
 
-def log_mel(wave: torch.Tensor, norm_stats: tuple[float, float], sr: int = 16000
-            ) -> torch.Tensor:
+def log_mel(wave: torch.Tensor, norm_stats: tuple[float, float], sr: int = 16000) -> torch.Tensor:
   """Official 16 kHz front end with torch.stft + librosa's Slaney filters, normalised."""
   n_fft, hop = 400, 160
-  fb = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=80, fmin=50, fmax=8000,
-                                            htk=False, norm="slaney")).float()
-  spec = torch.stft(wave, n_fft, hop, n_fft, torch.hann_window(n_fft), center=True,
-                    pad_mode="reflect", return_complex=True).abs() ** 2
+  fb = torch.from_numpy(
+    librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=80, fmin=50, fmax=8000, htk=False, norm="slaney")
+  ).float()
+  spec = (
+    torch.stft(
+      wave,
+      n_fft,
+      hop,
+      n_fft,
+      torch.hann_window(n_fft),
+      center=True,
+      pad_mode="reflect",
+      return_complex=True,
+    ).abs()
+    ** 2
+  )
   lm = torch.log(fb @ spec + torch.finfo(torch.float32).eps)
   return (lm - norm_stats[0]) / norm_stats[1]
 
@@ -221,11 +276,17 @@ def randomize_(model: OfficialM2D, seed: int, norm_stats: tuple[float, float]) -
       is_norm = p.ndim == 1 and re.search(r"(norm\d?|LayerNorm)\.weight$", name)
       p.copy_(1.0 + 0.1 * noise if is_norm else 0.05 * noise)
     n = model.pos_embed.shape[1] - 1
-    model.pos_embed.copy_(torch.from_numpy(
-        sincos_table(model.pos_embed.shape[-1], model.grid_f, n // model.grid_f))[None])
+    model.pos_embed.copy_(
+      torch.from_numpy(sincos_table(model.pos_embed.shape[-1], model.grid_f, n // model.grid_f))[
+        None
+      ]
+    )
     if hasattr(model, "decoder_pos_embed"):
-      model.decoder_pos_embed.copy_(torch.from_numpy(
-          sincos_table(model.decoder_pos_embed.shape[-1], model.grid_f, n // model.grid_f))[None])
+      model.decoder_pos_embed.copy_(
+        torch.from_numpy(
+          sincos_table(model.decoder_pos_embed.shape[-1], model.grid_f, n // model.grid_f)
+        )[None]
+      )
     model.norm_stats.copy_(torch.tensor(norm_stats))
     if hasattr(model, "logit_scale"):
       model.logit_scale.fill_(3.0)

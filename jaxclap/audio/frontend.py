@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +33,16 @@ class FrontendConfig:
   fmax: float = 8000.0
 
   @classmethod
-  def for_sample_rate(cls, sample_rate: int) -> "FrontendConfig":
+  def for_sample_rate(cls, sample_rate: int) -> FrontendConfig:
     """Official parameters for 16 kHz or 32 kHz input."""
     if sample_rate == 16000:
       return cls()
     if sample_rate == 32000:
-      return cls(sample_rate=32000, n_fft=800, win_length=800, hop_length=320,
-                 fmax=16000.0)
-    raise ValueError(f"FrontendConfig: unsupported sample_rate={sample_rate} "
-                     "(official front ends exist for 16000 and 32000)")
+      return cls(sample_rate=32000, n_fft=800, win_length=800, hop_length=320, fmax=16000.0)
+    raise ValueError(
+      f"FrontendConfig: unsupported sample_rate={sample_rate} "
+      "(official front ends exist for 16000 and 32000)"
+    )
 
   def num_frames(self, num_samples: int) -> int:
     """Frames produced for a clip of `num_samples` samples (centred framing)."""
@@ -51,8 +52,15 @@ class FrontendConfig:
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(cfg: FrontendConfig) -> np.ndarray:
   """Slaney mel filterbank [n_fft // 2 + 1, n_mels] float32 from librosa (host constant)."""
-  fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels,
-                           fmin=cfg.fmin, fmax=cfg.fmax, htk=False, norm="slaney")
+  fb = librosa.filters.mel(
+    sr=cfg.sample_rate,
+    n_fft=cfg.n_fft,
+    n_mels=cfg.n_mels,
+    fmin=cfg.fmin,
+    fmax=cfg.fmax,
+    htk=False,
+    norm="slaney",
+  )
   return np.ascontiguousarray(fb.T.astype(np.float32))
 
 
@@ -63,17 +71,17 @@ def hann_window(cfg: FrontendConfig) -> np.ndarray:
   win = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / cfg.win_length)
   left = (cfg.n_fft - cfg.win_length) // 2
   out = np.zeros(cfg.n_fft, np.float64)
-  out[left:left + cfg.win_length] = win
+  out[left : left + cfg.win_length] = win
   return out.astype(np.float32)
 
 
 def _reflect_pad(wave: jax.Array, lengths: jax.Array, pad: int) -> jax.Array:
   """[B, S] → [B, S + 2·pad]: centred signal with reflect padding at each true length."""
   s = wave.shape[1]
-  pos = jnp.arange(-pad, s + pad)[None, :]                 # [1, S + 2p]
-  n = jnp.maximum(lengths, 1)[:, None]                      # [B, 1]
-  idx = jnp.abs(pos)                                        # reflect at the start
-  idx = jnp.where(idx > n - 1, 2 * (n - 1) - idx, idx)      # reflect at the true end
+  pos = jnp.arange(-pad, s + pad)[None, :]  # [1, S + 2p]
+  n = jnp.maximum(lengths, 1)[:, None]  # [B, 1]
+  idx = jnp.abs(pos)  # reflect at the start
+  idx = jnp.where(idx > n - 1, 2 * (n - 1) - idx, idx)  # reflect at the true end
   idx = jnp.clip(idx, 0, n - 1)  # clips shorter than pad: clamp instead of re-reflecting
   return jnp.take_along_axis(wave, idx.astype(jnp.int32), axis=1)
 
@@ -85,12 +93,13 @@ def _frames(padded: jax.Array, n_frames: int, n_fft: int, hop: int) -> jax.Array
   b, p = padded.shape
   padded = jnp.pad(padded, ((0, 0), (0, max(0, need - p))))[:, :need]
   chunks = padded.reshape(b, n_frames + k - 1, hop)
-  frames = jnp.concatenate([chunks[:, i:i + n_frames] for i in range(k)], axis=-1)
+  frames = jnp.concatenate([chunks[:, i : i + n_frames] for i in range(k)], axis=-1)
   return frames[..., :n_fft]
 
 
-def log_mel(wave: jax.Array, lengths: jax.Array | None = None,
-            cfg: FrontendConfig = FrontendConfig()) -> jax.Array:
+def log_mel(
+  wave: jax.Array, lengths: jax.Array | None = None, cfg: FrontendConfig = FrontendConfig()
+) -> jax.Array:
   """Log-mel spectrogram [B, n_mels, 1 + S // hop] of waveforms [B, S] (jittable)."""
   wave = jnp.asarray(wave, jnp.float32)
   if wave.ndim != 2:
@@ -103,9 +112,8 @@ def log_mel(wave: jax.Array, lengths: jax.Array | None = None,
   padded = _reflect_pad(wave, lengths, cfg.n_fft // 2)
   frames = _frames(padded, n_frames, cfg.n_fft, cfg.hop_length) * hann_window(cfg)
   spec = jnp.fft.rfft(frames, n=cfg.n_fft, axis=-1)
-  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2                   # [B, T, n_fft/2+1]
-  mel = jnp.einsum("btk,km->bmt", power, mel_filterbank(cfg),
-                   precision=jax.lax.Precision.HIGHEST)
+  power = jnp.real(spec) ** 2 + jnp.imag(spec) ** 2  # [B, T, n_fft/2+1]
+  mel = jnp.einsum("btk,km->bmt", power, mel_filterbank(cfg), precision=jax.lax.Precision.HIGHEST)
   logmel = jnp.log(mel + LOG_EPS)
   valid = jnp.arange(n_frames)[None, :] < (1 + lengths // cfg.hop_length)[:, None]
   return jnp.where(valid[:, None, :], logmel, 0.0)
@@ -121,8 +129,9 @@ def normalize(logmel: jax.Array, mean: float, std: float) -> jax.Array:
   return (logmel - mean) / std
 
 
-def waveform_input(batch: Mapping[str, jax.Array], frontend_cfg: FrontendConfig,
-                   norm_stats: Sequence[float]) -> jax.Array:
+def waveform_input(
+  batch: Mapping[str, jax.Array], frontend_cfg: FrontendConfig, norm_stats: Sequence[float]
+) -> jax.Array:
   """Batch audio → normalised log-mel [B, n_mels, frames] (on device)."""
   lm = log_mel(batch["audio"], batch.get("audio_len"), frontend_cfg)
   return normalize(lm, norm_stats[0], norm_stats[1])

@@ -60,8 +60,8 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
       data, sr = _read_librosa(path)
     except Exception as fallback_error:
       raise AudioDecodeError(
-          f"{path}: cannot decode audio (soundfile: {sf_error}; "
-          f"librosa/audioread: {fallback_error!r})"
+        f"{path}: cannot decode audio (soundfile: {sf_error}; "
+        f"librosa/audioread: {fallback_error!r})"
       ) from fallback_error
   return data, sr
 
@@ -116,5 +116,6 @@ def pcm16_to_float(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
   Multiplying by 2**-15 is exact, so this equals dividing by the scale, bit for bit; with
   `out` no intermediate float copy is made (the loader fills batch rows in place).
   """
-  return np.multiply(np.asarray(x, np.int16), np.float32(1.0 / _PCM16_SCALE), out=out,
-                     dtype=np.float32)
+  return np.multiply(
+    np.asarray(x, np.int16), np.float32(1.0 / _PCM16_SCALE), out=out, dtype=np.float32
+  )

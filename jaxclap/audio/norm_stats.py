@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +15,11 @@ from jaxclap.audio import frontend
 LEGACY_NORM_STATS = (-7.1, 4.2)
 
 
-def _batch_sums(audio: jax.Array, audio_len: jax.Array,
-                cfg: frontend.FrontendConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _batch_sums(
+  audio: jax.Array, audio_len: jax.Array, cfg: frontend.FrontendConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-example sum, sum of squares and count of valid log-mel values."""
-  lm = frontend.log_mel(audio, audio_len, cfg)                      # [b, M, T]
+  lm = frontend.log_mel(audio, audio_len, cfg)  # [b, M, T]
   n_valid = jnp.minimum(frontend.valid_frames(audio_len, cfg), lm.shape[-1])
   mask = (jnp.arange(lm.shape[-1])[None, :] < n_valid[:, None])[:, None, :]
   lm = jnp.where(mask, lm, 0.0)
@@ -28,9 +29,11 @@ def _batch_sums(audio: jax.Array, audio_len: jax.Array,
 _batch_sums_jit = jax.jit(_batch_sums, static_argnums=2)
 
 
-def compute_norm_stats(batches: Iterable[Mapping[str, np.ndarray]],
-                       cfg: frontend.FrontendConfig = frontend.FrontendConfig(),
-                       num_crops: int = 5000) -> tuple[float, float]:
+def compute_norm_stats(
+  batches: Iterable[Mapping[str, np.ndarray]],
+  cfg: frontend.FrontendConfig = frontend.FrontendConfig(),
+  num_crops: int = 5000,
+) -> tuple[float, float]:
   """Mean and std of the log-mel over the valid frames of the first `num_crops` crops.
 
   `batches` yields pipeline batches: dicts with 'audio' [b, S] float32 and 'audio_len' [b]
@@ -43,8 +46,11 @@ def compute_norm_stats(batches: Iterable[Mapping[str, np.ndarray]],
       if key not in batch:
         raise KeyError(f"compute_norm_stats: batch {i} has no '{key}' (keys: {sorted(batch)})")
     take = min(num_crops - seen, len(batch["audio"]))
-    s, sq, n = _batch_sums_jit(jnp.asarray(batch["audio"][:take], jnp.float32),
-                               jnp.asarray(batch["audio_len"][:take], jnp.int32), cfg)
+    s, sq, n = _batch_sums_jit(
+      jnp.asarray(batch["audio"][:take], jnp.float32),
+      jnp.asarray(batch["audio_len"][:take], jnp.int32),
+      cfg,
+    )
     total += float(np.sum(np.asarray(s, np.float64)))
     total_sq += float(np.sum(np.asarray(sq, np.float64)))
     count += float(np.sum(np.asarray(n, np.float64)))

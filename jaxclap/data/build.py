@@ -19,8 +19,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import tensorflow_datasets as tfds
 from absl import app, flags
@@ -35,9 +36,9 @@ DEFAULT_DATA_DIR = os.environ.get("JAXCLAP_DATA_DIR", os.path.expanduser("~/jaxc
 DEMO = "jaxclap_demo"
 # Builder per dataset name prefix; the only place a name picks a class.
 BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
-    DEMO: builders.JaxclapDemo,
-    "captioned_folder": folder_builders.CaptionedFolder,
-    "labelled_folder": folder_builders.LabelledFolder,
+  DEMO: builders.JaxclapDemo,
+  "captioned_folder": folder_builders.CaptionedFolder,
+  "labelled_folder": folder_builders.LabelledFolder,
 }
 
 
@@ -49,8 +50,10 @@ def _split_name(dataset: str, manual_dir: str | None) -> tuple[str, str | None]:
   """('captioned_folder/x' or 'jaxclap_demo') -> (builder key, config name or None)."""
   kind, _, config = dataset.partition("/")
   if kind not in BUILDERS:
-    raise ValueError(f"unknown dataset {dataset!r}; expected {DEMO!r}, "
-                     "'captioned_folder/<name>' or 'labelled_folder/<name>'")
+    raise ValueError(
+      f"unknown dataset {dataset!r}; expected {DEMO!r}, "
+      "'captioned_folder/<name>' or 'labelled_folder/<name>'"
+    )
   if kind == DEMO:
     if config:
       raise ValueError(f"{DEMO} has no configs; got {dataset!r}")
@@ -81,44 +84,65 @@ def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
   try:
     builder = tfds.builder(name, data_dir=paths.data_dir(data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise FileNotFoundError(f"dataset {name!r} is not built under {data_dir}; build it with "
-                            f"python -m jaxclap.data.build --dataset={name} --data_dir={data_dir}"
-                            ) from e
+    raise FileNotFoundError(
+      f"dataset {name!r} is not built under {data_dir}; build it with "
+      f"python -m jaxclap.data.build --dataset={name} --data_dir={data_dir}"
+    ) from e
   meta = dict(builder.info.metadata or {})
   return {
-      "name": name,
-      "data_dir": str(builder.data_dir),
-      "splits": {s: int(info.num_examples) for s, info in builder.info.splits.items()},
-      "embedding_dim": int(meta["embedding_dim"]),
-      "embedding_dtype": meta.get("embedding_dtype"),
-      "text_model": meta["text_model"],
-      "sample_rate": int(meta["sample_rate"]),
-      "class_names": list(meta.get("class_names", [])),
-      "build": meta.get("build", {}),
+    "name": name,
+    "data_dir": str(builder.data_dir),
+    "splits": {s: int(info.num_examples) for s, info in builder.info.splits.items()},
+    "embedding_dim": int(meta["embedding_dim"]),
+    "embedding_dtype": meta.get("embedding_dtype"),
+    "text_model": meta["text_model"],
+    "sample_rate": int(meta["sample_rate"]),
+    "class_names": list(meta.get("class_names", [])),
+    "build": meta.get("build", {}),
   }
 
 
-def _check_existing(info: dict[str, Any], text_model: str, num_clips: int | None,
-                    seed: int | None, merged: list[str] | None = None) -> None:
+def _check_existing(
+  info: dict[str, Any],
+  text_model: str,
+  num_clips: int | None,
+  seed: int | None,
+  merged: list[str] | None = None,
+) -> None:
   """Refuses to reuse a build made with another text model, demo size/seed or merge list."""
-  wanted = {"text_model": text_model, "num_clips": num_clips, "seed": seed,
-            "merge_captions": merged}
-  built = {"text_model": info["text_model"],
-           **{k: info["build"].get(k) for k in ("num_clips", "seed")},
-           "merge_captions": info["build"].get("merged_captions", {}).get("files", [])}
+  wanted = {
+    "text_model": text_model,
+    "num_clips": num_clips,
+    "seed": seed,
+    "merge_captions": merged,
+  }
+  built = {
+    "text_model": info["text_model"],
+    **{k: info["build"].get(k) for k in ("num_clips", "seed")},
+    "merge_captions": info["build"].get("merged_captions", {}).get("files", []),
+  }
   for key, value in wanted.items():
     if value is not None and value != built[key]:
       raise ValueError(
-          f"{info['data_dir']} was built with {key}={built[key]!r}, but {key}={value!r} was "
-          "requested; delete that folder or use another data_dir")
+        f"{info['data_dir']} was built with {key}={built[key]!r}, but {key}={value!r} was "
+        "requested; delete that folder or use another data_dir"
+      )
 
 
-def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
-                  text_model: str = DEFAULT_TEXT_MODEL, manual_dir: str | None = None,
-                  skip_bad: bool = False, num_clips: int | None = None, seed: int = 0,
-                  embedding_dtype: str = "float16", backend: str = "auto",
-                  embedder: TextEmbedder | None = None,
-                  merge_captions: Sequence[str] = ()) -> dict[str, Any]:
+def build_dataset(
+  dataset: str,
+  data_dir: str = DEFAULT_DATA_DIR,
+  *,
+  text_model: str = DEFAULT_TEXT_MODEL,
+  manual_dir: str | None = None,
+  skip_bad: bool = False,
+  num_clips: int | None = None,
+  seed: int = 0,
+  embedding_dtype: str = "float16",
+  backend: str = "auto",
+  embedder: TextEmbedder | None = None,
+  merge_captions: Sequence[str] = (),
+) -> dict[str, Any]:
   """Builds `dataset` under `data_dir` (no-op if already built); returns its summary.
 
   `embedder` overrides `text_model` with an already loaded embedder object; `backend` picks
@@ -137,12 +161,17 @@ def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
     if not os.path.isfile(path):
       raise FileNotFoundError(f"merge_captions file {path} is not a file")
   if is_built(name, data_dir):
-    _check_existing(dataset_info(name, data_dir), embedder.name if embedder else text_model,
-                    num_clips if kind == DEMO else None, seed if kind == DEMO else None,
-                    [Path(p).name for p in merge_captions] if merge_captions else None)
+    _check_existing(
+      dataset_info(name, data_dir),
+      embedder.name if embedder else text_model,
+      num_clips if kind == DEMO else None,
+      seed if kind == DEMO else None,
+      [Path(p).name for p in merge_captions] if merge_captions else None,
+    )
   else:
-    kwargs: dict[str, Any] = dict(data_dir=data_dir, skip_bad=skip_bad,
-                                  embedding_dtype=embedding_dtype)
+    kwargs: dict[str, Any] = dict(
+      data_dir=data_dir, skip_bad=skip_bad, embedding_dtype=embedding_dtype
+    )
     if kind == DEMO:
       kwargs.update(num_clips=num_clips or 2000, seed=seed)
     else:
@@ -156,8 +185,13 @@ def build_dataset(dataset: str, data_dir: str = DEFAULT_DATA_DIR, *,
   return dataset_info(name, data_dir)
 
 
-def ensure_demo_dataset(data_dir: str = DEFAULT_DATA_DIR, *, text_model: str = DEFAULT_TEXT_MODEL,
-                        num_clips: int = 2000, seed: int = 0) -> dict[str, Any]:
+def ensure_demo_dataset(
+  data_dir: str = DEFAULT_DATA_DIR,
+  *,
+  text_model: str = DEFAULT_TEXT_MODEL,
+  num_clips: int = 2000,
+  seed: int = 0,
+) -> dict[str, Any]:
   """Builds the demo set unless a complete one exists; returns its `dataset_info`."""
   return build_dataset(DEMO, data_dir, text_model=text_model, num_clips=num_clips, seed=seed)
 
@@ -166,23 +200,25 @@ def format_summary(info: dict[str, Any]) -> str:
   """Human-readable build summary."""
   build = info.get("build", {})
   lines = [
-      f"dataset        {info['name']}  ({info['data_dir']})",
-      f"splits         {json.dumps(info['splits'])}",
-      f"clips          {build.get('clips', sum(info['splits'].values()))}",
-      f"hours          {build.get('hours', float('nan')):.3f}",
-      f"captions       {build.get('captions', '?')}",
-      f"text model     {info['text_model']}  (dim {info['embedding_dim']}, "
-      f"{info['embedding_dtype']})",
-      f"classes        {len(info['class_names'])}",
-      f"skipped files  {build.get('skipped', 0)}",
+    f"dataset        {info['name']}  ({info['data_dir']})",
+    f"splits         {json.dumps(info['splits'])}",
+    f"clips          {build.get('clips', sum(info['splits'].values()))}",
+    f"hours          {build.get('hours', float('nan')):.3f}",
+    f"captions       {build.get('captions', '?')}",
+    f"text model     {info['text_model']}  (dim {info['embedding_dim']}, "
+    f"{info['embedding_dtype']})",
+    f"classes        {len(info['class_names'])}",
+    f"skipped files  {build.get('skipped', 0)}",
   ]
   lines += [f"  skipped: {s}" for s in build.get("skipped_inputs", [])[:20]]
   merged = build.get("merged_captions")
   if merged:
-    lines.append(f"merged         {merged['matched_captions']} captions into {merged['clips']} "
-                 f"clips from {', '.join(merged['files'])}; {merged['unmatched_captions']} "
-                 f"captions of {merged['unmatched_ids']} ids unmatched "
-                 f"(e.g. {merged['unmatched_examples'][:5]})")
+    lines.append(
+      f"merged         {merged['matched_captions']} captions into {merged['clips']} "
+      f"clips from {', '.join(merged['files'])}; {merged['unmatched_captions']} "
+      f"captions of {merged['unmatched_ids']} ids unmatched "
+      f"(e.g. {merged['unmatched_examples'][:5]})"
+    )
   return "\n".join(lines)
 
 
@@ -192,30 +228,48 @@ def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) 
   del argv
   # Any failure: one line and exit code 1.
   with cli.exit_on(Exception, code=1, prefix=f"building {f.dataset!r} failed: ", name_type=True):
-    info = build(f.dataset, f.data_dir, text_model=f.text_model, manual_dir=f.manual_dir,
-                 skip_bad=f.skip_bad, num_clips=f.num_clips, seed=f.seed,
-                 embedding_dtype=f.embedding_dtype, backend=f.backend,
-                 merge_captions=f.merge_captions)
+    info = build(
+      f.dataset,
+      f.data_dir,
+      text_model=f.text_model,
+      manual_dir=f.manual_dir,
+      skip_bad=f.skip_bad,
+      num_clips=f.num_clips,
+      seed=f.seed,
+      embedding_dtype=f.embedding_dtype,
+      backend=f.backend,
+      merge_captions=f.merge_captions,
+    )
   print(format_summary(info))
   return 0
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("dataset", DEMO, "jaxclap_demo, captioned_folder/<name> or "
-                      "labelled_folder/<name>.")
+  flags.DEFINE_string(
+    "dataset", DEMO, "jaxclap_demo, captioned_folder/<name> or labelled_folder/<name>."
+  )
   flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data dir (env JAXCLAP_DATA_DIR).")
   flags.DEFINE_string("manual_dir", None, "Local folder of audio + CSV for folder datasets.")
   flags.DEFINE_string("text_model", DEFAULT_TEXT_MODEL, "Sentence embedder for the captions.")
   flags.DEFINE_bool("skip_bad", False, "Skip (and count) unusable files/rows instead of failing.")
   flags.DEFINE_integer("num_clips", None, "Number of demo clips (default 2000).")
   flags.DEFINE_integer("seed", 0, "Demo generator seed.")
-  flags.DEFINE_enum("embedding_dtype", "float16", ["float16", "float32"],
-                    "Storage dtype of caption embeddings.")
-  flags.DEFINE_list("merge_captions", [], "Caption CSVs (e.g. AudioCaps train.csv) whose "
-                    "captions join the captioned folder's clips of the same YouTube id.")
-  flags.DEFINE_enum("backend", "auto", ["auto", "jax", "st"],
-                    "Sentence-model runtime: jax (BERT family, no PyTorch), st "
-                    "(sentence-transformers), auto (st for models with a recipe, e.g. NV-Embed-v2).")
+  flags.DEFINE_enum(
+    "embedding_dtype", "float16", ["float16", "float32"], "Storage dtype of caption embeddings."
+  )
+  flags.DEFINE_list(
+    "merge_captions",
+    [],
+    "Caption CSVs (e.g. AudioCaps train.csv) whose "
+    "captions join the captioned folder's clips of the same YouTube id.",
+  )
+  flags.DEFINE_enum(
+    "backend",
+    "auto",
+    ["auto", "jax", "st"],
+    "Sentence-model runtime: jax (BERT family, no PyTorch), st "
+    "(sentence-transformers), auto (st for models with a recipe, e.g. NV-Embed-v2).",
+  )
 
 
 if __name__ == "__main__":

@@ -11,21 +11,27 @@ the metadata are written, so a failed or interrupted build never loads as comple
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxclap.audio import io as audio_io
-from jaxclap.data import schema
-from jaxclap.data import synth
+from jaxclap.data import schema, synth
 
 
 class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Common options of jaxclap builders: the text embedder, its storage dtype, skip_bad."""
 
-  def __init__(self, *, embedder: schema.TextEmbedder | None = None,
-               embedding_dtype: str = "float16", skip_bad: bool = False, **kwargs: Any):
+  def __init__(
+    self,
+    *,
+    embedder: schema.TextEmbedder | None = None,
+    embedding_dtype: str = "float16",
+    skip_bad: bool = False,
+    **kwargs: Any,
+  ):
     schema.check_embedding_dtype(embedding_dtype)
     self._embedder = embedder
     self._embedding_dtype = embedding_dtype
@@ -36,9 +42,10 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
   def embedder(self) -> schema.TextEmbedder:
     if self._embedder is None:
       raise ValueError(
-          f"{type(self).__name__} needs a text embedder to build (e.g. "
-          "jaxclap.text.sentence.load_sentence_embedder(text_model)); read built data "
-          "with tfds.data_source(name, data_dir=...)")
+        f"{type(self).__name__} needs a text embedder to build (e.g. "
+        "jaxclap.text.sentence.load_sentence_embedder(text_model)); read built data "
+        "with tfds.data_source(name, data_dir=...)"
+      )
     return self._embedder
 
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
@@ -51,11 +58,12 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(self.__doc__ or "").strip(),
-        features=schema.features_dict(self.embedder.dim, self._embedding_dtype,
-                                        self.extra_features()),
-        metadata=tfds.core.MetadataDict(),
+      builder=self,
+      description=(self.__doc__ or "").strip(),
+      features=schema.features_dict(
+        self.embedder.dim, self._embedding_dtype, self.extra_features()
+      ),
+      metadata=tfds.core.MetadataDict(),
     )
 
   def update_metadata(self) -> None:
@@ -66,13 +74,28 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     self.info.metadata["class_names"] = list(self.class_names())
     self.info.metadata["build"] = self.report.as_dict()
 
-  def record(self, *, clip_id: str, waveform: np.ndarray, captions: list[str],
-             table: dict[str, np.ndarray], label: int, **extra: Any) -> dict[str, Any]:
+  def record(
+    self,
+    *,
+    clip_id: str,
+    waveform: np.ndarray,
+    captions: list[str],
+    table: dict[str, np.ndarray],
+    label: int,
+    **extra: Any,
+  ) -> dict[str, Any]:
     """One example dict from a float waveform and its captions; counts it in the report."""
     pcm = audio_io.float_to_pcm16(waveform)
     self.report.add(pcm.size, len(captions))
-    return dict(audio=pcm, sample_rate=schema.SAMPLE_RATE, id=clip_id, captions=captions,
-                caption_embeddings=schema.stack_embeddings(captions, table), label=label, **extra)
+    return dict(
+      audio=pcm,
+      sample_rate=schema.SAMPLE_RATE,
+      id=clip_id,
+      captions=captions,
+      caption_embeddings=schema.stack_embeddings(captions, table),
+      label=label,
+      **extra,
+    )
 
 
 DEMO_SPLITS = ("train", "validation", "test")
@@ -103,16 +126,26 @@ class JaxclapDemo(CaptionedAudioBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # Nothing to download.
     specs = [synth.clip_spec(i, self._seed) for i in range(self._num_clips)]
-    table = schema.embed_unique((c for s in specs for c in s.captions), self.embedder,
-                                  dtype=self._embedding_dtype)
+    table = schema.embed_unique(
+      (c for s in specs for c in s.captions), self.embedder, dtype=self._embedding_dtype
+    )
     by_split = {name: [s for s in specs if demo_split(s.index) == name] for name in DEMO_SPLITS}
     return {name: self._generate_examples(by_split[name], table) for name in DEMO_SPLITS}
 
-  def _generate_examples(self, specs: list[synth.ClipSpec], table: dict[str, np.ndarray]
-                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(
+    self, specs: list[synth.ClipSpec], table: dict[str, np.ndarray]
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
     for spec in specs:
       waveform = audio_io.check_waveform(synth.render(spec), spec.clip_id)
-      yield spec.clip_id, self.record(clip_id=spec.clip_id, waveform=waveform,
-                                      captions=list(spec.captions), table=table, label=spec.label)
+      yield (
+        spec.clip_id,
+        self.record(
+          clip_id=spec.clip_id,
+          waveform=waveform,
+          captions=list(spec.captions),
+          table=table,
+          label=spec.label,
+        ),
+      )
     self.update_metadata()
     self.info.metadata["build"].update(num_clips=self._num_clips, seed=self._seed)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from jaxclap.data import manifests
 from jaxclap.data.schema import BadInputError
@@ -55,11 +55,15 @@ class MergeReport:
 
   def message(self) -> str:
     """One clear paragraph for the build log."""
-    text = (f"merge_captions {', '.join(self.files)}: {self.matched_captions} captions matched "
-            f"{self.clips} clips ({self.added_captions} new to their clip)")
+    text = (
+      f"merge_captions {', '.join(self.files)}: {self.matched_captions} captions matched "
+      f"{self.clips} clips ({self.added_captions} new to their clip)"
+    )
     if self.unmatched_ids:
-      text += (f"; {self.unmatched_captions} captions of {self.unmatched_ids} YouTube ids match "
-               f"no clip of the main set and were dropped (e.g. {self.unmatched_examples})")
+      text += (
+        f"; {self.unmatched_captions} captions of {self.unmatched_ids} YouTube ids match "
+        f"no clip of the main set and were dropped (e.g. {self.unmatched_examples})"
+      )
     if self.clips_without_id:
       text += f"; {self.clips_without_id} clips of the main set have no YouTube id in their name"
     return text
@@ -97,24 +101,31 @@ def merge(manifest: manifests.Manifest, csv_paths: Sequence[str | os.PathLike]) 
     id_col = next((c for c in ID_COLUMNS if c in header), None)
     file_col = next((c for c in manifests.FILE_COLUMNS if c in header), None)
     if id_col is None and file_col is None:
-      raise BadInputError(f"{csv_path}: no clip id column; expected one of "
-                          f"{ID_COLUMNS + manifests.FILE_COLUMNS}, found {header}")
+      raise BadInputError(
+        f"{csv_path}: no clip id column; expected one of "
+        f"{ID_COLUMNS + manifests.FILE_COLUMNS}, found {header}"
+      )
     caption_cols = [h for h in header if manifests.CAPTION_COLUMN.match(h)]
     if not caption_cols:
-      raise BadInputError(f"{csv_path}: no caption column (caption, captions, text, caption_N); "
-                          f"found {header}")
+      raise BadInputError(
+        f"{csv_path}: no caption column (caption, captions, text, caption_N); found {header}"
+      )
     for line, row in rows:
       where = f"{csv_path} line {line}"
       key = _row_id(row, id_col, file_col)
       if key is None:
-        manifest.bad.append(BadInputError(
+        manifest.bad.append(
+          BadInputError(
             f"{where}: {row.get(id_col or file_col)!r} holds no YouTube id (expected e.g. "
-            "'--aE2O5G5WE', 'Y--aE2O5G5WE_0.000_10.000.wav' or '--aE2O5G5WE_30000')"))
+            "'--aE2O5G5WE', 'Y--aE2O5G5WE_0.000_10.000.wav' or '--aE2O5G5WE_30000')"
+          )
+        )
         continue
       empty = [c for c in caption_cols if not row.get(c)]
       if empty:
-        manifest.bad.append(BadInputError(f"{where} (id {key!r}): empty caption in column "
-                                          f"{empty[0]!r}"))
+        manifest.bad.append(
+          BadInputError(f"{where} (id {key!r}): empty caption in column {empty[0]!r}")
+        )
         continue
       captions = [row[c] for c in caption_cols]
       if key not in by_id:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
 from jaxclap.audio import io as audio_io
-from jaxclap.data import caption_merge
-from jaxclap.data import schema
-from jaxclap.data import manifests
+from jaxclap.data import caption_merge, manifests, schema
 from jaxclap.data.builders import CaptionedAudioBuilder
 
 _DECODE_CHUNK = 32  # Files decoded concurrently; bounds memory held ahead of the writer.
@@ -38,8 +37,13 @@ def _decode(item: manifests.Item) -> np.ndarray | Exception:
 class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
   """Shared generation for builders that read a `manifests.Manifest` from manual_dir."""
 
-  def __init__(self, *, manual_dir: str | os.PathLike | None = None,
-               num_threads: int | None = None, **kwargs: Any):
+  def __init__(
+    self,
+    *,
+    manual_dir: str | os.PathLike | None = None,
+    num_threads: int | None = None,
+    **kwargs: Any,
+  ):
     self._manual_dir_arg = manual_dir
     self._num_threads = num_threads or min(8, os.cpu_count() or 1)
     self._class_names: list[str] = []
@@ -59,28 +63,43 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
     if not manifest.items:
       raise schema.BadInputError(f"{manual_dir}: no usable clips found")
     self._class_names = manifest.class_names
-    table = schema.embed_unique((c for item in manifest.items for c in item.captions),
-                                  self.embedder, dtype=self._embedding_dtype)
-    return {s: self._generate_examples([i for i in manifest.items if i.split == s], table)
-            for s in manifest.splits()}
+    table = schema.embed_unique(
+      (c for item in manifest.items for c in item.captions),
+      self.embedder,
+      dtype=self._embedding_dtype,
+    )
+    return {
+      s: self._generate_examples([i for i in manifest.items if i.split == s], table)
+      for s in manifest.splits()
+    }
 
-  def _generate_examples(self, items: list[manifests.Item], table: dict[str, np.ndarray]
-                         ) -> Iterator[tuple[str, dict[str, Any]]]:
+  def _generate_examples(
+    self, items: list[manifests.Item], table: dict[str, np.ndarray]
+  ) -> Iterator[tuple[str, dict[str, Any]]]:
     written = 0
     with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
       for start in range(0, len(items), _DECODE_CHUNK):
-        chunk = items[start:start + _DECODE_CHUNK]
+        chunk = items[start : start + _DECODE_CHUNK]
         for item, waveform in zip(chunk, pool.map(_decode, chunk)):
           if isinstance(waveform, Exception):
             self.report.bad(waveform)
             continue
           written += 1
-          yield item.clip_id, self.record(
-              clip_id=item.clip_id, waveform=waveform, captions=item.captions, table=table,
-              label=item.label, **self.extra_values(item))
+          yield (
+            item.clip_id,
+            self.record(
+              clip_id=item.clip_id,
+              waveform=waveform,
+              captions=item.captions,
+              table=table,
+              label=item.label,
+              **self.extra_values(item),
+            ),
+          )
     if not written:
       raise schema.BadInputError(
-          f"all {len(items)} clips of a split failed to decode (first: {items[0].where})")
+        f"all {len(items)} clips of a split failed to decode (first: {items[0].where})"
+      )
     self.update_metadata()  # Refreshed after every split; TFDS stores the last call's.
 
   def extra_values(self, item: manifests.Item) -> dict[str, Any]:
@@ -141,11 +160,12 @@ class LabelledFolder(_FolderBuilder, skip_registration=True):
 
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     return {
-        # ESC-50 style cross-validation folds; 0 when the source has none.
-        "fold": tfds.features.Scalar(dtype=np.int32),
-        # All class indices of the clip; raw bytes, as a variable-length int array.
-        "labels": tfds.features.Tensor(shape=(None,), dtype=np.int32,
-                                       encoding=tfds.features.Encoding.BYTES),
+      # ESC-50 style cross-validation folds; 0 when the source has none.
+      "fold": tfds.features.Scalar(dtype=np.int32),
+      # All class indices of the clip; raw bytes, as a variable-length int array.
+      "labels": tfds.features.Tensor(
+        shape=(None,), dtype=np.int32, encoding=tfds.features.Encoding.BYTES
+      ),
     }
 
   def extra_values(self, item: manifests.Item) -> dict[str, Any]:

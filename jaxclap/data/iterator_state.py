@@ -28,8 +28,9 @@ def _decode(state: bytes | str | dict[str, Any]) -> dict[str, Any]:
   return state if isinstance(state, dict) else json.loads(state)
 
 
-def records_consumed(state: bytes | str | dict[str, Any], *, process_index: int,
-                     process_count: int) -> int:
+def records_consumed(
+  state: bytes | str | dict[str, Any], *, process_index: int, process_count: int
+) -> int:
   """Global records read by all processes, from one process's saved state."""
   s = _decode(state)
   seen = s["last_seen_indices"]
@@ -41,24 +42,30 @@ def records_consumed(state: bytes | str | dict[str, Any], *, process_index: int,
     # grain writes last_seen = p + w·c + (next_index - 1)·W·c for worker w.
     offset = last - process_index - w * process_count
     if offset % stride:
-      raise ValueError(f"iterator state {s} does not fit process {process_index} of "
-                       f"{process_count} with {workers} workers")
+      raise ValueError(
+        f"iterator state {s} does not fit process {process_index} of "
+        f"{process_count} with {workers} workers"
+      )
     local += offset // stride + 1
   return local * process_count
 
 
-def state_for(consumed: int, template: bytes | str | dict[str, Any], *, process_index: int,
-              process_count: int) -> dict[str, Any]:
+def state_for(
+  consumed: int, template: bytes | str | dict[str, Any], *, process_index: int, process_count: int
+) -> dict[str, Any]:
   """`template` (a fresh iterator's state in the new layout) advanced to `consumed` records."""
   if consumed % process_count:
-    raise ValueError(f"{consumed} records cannot be split evenly over {process_count} processes "
-                     "(the global batch must be divisible by the process count)")
+    raise ValueError(
+      f"{consumed} records cannot be split evenly over {process_count} processes "
+      "(the global batch must be divisible by the process count)"
+    )
   s = dict(_decode(template))
   workers = max(int(s["worker_count"]), 1)
   n = consumed // process_count  # Elements this process has read.
   stride = workers * process_count
   s["last_seen_indices"] = {
-      str(w): process_index + w * process_count + (-(-(n - w) // workers) - 1) * stride
-      for w in range(workers)}
+    str(w): process_index + w * process_count + (-(-(n - w) // workers) - 1) * stride
+    for w in range(workers)
+  }
   s["last_worker_index"] = (n % workers) - 1 if int(s["worker_count"]) else -1
   return s

@@ -36,9 +36,17 @@ from jaxclap.data.schema import BadInputError
 FILE_COLUMNS = ("file", "file_name", "filename", "fname", "path", "audio", "audio_file")
 CAPTION_COLUMN = re.compile(r"^(caption|captions|text|raw_text)(_?\d+)?$")
 SPLIT_ALIASES = {
-    "train": "train", "training": "train", "development": "train", "dev": "train",
-    "validation": "validation", "valid": "validation", "val": "validation",
-    "test": "test", "testing": "test", "eval": "test", "evaluation": "test",
+  "train": "train",
+  "training": "train",
+  "development": "train",
+  "dev": "train",
+  "validation": "validation",
+  "valid": "validation",
+  "val": "validation",
+  "test": "test",
+  "testing": "test",
+  "eval": "test",
+  "evaluation": "test",
 }
 CAPTION_CSVS = ("captions.csv", "metadata.csv")
 SPLIT_CSVS = ("train.csv", "validation.csv", "test.csv")
@@ -95,7 +103,8 @@ def normalise_split(value: str, where: str) -> str:
     return SPLIT_ALIASES[value.strip().lower()]
   except KeyError:
     raise BadInputError(
-        f"{where}: unknown split {value!r}; use one of {sorted(SPLIT_ALIASES)}") from None
+      f"{where}: unknown split {value!r}; use one of {sorted(SPLIT_ALIASES)}"
+    ) from None
 
 
 def resolve_audio(name: str, roots: list[Path], where: str) -> Path:
@@ -103,14 +112,18 @@ def resolve_audio(name: str, roots: list[Path], where: str) -> Path:
   if not name:
     raise BadInputError(f"{where}: empty file name")
   rel = Path(name)
-  candidates = [rel] if rel.suffix.lower() in AUDIO_EXTENSIONS else [
-      rel, *(rel.with_name(rel.name + ext) for ext in AUDIO_EXTENSIONS)]
+  candidates = (
+    [rel]
+    if rel.suffix.lower() in AUDIO_EXTENSIONS
+    else [rel, *(rel.with_name(rel.name + ext) for ext in AUDIO_EXTENSIONS)]
+  )
   for root in roots:
     for c in candidates:
       if (root / c).is_file():
         return root / c
   raise BadInputError(
-      f"{where}: audio file {name!r} not found (looked in {[str(r) for r in roots]})")
+    f"{where}: audio file {name!r} not found (looked in {[str(r) for r in roots]})"
+  )
 
 
 def _clip_id(path: Path, manual_dir: Path) -> str:
@@ -129,8 +142,9 @@ def _caption_csvs(manual_dir: Path) -> list[tuple[Path, str | None]]:
   if len(found) == 1:
     return [(found[0], None)]
   raise BadInputError(
-      f"{manual_dir}: expected one of {CAPTION_CSVS}, per-split {SPLIT_CSVS}, or exactly one "
-      f"*.csv; found {[p.name for p in found]}")
+    f"{manual_dir}: expected one of {CAPTION_CSVS}, per-split {SPLIT_CSVS}, or exactly one "
+    f"*.csv; found {[p.name for p in found]}"
+  )
 
 
 def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
@@ -145,8 +159,9 @@ def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
     file_col = _pick_column(header, FILE_COLUMNS, csv_path, "file")
     caption_cols = [h for h in header if CAPTION_COLUMN.match(h)]
     if not caption_cols:
-      raise BadInputError(f"{csv_path}: no caption column (caption, captions, text, caption_N); "
-                          f"found {header}")
+      raise BadInputError(
+        f"{csv_path}: no caption column (caption, captions, text, caption_N); found {header}"
+      )
     for line, row in rows:
       where = f"{csv_path} line {line}"
       try:
@@ -157,13 +172,16 @@ def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
         for col in caption_cols:
           if not row.get(col):
             raise BadInputError(
-                f"{where} (file {row.get(file_col)!r}): empty caption in column {col!r}")
+              f"{where} (file {row.get(file_col)!r}): empty caption in column {col!r}"
+            )
           captions.append(row[col])
       except BadInputError as e:
         bad.append(e)
         continue
-      item = merged.setdefault((split, path), Item(
-          where=where, split=split, path=path, captions=[], clip_id=_clip_id(path, manual_dir)))
+      item = merged.setdefault(
+        (split, path),
+        Item(where=where, split=split, path=path, captions=[], clip_id=_clip_id(path, manual_dir)),
+      )
       item.captions.extend(c for c in captions if c not in item.captions)
   return Manifest(items=list(merged.values()), bad=bad)
 
@@ -213,9 +231,13 @@ def _read_vocabulary(csv_dir: Path) -> tuple[Path, list[str], dict[str, int]] | 
   return path, names, lookup
 
 
-def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
-                       file_cols: tuple[str, ...],
-                       label_cols: tuple[str, ...]) -> Manifest:
+def _read_labelled_csv(
+  manual_dir: Path,
+  csv_path: Path,
+  audio_root: Path,
+  file_cols: tuple[str, ...],
+  label_cols: tuple[str, ...],
+) -> Manifest:
   header, rows = read_csv(csv_path)
   file_col = _pick_column(header, file_cols, csv_path, "file")
   label_col = _pick_column(header, label_cols, csv_path, "label")
@@ -226,8 +248,9 @@ def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
       bad.append(BadInputError(f"{csv_path} line {line}: empty label"))
       continue
     try:
-      labelled_rows.append((line, row, split_labels(row[label_col], label_col,
-                                                    f"{csv_path} line {line}")))
+      labelled_rows.append(
+        (line, row, split_labels(row[label_col], label_col, f"{csv_path} line {line}"))
+      )
     except BadInputError as e:
       bad.append(e)
   vocabulary = None if label_col == "category" else _read_vocabulary(csv_path.parent)
@@ -248,8 +271,9 @@ def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
     try:
       unknown = [n for n in labels if n not in index]
       if unknown:
-        raise BadInputError(f"{where}: unknown label {unknown[0]!r} (not a name or mid in "
-                            f"{vocab_path})")
+        raise BadInputError(
+          f"{where}: unknown label {unknown[0]!r} (not a name or mid in {vocab_path})"
+        )
       split = normalise_split(row["split"], where) if row.get("split") else "train"
       path = resolve_audio(row.get(file_col, ""), [audio_root, audio_root / split], where)
       fold = int(row["fold"]) if row.get("fold") else 0
@@ -257,12 +281,21 @@ def _read_labelled_csv(manual_dir: Path, csv_path: Path, audio_root: Path,
       bad.append(e if isinstance(e, BadInputError) else BadInputError(f"{where}: {e}"))
       continue
     ids = list(dict.fromkeys(index[n] for n in labels))
-    items.append(Item(where=where, split=split, path=path,
-                      captions=[readable_class(names[i]) for i in ids],
-                      clip_id=_clip_id(path, manual_dir), label=-1 if multi else ids[0],
-                      fold=fold, labels=ids))
-  return Manifest(items=items, bad=bad, class_names=[readable_class(n) for n in names],
-                  multi_label=multi)
+    items.append(
+      Item(
+        where=where,
+        split=split,
+        path=path,
+        captions=[readable_class(names[i]) for i in ids],
+        clip_id=_clip_id(path, manual_dir),
+        label=-1 if multi else ids[0],
+        fold=fold,
+        labels=ids,
+      )
+    )
+  return Manifest(
+    items=items, bad=bad, class_names=[readable_class(n) for n in names], multi_label=multi
+  )
 
 
 def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
@@ -271,11 +304,21 @@ def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
   if not manual_dir.is_dir():
     raise BadInputError(f"manual_dir {manual_dir} is not a folder")
   if (manual_dir / "meta" / "esc50.csv").is_file():
-    return _read_labelled_csv(manual_dir, manual_dir / "meta" / "esc50.csv", manual_dir / "audio",
-                              ("filename",), ("category",))
+    return _read_labelled_csv(
+      manual_dir,
+      manual_dir / "meta" / "esc50.csv",
+      manual_dir / "audio",
+      ("filename",),
+      ("category",),
+    )
   if (manual_dir / "labels.csv").is_file():
-    return _read_labelled_csv(manual_dir, manual_dir / "labels.csv", manual_dir, FILE_COLUMNS,
-                              LABEL_COLUMNS + LABEL_LIST_COLUMNS)
+    return _read_labelled_csv(
+      manual_dir,
+      manual_dir / "labels.csv",
+      manual_dir,
+      FILE_COLUMNS,
+      LABEL_COLUMNS + LABEL_LIST_COLUMNS,
+    )
   class_dirs = sorted(p for p in manual_dir.iterdir() if p.is_dir())
   if not class_dirs:
     raise BadInputError(f"{manual_dir}: no meta/esc50.csv, labels.csv or class folders")
@@ -283,7 +326,15 @@ def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
   for label, d in enumerate(class_dirs):
     for path in sorted(d.iterdir()):
       if path.suffix.lower() in AUDIO_EXTENSIONS:
-        items.append(Item(where=str(path), split="train", path=path,
-                          captions=[readable_class(d.name)],
-                          clip_id=_clip_id(path, manual_dir), label=label, labels=[label]))
+        items.append(
+          Item(
+            where=str(path),
+            split="train",
+            path=path,
+            captions=[readable_class(d.name)],
+            clip_id=_clip_id(path, manual_dir),
+            label=label,
+            labels=[label],
+          )
+        )
   return Manifest(items=items, bad=[], class_names=[readable_class(d.name) for d in class_dirs])

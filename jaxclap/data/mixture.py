@@ -11,7 +11,8 @@ steps-per-epoch both count epochs with `epoch_counts`, so they always agree.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -35,8 +36,10 @@ def epoch_counts(sizes: Sequence[int], weights: Sequence[float] | None = None) -
   total = float(np.max(lengths / w))
   counts = np.maximum(np.round(total * w), lengths).astype(np.int64)
   if counts.sum() > MAX_EPOCH_RECORDS:
-    raise ValueError(f"weights {list(weights)!r} make a mixture epoch of {counts.sum()} records; "
-                     "give small sources less extreme weights")
+    raise ValueError(
+      f"weights {list(weights)!r} make a mixture epoch of {counts.sum()} records; "
+      "give small sources less extreme weights"
+    )
   return counts
 
 
@@ -61,27 +64,34 @@ class Share:
   passes: float  # Times each of its records is seen over the run, on average.
 
 
-def shares(names: Sequence[str], sizes: Sequence[int], weights: Sequence[float] | None,
-           examples: int) -> list[Share]:
+def shares(
+  names: Sequence[str], sizes: Sequence[int], weights: Sequence[float] | None, examples: int
+) -> list[Share]:
   """Each source's share of the mixture and passes over it in a run of `examples` draws."""
   counts = epoch_counts(sizes, weights)
   fraction = counts / counts.sum()
-  return [Share(source=str(n), size=int(s), per_epoch=int(c), share=float(f),
-                passes=float(examples * f / s))
-          for n, s, c, f in zip(names, sizes, counts, fraction)]
+  return [
+    Share(
+      source=str(n), size=int(s), per_epoch=int(c), share=float(f), passes=float(examples * f / s)
+    )
+    for n, s, c, f in zip(names, sizes, counts, fraction)
+  ]
 
 
 def format_shares(mix: Sequence[Share]) -> str:
   """'mixture: audioset:train 78.1% (92.0 passes), ...' (one line)."""
-  return "mixture: " + ", ".join(f"{m.source} {100 * m.share:.1f}% ({m.passes:.1f} passes)"
-                                 for m in mix)
+  return "mixture: " + ", ".join(
+    f"{m.source} {100 * m.share:.1f}% ({m.passes:.1f} passes)" for m in mix
+  )
 
 
-def log_shares(specs: Sequence[tuple], sizes: Sequence[int], examples: int, *,
-               printer: bool = True) -> list[dict[str, Any]]:
+def log_shares(
+  specs: Sequence[tuple], sizes: Sequence[int], examples: int, *, printer: bool = True
+) -> list[dict[str, Any]]:
   """Logs (and on `printer` prints) the run's mixture; returns it for summary.json."""
-  mix = shares([f"{name}:{split}" for name, split, *_ in specs], sizes, spec_weights(specs),
-               examples)
+  mix = shares(
+    [f"{name}:{split}" for name, split, *_ in specs], sizes, spec_weights(specs), examples
+  )
   line = format_shares(mix)
   logging.info("%s", line)
   if printer:

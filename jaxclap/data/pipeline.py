@@ -21,7 +21,8 @@ iterator's `get_state()`/`set_state()` give exact resume.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import jax
@@ -42,8 +43,9 @@ CAPTION_CHOICES = ("random", "first")
 def open_source(name: str, split: str = "train", data_dir: str | None = None) -> Any:
   """The TFDS random-access source of a built dataset split (no TensorFlow)."""
   data_dir = paths.data_dir(data_dir or DEFAULT_DATA_DIR)
-  return tfds.data_source(name, split=split, data_dir=data_dir,
-                          builder_kwargs={"file_format": "array_record"})
+  return tfds.data_source(
+    name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"}
+  )
 
 
 class MixedSource:
@@ -95,7 +97,7 @@ class MixedSource:
 def crop_clip(audio: np.ndarray, crop_samples: int, start: int = 0) -> tuple[np.ndarray, int]:
   """int16 [crop_samples] of a clip from `start`, zero-padded past its end, and the number
   of its samples that are audio (`audio_len`: the front end pads the rest)."""
-  out = audio[start:start + crop_samples]
+  out = audio[start : start + crop_samples]
   length = out.shape[0]
   if length < crop_samples:
     out = np.concatenate([out, np.zeros(crop_samples - length, np.int16)])
@@ -104,16 +106,18 @@ def crop_clip(audio: np.ndarray, crop_samples: int, start: int = 0) -> tuple[np.
 
 def record_classes(record: dict[str, Any]) -> np.ndarray:
   """Class ids [n] int64 of a labelled record: its `labels`, else its one `label`."""
-  return np.asarray(record["labels"] if "labels" in record else [record["label"]],
-                    np.int64).reshape(-1)
+  return np.asarray(
+    record["labels"] if "labels" in record else [record["label"]], np.int64
+  ).reshape(-1)
 
 
 def label_vector(record: dict[str, Any], num_classes: int, where: str) -> np.ndarray:
   """Label vector [num_classes] float32 of a record: multi-hot of its class ids."""
   labels = record_classes(record)
   if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
-    raise ValueError(f"{where}: clip {record.get('id')!r} has labels {labels.tolist()}, "
-                     f"outside [0, {num_classes})")
+    raise ValueError(
+      f"{where}: clip {record.get('id')!r} has labels {labels.tolist()}, outside [0, {num_classes})"
+    )
   out = np.zeros(num_classes, np.float32)
   out[labels] = 1.0
   return out
@@ -155,13 +159,13 @@ class CropAndPick(grain.transforms.RandomMap):
     pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
     caption = record["captions"][pick]
     return {
-        "caption": caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
-        "audio": out,
-        "audio_len": np.int32(length),
-        "text_embedding": embeddings[pick].astype(np.float32),
-        "label": np.int32(record["label"]),
-        "index": np.int64(element["index"]),
-        "source": np.int32(element["source"]),
+      "caption": caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
+      "audio": out,
+      "audio_len": np.int32(length),
+      "text_embedding": embeddings[pick].astype(np.float32),
+      "label": np.int32(record["label"]),
+      "index": np.int64(element["index"]),
+      "source": np.int32(element["source"]),
     }
 
 
@@ -178,11 +182,15 @@ class CropAndLabel(grain.transforms.RandomMap):
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     record = element["record"]
     audio = np.asarray(record["audio"], np.int16)
-    out, length = crop_clip(audio, self.crop_samples,
-                            _random_start(rng, audio.shape[0], self.crop_samples))
-    return {"audio": out, "audio_len": np.int32(length),
-            "target": label_vector(record, self.num_classes, self.where),
-            "mix_lambda": mixup_lambda(rng, self.mixup)}
+    out, length = crop_clip(
+      audio, self.crop_samples, _random_start(rng, audio.shape[0], self.crop_samples)
+    )
+    return {
+      "audio": out,
+      "audio_len": np.int32(length),
+      "target": label_vector(record, self.num_classes, self.where),
+      "mix_lambda": mixup_lambda(rng, self.mixup),
+    }
 
 
 def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -203,7 +211,7 @@ class BatchIterator:
     self._batch_size = batch_size
     self._drop_remainder = drop_remainder
 
-  def __iter__(self) -> "BatchIterator":
+  def __iter__(self) -> BatchIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -231,8 +239,9 @@ class BatchIterator:
 class Loader:
   """Iterable over batches; each `iter()` starts from the beginning (or a set state)."""
 
-  def __init__(self, data_loader: grain.DataLoader, batch_size: int, drop_remainder: bool,
-               source: MixedSource):
+  def __init__(
+    self, data_loader: grain.DataLoader, batch_size: int, drop_remainder: bool, source: MixedSource
+  ):
     self.data_loader = data_loader
     self.batch_size = batch_size
     self.drop_remainder = drop_remainder
@@ -257,13 +266,26 @@ def _process_layout(process_index: int | None, process_count: int | None) -> tup
   return process_index, process_count
 
 
-def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = None, *,
-                global_batch: int, crop_samples: int, seed: int, shuffle: bool = True,
-                num_epochs: int | None = None, num_workers: int = 0,
-                process_index: int | None = None, process_count: int | None = None,
-                drop_remainder: bool = True, random_crop: bool = True,
-                caption: str = "random", min_samples: int = 0, num_classes: int = 0,
-                mixup: float = 0.0, where: str = "") -> Loader:
+def make_loader(
+  sources: Any | Sequence[Any],
+  weights: Sequence[float] | None = None,
+  *,
+  global_batch: int,
+  crop_samples: int,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  num_workers: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  drop_remainder: bool = True,
+  random_crop: bool = True,
+  caption: str = "random",
+  min_samples: int = 0,
+  num_classes: int = 0,
+  mixup: float = 0.0,
+  where: str = "",
+) -> Loader:
   """A loader of this process's batches (global_batch / process_count examples each).
 
   `sources`: one or more random-access sources (e.g. `open_source(name, split)`).
@@ -290,24 +312,35 @@ def make_loader(sources: Any | Sequence[Any], weights: Sequence[float] | None = 
   else:
     dims = {int(np.asarray(s[0]["caption_embeddings"]).shape[-1]) for s in sources if len(s)}
     if len(dims) > 1:
-      raise ValueError(f"sources have different caption embedding dims {sorted(dims)}; "
-                       "build them with the same text_model")
+      raise ValueError(
+        f"sources have different caption embedding dims {sorted(dims)}; "
+        "build them with the same text_model"
+      )
     example = CropAndPick(crop_samples, random_crop, caption, min_samples)
   mixed = MixedSource(sources, weights)
-  shard = grain.sharding.ShardOptions(shard_index=index, shard_count=count,
-                                      drop_remainder=drop_remainder)
+  shard = grain.sharding.ShardOptions(
+    shard_index=index, shard_count=count, drop_remainder=drop_remainder
+  )
   # Endless (training) streams shuffle globally and give process p elements p, p + count,
   # ...: the same records and crops reach each global step whatever the process count, so a
   # run can resume on another topology (iterator_state.py). Finite (evaluation) passes
   # shard the records so that every process gets the same number of batches.
   sampler = grain.samplers.IndexSampler(
-      num_records=len(mixed), shuffle=shuffle, num_epochs=num_epochs, seed=seed,
-      shard_options=grain.sharding.NoSharding() if num_epochs is None else shard)
+    num_records=len(mixed),
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    seed=seed,
+    shard_options=grain.sharding.NoSharding() if num_epochs is None else shard,
+  )
   batch = global_batch // count
   if num_workers > 0:
     _ensure_flags_parsed()
   data_loader = grain.DataLoader(
-      data_source=mixed, sampler=sampler,
-      operations=[example],
-      worker_count=num_workers, worker_buffer_size=max(2, batch), shard_options=shard)
+    data_source=mixed,
+    sampler=sampler,
+    operations=[example],
+    worker_count=num_workers,
+    worker_buffer_size=max(2, batch),
+    shard_options=shard,
+  )
   return Loader(data_loader, batch, drop_remainder, mixed)

@@ -7,7 +7,8 @@ model), and an integer label (-1 when the source has none).
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -39,29 +40,38 @@ def check_embedding_dtype(dtype: str) -> np.dtype:
   return np.dtype(dtype)
 
 
-def features_dict(embedding_dim: int, embedding_dtype: str, extra: dict | None = None
-                  ) -> tfds.features.FeaturesDict:
+def features_dict(
+  embedding_dim: int, embedding_dtype: str, extra: dict | None = None
+) -> tfds.features.FeaturesDict:
   """The feature spec of a jaxclap record (plus builder-specific `extra` features)."""
   spec = {
-      # Raw bytes: the default encoding writes int16 samples as a proto int64 list,
-      # several times slower to build and read.
-      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16,
-                                    encoding=tfds.features.Encoding.BYTES),
-      "sample_rate": tfds.features.Scalar(dtype=np.int32),
-      "id": tfds.features.Text(),
-      "captions": tfds.features.Sequence(tfds.features.Text()),
-      "caption_embeddings": tfds.features.Tensor(
-          shape=(None, embedding_dim), dtype=check_embedding_dtype(embedding_dtype),
-          encoding=tfds.features.Encoding.BYTES),
-      "label": tfds.features.Scalar(dtype=np.int64),
+    # Raw bytes: the default encoding writes int16 samples as a proto int64 list,
+    # several times slower to build and read.
+    "audio": tfds.features.Tensor(
+      shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES
+    ),
+    "sample_rate": tfds.features.Scalar(dtype=np.int32),
+    "id": tfds.features.Text(),
+    "captions": tfds.features.Sequence(tfds.features.Text()),
+    "caption_embeddings": tfds.features.Tensor(
+      shape=(None, embedding_dim),
+      dtype=check_embedding_dtype(embedding_dtype),
+      encoding=tfds.features.Encoding.BYTES,
+    ),
+    "label": tfds.features.Scalar(dtype=np.int64),
   }
   spec.update(extra or {})
   return tfds.features.FeaturesDict(spec)
 
 
-def embed_unique(captions: Iterable[str], embedder: TextEmbedder, *, dtype: str,
-                 batch_size: int = 256, desc: str = "Embedding captions"
-                 ) -> dict[str, np.ndarray]:
+def embed_unique(
+  captions: Iterable[str],
+  embedder: TextEmbedder,
+  *,
+  dtype: str,
+  batch_size: int = 256,
+  desc: str = "Embedding captions",
+) -> dict[str, np.ndarray]:
   """Embeds each distinct caption once; returns caption -> [dim] vector of `dtype`."""
   np_dtype = check_embedding_dtype(dtype)
   dim = int(embedder.dim)
@@ -69,15 +79,17 @@ def embed_unique(captions: Iterable[str], embedder: TextEmbedder, *, dtype: str,
   table: dict[str, np.ndarray] = {}
   with tqdm.tqdm(total=len(unique), desc=desc, unit="caption") as bar:
     for start in range(0, len(unique), batch_size):
-      chunk = unique[start:start + batch_size]
+      chunk = unique[start : start + batch_size]
       out = np.asarray(embedder.embed(chunk))
       if out.shape != (len(chunk), dim):
         raise BadInputError(
-            f"text embedder {embedder.name!r} returned shape {out.shape} for {len(chunk)} "
-            f"captions; expected ({len(chunk)}, {dim}) from its declared dim={dim}")
+          f"text embedder {embedder.name!r} returned shape {out.shape} for {len(chunk)} "
+          f"captions; expected ({len(chunk)}, {dim}) from its declared dim={dim}"
+        )
       if not np.isfinite(out).all():
-        raise BadInputError(f"text embedder {embedder.name!r} returned NaN/inf for a caption "
-                            f"among {chunk[:3]!r}...")
+        raise BadInputError(
+          f"text embedder {embedder.name!r} returned NaN/inf for a caption among {chunk[:3]!r}..."
+        )
       table.update(zip(chunk, out.astype(np_dtype)))
       bar.update(len(chunk))
   return table
@@ -91,10 +103,10 @@ def stack_embeddings(captions: Sequence[str], table: dict[str, np.ndarray]) -> n
 def base_metadata(embedder: TextEmbedder, embedding_dtype: str) -> dict:
   """Metadata every builder records next to its splits."""
   return {
-      "text_model": str(embedder.name),
-      "embedding_dim": int(embedder.dim),
-      "embedding_dtype": embedding_dtype,
-      "sample_rate": SAMPLE_RATE,
+    "text_model": str(embedder.name),
+    "embedding_dim": int(embedder.dim),
+    "embedding_dtype": embedding_dtype,
+    "sample_rate": SAMPLE_RATE,
   }
 
 
@@ -121,9 +133,9 @@ class BuildReport:
 
   def as_dict(self) -> dict:
     return {
-        "clips": self.clips,
-        "hours": self.samples / SAMPLE_RATE / 3600.0,
-        "captions": self.captions,
-        "skipped": len(self.skipped),
-        "skipped_inputs": self.skipped,
+      "clips": self.clips,
+      "hours": self.samples / SAMPLE_RATE / 3600.0,
+      "captions": self.captions,
+      "skipped": len(self.skipped),
+      "skipped_inputs": self.skipped,
     }

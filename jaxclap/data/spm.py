@@ -10,7 +10,7 @@ writes ``PATH_PREFIX.model`` and ``PATH_PREFIX.vocab`` (special ids and normalis
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 
@@ -28,24 +28,39 @@ def dataset_captions(dataset: str, split: str = "train", data_dir: str | None = 
     if type(e).__name__ != "DatasetNotFoundError":
       raise
     raise FileNotFoundError(
-        f"dataset {dataset!r} is not built under data_dir={data_dir!r}; build it with "
-        f"`python -m jaxclap.data.build --dataset={dataset} --data_dir=...`") from None
-  return [c.decode() if isinstance(c, bytes) else str(c)
-          for i in range(len(source)) for c in source[i]["captions"]]
+      f"dataset {dataset!r} is not built under data_dir={data_dir!r}; build it with "
+      f"`python -m jaxclap.data.build --dataset={dataset} --data_dir=...`"
+    ) from None
+  return [
+    c.decode() if isinstance(c, bytes) else str(c)
+    for i in range(len(source))
+    for c in source[i]["captions"]
+  ]
 
 
 def main(argv: Sequence[str]) -> int:
   """CLI body; returns the exit code (a failure exits with 1 after one line on stderr)."""
   del argv
   f = flags.FLAGS
-  with cli.exit_on(Exception, code=1, name_type=True,  # One line, exit 1, as the build CLI.
-                   prefix=f"training SentencePiece on {f.dataset!r}/{f.split} failed: "):
+  with cli.exit_on(
+    Exception,
+    code=1,
+    name_type=True,  # One line, exit 1, as the build CLI.
+    prefix=f"training SentencePiece on {f.dataset!r}/{f.split} failed: ",
+  ):
     captions = dataset_captions(f.dataset, f.split, f.data_dir)
-    path = train_spm(captions, vocab_size=f.vocab_size, model_type=f.model_type,
-                     output_prefix=f.output, lowercase=f.lowercase,
-                     byte_fallback=f.byte_fallback)
-  print(f"wrote {path} and {path.with_suffix('.vocab')} ({f.vocab_size} pieces, "
-        f"{len(captions)} captions)")
+    path = train_spm(
+      captions,
+      vocab_size=f.vocab_size,
+      model_type=f.model_type,
+      output_prefix=f.output,
+      lowercase=f.lowercase,
+      byte_fallback=f.byte_fallback,
+    )
+  print(
+    f"wrote {path} and {path.with_suffix('.vocab')} ({f.vocab_size} pieces, "
+    f"{len(captions)} captions)"
+  )
   return 0
 
 

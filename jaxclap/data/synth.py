@@ -24,26 +24,26 @@ MIX_PROBABILITY = 0.2
 MIX_GAIN_DB = -10.0  # The second source sits under the labelled one.
 
 CLASS_NAMES: tuple[str, ...] = (
-    "sine tone",
-    "musical chord",
-    "plucked string",
-    "organ",
-    "bell",
-    "white noise",
-    "pink noise",
-    "brown noise",
-    "rising chirp",
-    "falling chirp",
-    "rhythmic clicks",
-    "tremolo tone",
-    "vibrato tone",
+  "sine tone",
+  "musical chord",
+  "plucked string",
+  "organ",
+  "bell",
+  "white noise",
+  "pink noise",
+  "brown noise",
+  "rising chirp",
+  "falling chirp",
+  "rhythmic clicks",
+  "tremolo tone",
+  "vibrato tone",
 )
 
 # Loudness name -> (RMS in dBFS, adjectives used in captions).
 LOUDNESS: dict[str, tuple[float, tuple[str, ...]]] = {
-    "quiet": (-32.0, ("quiet", "soft", "faint")),
-    "moderate": (-22.0, ("moderately loud", "medium-volume", "clear")),
-    "loud": (-13.0, ("loud", "strong", "powerful")),
+  "quiet": (-32.0, ("quiet", "soft", "faint")),
+  "moderate": (-22.0, ("moderately loud", "medium-volume", "clear")),
+  "loud": (-13.0, ("loud", "strong", "powerful")),
 }
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _CHORDS = {"major": (0, 4, 7), "minor": (0, 3, 7), "dominant seventh": (0, 4, 7, 10)}
@@ -102,7 +102,7 @@ def note_name(midi: int) -> str:
 
 def _harmonics(f0: float, count: int, rolloff: float) -> list[tuple[float, float]]:
   """(frequency, amplitude) of the first `count` harmonics below 7.5 kHz."""
-  return [(f0 * k, k ** -rolloff) for k in range(1, count + 1) if f0 * k < 7500.0]
+  return [(f0 * k, k**-rolloff) for k in range(1, count + 1) if f0 * k < 7500.0]
 
 
 def _draw_source(kind: str, rng: np.random.Generator) -> Source:
@@ -111,38 +111,79 @@ def _draw_source(kind: str, rng: np.random.Generator) -> Source:
   note, hz = note_name(midi), midi_to_hz(midi)
   tonal = dict(am_rate=0.0, am_depth=0.0, fm_rate=0.0, fm_depth=0.0)
   if kind == "sine tone":
-    return Source(kind, dict(tonal, partials=[(hz, 1.0)], envelope="sustain"), (
-        f"a sine tone at {note}", f"a pure tone playing the note {note}",
-        f"a steady {hz:.0f} Hz sine wave"))
+    return Source(
+      kind,
+      dict(tonal, partials=[(hz, 1.0)], envelope="sustain"),
+      (
+        f"a sine tone at {note}",
+        f"a pure tone playing the note {note}",
+        f"a steady {hz:.0f} Hz sine wave",
+      ),
+    )
   if kind == "musical chord":
     quality = str(rng.choice(list(_CHORDS)))
     partials = [p for step in _CHORDS[quality] for p in _harmonics(midi_to_hz(midi + step), 3, 1.5)]
     root = _NOTE_NAMES[midi % 12]
-    return Source(kind, dict(tonal, partials=partials, envelope="sustain"), (
-        f"a {root} {quality} chord", f"a sustained {quality} chord rooted on {note}",
-        f"several notes forming a {root} {quality} chord"))
+    return Source(
+      kind,
+      dict(tonal, partials=partials, envelope="sustain"),
+      (
+        f"a {root} {quality} chord",
+        f"a sustained {quality} chord rooted on {note}",
+        f"several notes forming a {root} {quality} chord",
+      ),
+    )
   if kind == "plucked string":
-    return Source(kind, dict(tonal, partials=_harmonics(hz, 8, 1.0), envelope="pluck",
-                             decay=float(rng.uniform(2.0, 6.0)),
-                             repeat=float(rng.uniform(0.5, 1.0))), (
-        f"a plucked string playing {note}", f"repeated guitar-like plucks on the note {note}",
-        f"a string instrument picked at {note}"))
+    return Source(
+      kind,
+      dict(
+        tonal,
+        partials=_harmonics(hz, 8, 1.0),
+        envelope="pluck",
+        decay=float(rng.uniform(2.0, 6.0)),
+        repeat=float(rng.uniform(0.5, 1.0)),
+      ),
+      (
+        f"a plucked string playing {note}",
+        f"repeated guitar-like plucks on the note {note}",
+        f"a string instrument picked at {note}",
+      ),
+    )
   if kind == "organ":
-    return Source(kind, dict(tonal, partials=_harmonics(hz, 6, 0.7), envelope="sustain"), (
-        f"an organ holding the note {note}", f"a sustained organ tone at {note}",
-        f"a reedy organ note at {note}"))
+    return Source(
+      kind,
+      dict(tonal, partials=_harmonics(hz, 6, 0.7), envelope="sustain"),
+      (
+        f"an organ holding the note {note}",
+        f"a sustained organ tone at {note}",
+        f"a reedy organ note at {note}",
+      ),
+    )
   if kind == "bell":
     partials = [(hz * r, 1.0 / (1 + i)) for i, r in enumerate(_BELL_RATIOS) if hz * r < 7500.0]
-    return Source(kind, dict(tonal, partials=partials, envelope="pluck",
-                             decay=float(rng.uniform(0.8, 2.0)), repeat=0.0), (
-        f"a bell struck at {note}", f"a ringing bell with pitch {note}",
-        f"a metallic bell chime around {hz:.0f} Hz"))
+    return Source(
+      kind,
+      dict(
+        tonal, partials=partials, envelope="pluck", decay=float(rng.uniform(0.8, 2.0)), repeat=0.0
+      ),
+      (
+        f"a bell struck at {note}",
+        f"a ringing bell with pitch {note}",
+        f"a metallic bell chime around {hz:.0f} Hz",
+      ),
+    )
   if kind in ("white noise", "pink noise", "brown noise"):
     colour = kind.split()[0]
-    alt = {"white": "hiss", "pink": "rushing noise like a waterfall",
-           "brown": "deep rumbling noise"}
-    return Source(kind, dict(exponent={"white": 0.0, "pink": 0.5, "brown": 1.0}[colour]), (
-        f"{colour} noise", f"a steady {alt[colour]}", f"broadband {colour} noise"))
+    alt = {
+      "white": "hiss",
+      "pink": "rushing noise like a waterfall",
+      "brown": "deep rumbling noise",
+    }
+    return Source(
+      kind,
+      dict(exponent={"white": 0.0, "pink": 0.5, "brown": 1.0}[colour]),
+      (f"{colour} noise", f"a steady {alt[colour]}", f"broadband {colour} noise"),
+    )
   if kind in ("rising chirp", "falling chirp"):
     low, high = sorted(float(x) for x in rng.uniform(150.0, 4000.0, size=2))
     high = max(high, 2.0 * low)
@@ -150,41 +191,75 @@ def _draw_source(kind: str, rng: np.random.Generator) -> Source:
     f0, f1 = (low, high) if rising else (high, low)
     direction = "rising" if rising else "falling"
     verb = "sweeping up" if rising else "sweeping down"
-    return Source(kind, dict(f0=f0, f1=f1), (
-        f"a {direction} chirp", f"a tone {verb} from {f0:.0f} Hz to {f1:.0f} Hz",
-        f"a {direction} frequency sweep"))
+    return Source(
+      kind,
+      dict(f0=f0, f1=f1),
+      (
+        f"a {direction} chirp",
+        f"a tone {verb} from {f0:.0f} Hz to {f1:.0f} Hz",
+        f"a {direction} frequency sweep",
+      ),
+    )
   if kind == "rhythmic clicks":
     bpm = int(rng.integers(60, 181))
-    return Source(kind, dict(bpm=bpm, click_hz=float(rng.uniform(1500.0, 4000.0))), (
-        f"rhythmic clicks at {bpm} beats per minute", "a metronome-like ticking",
-        f"regular clicking, about {bpm / 60:.1f} clicks per second"))
+    return Source(
+      kind,
+      dict(bpm=bpm, click_hz=float(rng.uniform(1500.0, 4000.0))),
+      (
+        f"rhythmic clicks at {bpm} beats per minute",
+        "a metronome-like ticking",
+        f"regular clicking, about {bpm / 60:.1f} clicks per second",
+      ),
+    )
   if kind == "tremolo tone":
     rate = float(rng.uniform(3.0, 9.0))
-    return Source(kind, dict(tonal, partials=_harmonics(hz, 4, 1.2), envelope="sustain",
-                             am_rate=rate, am_depth=float(rng.uniform(0.5, 0.9))), (
+    return Source(
+      kind,
+      dict(
+        tonal,
+        partials=_harmonics(hz, 4, 1.2),
+        envelope="sustain",
+        am_rate=rate,
+        am_depth=float(rng.uniform(0.5, 0.9)),
+      ),
+      (
         f"a tone at {note} with tremolo",
         f"a pulsing tone whose volume wavers {rate:.0f} times a second",
-        f"a throbbing {note} note"))
+        f"a throbbing {note} note",
+      ),
+    )
   if kind == "vibrato tone":
     rate = float(rng.uniform(4.0, 8.0))
-    return Source(kind, dict(tonal, partials=_harmonics(hz, 4, 1.2), envelope="sustain",
-                             fm_rate=rate, fm_depth=float(rng.uniform(0.01, 0.03))), (
-        f"a tone at {note} with vibrato", f"a wavering {note} note whose pitch wobbles",
-        f"a singing-like tone with vibrato around {hz:.0f} Hz"))
+    return Source(
+      kind,
+      dict(
+        tonal,
+        partials=_harmonics(hz, 4, 1.2),
+        envelope="sustain",
+        fm_rate=rate,
+        fm_depth=float(rng.uniform(0.01, 0.03)),
+      ),
+      (
+        f"a tone at {note} with vibrato",
+        f"a wavering {note} note whose pitch wobbles",
+        f"a singing-like tone with vibrato around {hz:.0f} Hz",
+      ),
+    )
   raise ValueError(f"unknown synth kind {kind!r}; expected one of {CLASS_NAMES}")
 
 
-def _captions(sources: tuple[Source, ...], loudness: str, duration_s: float,
-              rng: np.random.Generator) -> tuple[str, ...]:
+def _captions(
+  sources: tuple[Source, ...], loudness: str, duration_s: float, rng: np.random.Generator
+) -> tuple[str, ...]:
   """Three paraphrased captions built from the clip's attributes."""
   adjectives = rng.permutation(LOUDNESS[loudness][1])
   first = sources[0].phrases
   order = rng.permutation(len(first))
   secs = f"{duration_s:.0f} seconds"
   bodies = [
-      f"{first[order[0]]}, {adjectives[0]}",
-      f"{adjectives[1]} sound: {first[order[1]]}",
-      f"about {secs} of {first[order[2]]} ({adjectives[2]})",
+    f"{first[order[0]]}, {adjectives[0]}",
+    f"{adjectives[1]} sound: {first[order[1]]}",
+    f"about {secs} of {first[order[2]]} ({adjectives[2]})",
   ]
   if len(sources) > 1:
     extra = sources[1].phrases
@@ -207,8 +282,15 @@ def clip_spec(index: int, seed: int = 0) -> ClipSpec:
   loudness = str(rng.choice(list(LOUDNESS)))
   duration_s = round(float(rng.uniform(MIN_SECONDS, MAX_SECONDS)), 2)
   sources = tuple(sources)
-  return ClipSpec(index=index, seed=seed, label=label, duration_s=duration_s, loudness=loudness,
-                  sources=sources, captions=_captions(sources, loudness, duration_s, rng))
+  return ClipSpec(
+    index=index,
+    seed=seed,
+    label=label,
+    duration_s=duration_s,
+    loudness=loudness,
+    sources=sources,
+    captions=_captions(sources, loudness, duration_s, rng),
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -220,7 +302,7 @@ def _fade(n: int, sr: int, seconds: float = 0.01) -> np.ndarray:
   env = np.ones(n, np.float32)
   k = min(int(seconds * sr), n // 2)
   ramp = np.linspace(0.0, 1.0, k, endpoint=False, dtype=np.float32)
-  env[:k], env[n - k:] = ramp, ramp[::-1]
+  env[:k], env[n - k :] = ramp, ramp[::-1]
   return env
 
 
@@ -265,7 +347,7 @@ def _clicks(p: dict[str, Any], n: int, sr: int) -> np.ndarray:
   click = np.sin(2 * np.pi * p["click_hz"] * tc) * np.exp(-tc / 0.0015)
   step = 60.0 / p["bpm"] * sr
   for start in np.arange(0.05 * sr, n - length, step).astype(int):
-    x[start:start + length] += click
+    x[start : start + length] += click
   return x
 
 
@@ -304,5 +386,3 @@ def make_clip(index: int, seed: int = 0) -> Clip:
   """Draws and renders clip `index`."""
   spec = clip_spec(index, seed)
   return Clip(spec=spec, audio=render(spec))
-
-

@@ -24,16 +24,18 @@ def mix(x: jax.Array, lam: jax.Array, perm: jax.Array) -> jax.Array:
   return lam * x + (1 - lam) * x[perm]
 
 
-def mixup(rng: jax.Array, x: jax.Array, y: jax.Array, lam: jax.Array
-          ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def mixup(
+  rng: jax.Array, x: jax.Array, y: jax.Array, lam: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Mixes each example's input and label vector with a random partner's, with the same
   per-example λ [B] for both; returns (x, y, partner permutation)."""
   perm = jax.random.permutation(rng, x.shape[0])
   return mix(x, lam, perm), mix(y, lam, perm), perm
 
 
-def draw_bands(rng: jax.Array, batch: int, size: int, max_width: int
-               ) -> tuple[jax.Array, jax.Array]:
+def draw_bands(
+  rng: jax.Array, batch: int, size: int, max_width: int
+) -> tuple[jax.Array, jax.Array]:
   """Per example a band (start, width) of an axis of `size`: width ~ U{0..max_width-1},
   start ~ U[0, size − width) (torchaudio's FrequencyMasking/TimeMasking draws)."""
   w_key, s_key = jax.random.split(rng)
@@ -88,8 +90,9 @@ def mask_counts(head_input: str, grid_f: int, grid_t: int, ratio: float) -> tupl
   return 0, min(int(round(ratio * grid_t)), grid_t - 1)
 
 
-def mask_variants(head_input: str, grid_f: int, grid_t: int, ratio: float
-                  ) -> tuple[tuple[int, int, float], ...]:
+def mask_variants(
+  head_input: str, grid_f: int, grid_t: int, ratio: float
+) -> tuple[tuple[int, int, float], ...]:
   """(rows, columns, probability) of structured masking, one variant drawn per batch.
 
   "tokens" heads: the official runtime's draw (rows and columns, counts drawn per batch,

@@ -34,13 +34,16 @@ def _text(value: bytes | str) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def load_split(dataset: str, split: str, data_dir: str, *, max_clips: int | None = None
-               ) -> EvalSplit:
+def load_split(
+  dataset: str, split: str, data_dir: str, *, max_clips: int | None = None
+) -> EvalSplit:
   """Reads every record (or the first `max_clips`) of a built split into memory."""
   info = build.dataset_info(dataset, data_dir)
   if split not in info["splits"]:
-    raise ValueError(f"dataset {dataset!r} under {data_dir} has no split {split!r}; "
-                     f"it has {sorted(info['splits'])}")
+    raise ValueError(
+      f"dataset {dataset!r} under {data_dir} has no split {split!r}; "
+      f"it has {sorted(info['splits'])}"
+    )
   source = pipeline.open_source(dataset, split, data_dir)
   n = len(source) if max_clips is None else min(max_clips, len(source))
   if n == 0:
@@ -50,12 +53,13 @@ def load_split(dataset: str, split: str, data_dir: str, *, max_clips: int | None
   if len(rates) != 1:
     raise ValueError(f"{dataset}:{split}: clips have several sample rates {sorted(rates)}")
   return EvalSplit(
-      name=f"{dataset}:{split}",
-      audio=[audio_io.pcm16_to_float(r["audio"]) for r in records],
-      labels=np.asarray([int(r["label"]) for r in records], np.int64),
-      captions=[[_text(c) for c in r["captions"]] for r in records],
-      ids=[_text(r["id"]) for r in records],
-      sample_rate=rates.pop())
+    name=f"{dataset}:{split}",
+    audio=[audio_io.pcm16_to_float(r["audio"]) for r in records],
+    labels=np.asarray([int(r["label"]) for r in records], np.int64),
+    captions=[[_text(c) for c in r["captions"]] for r in records],
+    ids=[_text(r["id"]) for r in records],
+    sample_rate=rates.pop(),
+  )
 
 
 def class_names(dataset: str, data_dir: str) -> list[str]:
@@ -68,5 +72,7 @@ def check_labelled(split: EvalSplit, num_classes: int) -> None:
   bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
   if bad.size:
     i = int(bad[0])
-    raise ValueError(f"{split.name}: clip {split.ids[i]!r} has label {split.labels[i]}, "
-                     f"outside [0, {num_classes}); {bad.size} such clips")
+    raise ValueError(
+      f"{split.name}: clip {split.ids[i]!r} has label {split.labels[i]}, "
+      f"outside [0, {num_classes}); {bad.size} such clips"
+    )

@@ -40,13 +40,22 @@ def stored_encoder(net: Any, encoder_params: dict[str, Any]) -> dict[str, Any]:
   """Encoder params with the position table fine-tuning used (fitted to the unit's grid)
   as a stored `pos_embed` [F'·T', D]: a pos_table="stored" encoder of `net.unit_frames`."""
   grid = patches.grid_size(net.n_mels, net.unit_frames, net.patch_size)
-  table = net.apply({"params": {"encoder": encoder_params}},
-                    method=lambda m: m.encoder.pos_embed(grid))
+  table = net.apply(
+    {"params": {"encoder": encoder_params}}, method=lambda m: m.encoder.pos_embed(grid)
+  )
   return {**_host(encoder_params), "pos_embed": np.asarray(table, np.float32)}
 
 
-def write(workdir: str, *, restored: Any, net: Any, params: dict[str, Any],
-          batch_stats: dict[str, Any], step: int, facts: dict[str, Any]) -> str:
+def write(
+  workdir: str,
+  *,
+  restored: Any,
+  net: Any,
+  params: dict[str, Any],
+  batch_stats: dict[str, Any],
+  step: int,
+  facts: dict[str, Any],
+) -> str:
   """Writes the fine-tuned `params`/`batch_stats` over `restored`'s tree; the step dir.
 
   `facts` goes to meta["finetune"] (dataset, scores, best epoch, ...).
@@ -62,22 +71,28 @@ def write(workdir: str, *, restored: Any, net: Any, params: dict[str, Any],
     frozen = {k: tree[k] for k in want_frozen}
   frames = int(net.unit_frames)
   meta = RunMeta(
-      config=json.loads(config.to_json_best_effort()),
-      norm_stats=tuple(float(v) for v in restored.norm_stats),
-      text_models=dict(restored.meta.text_models),
-      input_frames=frames,  # Width of the stored position table.
-      unit_frames=frames,  # The input grid fine-tuning trained on.
-      stage=restored.stage,
-      total_steps=int(restored.meta.total_steps or 1),
-      steps_per_epoch=int(restored.meta.steps_per_epoch or 1),
-      step=int(step),
-      finetune={**facts, "head": f"state/{HEAD}: classifier {{kernel, bias}}, "
-                                 "batch_stats {norm: {mean, var}}"},
+    config=json.loads(config.to_json_best_effort()),
+    norm_stats=tuple(float(v) for v in restored.norm_stats),
+    text_models=dict(restored.meta.text_models),
+    input_frames=frames,  # Width of the stored position table.
+    unit_frames=frames,  # The input grid fine-tuning trained on.
+    stage=restored.stage,
+    total_steps=int(restored.meta.total_steps or 1),
+    steps_per_epoch=int(restored.meta.steps_per_epoch or 1),
+    step=int(step),
+    finetune={
+      **facts,
+      "head": f"state/{HEAD}: classifier {{kernel, bias}}, batch_stats {{norm: {{mean, var}}}}",
+    },
   )
-  state = {"step": np.asarray(step, np.int32), "params": trained, "frozen": frozen,
-           "rng": np.asarray(jax.random.PRNGKey(0)),
-           "norm_stats": np.asarray(restored.norm_stats, np.float32),
-           "bad_step": np.asarray(-1, np.int32),
-           HEAD: {"classifier": _host(params["classifier"]), "batch_stats": _host(batch_stats)}}
+  state = {
+    "step": np.asarray(step, np.int32),
+    "params": trained,
+    "frozen": frozen,
+    "rng": np.asarray(jax.random.PRNGKey(0)),
+    "norm_stats": np.asarray(restored.norm_stats, np.float32),
+    "bad_step": np.asarray(-1, np.int32),
+    HEAD: {"classifier": _host(params["classifier"]), "batch_stats": _host(batch_stats)},
+  }
   text = restored.network.text_assets() if restored.stage == "stage2" else None
   return str(ckpt.write_params_checkpoint(workdir, int(step), state, meta, text))

@@ -9,7 +9,8 @@ batch with silent rows, so every evaluation batch has one compiled shape.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -18,37 +19,63 @@ from jaxclap.data import pipeline
 from jaxclap.eval import sampling
 
 
-def train_batches(source: Any, *, batch: int, crop_samples: int, num_classes: int, seed: int,
-                  where: str, mixup: float = 0.0, num_workers: int = 0,
-                  steps_per_epoch: int | None = None, epochs: int = 1,
-                  weights: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+  source: Any,
+  *,
+  batch: int,
+  crop_samples: int,
+  num_classes: int,
+  seed: int,
+  where: str,
+  mixup: float = 0.0,
+  num_workers: int = 0,
+  steps_per_epoch: int | None = None,
+  epochs: int = 1,
+  weights: np.ndarray | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Batches {audio [B, S], audio_len [B], target [B, classes], mix_lambda [B]} of
   `epochs` epochs, each `steps_per_epoch` batches (default: a pass over the source) of
   `sampling.epoch_order` draws (weighted by `weights` when given)."""
   steps_per_epoch = steps_per_epoch or len(source) // batch
-  stream = sampling.EpochSource(source, per_epoch=steps_per_epoch * batch, epochs=epochs,
-                                seed=seed, weights=weights)
+  stream = sampling.EpochSource(
+    source, per_epoch=steps_per_epoch * batch, epochs=epochs, seed=seed, weights=weights
+  )
   # The stream is already in epoch order: one unshuffled pass, one process (fine-tuning
   # runs on one host), whole batches only.
   loader = pipeline.make_loader(
-      stream, global_batch=batch, crop_samples=crop_samples, seed=seed, shuffle=False,
-      num_epochs=1, num_workers=num_workers, process_index=0, process_count=1,
-      num_classes=num_classes, mixup=mixup, where=where)
+    stream,
+    global_batch=batch,
+    crop_samples=crop_samples,
+    seed=seed,
+    shuffle=False,
+    num_epochs=1,
+    num_workers=num_workers,
+    process_index=0,
+    process_count=1,
+    num_classes=num_classes,
+    mixup=mixup,
+    where=where,
+  )
   return iter(loader)
 
 
-def eval_batches(source: Any, *, samples: int, batch: int, num_classes: int, where: str
-                 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def eval_batches(
+  source: Any, *, samples: int, batch: int, num_classes: int, where: str
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """Whole clips in order, padded to `samples`, in batches of `batch` (the last one padded
   with silent rows); yields (batch, number of real rows)."""
   for begin in range(0, len(source), batch):
     idx = range(begin, min(begin + batch, len(source)))
-    out = {"audio": np.zeros((batch, samples), np.float32), "audio_len": np.ones(batch, np.int32),
-           "target": np.zeros((batch, num_classes), np.float32)}
+    out = {
+      "audio": np.zeros((batch, samples), np.float32),
+      "audio_len": np.ones(batch, np.int32),
+      "target": np.zeros((batch, num_classes), np.float32),
+    }
     for row, i in enumerate(idx):
       record = source[i]
-      clip, out["audio_len"][row] = pipeline.crop_clip(np.asarray(record["audio"], np.int16),
-                                                       samples)
+      clip, out["audio_len"][row] = pipeline.crop_clip(
+        np.asarray(record["audio"], np.int16), samples
+      )
       audio_io.pcm16_to_float(clip, out=out["audio"][row])
       out["target"][row] = pipeline.label_vector(record, num_classes, f"{where}[{i}]")
     yield out, len(idx)

@@ -9,7 +9,8 @@ then stops the run with a message naming its step.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,13 +42,18 @@ class Outcome:
   steps: int
 
 
-def evaluate(eval_fn: Callable, params: Any, batch_stats: Any, data: EvalData, split: str,
-             multi_label: bool) -> float:
+def evaluate(
+  eval_fn: Callable, params: Any, batch_stats: Any, data: EvalData, split: str, multi_label: bool
+) -> float:
   """Score (mAP or accuracy) of whole clips of `split`; logits fetched once at the end."""
   outs, truth = [], []
-  for b, n in ft_data.eval_batches(data.sources[split], samples=data.samples,
-                                   batch=data.batch, num_classes=data.num_classes,
-                                   where=f"{data.dataset}:{split}"):
+  for b, n in ft_data.eval_batches(
+    data.sources[split],
+    samples=data.samples,
+    batch=data.batch,
+    num_classes=data.num_classes,
+    where=f"{data.dataset}:{split}",
+  ):
     outs.append((eval_fn(params, batch_stats, b), n))
     truth.append(b["target"][:n])
   scores = np.concatenate([np.asarray(o)[:n] for o, n in outs])
@@ -59,24 +65,29 @@ def new_track() -> dict[str, jax.Array]:
   return {"bad_step": jnp.asarray(-1, jnp.int32), "bad_loss": jnp.asarray(0.0, jnp.float32)}
 
 
-def track_loss(track: dict[str, jax.Array], loss: jax.Array, step: jax.Array
-               ) -> dict[str, jax.Array]:
+def track_loss(
+  track: dict[str, jax.Array], loss: jax.Array, step: jax.Array
+) -> dict[str, jax.Array]:
   """`track` after update `step` (0-based) with `loss`: keeps the first non-finite one."""
   first = (track["bad_step"] < 0) & ~jnp.isfinite(loss)
-  return {"bad_step": jnp.where(first, step + 1, track["bad_step"]),
-          "bad_loss": jnp.where(first, loss, track["bad_loss"])}
+  return {
+    "bad_step": jnp.where(first, step + 1, track["bad_step"]),
+    "bad_loss": jnp.where(first, loss, track["bad_loss"]),
+  }
 
 
-def make_step(setup: ft_step.Setup, tx: optax.GradientTransformation, base_key: jax.Array
-              ) -> Callable:
+def make_step(
+  setup: ft_step.Setup, tx: optax.GradientTransformation, base_key: jax.Array
+) -> Callable:
   """The jitted update (params, batch_stats, opt_state donated) with on-device tracking:
   (…, batch, step, track) → (params, batch_stats, opt_state, out, track); update `step`
   (0-based) draws its augmentation key as fold_in(base_key, step)."""
 
   def step_fn(params, batch_stats, opt_state, batch, step, track):
     rng = jax.random.fold_in(base_key, step)
-    params, batch_stats, opt_state, out = ft_step.train_step(setup, tx, params, batch_stats,
-                                                             opt_state, batch, rng)
+    params, batch_stats, opt_state, out = ft_step.train_step(
+      setup, tx, params, batch_stats, opt_state, batch, rng
+    )
     return params, batch_stats, opt_state, out, track_loss(track, out["loss"], step)
 
   return jax.jit(step_fn, donate_argnums=(0, 1, 2))
@@ -86,14 +97,28 @@ def _check(track: dict[str, jax.Array], steps_per_epoch: int) -> None:
   """Raises FloatingPointError naming the first update whose loss was not finite."""
   bad = int(track["bad_step"])
   if bad >= 0:
-    raise FloatingPointError(f"fine-tuning loss is {float(track['bad_loss'])} at step {bad} "
-                             f"(epoch {(bad - 1) // steps_per_epoch + 1})")
+    raise FloatingPointError(
+      f"fine-tuning loss is {float(track['bad_loss'])} at step {bad} "
+      f"(epoch {(bad - 1) // steps_per_epoch + 1})"
+    )
 
 
-def train(*, step_fn: Callable, eval_fn: Callable, schedule: optax.Schedule, params: Any,
-          batch_stats: Any, opt_state: Any, batches: Iterator[dict[str, np.ndarray]],
-          total: int, steps_per_epoch: int, log_every: int, eval_data: EvalData,
-          val_split: str, multi_label: bool) -> Outcome:
+def train(
+  *,
+  step_fn: Callable,
+  eval_fn: Callable,
+  schedule: optax.Schedule,
+  params: Any,
+  batch_stats: Any,
+  opt_state: Any,
+  batches: Iterator[dict[str, np.ndarray]],
+  total: int,
+  steps_per_epoch: int,
+  log_every: int,
+  eval_data: EvalData,
+  val_split: str,
+  multi_label: bool,
+) -> Outcome:
   """Runs `total` updates in epochs of `steps_per_epoch`; after each epoch scores
   `val_split` and keeps a host copy of the best epoch (the first of the best score, as
   EVAR)."""
@@ -103,20 +128,31 @@ def train(*, step_fn: Callable, eval_fn: Callable, schedule: optax.Schedule, par
     epoch += 1
     for _ in range(min(steps_per_epoch, total - step)):
       params, batch_stats, opt_state, out, track = step_fn(
-          params, batch_stats, opt_state, next(batches), step, track)
+        params, batch_stats, opt_state, next(batches), step, track
+      )
       step += 1
       if step % log_every == 0:
         _check(track, steps_per_epoch)
-        logging.info("step %d loss %.4f grad_norm %.3f lr %.4g", step, float(out["loss"]),
-                     float(out["grad_norm"]), float(schedule(step - 1)))
+        logging.info(
+          "step %d loss %.4f grad_norm %.3f lr %.4g",
+          step,
+          float(out["loss"]),
+          float(out["grad_norm"]),
+          float(schedule(step - 1)),
+        )
     _check(track, steps_per_epoch)
     loss, lr = float(out["loss"]), float(schedule(step - 1))
     val = evaluate(eval_fn, params, batch_stats, eval_data, val_split, multi_label)
     history.append({"epoch": epoch, "step": step, "loss": loss, "val": val, "lr": lr})
-    logging.info("epoch %d step %d loss %.4f val %s %.4f", epoch, step, loss,
-                 "mAP" if multi_label else "accuracy", val)
+    logging.info(
+      "epoch %d step %d loss %.4f val %s %.4f",
+      epoch,
+      step,
+      loss,
+      "mAP" if multi_label else "accuracy",
+      val,
+    )
     if best is None or val > best["val"]:  # EVAR keeps the first epoch of the best score.
       host = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), (params, batch_stats))
-      best = {"val": val, "epoch": epoch, "step": step, "params": host[0],
-              "batch_stats": host[1]}
+      best = {"val": val, "epoch": epoch, "step": step, "params": host[0], "batch_stats": host[1]}
   return Outcome(history=history, best=best, epochs=epoch, steps=step)

@@ -39,12 +39,24 @@ class FinetuneNet(nn.Module):
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, pos_table=self.pos_table)
-    self.norm = nn.BatchNorm(momentum=self.bn_momentum, epsilon=1e-5, use_bias=False,
-                             use_scale=False)
-    self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(
-        self.head_init_std), bias_init=nn.initializers.zeros)
+    self.encoder = vit.ViTEncoder(
+      w,
+      d,
+      h,
+      self.patch_size,
+      self.n_mels,
+      self.input_frames,
+      dtype=self.dtype,
+      pos_table=self.pos_table,
+    )
+    self.norm = nn.BatchNorm(
+      momentum=self.bn_momentum, epsilon=1e-5, use_bias=False, use_scale=False
+    )
+    self.classifier = nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.normal(self.head_init_std),
+      bias_init=nn.initializers.zeros,
+    )
 
   def tokens(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
     """Normalised log-mel [B, F, t ≤ unit] → encoded patch tokens [B, K, D] (no cls)."""
@@ -53,8 +65,10 @@ class FinetuneNet(nn.Module):
     gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
     unit_t = self.unit_frames // self.patch_size
     if gt > unit_t:
-      raise ValueError(f"FinetuneNet.tokens: {x.shape[2]} frames exceed the unit length "
-                       f"{self.unit_frames}; encode in chunks")
+      raise ValueError(
+        f"FinetuneNet.tokens: {x.shape[2]} frames exceed the unit length "
+        f"{self.unit_frames}; encode in chunks"
+      )
     table = self.encoder.pos_embed((gf, unit_t)).reshape(gf, unit_t, -1)[:, :gt]
     tok = self.encoder.patch_embed(patches.patchify(x.astype(self.dtype), self.patch_size))
     tok = tok + table.reshape(gf * gt, -1).astype(tok.dtype)
@@ -62,8 +76,13 @@ class FinetuneNet(nn.Module):
       tok = jnp.take_along_axis(tok, keep[..., None], axis=1)
     return self.encoder.encode_tokens(tok)[:, 1:]
 
-  def features(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
-               kept_grid: tuple[int, int] | None = None) -> jax.Array:
+  def features(
+    self,
+    x: jax.Array,
+    valid_frames: jax.Array,
+    keep: jax.Array | None = None,
+    kept_grid: tuple[int, int] | None = None,
+  ) -> jax.Array:
     """Head input [B, F'·D] ("frames") or [B, D] ("tokens"): the mean over the time
     patches that hold audio (frame < valid_frames) of the kept tokens.
 
@@ -87,8 +106,9 @@ class FinetuneNet(nn.Module):
       start = jnp.broadcast_to(jnp.asarray(starts), (b, starts.size))
     w = (start < valid_frames[:, None]).astype(jnp.float32)
     w = jnp.where(jnp.sum(w, axis=1, keepdims=True) > 0, w, 1.0)  # No audio: plain mean.
-    pooled = jnp.einsum("brtd,bt->brd", grid.astype(jnp.float32), w) / jnp.sum(
-        w, axis=1)[:, None, None]
+    pooled = (
+      jnp.einsum("brtd,bt->brd", grid.astype(jnp.float32), w) / jnp.sum(w, axis=1)[:, None, None]
+    )
     if self.head_input == "tokens":
       return jnp.mean(pooled, axis=1)
     return pooled.reshape(b, -1)
@@ -97,20 +117,39 @@ class FinetuneNet(nn.Module):
     """BatchNorm (batch statistics when training, running ones otherwise) → logits."""
     return self.classifier(self.norm(feature, use_running_average=not train))
 
-  def __call__(self, x: jax.Array, valid_frames: jax.Array, keep: jax.Array | None = None,
-               kept_grid: tuple[int, int] | None = None, *, train: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    valid_frames: jax.Array,
+    keep: jax.Array | None = None,
+    kept_grid: tuple[int, int] | None = None,
+    *,
+    train: bool = False,
+  ) -> jax.Array:
     return self.head(self.features(x, valid_frames, keep, kept_grid), train)
 
 
-def build_net(restored: restore_lib.Restored, num_classes: int, unit_frames: int,
-              config: ml_collections.ConfigDict) -> FinetuneNet:
+def build_net(
+  restored: restore_lib.Restored,
+  num_classes: int,
+  unit_frames: int,
+  config: ml_collections.ConfigDict,
+) -> FinetuneNet:
   """The fine-tuning network around the restored encoder's architecture."""
   model = restored.model
-  return FinetuneNet(size=model.size, num_classes=num_classes, patch_size=model.patch_size,
-                     n_mels=model.n_mels, input_frames=model.input_frames,
-                     unit_frames=unit_frames, head_input=config.head_input,
-                     bn_momentum=config.bn_momentum, head_init_std=config.head_init_std,
-                     dtype=model.dtype, pos_table=restored.config.model.pos_table)
+  return FinetuneNet(
+    size=model.size,
+    num_classes=num_classes,
+    patch_size=model.patch_size,
+    n_mels=model.n_mels,
+    input_frames=model.input_frames,
+    unit_frames=unit_frames,
+    head_input=config.head_input,
+    bn_momentum=config.bn_momentum,
+    head_init_std=config.head_init_std,
+    dtype=model.dtype,
+    pos_table=restored.config.model.pos_table,
+  )
 
 
 def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
@@ -119,26 +158,36 @@ def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[An
   The head is drawn directly (the network is only traced for its shapes: compiling its
   init would cost as much as a training step).
   """
-  shapes = jax.eval_shape(lambda r: net.init(
-      r, jnp.zeros((2, net.n_mels, net.unit_frames)), jnp.full((2,), net.unit_frames)),
-      jax.random.key(seed))
+  shapes = jax.eval_shape(
+    lambda r: net.init(
+      r, jnp.zeros((2, net.n_mels, net.unit_frames)), jnp.full((2,), net.unit_frames)
+    ),
+    jax.random.key(seed),
+  )
   shapes = nn.unbox(shapes)
   have = jax.tree_util.tree_map(np.shape, encoder_params)
   if jax.tree_util.tree_map(lambda a: a.shape, shapes["params"]["encoder"]) != have:
     raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
   kernel = shapes["params"]["classifier"]["kernel"]
   params = {
-      # Copies: the step donates its inputs, which must not alias the caller's arrays.
-      "encoder": jax.tree_util.tree_map(jnp.array, encoder_params),
-      "classifier": {
-          "kernel": nn.initializers.normal(net.head_init_std)(
-              jax.random.key(seed), kernel.shape, kernel.dtype),
-          "bias": jnp.zeros((net.num_classes,), jnp.float32)},
+    # Copies: the step donates its inputs, which must not alias the caller's arrays.
+    "encoder": jax.tree_util.tree_map(jnp.array, encoder_params),
+    "classifier": {
+      "kernel": nn.initializers.normal(net.head_init_std)(
+        jax.random.key(seed), kernel.shape, kernel.dtype
+      ),
+      "bias": jnp.zeros((net.num_classes,), jnp.float32),
+    },
   }
-  stats = {"norm": {"mean": jnp.zeros(kernel.shape[0], jnp.float32),
-                    "var": jnp.ones(kernel.shape[0], jnp.float32)}}
+  stats = {
+    "norm": {
+      "mean": jnp.zeros(kernel.shape[0], jnp.float32),
+      "var": jnp.ones(kernel.shape[0], jnp.float32),
+    }
+  }
   expected = jax.tree_util.tree_map(lambda a: a.shape, {**shapes["params"]})
   if jax.tree_util.tree_map(np.shape, params) != expected or jax.tree_util.tree_map(
-      np.shape, stats) != jax.tree_util.tree_map(lambda a: a.shape, shapes["batch_stats"]):
+    np.shape, stats
+  ) != jax.tree_util.tree_map(lambda a: a.shape, shapes["batch_stats"]):
     raise AssertionError("FinetuneNet's head layout changed; update init_variables")
   return params, stats

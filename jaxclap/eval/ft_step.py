@@ -44,8 +44,15 @@ def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Arra
   return jnp.mean(optax.softmax_cross_entropy(logits, target))
 
 
-def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batch_stats: Any,
-               opt_state: Any, batch: dict[str, jax.Array], rng: jax.Array):
+def train_step(
+  setup: Setup,
+  tx: optax.GradientTransformation,
+  params: Any,
+  batch_stats: Any,
+  opt_state: Any,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+):
   """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
   (a (rows, columns) variant drawn for the batch, one `lax.switch` branch per variant,
   each with its own static token count) → head → loss."""
@@ -60,23 +67,36 @@ def train_step(setup: Setup, tx: optax.GradientTransformation, params: Any, batc
 
   def objective(p):
     def masked(keep, kept):
-      logits, updates = setup.net.apply({"params": p, "batch_stats": batch_stats}, x, valid,
-                                        keep, kept, train=True, mutable=["batch_stats"])
+      logits, updates = setup.net.apply(
+        {"params": p, "batch_stats": batch_stats},
+        x,
+        valid,
+        keep,
+        kept,
+        train=True,
+        mutable=["batch_stats"],
+      )
       return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
 
-    (loss, stats), variant = masks.with_drawn_mask(mask_key, setup.mask_variants, x.shape[0],
-                                                   grid, masked)
+    (loss, stats), variant = masks.with_drawn_mask(
+      mask_key, setup.mask_variants, x.shape[0], grid, masked
+    )
     return loss, (stats, variant)
 
   (loss, (batch_stats, variant)), grads = jax.value_and_grad(objective, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  return params, batch_stats, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                                          "mask_variant": variant}
+  return (
+    params,
+    batch_stats,
+    opt_state,
+    {"loss": loss, "grad_norm": optax.tree.norm(grads), "mask_variant": variant},
+  )
 
 
-def eval_logits(setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
-                ) -> jax.Array:
+def eval_logits(
+  setup: Setup, params: Any, batch_stats: Any, batch: dict[str, jax.Array]
+) -> jax.Array:
   """Logits [B, classes] of whole (padded) clips, chunked, running BatchNorm statistics."""
   x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)

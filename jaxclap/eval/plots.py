@@ -11,7 +11,8 @@ L2-normalised; the timeline's default window also reads `unit_frames`, `frontend
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -34,12 +35,18 @@ def tsne_2d(embeddings: np.ndarray, *, seed: int = 0) -> np.ndarray:
   if x.ndim != 2 or x.shape[0] < 3:
     raise ValueError(f"t-SNE needs [N>=3, D] embeddings, got shape {x.shape}")
   perplexity = max(1.0, min(30.0, (x.shape[0] - 1) / 3))
-  return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed
-              ).fit_transform(x)
+  return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
-def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                  path: str, *, title: str = "Clip embeddings (t-SNE)", seed: int = 0) -> str:
+def embedding_map(
+  embeddings: np.ndarray,
+  labels: np.ndarray,
+  class_names: Sequence[str],
+  path: str,
+  *,
+  title: str = "Clip embeddings (t-SNE)",
+  seed: int = 0,
+) -> str:
   """Scatter of a 2-D t-SNE of clip embeddings, one colour per class."""
   labels = np.asarray(labels).reshape(-1)
   if labels.shape[0] != np.shape(embeddings)[0]:
@@ -52,8 +59,9 @@ def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: Seque
   for c, name in enumerate(class_names):
     pick = labels == c
     if pick.any():
-      ax.scatter(xy[pick, 0], xy[pick, 1], s=14, c=colours[c], marker=markers[c // 10 % 5],
-                 label=name)
+      ax.scatter(
+        xy[pick, 0], xy[pick, 1], s=14, c=colours[c], marker=markers[c // 10 % 5], label=name
+      )
   ax.set_title(title)
   ax.set_xticks([])
   ax.set_yticks([])
@@ -61,19 +69,27 @@ def embedding_map(embeddings: np.ndarray, labels: np.ndarray, class_names: Seque
   return _save(fig, path)
 
 
-def similarity_matrix(sims: np.ndarray, path: str, *, row_labels: Sequence[str],
-                      col_labels: Sequence[str],
-                      title: str = "Audio–text cosine similarity") -> str:
+def similarity_matrix(
+  sims: np.ndarray,
+  path: str,
+  *,
+  row_labels: Sequence[str],
+  col_labels: Sequence[str],
+  title: str = "Audio–text cosine similarity",
+) -> str:
   """Heatmap of a [rows, cols] similarity matrix (rows: clips, cols: texts)."""
   sims = np.asarray(sims)
   if sims.shape != (len(row_labels), len(col_labels)):
-    raise ValueError(f"sims shape {sims.shape} does not match {len(row_labels)} row and "
-                     f"{len(col_labels)} column labels")
+    raise ValueError(
+      f"sims shape {sims.shape} does not match {len(row_labels)} row and "
+      f"{len(col_labels)} column labels"
+    )
   fig = Figure(figsize=(2 + 0.45 * sims.shape[1], 1.5 + 0.4 * sims.shape[0]))
   ax = fig.add_subplot()
   im = ax.imshow(sims, cmap="viridis", aspect="auto")
-  ax.set_xticks(range(len(col_labels)), labels=list(col_labels), rotation=60, ha="right",
-                fontsize=8)
+  ax.set_xticks(
+    range(len(col_labels)), labels=list(col_labels), rotation=60, ha="right", fontsize=8
+  )
   ax.set_yticks(range(len(row_labels)), labels=list(row_labels), fontsize=8)
   ax.set_xlabel("text prompt")
   ax.set_ylabel("clip")
@@ -90,9 +106,15 @@ def window_seconds(model: Any) -> float:
   return (frames - 1) * cfg.hop_length / cfg.sample_rate  # Samples giving exactly `frames`.
 
 
-def sliding_zero_shot(model: Any, audio: np.ndarray, *, sample_rate: int,
-                      class_emb: np.ndarray, hop_s: float = 1.0,
-                      window_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sliding_zero_shot(
+  model: Any,
+  audio: np.ndarray,
+  *,
+  sample_rate: int,
+  class_emb: np.ndarray,
+  hop_s: float = 1.0,
+  window_s: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """Zero-shot scores of sliding windows: (window centres [W] in s, cosine [classes, W]).
 
   Frame features cannot be scored against text, so each window (default: the trained
@@ -107,16 +129,22 @@ def sliding_zero_shot(model: Any, audio: np.ndarray, *, sample_rate: int,
   starts = np.arange(0, max(1, audio.size - window + 1), hop)
   windows = np.zeros((starts.size, window), np.float32)
   for row, s in zip(windows, starts):
-    piece = audio[s:s + window]
-    row[:piece.size] = piece
+    piece = audio[s : s + window]
+    row[: piece.size] = piece
   emb = np.asarray(model.audio_embedding(windows, sample_rate=sample_rate))
   centres = (starts + min(window, audio.size) / 2) / sample_rate
   return centres, (emb @ np.asarray(class_emb).T).T
 
 
-def zero_shot_timeline(times: np.ndarray, scores: np.ndarray, class_names: Sequence[str],
-                       path: str, *, boundaries: Sequence[float] = (),
-                       title: str = "Zero-shot scores over time") -> str:
+def zero_shot_timeline(
+  times: np.ndarray,
+  scores: np.ndarray,
+  class_names: Sequence[str],
+  path: str,
+  *,
+  boundaries: Sequence[float] = (),
+  title: str = "Zero-shot scores over time",
+) -> str:
   """Heatmap classes × time of windowed zero-shot scores; dots mark each window's top class."""
   scores, times = np.asarray(scores), np.asarray(times)
   if scores.shape != (len(class_names), times.size):
@@ -124,9 +152,13 @@ def zero_shot_timeline(times: np.ndarray, scores: np.ndarray, class_names: Seque
   step = float(np.median(np.diff(times))) if times.size > 1 else 1.0
   fig = Figure(figsize=(max(6.0, 0.5 * times.size + 3), 1.2 + 0.35 * len(class_names)))
   ax = fig.add_subplot()
-  im = ax.imshow(scores, aspect="auto", cmap="magma", origin="upper",
-                 extent=(times[0] - step / 2, times[-1] + step / 2, len(class_names) - 0.5,
-                         -0.5))
+  im = ax.imshow(
+    scores,
+    aspect="auto",
+    cmap="magma",
+    origin="upper",
+    extent=(times[0] - step / 2, times[-1] + step / 2, len(class_names) - 0.5, -0.5),
+  )
   ax.scatter(times, np.argmax(scores, axis=0), s=12, c="cyan", label="top class")
   for b in boundaries:
     ax.axvline(b, color="white", linestyle="--", linewidth=1)
@@ -138,15 +170,22 @@ def zero_shot_timeline(times: np.ndarray, scores: np.ndarray, class_names: Seque
 
 
 def _first_per_class(labels: np.ndarray, num_classes: int) -> list[int]:
-  return [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes)
-          if np.any(labels == c)]
+  return [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes) if np.any(labels == c)]
 
 
-def write_demo_plots(workdir: str, model: Any, data_dir: str, *,
-                     dataset: str = "jaxclap_demo", split: str = "test",
-                     template: str = DEFAULT_TEMPLATE, max_clips: int = 300,
-                     timeline_clips: int = 3, hop_s: float = 1.0,
-                     window_s: float | None = None) -> dict[str, str]:
+def write_demo_plots(
+  workdir: str,
+  model: Any,
+  data_dir: str,
+  *,
+  dataset: str = "jaxclap_demo",
+  split: str = "test",
+  template: str = DEFAULT_TEMPLATE,
+  max_clips: int = 300,
+  timeline_clips: int = 3,
+  hop_s: float = 1.0,
+  window_s: float | None = None,
+) -> dict[str, str]:
   """Writes the demo's plots under `workdir/plots/`; returns {name: path}.
 
   embedding_map: t-SNE of the CLAP audio embeddings of (up to `max_clips`) clips of
@@ -162,20 +201,35 @@ def write_demo_plots(workdir: str, model: Any, data_dir: str, *,
   out_dir = os.path.join(workdir, "plots")
   audio = np.asarray(model.audio_embedding(ev.audio, sample_rate=ev.sample_rate))
   class_emb = np.asarray(model.text_embedding([template.format(n) for n in names]))
-  paths = {"embedding_map": embedding_map(audio, ev.labels, names,
-                                          os.path.join(out_dir, "embedding_map.png"),
-                                          title=f"CLAP audio embeddings, {ev.name} (t-SNE)")}
+  paths = {
+    "embedding_map": embedding_map(
+      audio,
+      ev.labels,
+      names,
+      os.path.join(out_dir, "embedding_map.png"),
+      title=f"CLAP audio embeddings, {ev.name} (t-SNE)",
+    )
+  }
   firsts = _first_per_class(ev.labels, len(names))
   paths["similarity"] = similarity_matrix(
-      audio[firsts] @ class_emb.T, os.path.join(out_dir, "similarity.png"),
-      row_labels=[f"{ev.ids[i]} ({names[ev.labels[i]]})" for i in firsts],
-      col_labels=names, title=f"Audio–prompt similarity, '{template}'")
+    audio[firsts] @ class_emb.T,
+    os.path.join(out_dir, "similarity.png"),
+    row_labels=[f"{ev.ids[i]} ({names[ev.labels[i]]})" for i in firsts],
+    col_labels=names,
+    title=f"Audio–prompt similarity, '{template}'",
+  )
   chosen = firsts[:timeline_clips]
   joined = np.concatenate([ev.audio[i] for i in chosen])
   bounds = np.cumsum([ev.audio[i].size for i in chosen])[:-1] / ev.sample_rate
-  times, scores = sliding_zero_shot(model, joined, sample_rate=ev.sample_rate,
-                                    class_emb=class_emb, hop_s=hop_s, window_s=window_s)
+  times, scores = sliding_zero_shot(
+    model, joined, sample_rate=ev.sample_rate, class_emb=class_emb, hop_s=hop_s, window_s=window_s
+  )
   paths["timeline"] = zero_shot_timeline(
-      times, scores, names, os.path.join(out_dir, "timeline.png"), boundaries=bounds,
-      title="Zero-shot timeline: " + " → ".join(names[ev.labels[i]] for i in chosen))
+    times,
+    scores,
+    names,
+    os.path.join(out_dir, "timeline.png"),
+    boundaries=bounds,
+    title="Zero-shot timeline: " + " → ".join(names[ev.labels[i]] for i in chosen),
+  )
   return paths

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +44,7 @@ def standardize(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
   train_x = np.asarray(train_x, np.float64)
   mean, std = train_x.mean(axis=0), train_x.std(axis=0)
   std = np.where(std > 1e-8, std, 1.0)
-  return [((np.asarray(a, np.float64) - mean) / std).astype(np.float32)
-          for a in (train_x, *others)]
+  return [((np.asarray(a, np.float64) - mean) / std).astype(np.float32) for a in (train_x, *others)]
 
 
 def _loss(params, x, y, w, multilabel: bool):
@@ -57,13 +57,13 @@ def _loss(params, x, y, w, multilabel: bool):
 
 
 def _optimizer(config: ProbeConfig) -> optax.GradientTransformation:
-  return optax.adamw(config.learning_rate, weight_decay=config.weight_decay,
-                     mask={"w": True, "b": False})
+  return optax.adamw(
+    config.learning_rate, weight_decay=config.weight_decay, mask={"w": True, "b": False}
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("config", "multilabel"))
-def _epoch(params, opt_state, x, y, batches, weights, *, config: ProbeConfig,
-           multilabel: bool):
+def _epoch(params, opt_state, x, y, batches, weights, *, config: ProbeConfig, multilabel: bool):
   """One pass over the index `batches` [nb, bs] (padding rows carry weight 0)."""
   tx = _optimizer(config)
 
@@ -78,8 +78,9 @@ def _epoch(params, opt_state, x, y, batches, weights, *, config: ProbeConfig,
   return params, opt_state, losses.mean()
 
 
-def _epoch_batches(rng: np.random.Generator, n: int, batch_size: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _epoch_batches(
+  rng: np.random.Generator, n: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
   """A shuffled order cut into [nb, bs] index batches with 0/1 weights for the padding."""
   bs = min(batch_size, n)
   nb = -(-n // bs)
@@ -103,13 +104,21 @@ def _check(split: Split, name: str, multilabel: bool, num_classes: int) -> None:
   if y.shape != want:
     raise ValueError(f"{name} labels must have shape {want}, got {y.shape}")
   if not multilabel and (y.min() < 0 or y.max() >= num_classes):
-    raise ValueError(f"{name} labels must lie in [0, {num_classes}), got range "
-                     f"[{y.min()}, {y.max()}]")
+    raise ValueError(
+      f"{name} labels must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}]"
+    )
 
 
-def linear_probe(train: Split, valid: Split, test: Split, *, num_classes: int,
-                 multilabel: bool = False, seed: int = 0,
-                 config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+def linear_probe(
+  train: Split,
+  valid: Split,
+  test: Split,
+  *,
+  num_classes: int,
+  multilabel: bool = False,
+  seed: int = 0,
+  config: ProbeConfig = ProbeConfig(),
+) -> dict[str, float]:
   """Trains a linear classifier on `train`, early-stops on `valid`, scores `test`.
 
   Returns {"accuracy"|"mAP": test score, "val_<metric>": best validation score,
@@ -122,8 +131,10 @@ def linear_probe(train: Split, valid: Split, test: Split, *, num_classes: int,
   x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
   ydt = np.float32 if multilabel else np.int32
   y_tr, y_va = (np.asarray(s.y, ydt) for s in (train, valid))
-  params = {"w": jnp.zeros((x_tr.shape[1], num_classes), jnp.float32),
-            "b": jnp.zeros((num_classes,), jnp.float32)}
+  params = {
+    "w": jnp.zeros((x_tr.shape[1], num_classes), jnp.float32),
+    "b": jnp.zeros((num_classes,), jnp.float32),
+  }
   opt_state = _optimizer(config).init(params)
   rng = np.random.default_rng(seed)
   x_tr_dev, y_tr_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
@@ -131,8 +142,9 @@ def linear_probe(train: Split, valid: Split, test: Split, *, num_classes: int,
   best_params, best_epoch, epoch = jax.device_get(params), 0, 0
   for epoch in range(1, config.max_epochs + 1):
     batches, weights = _epoch_batches(rng, x_tr.shape[0], config.batch_size)
-    params, opt_state, _ = _epoch(params, opt_state, x_tr_dev, y_tr_dev, batches, weights,
-                                  config=config, multilabel=multilabel)
+    params, opt_state, _ = _epoch(
+      params, opt_state, x_tr_dev, y_tr_dev, batches, weights, config=config, multilabel=multilabel
+    )
     host = jax.device_get(params)
     score = _score(x_va @ host["w"] + host["b"], y_va, multilabel)
     loss = float(_loss(host, x_va, y_va, np.ones(len(y_va), np.float32), multilabel))
@@ -142,8 +154,12 @@ def linear_probe(train: Split, valid: Split, test: Split, *, num_classes: int,
       break
   name = "mAP" if multilabel else "accuracy"
   test_scores = x_te @ best_params["w"] + best_params["b"]
-  return {name: _score(test_scores, np.asarray(test.y), multilabel),
-          f"val_{name}": float(best[0]), "best_epoch": best_epoch, "epochs": epoch}
+  return {
+    name: _score(test_scores, np.asarray(test.y), multilabel),
+    f"val_{name}": float(best[0]),
+    "best_epoch": best_epoch,
+    "epochs": epoch,
+  }
 
 
 def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -152,14 +168,23 @@ def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     raise ValueError(f"shots must be >= 1, got {k}")
   labels = np.asarray(labels).reshape(-1)
   rng = np.random.default_rng(seed)
-  picks = [rng.choice(np.flatnonzero(labels == c), size=min(k, int(np.sum(labels == c))),
-                      replace=False) for c in np.unique(labels)]
+  picks = [
+    rng.choice(np.flatnonzero(labels == c), size=min(k, int(np.sum(labels == c))), replace=False)
+    for c in np.unique(labels)
+  ]
   return np.sort(np.concatenate(picks))
 
 
-def few_shot(train: Split, valid: Split, test: Split, *, num_classes: int,
-             shots: Sequence[int] = (1, 5), seeds: Sequence[int] = (0, 1, 2),
-             config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+def few_shot(
+  train: Split,
+  valid: Split,
+  test: Split,
+  *,
+  num_classes: int,
+  shots: Sequence[int] = (1, 5),
+  seeds: Sequence[int] = (0, 1, 2),
+  config: ProbeConfig = ProbeConfig(),
+) -> dict[str, float]:
   """Linear probes on k training examples per class, averaged over `seeds` (single-label).
 
   Features are standardised with the k-shot subset's statistics (it is the training
@@ -176,8 +201,11 @@ def few_shot(train: Split, valid: Split, test: Split, *, num_classes: int,
     for seed in seeds:
       idx = sample_shots(train.y, k, seed)
       sub = Split(np.asarray(train.x)[idx], np.asarray(train.y)[idx])
-      accs.append(linear_probe(sub, valid, test, num_classes=num_classes, seed=seed,
-                               config=config)["accuracy"])
+      accs.append(
+        linear_probe(sub, valid, test, num_classes=num_classes, seed=seed, config=config)[
+          "accuracy"
+        ]
+      )
     out[f"{k}shot_accuracy"] = float(np.mean(accs))
     out[f"{k}shot_accuracy_std"] = float(np.std(accs))
   return out

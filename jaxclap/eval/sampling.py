@@ -13,7 +13,8 @@ deterministic and any epoch can be recomputed on its own (grain workers, restart
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,19 +26,25 @@ WEIGHTINGS = ("none", "audioset")
 def audioset_weights(labels: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
   """Per-clip sampling weights [N] float64 of AudioMAE's rule from each clip's class ids."""
   sizes = np.asarray([np.size(l) for l in labels], np.int64)
-  flat = (np.concatenate([np.asarray(l, np.int64).reshape(-1) for l in labels])
-          if len(labels) else np.zeros(0, np.int64))
+  flat = (
+    np.concatenate([np.asarray(l, np.int64).reshape(-1) for l in labels])
+    if len(labels)
+    else np.zeros(0, np.int64)
+  )
   if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
-    raise ValueError(f"audioset_weights: class ids must lie in [0, {num_classes}), got "
-                     f"[{flat.min()}, {flat.max()}]")
+    raise ValueError(
+      f"audioset_weights: class ids must lie in [0, {num_classes}), got "
+      f"[{flat.min()}, {flat.max()}]"
+    )
   class_weight = 1000.0 / (np.bincount(flat, minlength=num_classes) + 0.01)
   clip = np.repeat(np.arange(len(labels)), sizes)
   summed = np.bincount(clip, weights=class_weight[flat], minlength=len(labels))
   return np.power(summed, 1.0 / 1.5)
 
 
-def epoch_order(seed: int, epoch: int, n: int, clips: int,
-                weights: np.ndarray | None = None) -> np.ndarray:
+def epoch_order(
+  seed: int, epoch: int, n: int, clips: int, weights: np.ndarray | None = None
+) -> np.ndarray:
   """Record indices [clips] that epoch `epoch` reads, in order, without replacement.
 
   No weights: a random permutation's first `clips`. Weights: successive draws, each in
@@ -54,8 +61,10 @@ def epoch_order(seed: int, epoch: int, n: int, clips: int,
   if weights.shape != (n,) or not np.isfinite(weights).all() or (weights < 0).any():
     raise ValueError(f"sampling weights must be {n} finite non-negative numbers")
   if np.count_nonzero(weights) < clips:
-    raise ValueError(f"only {np.count_nonzero(weights)} clips have a non-zero weight; cannot "
-                     f"draw {clips} without replacement")
+    raise ValueError(
+      f"only {np.count_nonzero(weights)} clips have a non-zero weight; cannot "
+      f"draw {clips} without replacement"
+    )
   with np.errstate(divide="ignore"):
     keys = rng.exponential(size=n) / weights  # Weight 0: key inf, never drawn.
   top = np.argpartition(keys, clips - 1)[:clips]
@@ -69,8 +78,9 @@ class EpochSource:
   starts a fresh batch when per_epoch is a multiple of the batch size.
   """
 
-  def __init__(self, source: Any, *, per_epoch: int, epochs: int, seed: int,
-               weights: np.ndarray | None = None):
+  def __init__(
+    self, source: Any, *, per_epoch: int, epochs: int, seed: int, weights: np.ndarray | None = None
+  ):
     self._source, self._weights = source, weights
     self.per_epoch, self.epochs, self.seed = per_epoch, epochs, seed
     self._cache: tuple[int, np.ndarray] | None = None
@@ -82,8 +92,10 @@ class EpochSource:
   def order(self, epoch: int) -> np.ndarray:
     """Record indices of one epoch (the last one computed is kept)."""
     if self._cache is None or self._cache[0] != epoch:
-      self._cache = (epoch, epoch_order(self.seed, epoch, len(self._source), self.per_epoch,
-                                        self._weights))
+      self._cache = (
+        epoch,
+        epoch_order(self.seed, epoch, len(self._source), self.per_epoch, self._weights),
+      )
     return self._cache[1]
 
   def __getitem__(self, key: int) -> Any:
@@ -102,7 +114,9 @@ def record_labels(source: Any, where: str) -> list[np.ndarray]:
     record = source[i]
     labels = pipeline.record_classes(record)
     if labels.size == 0 or labels.min() < 0:
-      raise ValueError(f"{where}[{i}]: clip {record.get('id')!r} has labels "
-                       f"{labels.tolist()}; weighted sampling needs labelled clips")
+      raise ValueError(
+        f"{where}[{i}]: clip {record.get('id')!r} has labels "
+        f"{labels.tolist()}; weighted sampling needs labelled clips"
+      )
     out.append(labels)
   return out

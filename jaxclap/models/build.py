@@ -39,8 +39,13 @@ class M2DNetwork:
 
   def init(self, rng: jax.Array) -> tuple[Any, Any]:
     """(online params, EMA target), boxed with logical axis names."""
-    return m2d.init_params(self.model, rng, n_frames=self.n_frames,
-                           n_mels=self.frontend_cfg.n_mels, text_dim=self.model.text_dim)
+    return m2d.init_params(
+      self.model,
+      rng,
+      n_frames=self.n_frames,
+      n_mels=self.frontend_cfg.n_mels,
+      text_dim=self.model.text_dim,
+    )
 
   def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray] | None:
     """Host-side text inputs for captions/prompts (None: no sentence model at hand)."""
@@ -51,8 +56,9 @@ class M2DNetwork:
   def text_embed(self, params, frozen, text_inputs) -> jax.Array:
     """L2-normalised CLAP text embeddings [N, C]."""
     del frozen
-    text = self.model.apply({"params": params}, text_inputs["text_embedding"],
-                            method=m2d.M2D.project_text)
+    text = self.model.apply(
+      {"params": params}, text_inputs["text_embedding"], method=m2d.M2D.project_text
+    )
     return losses.l2_normalize(text.astype(jnp.float32))
 
 
@@ -73,8 +79,11 @@ class CLAPNetwork:
     audio_key, text_key = jax.random.split(rng)
     ids = self.tokenizer(["a"])
     x = jnp.zeros((1, self.frontend_cfg.n_mels, self.n_frames), jnp.float32)
-    params = dict(self.model.init(audio_key, x, jnp.asarray(ids["input_ids"]),
-                                  jnp.asarray(ids["attention_mask"]))["params"])
+    params = dict(
+      self.model.init(
+        audio_key, x, jnp.asarray(ids["input_ids"]), jnp.asarray(ids["attention_mask"])
+      )["params"]
+    )
     params["text_tower"] = self.init_text(text_key)
     if self.finetune_audio:
       return params, {}
@@ -89,17 +98,25 @@ class CLAPNetwork:
 
   def text_embed(self, params, frozen, text_inputs) -> jax.Array:
     """L2-normalised CLAP text embeddings [N, C]."""
-    emb = self.model.apply({"params": {**params, **frozen}}, text_inputs["input_ids"],
-                           text_inputs["attention_mask"], method=clap.CLAP.text)
+    emb = self.model.apply(
+      {"params": {**params, **frozen}},
+      text_inputs["input_ids"],
+      text_inputs["attention_mask"],
+      method=clap.CLAP.text,
+    )
     return losses.l2_normalize(emb.astype(jnp.float32))
 
 
 Network = M2DNetwork | CLAPNetwork
 
 
-def build(config: ml_collections.ConfigDict, meta: RunMeta, *,
-          text_assets: TextAssets | None = None,
-          sentence_model: str | None = None) -> Network:
+def build(
+  config: ml_collections.ConfigDict,
+  meta: RunMeta,
+  *,
+  text_assets: TextAssets | None = None,
+  sentence_model: str | None = None,
+) -> Network:
   """The network of `config.stage` as `meta` describes it.
 
   `text_assets` (stage 2, a restored checkpoint's): the text tower's architecture and
@@ -110,23 +127,44 @@ def build(config: ml_collections.ConfigDict, meta: RunMeta, *,
   input_frames, unit_frames = meta.frames(config.data.crop_frames)
   pos_table = meta.pos_table or config.model.pos_table  # The meta's: inherited or imported.
   if config.stage == "stage1":
-    model_cfg = {**config.model.to_dict(), "input_frames": input_frames,
-                 "unit_frames": unit_frames, "pos_table": pos_table}
+    model_cfg = {
+      **config.model.to_dict(),
+      "input_frames": input_frames,
+      "unit_frames": unit_frames,
+      "pos_table": pos_table,
+    }
     name = sentence_model or meta.sentence_model
-    return M2DNetwork(model=m2d.build_model(model_cfg), frontend_cfg=fcfg,
-                      n_frames=config.data.crop_frames,
-                      sentence_embedder=_lazy_sentence_embedder(name) if name else None)
+    return M2DNetwork(
+      model=m2d.build_model(model_cfg),
+      frontend_cfg=fcfg,
+      n_frames=config.data.crop_frames,
+      sentence_embedder=_lazy_sentence_embedder(name) if name else None,
+    )
   dtype = jnp.dtype(config.model.dtype)
   tower, tokenizer, init_text = text_tower.build_text_tower(
-      config.text, out_dim=config.model.clap_dim, dtype=dtype, assets=text_assets)
-  model = clap.CLAP(text_tower=tower, size=config.model.size,
-                    patch_size=config.model.patch_size, n_mels=fcfg.n_mels,
-                    input_frames=input_frames, unit_frames=unit_frames,
-                    clap_dim=config.model.clap_dim, dtype=dtype,
-                    remat=config.model.remat, pos_table=pos_table)
-  return CLAPNetwork(model=model, frontend_cfg=fcfg, n_frames=config.data.crop_frames,
-                     tokenizer=tokenizer, init_text=init_text,
-                     finetune_audio=config.model.finetune_audio, restored_assets=text_assets)
+    config.text, out_dim=config.model.clap_dim, dtype=dtype, assets=text_assets
+  )
+  model = clap.CLAP(
+    text_tower=tower,
+    size=config.model.size,
+    patch_size=config.model.patch_size,
+    n_mels=fcfg.n_mels,
+    input_frames=input_frames,
+    unit_frames=unit_frames,
+    clap_dim=config.model.clap_dim,
+    dtype=dtype,
+    remat=config.model.remat,
+    pos_table=pos_table,
+  )
+  return CLAPNetwork(
+    model=model,
+    frontend_cfg=fcfg,
+    n_frames=config.data.crop_frames,
+    tokenizer=tokenizer,
+    init_text=init_text,
+    finetune_audio=config.model.finetune_audio,
+    restored_assets=text_assets,
+  )
 
 
 def _lazy_sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:

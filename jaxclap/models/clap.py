@@ -29,12 +29,24 @@ class CLAP(nn.Module):
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, remat=self.remat, pos_table=self.pos_table)
+    self.encoder = vit.ViTEncoder(
+      w,
+      d,
+      h,
+      self.patch_size,
+      self.n_mels,
+      self.input_frames,
+      dtype=self.dtype,
+      remat=self.remat,
+      pos_table=self.pos_table,
+    )
     self.audio_proj = clap_heads.audio_head("semantic", self.clap_dim, self.dtype)
     self.logit_scale = self.param(
-        "logit_scale", nn.with_logical_partitioning(
-            nn.initializers.constant(LOGIT_SCALE_INIT), ()), (), jnp.float32)
+      "logit_scale",
+      nn.with_logical_partitioning(nn.initializers.constant(LOGIT_SCALE_INIT), ()),
+      (),
+      jnp.float32,
+    )
 
   def audio(self, x: jax.Array, keep_idx: jax.Array | None = None) -> jax.Array:
     """Normalised log-mel [B, F, T] → CLAP audio embedding [B, C] (not normalised).
@@ -54,8 +66,9 @@ class CLAP(nn.Module):
     """CLAP audio embedding (not normalised) from patch tokens [B, N, D] (mask: real ones)."""
     return self.audio_proj(tokens, key_mask)
 
-  def text(self, input_ids: jax.Array, attention_mask: jax.Array,
-           deterministic: bool = True) -> jax.Array:
+  def text(
+    self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True
+  ) -> jax.Array:
     """Token ids [B, L] → CLAP text embedding [B, C] (not normalised)."""
     return self.text_tower(input_ids, attention_mask, deterministic=deterministic)
 

@@ -31,13 +31,19 @@ def torch_linear_init(fan_in: int) -> nn.initializers.Initializer:
   return init
 
 
-def torch_dense(features: int, fan_in: int, names: tuple[str | None, str | None],
-                dtype: Dtype, name: str) -> nn.Dense:
+def torch_dense(
+  features: int, fan_in: int, names: tuple[str | None, str | None], dtype: Dtype, name: str
+) -> nn.Dense:
   """Dense layer initialised as a fresh PyTorch `nn.Linear(fan_in, features)`."""
   init = torch_linear_init(fan_in)
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                  kernel_init=nn.with_logical_partitioning(init, names),
-                  bias_init=nn.with_logical_partitioning(init, names[1:]))
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(init, names),
+    bias_init=nn.with_logical_partitioning(init, names[1:]),
+  )
 
 
 class SemanticPooler(nn.Module):
@@ -59,17 +65,22 @@ class SemanticPooler(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
     b, _, d = tokens.shape
-    sem = self.param("sem_token", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               (None, None, "embed")),
-                     (1, 1, d), jnp.float32)
-    x = jnp.concatenate([jnp.broadcast_to(sem.astype(self.dtype), (b, 1, d)),
-                         tokens.astype(self.dtype)], axis=1)
+    sem = self.param(
+      "sem_token",
+      nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+      (1, 1, d),
+      jnp.float32,
+    )
+    x = jnp.concatenate(
+      [jnp.broadcast_to(sem.astype(self.dtype), (b, 1, d)), tokens.astype(self.dtype)], axis=1
+    )
     if key_mask is not None:
       key_mask = jnp.concatenate([jnp.ones((b, 1), bool), key_mask.astype(bool)], axis=1)
     for i in range(self.depth):
       last = i == self.depth - 1
       x = layers.Block(self.heads, self.mlp_ratio, 1e-5, self.dtype, name=f"sem_block_{i}")(
-          x, key_mask, 1 if last else None)
+        x, key_mask, 1 if last else None
+      )
     x = layers.layer_norm(1e-5, self.dtype, "norm")(x[:, 0])
     if self.out_dim is not None and self.out_dim != d:
       x = layers.dense(self.out_dim, ("embed", None), self.dtype, "out_proj")(x)
@@ -122,4 +133,5 @@ class TextProjection(nn.Module):
     if text_emb.shape[-1] == self.out_dim:
       return text_emb
     return torch_dense(self.out_dim, text_emb.shape[-1], (None, "embed"), self.dtype, "proj")(
-        text_emb.astype(self.dtype))
+      text_emb.astype(self.dtype)
+    )

@@ -11,7 +11,8 @@ methods (jaxclap.models.m2d.M2D); `params` is its parameter tree.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,14 +33,12 @@ def _encoder(params: Any, model: Any) -> Callable[[jax.Array], jax.Array]:
 
 def encode_tokens(params: Any, x: jax.Array, *, model: Any) -> list[jax.Array]:
   """Patch tokens [B, F'·t', D] (no cls) of each time chunk of `x`."""
-  return patches.encode_chunks(_encoder(params, model), x, unit_frames(model),
-                               model.patch_size)
+  return patches.encode_chunks(_encoder(params, model), x, unit_frames(model), model.patch_size)
 
 
 def frame_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
   """Frame-level features [B, T', F'·D]: per time patch, frequency patches concatenated."""
-  return patches.encode_in_chunks(_encoder(params, model), x, unit_frames(model),
-                                  model.patch_size)
+  return patches.encode_in_chunks(_encoder(params, model), x, unit_frames(model), model.patch_size)
 
 
 def clip_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
@@ -47,8 +46,9 @@ def clip_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
   return jnp.mean(frame_features(params, x, model=model).astype(jnp.float32), axis=1)
 
 
-def clap_audio_embedding(params: Any, x: jax.Array, *, model: Any,
-                         normalize: bool = True) -> jax.Array:
+def clap_audio_embedding(
+  params: Any, x: jax.Array, *, model: Any, normalize: bool = True
+) -> jax.Array:
   """CLAP audio embedding [B, C] from all patch tokens of all chunks (L2-normalised)."""
   tokens = jnp.concatenate(encode_tokens(params, x, model=model), axis=1)
   emb = model.apply({"params": params}, tokens, method="project_audio").astype(jnp.float32)

@@ -9,7 +9,8 @@ and the cls token are shared: the target branch uses the online ones without gra
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,15 +35,21 @@ class Predictor(nn.Module):
   remat: str = "none"  # See vit.block_class.
 
   @nn.compact
-  def __call__(self, z: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array,
-               grid: tuple[int, int]) -> jax.Array:
+  def __call__(
+    self, z: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array, grid: tuple[int, int]
+  ) -> jax.Array:
     b, v = visible_idx.shape
     m = masked_idx.shape[1]
     x = layers.dense(self.width, ("embed", "mlp"), self.dtype, "embed")(z)
-    mask_token = self.param("mask_token", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, None, "embed")), (1, 1, self.width), jnp.float32)
+    mask_token = self.param(
+      "mask_token",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+      (1, 1, self.width),
+      jnp.float32,
+    )
     shuffled = jnp.concatenate(
-        [x[:, 1:], jnp.broadcast_to(mask_token.astype(x.dtype), (b, m, self.width))], axis=1)
+      [x[:, 1:], jnp.broadcast_to(mask_token.astype(x.dtype), (b, m, self.width))], axis=1
+    )
     restore = jnp.argsort(jnp.concatenate([visible_idx, masked_idx], axis=1), axis=1)
     x_ = jnp.take_along_axis(shuffled, restore[..., None], axis=1)
     pos = patches.sincos_pos_embed(self.width, grid, cls_token=True)
@@ -78,32 +85,51 @@ class M2D(nn.Module):
 
   def setup(self):
     w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(w, d, h, self.patch_size, self.n_mels, self.input_frames,
-                                  dtype=self.dtype, remat=self.remat, pos_table=self.pos_table)
-    self.predictor = Predictor(self.predictor_width, self.predictor_depth,
-                               self.predictor_heads, w, self.dtype, self.remat)
+    self.encoder = vit.ViTEncoder(
+      w,
+      d,
+      h,
+      self.patch_size,
+      self.n_mels,
+      self.input_frames,
+      dtype=self.dtype,
+      remat=self.remat,
+      pos_table=self.pos_table,
+    )
+    self.predictor = Predictor(
+      self.predictor_width, self.predictor_depth, self.predictor_heads, w, self.dtype, self.remat
+    )
     self.audio_proj = clap_heads.audio_head(self.clap_head, self.clap_dim, self.dtype)
     self.text_proj = clap_heads.TextProjection(self.clap_dim, self.dtype)
     self.logit_scale = self.param(
-        "logit_scale", nn.with_logical_partitioning(
-            nn.initializers.constant(LOGIT_SCALE_INIT), ()), (), jnp.float32)
+      "logit_scale",
+      nn.with_logical_partitioning(nn.initializers.constant(LOGIT_SCALE_INIT), ()),
+      (),
+      jnp.float32,
+    )
 
-  def stage1(self, x: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array,
-             text_emb: jax.Array) -> dict[str, jax.Array]:
+  def stage1(
+    self, x: jax.Array, visible_idx: jax.Array, masked_idx: jax.Array, text_emb: jax.Array
+  ) -> dict[str, jax.Array]:
     """Online branch: predictions at masked positions, target inputs, CLAP embeddings."""
     grid = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
     tokens = self.encoder.embed(x)
     visible = jnp.take_along_axis(tokens, visible_idx[..., None], axis=1)
     z = self.encoder.encode_tokens(visible)
     return {
-        "pred": self.predictor(z, visible_idx, masked_idx, grid),
-        "target_in": jnp.concatenate(
-            [jnp.broadcast_to(self.encoder.cls().astype(tokens.dtype),
-                              (tokens.shape[0], 1, tokens.shape[2])),
-             jnp.take_along_axis(tokens, masked_idx[..., None], axis=1)], axis=1),
-        "audio_emb": self.audio_proj(z[:, 1:]),
-        "text_emb": self.text_proj(text_emb),
-        "logit_scale": self.logit_scale,
+      "pred": self.predictor(z, visible_idx, masked_idx, grid),
+      "target_in": jnp.concatenate(
+        [
+          jnp.broadcast_to(
+            self.encoder.cls().astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[2])
+          ),
+          jnp.take_along_axis(tokens, masked_idx[..., None], axis=1),
+        ],
+        axis=1,
+      ),
+      "audio_emb": self.audio_proj(z[:, 1:]),
+      "text_emb": self.text_proj(text_emb),
+      "logit_scale": self.logit_scale,
     }
 
   def encode(self, x: jax.Array) -> jax.Array:
@@ -142,20 +168,28 @@ def _dtype(name: str) -> Any:
 def build_model(model_cfg: Mapping[str, Any]) -> M2D:
   """M2D from a model config (ml_collections ConfigDict or dict); see M2D's fields."""
   get = model_cfg.get
-  return M2D(size=model_cfg["size"], patch_size=get("patch_size", 16),
-             n_mels=get("n_mels", 80), input_frames=get("input_frames", 608),
-             unit_frames=get("unit_frames", 0),
-             mask_ratio=get("mask_ratio", 0.7),
-             predictor_width=get("predictor_width", 512),
-             predictor_depth=get("predictor_depth", 8),
-             predictor_heads=get("predictor_heads", 16),
-             clap_head=get("clap_head", "semantic"), clap_dim=get("clap_dim", 768),
-             text_dim=model_cfg["text_dim"], dtype=_dtype(get("dtype", "float32")),
-             remat=get("remat", "none"), pos_table=get("pos_table", "sincos"))
+  return M2D(
+    size=model_cfg["size"],
+    patch_size=get("patch_size", 16),
+    n_mels=get("n_mels", 80),
+    input_frames=get("input_frames", 608),
+    unit_frames=get("unit_frames", 0),
+    mask_ratio=get("mask_ratio", 0.7),
+    predictor_width=get("predictor_width", 512),
+    predictor_depth=get("predictor_depth", 8),
+    predictor_heads=get("predictor_heads", 16),
+    clap_head=get("clap_head", "semantic"),
+    clap_dim=get("clap_dim", 768),
+    text_dim=model_cfg["text_dim"],
+    dtype=_dtype(get("dtype", "float32")),
+    remat=get("remat", "none"),
+    pos_table=get("pos_table", "sincos"),
+  )
 
 
-def init_params(model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80,
-                text_dim: int) -> tuple[dict, dict]:
+def init_params(
+  model: M2D, rng: jax.Array, *, n_frames: int, n_mels: int = 80, text_dim: int
+) -> tuple[dict, dict]:
   """(online, target) parameter trees, with nn.Partitioned boxes (logical axis names).
 
   The target body is initialised independently of the online body (official recipe).
@@ -175,12 +209,15 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
   return int(num_patches * (1 - mask_ratio))
 
 
-def sample_masks(rng: jax.Array, batch: int, num_patches: int,
-                 mask_ratio: float) -> tuple[jax.Array, jax.Array]:
+def sample_masks(
+  rng: jax.Array, batch: int, num_patches: int, mask_ratio: float
+) -> tuple[jax.Array, jax.Array]:
   """Per-example random masks: sorted, disjoint (visible_idx [B, V], masked_idx [B, M])."""
   v = num_visible(num_patches, mask_ratio)
   if not 0 < v < num_patches:
-    raise ValueError(f"sample_masks: mask_ratio={mask_ratio} leaves {v} of {num_patches} "
-                     "patches visible; need at least one visible and one masked")
+    raise ValueError(
+      f"sample_masks: mask_ratio={mask_ratio} leaves {v} of {num_patches} "
+      "patches visible; need at least one visible and one masked"
+    )
   shuffle = jnp.argsort(jax.random.uniform(rng, (batch, num_patches)), axis=1)
   return jnp.sort(shuffle[:, :v], axis=1), jnp.sort(shuffle[:, v:], axis=1)

@@ -24,7 +24,8 @@ and the papers describe dropping the sampled rows/columns, and that is what
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +57,7 @@ def structured_counts(grid_f: int, grid_t: int, ratio: float) -> tuple[int, int]
   return n_rows, n_cols
 
 
-def official_variants(grid_f: int, grid_t: int, ratio: float
-                      ) -> tuple[tuple[int, int, float], ...]:
+def official_variants(grid_f: int, grid_t: int, ratio: float) -> tuple[tuple[int, int, float], ...]:
   """Every (rows, columns, probability) the official per-batch draw can give, exactly.
 
   rows = min(int(a·U), F − 1) with a = F·(r + 1/F): each k < floor(a) has probability 1/a,
@@ -83,8 +83,9 @@ def official_variants(grid_f: int, grid_t: int, ratio: float
   return tuple(out)
 
 
-def stage2_variants(grid_f: int, grid_t: int, ratio: float, counts: str = "official"
-                    ) -> tuple[tuple[int, int, float], ...]:
+def stage2_variants(
+  grid_f: int, grid_t: int, ratio: float, counts: str = "official"
+) -> tuple[tuple[int, int, float], ...]:
   """The (rows, columns, probability) variants of `model.structured_mask_counts`.
 
   "official": `official_variants` (counts drawn per batch); "fixed": the single
@@ -103,8 +104,9 @@ def draw_variant(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]) -
   return jax.random.choice(rng, len(variants), p=probs).astype(jnp.int32)
 
 
-def draw_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
-              ) -> tuple[jax.Array, jax.Array]:
+def draw_mask(
+  rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
+) -> tuple[jax.Array, jax.Array]:
   """(index of this batch's variant, key for its kept rows/columns)."""
   pick_key, keep_key = jax.random.split(rng)
   if len(variants) == 1:
@@ -112,8 +114,13 @@ def draw_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
   return draw_variant(pick_key, variants), keep_key
 
 
-def with_drawn_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...], batch: int,
-                    grid: tuple[int, int], fn: Callable[..., Any]) -> tuple[Any, jax.Array]:
+def with_drawn_mask(
+  rng: jax.Array,
+  variants: tuple[tuple[int, int, float], ...],
+  batch: int,
+  grid: tuple[int, int],
+  fn: Callable[..., Any],
+) -> tuple[Any, jax.Array]:
   """`fn(keep, kept_grid)` under this batch's structured mask; (its output, variant index).
 
   The variant is drawn per batch (`draw_mask`); `jax.lax.switch` runs one branch per
@@ -130,6 +137,7 @@ def with_drawn_mask(rng: jax.Array, variants: tuple[tuple[int, int, float], ...]
         return fn(None, None)
       keep = structured_keep(keep_key, batch, grid_f, grid_t, n_rows, n_cols)
       return fn(keep, (grid_f - n_rows, grid_t - n_cols))
+
     return run
 
   branches = [branch(r, c) for r, c, _ in variants]
@@ -146,19 +154,22 @@ def dropped_fraction(grid_f: int, grid_t: int, n_rows: int, n_cols: int) -> floa
 def _kept_sorted(rng: jax.Array, batch: int, size: int, n_drop: int) -> jax.Array:
   """Per example, a sorted random subset of ``size - n_drop`` of ``range(size)``: [B, keep]."""
   noise = jax.random.uniform(rng, (batch, size))
-  return jnp.sort(jnp.argsort(noise, axis=-1)[:, :size - n_drop], axis=-1).astype(jnp.int32)
+  return jnp.sort(jnp.argsort(noise, axis=-1)[:, : size - n_drop], axis=-1).astype(jnp.int32)
 
 
-def structured_keep(rng: jax.Array, batch: int, grid_f: int, grid_t: int, n_rows: int,
-                    n_cols: int) -> jax.Array:
+def structured_keep(
+  rng: jax.Array, batch: int, grid_f: int, grid_t: int, n_rows: int, n_cols: int
+) -> jax.Array:
   """Sorted kept token indices ``[batch, (grid_f - n_rows) * (grid_t - n_cols)]`` int32.
 
   All size arguments are Python ints (static under ``jit``); only ``rng`` is traced.
   """
   _check_grid(grid_f, grid_t)
   if not (0 <= n_rows < grid_f and 0 <= n_cols < grid_t):
-    raise ValueError(f"cannot drop {n_rows} rows and {n_cols} columns of a {grid_f}x{grid_t} "
-                     "patch grid; at least one row and one column must stay")
+    raise ValueError(
+      f"cannot drop {n_rows} rows and {n_cols} columns of a {grid_f}x{grid_t} "
+      "patch grid; at least one row and one column must stay"
+    )
   # The sampled rows/columns are the dropped ones, as documented officially; the official
   # code's argsort(mask, descending=True)[:len_keep] would keep them instead (module docs).
   row_key, col_key = jax.random.split(rng)

@@ -7,7 +7,7 @@ the order of flattening a [D, F', T'] conv output with an OIHW [D, 1, p, p] kern
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ def patchify(x: jax.Array, patch_size: int = 16) -> jax.Array:
   """[B, F, T] → [B, F'·T', p·p]; frames beyond a whole patch are dropped."""
   b, f, t = x.shape
   gf, gt = f // patch_size, t // patch_size
-  x = x[:, :gf * patch_size, :gt * patch_size]
+  x = x[:, : gf * patch_size, : gt * patch_size]
   x = x.reshape(b, gf, patch_size, gt, patch_size)
   return x.transpose(0, 1, 3, 2, 4).reshape(b, gf * gt, patch_size * patch_size)
 
@@ -48,16 +48,18 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
   if dim % 4:
     raise ValueError(f"sincos_pos_embed: dim={dim} must be divisible by 4")
   gf, gt = grid
-  t_idx, f_idx = np.meshgrid(np.arange(gt), np.arange(gf))   # each [F', T']
-  table = np.concatenate([_sincos_1d(dim // 2, t_idx.reshape(-1)),
-                          _sincos_1d(dim // 2, f_idx.reshape(-1))], axis=1)
+  t_idx, f_idx = np.meshgrid(np.arange(gt), np.arange(gf))  # each [F', T']
+  table = np.concatenate(
+    [_sincos_1d(dim // 2, t_idx.reshape(-1)), _sincos_1d(dim // 2, f_idx.reshape(-1))], axis=1
+  )
   if cls_token:
     table = np.concatenate([np.zeros((1, dim)), table], axis=0)
   return table.astype(np.float32)
 
 
-def fit_pos_embed(table: jax.Array, train_grid: tuple[int, int],
-                  grid: tuple[int, int]) -> jax.Array:
+def fit_pos_embed(
+  table: jax.Array, train_grid: tuple[int, int], grid: tuple[int, int]
+) -> jax.Array:
   """Adapt a patch table [F'·T'_train, D] (no cls) to another grid.
 
   Fewer time columns keep the first columns (official runtime); more are bicubically
@@ -67,14 +69,15 @@ def fit_pos_embed(table: jax.Array, train_grid: tuple[int, int],
   d = table.shape[-1]
   table = jnp.asarray(table).reshape(*train_grid, d)
   if grid[0] == train_grid[0] and grid[1] <= train_grid[1]:
-    table = table[:, :grid[1]]
+    table = table[:, : grid[1]]
   elif grid != train_grid:
     table = jax.image.resize(table, (*grid, d), method="bicubic", antialias=False)
   return table.reshape(grid[0] * grid[1], d)
 
 
-def split_time_chunks(x: jax.Array | np.ndarray, unit_frames: int, patch_size: int = 16, *,
-                      whole_units: bool = False) -> list[jax.Array | np.ndarray]:
+def split_time_chunks(
+  x: jax.Array | np.ndarray, unit_frames: int, patch_size: int = 16, *, whole_units: bool = False
+) -> list[jax.Array | np.ndarray]:
   """[..., T] → ceil(T / unit) chunks of `unit_frames` frames along the last axis.
 
   Follows the official runtime's `encode_lms`: the final chunk is padded with zeros
@@ -84,12 +87,15 @@ def split_time_chunks(x: jax.Array | np.ndarray, unit_frames: int, patch_size: i
   """
   xp = np if isinstance(x, np.ndarray) else jnp
   t = x.shape[-1]
-  chunks = [x[..., i:i + unit_frames] for i in range(0, t, unit_frames)]
+  chunks = [x[..., i : i + unit_frames] for i in range(0, t, unit_frames)]
   last = chunks[-1].shape[-1]
   # As the official slicing, padding never reaches past the unit: with a unit that is no
   # patch multiple (1001 frames), a last chunk that nearly fills it drops its partial patch.
-  pad = unit_frames - last if whole_units else min(
-      (patch_size - last % unit_frames % patch_size) % patch_size, unit_frames - last)
+  pad = (
+    unit_frames - last
+    if whole_units
+    else min((patch_size - last % unit_frames % patch_size) % patch_size, unit_frames - last)
+  )
   if pad:
     chunks[-1] = xp.pad(chunks[-1], [(0, 0)] * (x.ndim - 1) + [(0, pad)])
   return chunks
@@ -98,13 +104,21 @@ def split_time_chunks(x: jax.Array | np.ndarray, unit_frames: int, patch_size: i
 def tokens_to_frames(tokens: jax.Array, grid_f: int) -> jax.Array:
   """[B, F'·T', D] → [B, T', F'·D] (per time patch, frequency patches concatenated)."""
   b, l, d = tokens.shape
-  return tokens.reshape(b, grid_f, l // grid_f, d).transpose(0, 2, 1, 3).reshape(
-      b, l // grid_f, grid_f * d)
+  return (
+    tokens.reshape(b, grid_f, l // grid_f, d)
+    .transpose(0, 2, 1, 3)
+    .reshape(b, l // grid_f, grid_f * d)
+  )
 
 
-def encode_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                  unit_frames: int, patch_size: int = 16, *, one_batch: bool = False
-                  ) -> list[jax.Array]:
+def encode_chunks(
+  encode_fn: Callable[[jax.Array], jax.Array],
+  x: jax.Array,
+  unit_frames: int,
+  patch_size: int = 16,
+  *,
+  one_batch: bool = False,
+) -> list[jax.Array]:
   """Patch tokens [B, F'·t', D] of each `split_time_chunks` chunk of [B, F, T] input.
 
   `encode_fn` maps a chunk [N, F, t] to patch tokens [N, F'·t', D] without cls.
@@ -119,12 +133,15 @@ def encode_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   return list(jnp.moveaxis(tokens.reshape(b, n, *tokens.shape[1:]), 1, 0))
 
 
-def encode_in_chunks(encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
-                     unit_frames: int, patch_size: int = 16) -> jax.Array:
+def encode_in_chunks(
+  encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array, unit_frames: int, patch_size: int = 16
+) -> jax.Array:
   """Frame features [B, T'_total, F'·D] of a long input, chunk by chunk along time.
 
   `encode_fn` maps a chunk [B, F, t] to patch tokens [B, F'·t', D] without cls.
   """
   grid_f = x.shape[1] // patch_size
-  return jnp.concatenate([tokens_to_frames(t, grid_f)
-                          for t in encode_chunks(encode_fn, x, unit_frames, patch_size)], axis=1)
+  return jnp.concatenate(
+    [tokens_to_frames(t, grid_f) for t in encode_chunks(encode_fn, x, unit_frames, patch_size)],
+    axis=1,
+  )

@@ -14,13 +14,15 @@ class ViTSize(NamedTuple):
   heads: int
 
 
-SIZES = types.MappingProxyType({
+SIZES = types.MappingProxyType(
+  {
     "test": ViTSize(64, 2, 2),
     "tiny": ViTSize(192, 12, 3),
     "small": ViTSize(384, 12, 6),
     "base": ViTSize(768, 12, 12),
     "large": ViTSize(1024, 24, 16),
-})
+  }
+)
 
 
 def get_size(name: str) -> ViTSize:

@@ -79,16 +79,21 @@ class ViTEncoder(nn.Module):
   def setup(self):
     self.patch_embed = layers.dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")
     self.cls_token = self.param(
-        "cls_token", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                  (None, None, "embed")),
-        (1, 1, self.width), jnp.float32)
+      "cls_token",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+      (1, 1, self.width),
+      jnp.float32,
+    )
     self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype, self.remat)
     if self.pos_table not in POS_TABLES:
       raise ValueError(f"model.pos_table={self.pos_table!r}; expected one of {POS_TABLES}")
     if self.pos_table == "stored":
       self.stored_pos_embed = self.param(
-          "pos_embed", nn.with_logical_partitioning(self._sincos_init, (None, "embed")),
-          (self.train_grid[0] * self.train_grid[1], self.width), jnp.float32)
+        "pos_embed",
+        nn.with_logical_partitioning(self._sincos_init, (None, "embed")),
+        (self.train_grid[0] * self.train_grid[1], self.width),
+        jnp.float32,
+      )
 
   def _sincos_init(self, key: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
     del key
@@ -121,8 +126,7 @@ class ViTEncoder(nn.Module):
 
   def encode_tokens(self, tokens: jax.Array) -> jax.Array:
     """Prepend cls to embedded tokens [B, N, D] and run the body → [B, 1 + N, D]."""
-    cls = jnp.broadcast_to(self.cls_token.astype(tokens.dtype),
-                           (tokens.shape[0], 1, self.width))
+    cls = jnp.broadcast_to(self.cls_token.astype(tokens.dtype), (tokens.shape[0], 1, self.width))
     return self.body(jnp.concatenate([cls, tokens], axis=1))
 
   def __call__(self, x: jax.Array) -> jax.Array:

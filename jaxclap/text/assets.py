@@ -31,8 +31,12 @@ class TextAssets:
   def of(cls, tower: Any, tokenizer: Any) -> TextAssets:
     """The assets of a built `TextTower` and its tokenizer."""
     if tower.kind == "bert":
-      return cls(kind="bert", bert_config=dataclasses.asdict(tower.bert_config),
-                 tokenizer_json=tokenizer.tokenizer.to_str(), lowercase=tokenizer.lowercase)
+      return cls(
+        kind="bert",
+        bert_config=dataclasses.asdict(tower.bert_config),
+        tokenizer_json=tokenizer.tokenizer.to_str(),
+        lowercase=tokenizer.lowercase,
+      )
     return cls(kind="scratch", spm_model=tokenizer.sp.serialized_model_proto())
 
   def bert(self) -> bert.BertConfig:
@@ -40,8 +44,7 @@ class TextAssets:
 
   def tokenizer(self, max_len: int) -> tokenize.HFTokenizer | tokenize.SpmTokenizer:
     if self.kind == "bert":
-      return tokenize.HFTokenizer(Tokenizer.from_str(self.tokenizer_json), max_len,
-                                  self.lowercase)
+      return tokenize.HFTokenizer(Tokenizer.from_str(self.tokenizer_json), max_len, self.lowercase)
     return tokenize.SpmTokenizer(self.spm_model, max_len)
 
   def to_dict(self) -> dict[str, Any]:

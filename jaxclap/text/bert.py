@@ -1,7 +1,8 @@
 """BERT-family text encoder in Flax linen, loadable from a Hugging Face model folder.
 
 The parameter tree mirrors Hugging Face ``BertModel`` names
-(``encoder/layer_0/attention/self/query/kernel`` <-> ``encoder.layer.0.attention.self.query.weight``)
+(``encoder/layer_0/attention/self/query/kernel`` <->
+``encoder.layer.0.attention.self.query.weight``)
 so that checkpoints convert by a name join plus a transpose/reshape; see
 :func:`params_from_hf` and :func:`params_to_hf`.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,10 +30,10 @@ PyTree = Any
 
 # Activations named by Hugging Face's `hidden_act`; "gelu" is the exact erf form.
 _ACTIVATIONS = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
+  "gelu": lambda x: nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: nn.gelu(x, approximate=True),
+  "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+  "relu": nn.relu,
 }
 
 
@@ -56,18 +58,20 @@ class BertConfig:
   def __post_init__(self):
     if self.hidden_act not in _ACTIVATIONS:
       raise ValueError(
-          f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
+        f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}"
+      )
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size={self.hidden_size} is not divisible by "
-          f"num_attention_heads={self.num_attention_heads}")
+        f"hidden_size={self.hidden_size} is not divisible by "
+        f"num_attention_heads={self.num_attention_heads}"
+      )
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
   @classmethod
-  def from_json(cls, path: str | Path, **overrides) -> "BertConfig":
+  def from_json(cls, path: str | Path, **overrides) -> BertConfig:
     """Reads a Hugging Face ``config.json``; rejects non-BERT architectures clearly."""
     path = Path(path)
     try:
@@ -79,13 +83,15 @@ class BertConfig:
     model_type = raw.get("model_type")
     if model_type != "bert":
       raise ValueError(
-          f"{path}: model_type={model_type!r}, but the Flax encoder only implements "
-          "model_type='bert'. Use backend='st' (sentence-transformers) for other families.")
+        f"{path}: model_type={model_type!r}, but the Flax encoder only implements "
+        "model_type='bert'. Use backend='st' (sentence-transformers) for other families."
+      )
     position_type = raw.get("position_embedding_type", "absolute")
     if position_type != "absolute":
       raise ValueError(
-          f"{path}: position_embedding_type={position_type!r} is not supported "
-          "(only 'absolute'); use backend='st'.")
+        f"{path}: position_embedding_type={position_type!r} is not supported "
+        "(only 'absolute'); use backend='st'."
+      )
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in raw.items() if k in names}
     kwargs.update(overrides)
@@ -103,17 +109,25 @@ def _normal(config: BertConfig) -> nn.initializers.Initializer:
 def _layer_norm(config: BertConfig, name: str, dtype: Any) -> nn.LayerNorm:
   """LayerNorm with BERT's epsilon and logically named params."""
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, dtype=dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    epsilon=config.layer_norm_eps,
+    dtype=dtype,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+  )
 
 
-def _dense(config: BertConfig, features: int, axes: tuple[str, str], name: str, dtype: Any) -> nn.Dense:
+def _dense(
+  config: BertConfig, features: int, axes: tuple[str, str], name: str, dtype: Any
+) -> nn.Dense:
   """Dense whose kernel is named ``axes`` (in, out) and whose bias follows the out axis."""
   return nn.Dense(
-      features, dtype=dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(_normal(config), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
+    features,
+    dtype=dtype,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(_normal(config), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+  )
 
 
 class _BertModule(nn.Module):
@@ -132,11 +146,17 @@ class BertEmbeddings(_BertModule):
     seq_len = input_ids.shape[-1]
     if seq_len > cfg.max_position_embeddings:
       raise ValueError(
-          f"Sequence length {seq_len} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+        f"Sequence length {seq_len} exceeds max_position_embeddings={cfg.max_position_embeddings}"
+      )
 
     def embed(num: int, axes: tuple[str | None, str], name: str) -> nn.Embed:
-      return nn.Embed(num, cfg.hidden_size, dtype=self.dtype, name=name,
-                      embedding_init=nn.with_logical_partitioning(_normal(cfg), axes))
+      return nn.Embed(
+        num,
+        cfg.hidden_size,
+        dtype=self.dtype,
+        name=name,
+        embedding_init=nn.with_logical_partitioning(_normal(cfg), axes),
+      )
 
     x = embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
     positions = jnp.arange(seq_len)[None, :]
@@ -155,15 +175,23 @@ class BertSelfAttention(_BertModule):
 
     def project(name: str) -> Array:
       return nn.DenseGeneral(
-          (cfg.num_attention_heads, cfg.head_dim), dtype=self.dtype, name=name,
-          kernel_init=nn.with_logical_partitioning(_normal(cfg), ("embed", "heads", "kv")),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")))(x)
+        (cfg.num_attention_heads, cfg.head_dim),
+        dtype=self.dtype,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(_normal(cfg), ("embed", "heads", "kv")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("heads", "kv")),
+      )(x)
 
     query, key, value = project("query"), project("key"), project("value")
     use_dropout = not deterministic and cfg.attention_probs_dropout_prob > 0
     return layers.attention(  # [B, L, heads, kv]
-        query, key, value, attention_mask, dropout_rate=cfg.attention_probs_dropout_prob,
-        dropout_rng=self.make_rng("dropout") if use_dropout else None)
+      query,
+      key,
+      value,
+      attention_mask,
+      dropout_rate=cfg.attention_probs_dropout_prob,
+      dropout_rng=self.make_rng("dropout") if use_dropout else None,
+    )
 
 
 class BertOutput(_BertModule):
@@ -179,10 +207,13 @@ class BertOutput(_BertModule):
   def __call__(self, h: Array, residual: Array, deterministic: bool) -> Array:
     cfg = self.config
     x = nn.DenseGeneral(
-        cfg.hidden_size, axis=tuple(range(-len(self.in_axes), 0)), dtype=self.dtype,
-        name="dense",
-        kernel_init=nn.with_logical_partitioning(_normal(cfg), (*self.in_axes, "embed")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(h)
+      cfg.hidden_size,
+      axis=tuple(range(-len(self.in_axes), 0)),
+      dtype=self.dtype,
+      name="dense",
+      kernel_init=nn.with_logical_partitioning(_normal(cfg), (*self.in_axes, "embed")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    )(h)
     x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     return _layer_norm(cfg, "LayerNorm", self.dtype)(x + residual)
 
@@ -192,9 +223,12 @@ class BertAttention(_BertModule):
 
   @nn.compact
   def __call__(self, x: Array, attention_mask: Array, deterministic: bool) -> Array:
-    heads = BertSelfAttention(self.config, self.dtype, name="self")(x, attention_mask, deterministic)
+    heads = BertSelfAttention(self.config, self.dtype, name="self")(
+      x, attention_mask, deterministic
+    )
     return BertOutput(self.config, self.dtype, ("heads", "kv"), name="output")(
-        heads, x, deterministic)
+      heads, x, deterministic
+    )
 
 
 class BertIntermediate(_BertModule):
@@ -241,8 +275,13 @@ class BertModel(_BertModule):
   """BERT encoder returning the last hidden state ``[B, L, H]``."""
 
   @nn.compact
-  def __call__(self, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None,
-               deterministic: bool = True) -> Array:
+  def __call__(
+    self,
+    input_ids: Array,
+    attention_mask: Array,
+    token_type_ids: Array | None = None,
+    deterministic: bool = True,
+  ) -> Array:
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     embeddings = BertEmbeddings(self.config, self.dtype, name="embeddings")
@@ -282,10 +321,13 @@ def _canonical_hf(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   out, dropped = {}, []
   for name, value in state.items():
     if name.startswith("bert."):
-      name = name[len("bert."):]
+      name = name[len("bert.") :]
     head, _, leaf = name.rpartition(".")
     name = f"{head}.{_HF_LEGACY.get(leaf, leaf)}"
-    if name.split(".")[0] in ("embeddings", "encoder", "pooler") and name != "embeddings.position_ids":
+    if (
+      name.split(".")[0] in ("embeddings", "encoder", "pooler")
+      and name != "embeddings.position_ids"
+    ):
       out[name] = value
     else:
       dropped.append(name)
@@ -294,8 +336,9 @@ def _canonical_hf(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def params_from_hf(state: Mapping[str, np.ndarray], config: BertConfig, *,
-                   source: str = "state dict") -> PyTree:
+def params_from_hf(
+  state: Mapping[str, np.ndarray], config: BertConfig, *, source: str = "state dict"
+) -> PyTree:
   """Maps HF ``BertModel`` tensors (PyTorch layout) to the Flax ``params`` tree (numpy float32)."""
   state = _canonical_hf(state)
   expected = param_shapes(config)
@@ -309,15 +352,19 @@ def params_from_hf(state: Mapping[str, np.ndarray], config: BertConfig, *,
     # PyTorch Linear stores [out, in]; Flax kernels are [in, ...out] with heads split out.
     value = value.T if path[-1] == "kernel" else value
     if value.size != int(np.prod(shape)):
-      raise ValueError(f"{source}: tensor {name!r} has shape {state[name].shape}, "
-                       f"which does not fit Flax param {'/'.join(path)} of shape {shape}")
+      raise ValueError(
+        f"{source}: tensor {name!r} has shape {state[name].shape}, "
+        f"which does not fit Flax param {'/'.join(path)} of shape {shape}"
+      )
     flat[path] = value.reshape(shape)
   if missing:
     raise KeyError(f"{source}: missing {len(missing)} BERT tensors, e.g. {missing[:5]}")
   unexpected = sorted(set(state) - {_hf_name(p) for p in expected})
   if unexpected:
-    raise KeyError(f"{source}: unexpected tensors for this config (add_pooling_layer="
-                   f"{config.add_pooling_layer}): {unexpected[:5]}")
+    raise KeyError(
+      f"{source}: unexpected tensors for this config (add_pooling_layer="
+      f"{config.add_pooling_layer}): {unexpected[:5]}"
+    )
   return unflatten_dict(flat)
 
 
@@ -329,16 +376,19 @@ def params_to_hf(params: PyTree, config: BertConfig) -> dict[str, np.ndarray]:
     value = np.asarray(value, dtype=np.float32)
     if path[-1] == "kernel":
       in_first = path[-2] in ("query", "key", "value")  # [H, heads, kv]; others end in out dim.
-      value = (value.reshape(value.shape[0], -1) if in_first else value.reshape(-1, value.shape[-1])).T
+      value = (
+        value.reshape(value.shape[0], -1) if in_first else value.reshape(-1, value.shape[-1])
+      ).T
     elif path[-1] == "bias":
       value = value.reshape(-1)
     out[_hf_name(path)] = np.ascontiguousarray(value)
   return out
 
 
-def load_bert(folder: str | Path, *, dtype: Any = jnp.float32,
-              add_pooling_layer: bool | None = None) -> tuple[BertModel, PyTree]:
-  """Builds a :class:`BertModel` and its unboxed ``params`` from an HF folder with ``model.safetensors``.
+def load_bert(
+  folder: str | Path, *, dtype: Any = jnp.float32, add_pooling_layer: bool | None = None
+) -> tuple[BertModel, PyTree]:
+  """A :class:`BertModel` and its unboxed ``params`` from an HF folder with ``model.safetensors``.
 
   ``add_pooling_layer=None`` keeps the pooler exactly when the checkpoint has one.
   """
@@ -347,9 +397,10 @@ def load_bert(folder: str | Path, *, dtype: Any = jnp.float32,
   if not weights.is_file():
     present = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
     raise FileNotFoundError(
-        f"{folder}: no model.safetensors (found {present or 'no such folder'}). jaxclap reads "
-        "BERT weights only from safetensors; convert pytorch_model.bin with the `safetensors` "
-        "library or use backend='st'.")
+      f"{folder}: no model.safetensors (found {present or 'no such folder'}). jaxclap reads "
+      "BERT weights only from safetensors; convert pytorch_model.bin with the `safetensors` "
+      "library or use backend='st'."
+    )
   state = load_file(str(weights))
   pooler_keys = [k for k in state if k.startswith(("pooler.", "bert.pooler."))]
   if add_pooling_layer is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,9 @@ def pool(hidden: jax.Array, mask: jax.Array, modes: str | Sequence[str]) -> jax.
   count = jnp.maximum(m.sum(axis=1), 1e-9)
   total = (hidden * m).sum(axis=1)
   out = {
-      "cls": lambda: hidden[:, 0],
-      "max": lambda: jnp.where(m > 0, hidden, -jnp.inf).max(axis=1),
-      "mean": lambda: total / count,
-      "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
+    "cls": lambda: hidden[:, 0],
+    "max": lambda: jnp.where(m > 0, hidden, -jnp.inf).max(axis=1),
+    "mean": lambda: total / count,
+    "mean_sqrt_len_tokens": lambda: total / jnp.sqrt(count),
   }
   return jnp.concatenate([out[mode]() for mode in modes], axis=-1)

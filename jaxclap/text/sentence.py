@@ -1,4 +1,4 @@
-"""Sentence embeddings for captions: a PyTorch-free JAX backend and an optional sentence-transformers one.
+"""Sentence embeddings for captions: a PyTorch-free JAX backend, optionally sentence-transformers.
 
 The dataset builders call :func:`load_sentence_embedder` once and embed each distinct caption once
 (`jaxclap.data.schema.embed_unique`); the vectors become the stage-1 distillation targets.
@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,12 @@ from jaxclap.text.registry import DEFAULT_TEXT_MODEL, resolve_text_model
 _ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 # Legacy boolean keys of 1_Pooling/config.json, in sentence-transformers' concatenation order.
 _LEGACY_POOLING_KEYS = {
-    "pooling_mode_cls_token": "cls",
-    "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_tokens": "mean",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
-    "pooling_mode_weightedmean_tokens": "weightedmean",
-    "pooling_mode_lasttoken": "lasttoken",
+  "pooling_mode_cls_token": "cls",
+  "pooling_mode_max_tokens": "max",
+  "pooling_mode_mean_tokens": "mean",
+  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+  "pooling_mode_weightedmean_tokens": "weightedmean",
+  "pooling_mode_lasttoken": "lasttoken",
 }
 BACKENDS = ("auto", "jax", "st")
 
@@ -50,13 +51,18 @@ class EmbeddingRecipe:
 # Per-model recipes, keyed by the model's name (a hub id's last part, lower case); a model
 # listed here runs on the sentence-transformers backend under backend='auto'.
 RECIPES: dict[str, EmbeddingRecipe] = {
-    # The M2D-CLAP 2025 captions (nttcslab/m2d clap/cache_captions.py → RuntimeM2D
-    # .encode_clap_text → m2d/runtime_audio.py NVEmbedV2Encoder): max_seq_length = 32768,
-    # tokenizer.padding_side = "right", eos_token appended to each caption, no instruction
-    # (the model card's passage prefix is ""), encode() without normalize_embeddings (the
-    # official line is commented out). The vectors are stored as float16 (our builder's default).
-    "nv-embed-v2": EmbeddingRecipe(append_eos=True, padding_side="right", max_seq_length=32768,
-                                   normalize_embeddings=False, trust_remote_code=True),
+  # The M2D-CLAP 2025 captions (nttcslab/m2d clap/cache_captions.py → RuntimeM2D
+  # .encode_clap_text → m2d/runtime_audio.py NVEmbedV2Encoder): max_seq_length = 32768,
+  # tokenizer.padding_side = "right", eos_token appended to each caption, no instruction
+  # (the model card's passage prefix is ""), encode() without normalize_embeddings (the
+  # official line is commented out). The vectors are stored as float16 (our builder's default).
+  "nv-embed-v2": EmbeddingRecipe(
+    append_eos=True,
+    padding_side="right",
+    max_seq_length=32768,
+    normalize_embeddings=False,
+    trust_remote_code=True,
+  ),
 }
 
 
@@ -67,7 +73,9 @@ class SentenceEmbedder(Protocol):
   name: str  # The text_model value; stored in the dataset metadata.
   dim: int
 
-  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+  def embed(
+    self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+  ) -> np.ndarray:
     """Returns float32 ``[len(texts), dim]``."""
     ...
 
@@ -90,8 +98,8 @@ class SentencePipeline:
   normalize: bool
 
   @classmethod
-  def from_folder(cls, folder: Path) -> "SentencePipeline":
-    """Reads ``modules.json`` and friends; a plain HF folder means mean pooling, no normalisation."""
+  def from_folder(cls, folder: Path) -> SentencePipeline:
+    """Reads ``modules.json`` and friends; a plain HF folder: mean pooling, no normalisation."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
       return cls(folder, None, False, ("mean",), False)
@@ -105,14 +113,20 @@ class SentencePipeline:
       elif kind.endswith(".Normalize"):
         normalize = True
       else:
-        raise ValueError(f"{modules_file}: module {kind!r} is not supported by the jax backend; "
-                         "use backend='st'")
+        raise ValueError(
+          f"{modules_file}: module {kind!r} is not supported by the jax backend; use backend='st'"
+        )
     if transformer_dir is None:
       raise ValueError(f"{modules_file} lists no {_ST_TRANSFORMER} module")
     st_config = transformer_dir / "sentence_bert_config.json"
     st = _read_json(st_config) if st_config.is_file() else {}
-    return cls(transformer_dir, st.get("max_seq_length"), bool(st.get("do_lower_case", False)),
-               pooling or ("mean",), normalize)
+    return cls(
+      transformer_dir,
+      st.get("max_seq_length"),
+      bool(st.get("do_lower_case", False)),
+      pooling or ("mean",),
+      normalize,
+    )
 
 
 def _pooling_modes(path: Path) -> tuple[str, ...]:
@@ -125,8 +139,10 @@ def _pooling_modes(path: Path) -> tuple[str, ...]:
     modes = tuple(m for key, m in _LEGACY_POOLING_KEYS.items() if raw.get(key))
   unsupported = [m for m in modes if m not in pooling.MODES]
   if not modes or unsupported:
-    raise ValueError(f"{path}: pooling {list(modes)} is not supported by the jax backend "
-                     f"(supported: {list(pooling.MODES)}); use backend='st'")
+    raise ValueError(
+      f"{path}: pooling {list(modes)} is not supported by the jax backend "
+      f"(supported: {list(pooling.MODES)}); use backend='st'"
+    )
   return modes
 
 
@@ -161,16 +177,20 @@ class JaxSentenceEmbedder:
     self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
     max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
     self.max_seq_length = min(max_len, self.model.config.max_position_embeddings)
-    self.tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, self.max_seq_length,
-                                          pipe.do_lower_case, min_bucket)
+    self.tokenizer = tokenize.HFTokenizer(
+      pipe.transformer_dir, self.max_seq_length, pipe.do_lower_case, min_bucket
+    )
     self.buckets = list(self.tokenizer.buckets)
     self.dim = self.model.config.hidden_size * len(pipe.pooling)
-    self._forward = jax.jit(functools.partial(
-        _embed_batch, model=self.model, pooling_modes=pipe.pooling, normalize=pipe.normalize))
+    self._forward = jax.jit(
+      functools.partial(
+        _embed_batch, model=self.model, pooling_modes=pipe.pooling, normalize=pipe.normalize
+      )
+    )
 
   @staticmethod
   def _tokenizer_max_length(folder: Path) -> int:
-    """HF's ``model_max_length`` when sentence_bert_config.json gives none (as sentence-transformers)."""
+    """HF's ``model_max_length`` when sentence_bert_config.json gives none (as ST does)."""
     config = folder / "tokenizer_config.json"
     value = _read_json(config).get("model_max_length") if config.is_file() else None
     return int(value) if isinstance(value, (int, float)) and value < 1e6 else 512
@@ -179,8 +199,10 @@ class JaxSentenceEmbedder:
     """Token ids with special tokens, truncated to ``max_seq_length``."""
     return self.tokenizer.ids(texts)
 
-  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Embeds in batches padded to each caption's own length bucket (batch-mates never add padding)."""
+  def embed(
+    self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+  ) -> np.ndarray:
+    """Embeds in batches padded to each caption's own length bucket (batch-mates add no padding)."""
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = self.tokenize(texts)
@@ -189,7 +211,7 @@ class JaxSentenceEmbedder:
     jobs = []
     for b, length in enumerate(self.buckets):
       rows = np.flatnonzero(bucket_of == b)
-      jobs += [(length, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+      jobs += [(length, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
     bar = tqdm(total=len(ids), desc=f"embed {self.name}", unit="caption", disable=not progress)
     for length, rows in jobs:
       # Shapes come from a small set (bucket x power-of-two rows), so few compilations; a
@@ -198,17 +220,24 @@ class JaxSentenceEmbedder:
       input_ids = np.zeros((num_rows, length), np.int32)
       mask = np.zeros((num_rows, length), np.int32)
       for r, i in enumerate(rows):
-        input_ids[r, :len(ids[i])] = ids[i]
-        mask[r, :len(ids[i])] = 1
-      mask[len(rows):, 0] = 1  # Filler rows attend to one token, keeping them finite.
-      out[rows] = np.asarray(self._forward(self.params, input_ids, mask))[:len(rows)]
+        input_ids[r, : len(ids[i])] = ids[i]
+        mask[r, : len(ids[i])] = 1
+      mask[len(rows) :, 0] = 1  # Filler rows attend to one token, keeping them finite.
+      out[rows] = np.asarray(self._forward(self.params, input_ids, mask))[: len(rows)]
       bar.update(len(rows))
     bar.close()
     return out
 
 
-def _embed_batch(params: Any, input_ids: jax.Array, mask: jax.Array, *, model: bert.BertModel,
-                 pooling_modes: tuple[str, ...], normalize: bool) -> jax.Array:
+def _embed_batch(
+  params: Any,
+  input_ids: jax.Array,
+  mask: jax.Array,
+  *,
+  model: bert.BertModel,
+  pooling_modes: tuple[str, ...],
+  normalize: bool,
+) -> jax.Array:
   """Encoder, pooling and optional L2 normalisation, as sentence-transformers composes them."""
   hidden = model.apply({"params": params}, input_ids, mask)
   x = pooling.pool(hidden, mask, pooling_modes)
@@ -224,24 +253,35 @@ class STSentenceEmbedder:
   None looks it up in :data:`RECIPES` by name, and a model without an entry gets plain ``encode``.
   """
 
-  def __init__(self, text_model: str, *, name: str | None = None, device: str | None = None,
-               recipe: EmbeddingRecipe | None = None, trust_remote_code: bool | None = None,
-               **model_kwargs: Any):
+  def __init__(
+    self,
+    text_model: str,
+    *,
+    name: str | None = None,
+    device: str | None = None,
+    recipe: EmbeddingRecipe | None = None,
+    trust_remote_code: bool | None = None,
+    **model_kwargs: Any,
+  ):
     try:
       from sentence_transformers import SentenceTransformer
     except ImportError as e:
-      raise ImportError("backend='st' needs PyTorch and sentence-transformers: "
-                        "pip install 'jaxclap[st]'") from e
+      raise ImportError(
+        "backend='st' needs PyTorch and sentence-transformers: pip install 'jaxclap[st]'"
+      ) from e
     self.name = name or str(text_model)
     folder = resolve_text_model(text_model)
     self.recipe = recipe or recipe_for(text_model, folder) or EmbeddingRecipe()
     if self.recipe.padding_side not in (None, "left", "right"):
-      raise ValueError(f"{self.name}: recipe padding_side={self.recipe.padding_side!r}; "
-                       "expected 'left', 'right' or None")
+      raise ValueError(
+        f"{self.name}: recipe padding_side={self.recipe.padding_side!r}; "
+        "expected 'left', 'right' or None"
+      )
     if trust_remote_code is None:
       trust_remote_code = self.recipe.trust_remote_code
-    self.model = SentenceTransformer(str(folder), device=device,
-                                     trust_remote_code=trust_remote_code, **model_kwargs)
+    self.model = SentenceTransformer(
+      str(folder), device=device, trust_remote_code=trust_remote_code, **model_kwargs
+    )
     if self.recipe.max_seq_length:
       self.model.max_seq_length = int(self.recipe.max_seq_length)
     if self.recipe.padding_side:
@@ -250,8 +290,10 @@ class STSentenceEmbedder:
     if self.recipe.append_eos:
       self._eos = getattr(self.model.tokenizer, "eos_token", None) or ""
       if not self._eos:
-        raise ValueError(f"{self.name}: its recipe appends the EOS token, but the tokenizer "
-                         f"({folder}) defines no eos_token")
+        raise ValueError(
+          f"{self.name}: its recipe appends the EOS token, but the tokenizer "
+          f"({folder}) defines no eos_token"
+        )
     # sentence-transformers 6 renamed the getter; keep the old one for older releases.
     get_dim = getattr(self.model, "get_embedding_dimension", None)
     dim = (get_dim or self.model.get_sentence_embedding_dimension)()
@@ -261,19 +303,27 @@ class STSentenceEmbedder:
     """The strings handed to ``encode``: each caption, then the EOS text when the recipe says so."""
     return [t + self._eos for t in tokenize.check_captions(texts)]
 
-  def embed(self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+  def embed(
+    self, texts: Sequence[str], *, batch_size: int = 64, progress: bool = False
+  ) -> np.ndarray:
     """sentence-transformers ``encode`` of the prepared captions as float32 ``[N, dim]``."""
     texts = self.prepare(texts)
     if not texts:
       return np.zeros((0, self.dim), np.float32)
-    vectors = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
-                                convert_to_numpy=True, prompt=self.recipe.prompt or None,
-                                normalize_embeddings=self.recipe.normalize_embeddings)
+    vectors = self.model.encode(
+      texts,
+      batch_size=batch_size,
+      show_progress_bar=progress,
+      convert_to_numpy=True,
+      prompt=self.recipe.prompt or None,
+      normalize_embeddings=self.recipe.normalize_embeddings,
+    )
     return np.asarray(vectors, dtype=np.float32)
 
 
-def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = "auto",
-                           **kwargs: Any) -> SentenceEmbedder:
+def load_sentence_embedder(
+  text_model: str = DEFAULT_TEXT_MODEL, backend: str = "auto", **kwargs: Any
+) -> SentenceEmbedder:
   """``'jax'`` for BERT-family folders (no PyTorch); ``'st'`` for sentence-transformers.
 
   ``'auto'`` picks 'st' for a model with a :data:`RECIPES` entry (NV-Embed-v2), else 'jax'.
@@ -292,7 +342,9 @@ def load_sentence_embedder(text_model: str = DEFAULT_TEXT_MODEL, backend: str = 
   config_file = transformer_dir / "config.json"
   config = _read_json(config_file) if config_file.is_file() else {}
   if config.get("model_type") != "bert":
-    raise ValueError(f"text_model={text_model!r} ({transformer_dir}) has model_type="
-                     f"{config.get('model_type')!r}; the jax backend runs BERT models only. "
-                     "Use backend='st' (pip install 'jaxclap[st]').")
+    raise ValueError(
+      f"text_model={text_model!r} ({transformer_dir}) has model_type="
+      f"{config.get('model_type')!r}; the jax backend runs BERT models only. "
+      "Use backend='st' (pip install 'jaxclap[st]')."
+    )
   return JaxSentenceEmbedder(folder, name=str(text_model), **kwargs)

@@ -1,4 +1,4 @@
-"""Host-side tokenizers: captions → int32 ``input_ids``/``attention_mask`` padded to a length bucket.
+"""Host-side tokenizers: captions → int32 ``input_ids``/``attention_mask`` in a length bucket.
 
 Both the stage-2 text tower and the sentence embedders tokenise through here: a model folder's
 fast ``tokenizer.json`` ([CLS] ... [SEP]) or a `jaxclap.text.spm` SentencePiece model (BOS ...
@@ -8,8 +8,9 @@ two from 16, then ``max_len``) that holds its longest caption, so jitted steps s
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -20,7 +21,7 @@ MIN_BUCKET = 16  # Shortest padded caption length; longer buckets double up to m
 
 
 def check_captions(texts: Sequence[str]) -> list[str]:
-  """Returns ``texts`` as a list; rejects non-strings and empty/whitespace-only captions by index."""
+  """``texts`` as a list; rejects non-strings and empty or whitespace-only captions by index."""
   if isinstance(texts, str):
     raise TypeError("Expected a sequence of captions, got a single string")
   texts = list(texts)
@@ -29,7 +30,8 @@ def check_captions(texts: Sequence[str]) -> list[str]:
       raise TypeError(f"Caption {i} is {type(text).__name__}, not str: {text!r}")
     if not text.strip():
       raise ValueError(
-          f"Caption {i} is empty or whitespace only ({text!r}); every clip needs a caption")
+        f"Caption {i} is empty or whitespace only ({text!r}); every clip needs a caption"
+      )
   return texts
 
 
@@ -37,11 +39,11 @@ def load_tokenizer(transformer_dir: Path) -> Any:
   """The fast ``tokenizers.Tokenizer`` from ``transformer_dir/tokenizer.json``."""
   tokenizer_file = Path(transformer_dir) / "tokenizer.json"
   if not tokenizer_file.is_file():
-    raise FileNotFoundError(f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
-                            "tokenizer.json (save one with transformers' AutoTokenizer)")
+    raise FileNotFoundError(
+      f"{tokenizer_file} is missing; the jax backend needs a fast-tokenizer "
+      "tokenizer.json (save one with transformers' AutoTokenizer)"
+    )
   return Tokenizer.from_file(str(tokenizer_file))
-
-
 
 
 def length_buckets(max_len: int, smallest: int = MIN_BUCKET) -> tuple[int, ...]:
@@ -67,38 +69,48 @@ def pad_to(inputs: Mapping[str, np.ndarray], length: int, pad_id: int = 0) -> di
   extra = length - ids.shape[1]
   if extra < 0:
     raise ValueError(f"cannot pad {ids.shape[1]} tokens down to {length}")
-  return dict(input_ids=np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id),
-              attention_mask=np.pad(mask, ((0, 0), (0, extra))))
+  return dict(
+    input_ids=np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id),
+    attention_mask=np.pad(mask, ((0, 0), (0, extra))),
+  )
 
 
-def _pack(ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int,
-          length: int | None = None) -> dict[str, np.ndarray]:
+def _pack(
+  ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int, length: int | None = None
+) -> dict[str, np.ndarray]:
   """Right-pads (already truncated) id lists to ``length`` or the bucket of the longest."""
   longest = max((len(row) for row in ids), default=1)
   if length is None:
     length = bucket_length(longest, buckets)
   elif not longest <= length <= buckets[-1]:
-    raise ValueError(f"length={length} must lie in [{longest} (longest caption), "
-                     f"{buckets[-1]} (max_len)]")
+    raise ValueError(
+      f"length={length} must lie in [{longest} (longest caption), {buckets[-1]} (max_len)]"
+    )
   input_ids = np.full((len(ids), length), pad_id, np.int32)
   mask = np.zeros((len(ids), length), np.int32)
   for i, row in enumerate(ids):
-    input_ids[i, :len(row)] = row
-    mask[i, :len(row)] = 1
+    input_ids[i, : len(row)] = row
+    mask[i, : len(row)] = 1
   return dict(input_ids=input_ids, attention_mask=mask)
 
 
 class HFTokenizer:
   """A model folder's ``tokenizer.json`` ([CLS] ... [SEP]), truncated at ``max_len``, bucketed."""
 
-  def __init__(self, transformer_dir: Path | Tokenizer, max_len: int, lowercase: bool = False,
-               min_bucket: int = MIN_BUCKET):
+  def __init__(
+    self,
+    transformer_dir: Path | Tokenizer,
+    max_len: int,
+    lowercase: bool = False,
+    min_bucket: int = MIN_BUCKET,
+  ):
     self.max_len = max_len
     self.buckets = length_buckets(max_len, min_bucket)
     self.lowercase = lowercase
     # A folder, or a tokenizer already read (from a checkpoint's stored tokenizer.json).
-    self.tokenizer = (transformer_dir if isinstance(transformer_dir, Tokenizer)
-                      else load_tokenizer(transformer_dir))
+    self.tokenizer = (
+      transformer_dir if isinstance(transformer_dir, Tokenizer) else load_tokenizer(transformer_dir)
+    )
     self.tokenizer.no_padding()
     self.tokenizer.enable_truncation(max_len)
     pad = self.tokenizer.token_to_id("[PAD]")
@@ -117,7 +129,7 @@ class HFTokenizer:
 
 
 class SpmTokenizer:
-  """A `jaxclap.text.spm` model: BOS (the [CLS]) + pieces + EOS, truncated at ``max_len``, bucketed."""
+  """A `jaxclap.text.spm` model: BOS (the [CLS]) + pieces + EOS, cut at ``max_len``, bucketed."""
 
   def __init__(self, model_path: str | Path | bytes, max_len: int):
     if max_len < 3:
@@ -131,11 +143,13 @@ class SpmTokenizer:
   def __call__(self, texts: Sequence[str], length: int | None = None) -> dict[str, np.ndarray]:
     """``[N, length]`` ids and mask; ``length`` None: the bucket of the longest caption."""
     pieces = self.sp.encode(check_captions(texts))
-    ids = [[self.bos_id] + p[:self.max_len - 2] + [self.eos_id] for p in pieces]
+    ids = [[self.bos_id] + p[: self.max_len - 2] + [self.eos_id] for p in pieces]
     return _pack(ids, self.buckets, self.pad_id, length)
 
   def decode(self, input_ids: np.ndarray) -> list[str]:
     """Texts back from ``input_ids`` rows (special and padding ids dropped)."""
     specials = {self.pad_id, self.bos_id, self.eos_id}
-    return [self.sp.decode([int(i) for i in row if int(i) not in specials])
-            for row in np.asarray(input_ids)]
+    return [
+      self.sp.decode([int(i) for i in row if int(i) not in specials])
+      for row in np.asarray(input_ids)
+    ]

@@ -14,7 +14,8 @@ BERT's 512 positions, and buckets keep the shapes (so the jitted steps' compilat
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -52,14 +53,24 @@ class ScratchTextEncoder(nn.Module):
     if length > self.max_len:
       raise ValueError(f"ScratchTextEncoder: sequence length {length} > max_len={self.max_len}")
     init = nn.initializers.normal(0.02)
-    x = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, name="token_embed",
-                 embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")))(input_ids)
-    pos = self.param("pos_embed", nn.with_logical_partitioning(init, (None, "embed")),
-                     (self.max_len, self.width), jnp.float32)
+    x = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      name="token_embed",
+      embedding_init=nn.with_logical_partitioning(init, ("vocab", "embed")),
+    )(input_ids)
+    pos = self.param(
+      "pos_embed",
+      nn.with_logical_partitioning(init, (None, "embed")),
+      (self.max_len, self.width),
+      jnp.float32,
+    )
     x = x + pos[None, :length].astype(self.dtype)
     for i in range(self.depth):
       x = layers.Block(self.heads, self.mlp_ratio, 1e-6, self.dtype, name=f"block_{i}")(
-          x, attention_mask)
+        x, attention_mask
+      )
     return layers.layer_norm(1e-6, self.dtype, "norm")(x)
 
 
@@ -91,15 +102,23 @@ class TextTower(nn.Module):
     return self.width
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               deterministic: bool = True) -> jax.Array:
+  def __call__(
+    self, input_ids: jax.Array, attention_mask: jax.Array, deterministic: bool = True
+  ) -> jax.Array:
     if self.kind == "bert":
       hidden = bert.BertModel(self.bert_config, self.dtype, name="bert")(
-          input_ids, attention_mask, deterministic=deterministic)
+        input_ids, attention_mask, deterministic=deterministic
+      )
     elif self.kind == "scratch":
-      hidden = ScratchTextEncoder(self.vocab_size, self.width, self.depth, self.heads,
-                                  self.max_len, dtype=self.dtype, name="encoder")(
-                                      input_ids, attention_mask)
+      hidden = ScratchTextEncoder(
+        self.vocab_size,
+        self.width,
+        self.depth,
+        self.heads,
+        self.max_len,
+        dtype=self.dtype,
+        name="encoder",
+      )(input_ids, attention_mask)
     else:
       raise ValueError(f"TextTower kind={self.kind!r}; expected one of {KINDS}")
     x = pooling.pool(hidden.astype(jnp.float32), attention_mask, self.pooling)
@@ -131,13 +150,18 @@ def _load_pretrained(boxed: PyTree, pretrained: PyTree, source: str) -> PyTree:
     value = jnp.asarray(value, jnp.float32)
     return box.replace_boxed(value) if isinstance(box, nn.meta.AxisMetadata) else value
 
-  return jax.tree.map(put, boxed, pretrained,
-                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  return jax.tree.map(put, boxed, pretrained, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: Dtype = jnp.float32,
-                     assets: TextAssets | None = None) -> tuple[TextTower, Callable[[Sequence[str]], dict[str, np.ndarray]],
-                                Callable[[jax.Array], PyTree]]:
+def build_text_tower(
+  text_cfg: Mapping[str, Any] | Any,
+  *,
+  out_dim: int,
+  dtype: Dtype = jnp.float32,
+  assets: TextAssets | None = None,
+) -> tuple[
+  TextTower, Callable[[Sequence[str]], dict[str, np.ndarray]], Callable[[jax.Array], PyTree]
+]:
   """``(tower, tokenizer, init_params)`` from a text config (dict or ConfigDict).
 
   Fields: ``kind`` ("bert" | "scratch"), ``pooling`` ("cls" | "mean"), ``max_len`` (truncation
@@ -172,30 +196,46 @@ def build_text_tower(text_cfg: Mapping[str, Any] | Any, *, out_dim: int, dtype: 
     else:
       model_name = _get(text_cfg, "model", registry.DEFAULT_TEXT_MODEL)
       pipe = SentencePipeline.from_folder(registry.resolve_text_model(model_name))
-      model, pretrained = bert.load_bert(pipe.transformer_dir, dtype=dtype,
-                                         add_pooling_layer=False)
+      model, pretrained = bert.load_bert(pipe.transformer_dir, dtype=dtype, add_pooling_layer=False)
       bert_config, source = model.config, f"text.model={model_name!r} ({pipe.transformer_dir})"
       tokenizer = tokenize.HFTokenizer(pipe.transformer_dir, max_len, pipe.do_lower_case)
     limit = bert_config.max_position_embeddings
     if max_len > limit:
       raise ValueError(f"text.max_len={max_len} exceeds {source} max_position_embeddings={limit}")
-    tower = TextTower(kind="bert", bert_config=bert_config, max_len=max_len, pooling=pooling,
-                      out_dim=out_dim, dtype=dtype)
+    tower = TextTower(
+      kind="bert",
+      bert_config=bert_config,
+      max_len=max_len,
+      pooling=pooling,
+      out_dim=out_dim,
+      dtype=dtype,
+    )
   else:
     spm_model = "the checkpoint's model" if assets is not None else _get(text_cfg, "spm_model")
     if not spm_model:
-      raise ValueError("text.kind='scratch' needs text.spm_model (train one with "
-                       "`python -m jaxclap.data.spm`)")
-    tokenizer = (assets.tokenizer(max_len) if assets is not None
-                 else tokenize.SpmTokenizer(spm_model, max_len))
+      raise ValueError(
+        "text.kind='scratch' needs text.spm_model (train one with `python -m jaxclap.data.spm`)"
+      )
+    tokenizer = (
+      assets.tokenizer(max_len) if assets is not None else tokenize.SpmTokenizer(spm_model, max_len)
+    )
     vocab_size = int(_get(text_cfg, "vocab_size", 0)) or tokenizer.vocab_size
     if vocab_size != tokenizer.vocab_size:
-      raise ValueError(f"text.vocab_size={vocab_size} but {spm_model} has "
-                       f"{tokenizer.vocab_size} pieces; set them equal (or vocab_size=0)")
-    tower = TextTower(kind="scratch", vocab_size=vocab_size,
-                      width=int(_get(text_cfg, "width", 256)),
-                      depth=int(_get(text_cfg, "depth", 4)), heads=int(_get(text_cfg, "heads", 4)),
-                      max_len=max_len, pooling=pooling, out_dim=out_dim, dtype=dtype)
+      raise ValueError(
+        f"text.vocab_size={vocab_size} but {spm_model} has "
+        f"{tokenizer.vocab_size} pieces; set them equal (or vocab_size=0)"
+      )
+    tower = TextTower(
+      kind="scratch",
+      vocab_size=vocab_size,
+      width=int(_get(text_cfg, "width", 256)),
+      depth=int(_get(text_cfg, "depth", 4)),
+      heads=int(_get(text_cfg, "heads", 4)),
+      max_len=max_len,
+      pooling=pooling,
+      out_dim=out_dim,
+      dtype=dtype,
+    )
 
   def init_params(rng: jax.Array) -> PyTree:
     ids = jnp.zeros((1, max_len), jnp.int32)

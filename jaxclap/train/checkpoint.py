@@ -45,7 +45,7 @@ class IteratorSnapshot:
     self.live = iterator  # The iterator training reads from.
     self._state = None
 
-  def snapshot(self) -> "IteratorSnapshot":
+  def snapshot(self) -> IteratorSnapshot:
     state = self.live.get_state()
     self._state = state if isinstance(state, bytes) else json.dumps(state).encode()
     return self
@@ -73,17 +73,20 @@ class Saved:
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
-  return {"state": ocp.StandardCheckpointHandler(),
-          "data": grain.checkpoint.CheckpointHandler(),
-          "meta": ocp.JsonCheckpointHandler(),
-          "text": ocp.JsonCheckpointHandler()}
+  return {
+    "state": ocp.StandardCheckpointHandler(),
+    "data": grain.checkpoint.CheckpointHandler(),
+    "meta": ocp.JsonCheckpointHandler(),
+    "text": ocp.JsonCheckpointHandler(),
+  }
 
 
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `keep` steps under `<workdir>/checkpoints`."""
   directory = paths.resolve(workdir) / "checkpoints"
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(directory, options=options, item_handlers=_handlers())
 
 
@@ -94,30 +97,51 @@ def _items(meta: RunMeta, text: TextAssets | None) -> dict[str, Any]:
   return items
 
 
-def write_params_checkpoint(workdir: str, step: int, state: dict[str, Any], meta: RunMeta,
-                            text: TextAssets | None = None) -> epath.Path:
+def write_params_checkpoint(
+  workdir: str, step: int, state: dict[str, Any], meta: RunMeta, text: TextAssets | None = None
+) -> epath.Path:
   """Writes one complete step of `state` and `meta` (no input-iterator state), waiting
   for it: what `restore`, a later stage's `init.workdir` and `to_torch` read (an imported
   or fine-tuned model, not a run to resume). Returns the step directory."""
   manager = make_manager(workdir, keep=1, async_save=False)
-  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                             **_items(meta, text)), force=True)
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), **_items(meta, text)),
+    force=True,
+  )
   manager.wait_until_finished()
   manager.close()
   return epath.Path(manager.directory) / str(step)
 
 
-def save(manager: ocp.CheckpointManager, step: int, *, state: Any, iterator: IteratorSnapshot,
-         meta: RunMeta, text: TextAssets | None = None) -> None:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  *,
+  state: Any,
+  iterator: IteratorSnapshot,
+  meta: RunMeta,
+  text: TextAssets | None = None,
+) -> None:
   """Starts saving `step` (returns before an asynchronous write finishes)."""
-  manager.save(step, args=ocp.args.Composite(
+  manager.save(
+    step,
+    args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(iterator.snapshot()),
-      **_items(meta, text)), force=True)
+      **_items(meta, text),
+    ),
+    force=True,
+  )
 
 
-def restore(manager: ocp.CheckpointManager, step: int, *, abstract_state: Any,
-            iterator: IteratorSnapshot | None) -> tuple[Any, dict[str, Any]]:
+def restore(
+  manager: ocp.CheckpointManager,
+  step: int,
+  *,
+  abstract_state: Any,
+  iterator: IteratorSnapshot | None,
+) -> tuple[Any, dict[str, Any]]:
   """Restores the state into `abstract_state`'s shardings and rewinds `iterator`.
 
   A checkpoint written by another number of processes restores too: Orbax reshards the
@@ -139,8 +163,10 @@ def _reshard_iterator(data_dir: epath.Path, iterator: IteratorSnapshot) -> None:
   """Moves the input position saved by another process layout onto this one."""
   files = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.exists() else []
   if not files:
-    raise ValueError(f"{data_dir}: the checkpoint holds no input-iterator state for process "
-                     f"{jax.process_index()} of {jax.process_count()}, nor for any other layout")
+    raise ValueError(
+      f"{data_dir}: the checkpoint holds no input-iterator state for process "
+      f"{jax.process_index()} of {jax.process_count()}, nor for any other layout"
+    )
   counts = set()
   for f in files:
     p, c = iterator_state.parse_layout(f.name)
@@ -148,20 +174,28 @@ def _reshard_iterator(data_dir: epath.Path, iterator: IteratorSnapshot) -> None:
   if len(counts) != 1:
     raise ValueError(f"{data_dir}: processes saved different input positions {sorted(counts)}")
   consumed = counts.pop()
-  state = iterator_state.state_for(consumed, iterator.live.get_state(),
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+  state = iterator_state.state_for(
+    consumed,
+    iterator.live.get_state(),
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   iterator.set_state(json.dumps(state).encode())
   iterator.start_prefetch()
-  logging.info("Input position moved from %d saved process state(s) to process %d of %d at "
-               "%d global records", len(files), jax.process_index(), jax.process_count(),
-               consumed)
+  logging.info(
+    "Input position moved from %d saved process state(s) to process %d of %d at %d global records",
+    len(files),
+    jax.process_index(),
+    jax.process_count(),
+    consumed,
+  )
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> RunMeta:
   """The run metadata (config, norm_stats, data facts) of a saved step."""
   return RunMeta.from_dict(
-      manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+    manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  )
 
 
 def locate(path: str) -> tuple[epath.Path, int]:
@@ -170,14 +204,19 @@ def locate(path: str) -> tuple[epath.Path, int]:
   if not p.exists():
     raise ValueError(f"init.workdir={path!r} does not exist")
   for directory in (p / "checkpoints", p):
-    steps = sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit()) \
-        if directory.is_dir() else []
+    steps = (
+      sorted(int(c.name) for c in directory.iterdir() if c.name.isdigit())
+      if directory.is_dir()
+      else []
+    )
     if steps:
       return directory, steps[-1]
   if p.name.isdigit() and (p / "state").exists():
     return p.parent, int(p.name)
-  raise ValueError(f"init.workdir={path!r} holds no complete checkpoint (expected "
-                   "<workdir>/checkpoints/<step>/state, as jaxclap.main writes)")
+  raise ValueError(
+    f"init.workdir={path!r} holds no complete checkpoint (expected "
+    "<workdir>/checkpoints/<step>/state, as jaxclap.main writes)"
+  )
 
 
 def load(path: str) -> Saved:
@@ -186,21 +225,22 @@ def load(path: str) -> Saved:
   directory, step = locate(path)
   handlers = _handlers()
   handlers["state"] = ocp.PyTreeCheckpointHandler()  # Its restore can ask for numpy.
-  manager = ocp.CheckpointManager(directory, item_handlers=handlers,
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+    directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(read_only=True)
+  )
   try:
     tree = manager.item_metadata(step)["state"].tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    items = {"state": ocp.args.PyTreeRestore(restore_args=as_numpy),
-             "meta": ocp.args.JsonRestore()}
+    items = {"state": ocp.args.PyTreeRestore(restore_args=as_numpy), "meta": ocp.args.JsonRestore()}
     if (directory / str(step) / "text").exists():
       items["text"] = ocp.args.JsonRestore()
     out = manager.restore(step, args=ocp.args.Composite(**items))
   finally:
     manager.close()
   text = TextAssets.from_dict(out.text) if "text" in items else None
-  return Saved(state=out.state, meta=RunMeta.from_dict(out.meta), text=text,
-               source=f"{directory / str(step)}")
+  return Saved(
+    state=out.state, meta=RunMeta.from_dict(out.meta), text=text, source=f"{directory / str(step)}"
+  )
 
 
 def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +252,9 @@ def _normalise(v: Any) -> Any:
   return list(v) if isinstance(v, tuple) else v
 
 
-def model_config_diff(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                      keys: tuple[str, ...] = MODEL_KEYS) -> list[str]:
+def model_config_diff(
+  saved: dict[str, Any], config: ml_collections.ConfigDict, keys: tuple[str, ...] = MODEL_KEYS
+) -> list[str]:
   """Keys under `keys` whose values differ between a saved config and `config`."""
   now = _flatten(json.loads(config.to_json_best_effort()))
   before = _flatten(saved)

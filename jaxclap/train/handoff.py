@@ -19,9 +19,11 @@ def mismatches(current: Any, saved: Any, where: str) -> list[str]:
   """How `saved` differs from the tree `current` (arrays or shape structs) a model expects."""
   cur, sav = _paths(current), _paths(saved)
   # Shapes first: they say most about a wrong model size.
-  errors = [f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model "
-            f"{tuple(cur[k].shape)}" for k in sorted(set(cur) & set(sav))
-            if tuple(np.shape(sav[k])) != tuple(cur[k].shape)]
+  errors = [
+    f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model {tuple(cur[k].shape)}"
+    for k in sorted(set(cur) & set(sav))
+    if tuple(np.shape(sav[k])) != tuple(cur[k].shape)
+  ]
   errors.extend(f"missing {where}/{k}" for k in sorted(set(cur) - set(sav)))
   errors.extend(f"unexpected {where}/{k}" for k in sorted(set(sav) - set(cur)))
   return errors
@@ -47,8 +49,10 @@ def apply(state: Any, saved: dict[str, Any], *, parts: str, source: str) -> Any:
   saved_all = {**saved.get("params", {}), **saved.get("frozen", {})}
   if parts == "audio_encoder":
     if "encoder" not in saved_all:
-      raise ValueError(f"{source} has no audio encoder (params/encoder); is it a jaxclap "
-                       "stage-1 or stage-2 checkpoint?")
+      raise ValueError(
+        f"{source} has no audio encoder (params/encoder); is it a jaxclap "
+        "stage-1 or stage-2 checkpoint?"
+      )
     home = "frozen" if "encoder" in state.frozen else "params"
     tree = dict(getattr(state, home))
     tree["encoder"] = _fill(tree["encoder"], saved_all["encoder"], "encoder", errors)
@@ -56,10 +60,13 @@ def apply(state: Any, saved: dict[str, Any], *, parts: str, source: str) -> Any:
   else:
     mine = {**state.params, **state.frozen}
     filled = _fill(mine, saved_all, "params", errors)
-    state = state.replace(params={k: filled[k] for k in state.params},
-                          frozen={k: filled[k] for k in state.frozen})
+    state = state.replace(
+      params={k: filled[k] for k in state.params}, frozen={k: filled[k] for k in state.frozen}
+    )
   if errors:
     shown = "; ".join(errors[:12]) + (f"; ... ({len(errors)} in all)" if len(errors) > 12 else "")
-    raise ValueError(f"Cannot start from {source}: {shown}. Check model.size and the "
-                     "text/model settings against the earlier stage's config.")
+    raise ValueError(
+      f"Cannot start from {source}: {shown}. Check model.size and the "
+      "text/model settings against the earlier stage's config."
+    )
   return state

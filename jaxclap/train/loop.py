@@ -60,21 +60,26 @@ def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, di
   data_dir = paths.data_dir(config.data.data_dir)
   train = config_lib.parse_sources(config.data.train, with_weight=True)
   val = config_lib.parse_sources(config.data.val, with_weight=False) if config.data.val else []
-  zs = (config_lib.parse_sources(config.data.zero_shot, with_weight=False)
-        if config.data.zero_shot else [])
+  zs = (
+    config_lib.parse_sources(config.data.zero_shot, with_weight=False)
+    if config.data.zero_shot
+    else []
+  )
   names = {n for n, *_ in train} | {n for n, _ in val} | {n for n, _ in zs}
   if "jaxclap_demo" in names and config.data.build_demo:
-    data_build.ensure_demo_dataset(data_dir, text_model=config.data.text_model,
-                                   num_clips=config.data.demo_clips, seed=0)
+    data_build.ensure_demo_dataset(
+      data_dir, text_model=config.data.text_model, num_clips=config.data.demo_clips, seed=0
+    )
   facts = {}
   for name in sorted(names):
     info = data_build.dataset_info(name, data_dir)
     if config.stage == "stage1" and info["embedding_dim"] != config.model.text_dim:
       raise ValueError(
-          f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
-          f"({info['text_model']}) but config.model.text_dim={config.model.text_dim}; set "
-          f"--config.model.text_dim={info['embedding_dim']} or rebuild the dataset with a "
-          f"{config.model.text_dim}-d text model.")
+        f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
+        f"({info['text_model']}) but config.model.text_dim={config.model.text_dim}; set "
+        f"--config.model.text_dim={info['embedding_dim']} or rebuild the dataset with a "
+        f"{config.model.text_dim}-d text model."
+      )
     facts[name] = info
   return train, val, zs, facts
 
@@ -90,8 +95,9 @@ def _norm_stats(config, resume_meta, init_meta, stats_loader_fn, fcfg) -> tuple[
       return tuple(float(x) for x in meta.norm_stats)
   if config.frontend.norm_stats is not None:
     return tuple(float(x) for x in config.frontend.norm_stats)
-  stats = ns.compute_norm_stats(iter(stats_loader_fn()), fcfg,
-                                num_crops=config.frontend.norm_stats_crops)
+  stats = ns.compute_norm_stats(
+    iter(stats_loader_fn()), fcfg, num_crops=config.frontend.norm_stats_crops
+  )
   logging.info("Computed norm_stats %s", stats)
   return tuple(float(x) for x in stats)
 
@@ -113,8 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rules = [tuple(r) for r in config.mesh.rules]
   n_dev = mesh.size
   if config.train.global_batch % n_dev:
-    raise ValueError(f"train.global_batch={config.train.global_batch} must be a multiple of "
-                     f"the device count {n_dev}")
+    raise ValueError(
+      f"train.global_batch={config.train.global_batch} must be a multiple of "
+      f"the device count {n_dev}"
+    )
   fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
   crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
 
@@ -123,16 +131,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   weights = mixture.spec_weights(train_specs)
   epoch_size = int(mixture.epoch_counts(sizes, weights).sum())
   steps_per_epoch = max(epoch_size // config.train.global_batch, 1)
-  total_steps = (config.train.num_steps if config.train.num_steps > 0
-                 else int(round(config.train.epochs * steps_per_epoch)))
-  mixture_shares = mixture.log_shares(train_specs, sizes, total_steps * config.train.global_batch,
-                                      printer=jax.process_index() == 0)
-  schedule = optim.learning_rate(config.optim, global_batch=config.train.global_batch,
-                                 steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  total_steps = (
+    config.train.num_steps
+    if config.train.num_steps > 0
+    else int(round(config.train.epochs * steps_per_epoch))
+  )
+  mixture_shares = mixture.log_shares(
+    train_specs, sizes, total_steps * config.train.global_batch, printer=jax.process_index() == 0
+  )
+  schedule = optim.learning_rate(
+    config.optim,
+    global_batch=config.train.global_batch,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total_steps,
+  )
   tx = optim.make_optimizer(config.optim, schedule)
 
-  manager = ckpt.make_manager(workdir, keep=config.train.keep_checkpoints,
-                              async_save=config.train.async_checkpoint)
+  manager = ckpt.make_manager(
+    workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint
+  )
   latest = manager.latest_step()
   resume_meta = init_meta = init = None
   pos_table = config.model.pos_table
@@ -141,8 +158,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     keys = ckpt.MODEL_KEYS + (ckpt.TEXT_KEYS if config.stage == "stage2" else ())
     diffs = ckpt.model_config_diff(resume_meta.config, config, keys)
     if diffs:
-      raise ValueError(f"Refusing to resume {workdir} (step {latest}) with a config that changes "
-                       "the model: " + "; ".join(diffs) + ". Use a new --workdir.")
+      raise ValueError(
+        f"Refusing to resume {workdir} (step {latest}) with a config that changes "
+        "the model: " + "; ".join(diffs) + ". Use a new --workdir."
+      )
   elif config.init.workdir:
     init = ckpt.load(config.init.workdir)
     init_meta = init.meta
@@ -157,35 +176,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def train_loader(seed: int):
     return pipeline.make_loader(
-        _open(train_specs, data_dir), weights,
-        global_batch=config.train.global_batch, crop_samples=crop_samples, seed=seed,
-        num_workers=config.data.num_workers,
-        min_samples=int(config.data.min_seconds * fcfg.sample_rate))
+      _open(train_specs, data_dir),
+      weights,
+      global_batch=config.train.global_batch,
+      crop_samples=crop_samples,
+      seed=seed,
+      num_workers=config.data.num_workers,
+      min_samples=int(config.data.min_seconds * fcfg.sample_rate),
+    )
 
   iterator = ckpt.IteratorSnapshot(iter(train_loader(config.seed)))
-  norm_stats = _norm_stats(config, resume_meta, init_meta,
-                           lambda: train_loader(config.seed + 1), fcfg)
+  norm_stats = _norm_stats(
+    config, resume_meta, init_meta, lambda: train_loader(config.seed + 1), fcfg
+  )
   saved_config = json.loads(config.to_json_best_effort())
   saved_config["model"]["pos_table"] = pos_table  # The config the checkpoints describe.
-  meta = RunMeta(config=saved_config, norm_stats=norm_stats,
-                 text_models={n: f["text_model"] for n, f in facts.items()},
-                 input_frames=input_frames, unit_frames=config.data.crop_frames,
-                 stage=config.stage, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  meta = RunMeta(
+    config=saved_config,
+    norm_stats=norm_stats,
+    text_models={n: f["text_model"] for n, f in facts.items()},
+    input_frames=input_frames,
+    unit_frames=config.data.crop_frames,
+    stage=config.stage,
+    total_steps=total_steps,
+    steps_per_epoch=steps_per_epoch,
+  )
   sentence_model = next((f["text_model"] for f in facts.values()), None)
   objective = objectives.build(config, meta, sentence_model=sentence_model)
   # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
   text_assets = objective.net.text_assets() if config.stage == "stage2" else None
   state, state_sh = state_lib.create_sharded_state(
-      init_params=objective.init, tx=tx, seed=config.seed, norm_stats=norm_stats, mesh=mesh,
-      rules=rules)
+    init_params=objective.init,
+    tx=tx,
+    seed=config.seed,
+    norm_stats=norm_stats,
+    mesh=mesh,
+    rules=rules,
+  )
   if latest is not None:
-    state, _ = ckpt.restore(manager, latest, abstract_state=state_lib.abstract_state(
-        state_sh, state), iterator=iterator)
+    state, _ = ckpt.restore(
+      manager, latest, abstract_state=state_lib.abstract_state(state_sh, state), iterator=iterator
+    )
     logging.info("Resumed from %s at step %d", workdir, latest)
   elif init is not None:
     state = handoff.apply(state, init.state, parts=config.init.parts, source=init.source)
-  steps = step_lib.jit_steps(mesh=mesh, state_sh=state_sh, objective=objective, tx=tx,
-                             schedule=schedule, grad_accum=config.train.grad_accum)
+  steps = step_lib.jit_steps(
+    mesh=mesh,
+    state_sh=state_sh,
+    objective=objective,
+    tx=tx,
+    schedule=schedule,
+    grad_accum=config.train.grad_accum,
+  )
 
   def eval_loader(specs):
     name, split = specs[0]
@@ -193,9 +235,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batch = min(config.train.global_batch, (n // n_dev) * n_dev)
     if batch < 2:
       return None
-    return pipeline.make_loader(_open(specs, data_dir), None, global_batch=batch,
-                                crop_samples=crop_samples, seed=0, shuffle=False, num_epochs=1,
-                                random_crop=False, caption="first")
+    return pipeline.make_loader(
+      _open(specs, data_dir),
+      None,
+      global_batch=batch,
+      crop_samples=crop_samples,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      random_crop=False,
+      caption="first",
+    )
 
   val_loader = eval_loader(val_specs) if val_specs and config.train.val_every > 0 else None
   zs_loader = eval_loader(zs_specs) if zs_specs and config.train.val_every > 0 else None
@@ -203,27 +253,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def run_validation(step: int) -> dict[str, float]:
     out: dict[str, float] = {}
     if val_loader is not None:
-      out.update(validation.retrieval(steps, state, val_loader, objective, mesh,
-                                      config.train.val_batches))
+      out.update(
+        validation.retrieval(steps, state, val_loader, objective, mesh, config.train.val_batches)
+      )
     if zs_loader is not None:
-      out.update(validation.zero_shot(
-          steps, state, zs_loader, objective, mesh,
+      out.update(
+        validation.zero_shot(
+          steps,
+          state,
+          zs_loader,
+          objective,
+          mesh,
           class_names=facts[zs_specs[0][0]]["class_names"],
-          template=config.data.zero_shot_template))
+          template=config.data.zero_shot_template,
+        )
+      )
     if out:
       progress.log_scalars(step, out)
-      print(f"[validation] step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in out.items()),
-            flush=True)
+      print(
+        f"[validation] step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in out.items()),
+        flush=True,
+      )
     return out
 
   start = int(jax.device_get(state.step))
-  stop_at = total_steps if config.train.stop_after <= 0 else min(config.train.stop_after,
-                                                                 total_steps)
-  progress = Progress(workdir, start=start, total=total_steps,
-                      global_batch=config.train.global_batch)
-  summary: dict[str, Any] = {"stage": config.stage, "start_step": start,
-                             "total_steps": total_steps, "norm_stats": list(norm_stats),
-                             "mixture": mixture_shares}
+  stop_at = (
+    total_steps if config.train.stop_after <= 0 else min(config.train.stop_after, total_steps)
+  )
+  progress = Progress(
+    workdir, start=start, total=total_steps, global_batch=config.train.global_batch
+  )
+  summary: dict[str, Any] = {
+    "stage": config.stage,
+    "start_step": start,
+    "total_steps": total_steps,
+    "norm_stats": list(norm_stats),
+    "mixture": mixture_shares,
+  }
   if start == 0:
     summary["initial_validation"] = run_validation(0)
   guard = PreemptionGuard(manager)
@@ -233,13 +299,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if bad >= 0:
       manager.wait_until_finished()
       raise FloatingPointError(
-          f"Non-finite loss or gradient at step {bad}; stopped without saving. The last good "
-          f"checkpoint is step {manager.latest_step()} in {workdir}.")
+        f"Non-finite loss or gradient at step {bad}; stopped without saving. The last good "
+        f"checkpoint is step {manager.latest_step()} in {workdir}."
+      )
 
   def save(step: int) -> None:
     check_finite()
-    ckpt.save(manager, step, state=state, iterator=iterator, meta=meta.replace(step=step),
-              text=text_assets)
+    ckpt.save(
+      manager, step, state=state, iterator=iterator, meta=meta.replace(step=step), text=text_assets
+    )
 
   step = start
   preempted = False
@@ -266,8 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     guard.close()
   if preempted:
-    print(f"SIGTERM: saved step {step} in {workdir}; rerun the same command to resume.",
-          flush=True)
+    print(f"SIGTERM: saved step {step} in {workdir}; rerun the same command to resume.", flush=True)
   elif step == total_steps:
     summary["final_validation"] = run_validation(step)
   summary.update(progress.summary(), end_step=step, preempted=preempted)

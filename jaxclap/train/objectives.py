@@ -8,7 +8,8 @@ comes from `models/build.py`; `params` are trained by the optimizer, `frozen` ar
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +43,17 @@ class Stage1:
     return self.net.init(rng)
 
   def loss(self, params, frozen, batch, rng, norm_stats):
-    return stage1_loss(params, frozen, batch, rng, model=self.model,
-                           frontend_cfg=self.net.frontend_cfg, norm_stats=norm_stats,
-                           clap_weight=self.clap_weight,
-                           clap_grad_divisor=self.clap_grad_divisor)
+    return stage1_loss(
+      params,
+      frozen,
+      batch,
+      rng,
+      model=self.model,
+      frontend_cfg=self.net.frontend_cfg,
+      norm_stats=norm_stats,
+      clap_weight=self.clap_weight,
+      clap_grad_divisor=self.clap_grad_divisor,
+    )
 
   def after_update(self, params, frozen, step):
     params = clamp_logit_scale(params)
@@ -91,8 +99,12 @@ class Stage2:
     """
     gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.model.patch_size)
     emb, idx = masks.with_drawn_mask(
-        key, self.mask_variants, x.shape[0], (gf, gt),
-        lambda keep, _: self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio))
+      key,
+      self.mask_variants,
+      x.shape[0],
+      (gf, gt),
+      lambda keep, _: self.model.apply({"params": p}, x, keep, method=clap.CLAP.audio),
+    )
     kept = jnp.asarray([(gf - r) * (gt - c) for r, c, _ in self.mask_variants], jnp.int32)
     return emb, kept[idx]
 
@@ -101,13 +113,22 @@ class Stage2:
     p = self._merged(params, frozen)
     x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     audio, kept = self.masked_audio(p, x, mask_key)
-    text = self.model.apply({"params": p}, batch["input_ids"], batch["attention_mask"],
-                            deterministic=False, method=clap.CLAP.text,
-                            rngs={"dropout": dropout_key})
+    text = self.model.apply(
+      {"params": p},
+      batch["input_ids"],
+      batch["attention_mask"],
+      deterministic=False,
+      method=clap.CLAP.text,
+      rngs={"dropout": dropout_key},
+    )
     scale = p["logit_scale"]
     loss = losses.clip_infonce(audio_emb=audio, text_emb=text, logit_scale=scale)
-    return loss, {"loss": loss, "loss_clap": loss, "logit_scale": scale,
-                  "kept_tokens": kept.astype(jnp.float32)}
+    return loss, {
+      "loss": loss,
+      "loss_clap": loss,
+      "logit_scale": scale,
+      "kept_tokens": kept.astype(jnp.float32),
+    }
 
   def after_update(self, params, frozen, step):
     del step
@@ -125,20 +146,27 @@ class Stage2:
     return self.net.text_inputs(captions)
 
 
-def build(config: ml_collections.ConfigDict, meta: RunMeta, *,
-          sentence_model: str | None = None) -> Stage1 | Stage2:
+def build(
+  config: ml_collections.ConfigDict, meta: RunMeta, *, sentence_model: str | None = None
+) -> Stage1 | Stage2:
   """The objective of `config.stage` on the network `models.build` makes of (config, meta);
   `meta.total_steps` sets stage 1's EMA schedule."""
   net = build_lib.build(config, meta, sentence_model=sentence_model)
   if config.stage == "stage1":
-    return Stage1(net=net, clap_weight=config.train.clap_weight,
-                  clap_grad_divisor=config.train.clap_grad_divisor,
-                  ema_start=config.train.ema_start, ema_end=config.train.ema_end,
-                  total_steps=int(meta.total_steps or 1))
-  gf, gt = patches.grid_size(net.frontend_cfg.n_mels, config.data.crop_frames,
-                             config.model.patch_size)
-  variants = masks.stage2_variants(gf, gt, config.model.structured_mask,
-                                   config.model.structured_mask_counts)
+    return Stage1(
+      net=net,
+      clap_weight=config.train.clap_weight,
+      clap_grad_divisor=config.train.clap_grad_divisor,
+      ema_start=config.train.ema_start,
+      ema_end=config.train.ema_end,
+      total_steps=int(meta.total_steps or 1),
+    )
+  gf, gt = patches.grid_size(
+    net.frontend_cfg.n_mels, config.data.crop_frames, config.model.patch_size
+  )
+  variants = masks.stage2_variants(
+    gf, gt, config.model.structured_mask, config.model.structured_mask_counts
+  )
   return Stage2(net=net, mask_variants=variants)
 
 
@@ -146,11 +174,18 @@ def build(config: ml_collections.ConfigDict, meta: RunMeta, *,
 # The stage-1 loss and the update rules the stages apply after each optimizer step.
 
 
-def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: jax.Array, *,
-                model: m2d.M2D, frontend_cfg: fe.FrontendConfig,
-                norm_stats: Sequence[float], clap_weight: float = 0.01,
-                clap_grad_divisor: float = 1.0
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def stage1_loss(
+  online: Any,
+  target: Any,
+  batch: Mapping[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: m2d.M2D,
+  frontend_cfg: fe.FrontendConfig,
+  norm_stats: Sequence[float],
+  clap_weight: float = 0.01,
+  clap_grad_divisor: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Stage-1 loss: norm_mse(prediction, EMA target) + clap_weight · symmetric InfoNCE.
 
   `clap_grad_divisor` k divides the CLAP gradient that flows through the audio and text
@@ -161,24 +196,31 @@ def stage1_loss(online: Any, target: Any, batch: Mapping[str, jax.Array], rng: j
   x = fe.waveform_input(batch, frontend_cfg, norm_stats)
   grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
   visible_idx, masked_idx = m2d.sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
-  out = model.apply({"params": online}, x, visible_idx, masked_idx,
-                    batch["text_embedding"], method=m2d.M2D.stage1)
-  target_out = m2d.target_body(model).apply({"params": target},
-                                         jax.lax.stop_gradient(out["target_in"]))
-  loss_m2d = losses.norm_mse(pred=out["pred"],
-                             target=jax.lax.stop_gradient(target_out[:, 1:]))
+  out = model.apply(
+    {"params": online}, x, visible_idx, masked_idx, batch["text_embedding"], method=m2d.M2D.stage1
+  )
+  target_out = m2d.target_body(model).apply(
+    {"params": target}, jax.lax.stop_gradient(out["target_in"])
+  )
+  loss_m2d = losses.norm_mse(pred=out["pred"], target=jax.lax.stop_gradient(target_out[:, 1:]))
   feature_scale = 1.0 / clap_grad_divisor
   loss_clap = losses.clip_infonce(
-      audio_emb=losses.scale_gradient(out["audio_emb"], feature_scale),
-      text_emb=losses.scale_gradient(out["text_emb"], feature_scale),
-      logit_scale=out["logit_scale"])
+    audio_emb=losses.scale_gradient(out["audio_emb"], feature_scale),
+    text_emb=losses.scale_gradient(out["text_emb"], feature_scale),
+    logit_scale=out["logit_scale"],
+  )
   loss = loss_m2d + clap_weight * loss_clap
-  return loss, {"loss": loss, "loss_m2d": loss_m2d, "loss_clap": loss_clap,
-                "logit_scale": out["logit_scale"]}
+  return loss, {
+    "loss": loss,
+    "loss_m2d": loss_m2d,
+    "loss_clap": loss_clap,
+    "logit_scale": out["logit_scale"],
+  }
 
 
-def ema_decay(step: jax.Array, total_steps: int, start: float = 0.99995,
-              end: float = 0.99999) -> jax.Array:
+def ema_decay(
+  step: jax.Array, total_steps: int, start: float = 0.99995, end: float = 0.99999
+) -> jax.Array:
   """EMA decay rising linearly from `start` (update 0) to `end` (update total_steps − 1).
 
   As the official `ema_decay_sched`: interp = step / (total_steps − 1), where `step` counts
@@ -191,8 +233,7 @@ def ema_decay(step: jax.Array, total_steps: int, start: float = 0.99995,
 
 def ema_update(target: Any, online_encoder_body: Any, decay: jax.Array) -> Any:
   """target ← decay · target + (1 − decay) · online body (same tree structure)."""
-  return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target,
-                      online_encoder_body)
+  return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online_encoder_body)
 
 
 def clamp_logit_scale(online: dict) -> dict:

@@ -58,7 +58,8 @@ def decays(names: tuple[str, ...], ndim: int, rule: str = "timm045") -> bool:
 def decay_mask(params: Any, rule: str = "timm045") -> Any:
   """Pytree of bools, True where weight decay applies under `rule` (see DECAY_RULES)."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: decays(_names(path), leaf.ndim, rule), params)
+    lambda path, leaf: decays(_names(path), leaf.ndim, rule), params
+  )
 
 
 def learning_rate(optim_cfg, *, global_batch: int, steps_per_epoch: int, total_steps: int):
@@ -66,8 +67,12 @@ def learning_rate(optim_cfg, *, global_batch: int, steps_per_epoch: int, total_s
   peak = optim_cfg.base_lr * global_batch / 256
   warmup = min(int(round(optim_cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+    init_value=0.0,
+    peak_value=peak,
+    warmup_steps=warmup,
+    decay_steps=max(total_steps, warmup + 1),
+    end_value=0.0,
+  )
 
 
 def make_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
@@ -78,9 +83,15 @@ def make_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
   rule = optim_cfg.get("decay_rule", "timm045")  # Configs saved before the knob: the default.
   if rule not in DECAY_RULES:
     raise ValueError(f"optim.decay_rule={rule!r}; expected one of {DECAY_RULES}")
-  parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
-                           weight_decay=optim_cfg.weight_decay,
-                           mask=lambda params: decay_mask(params, rule)))
+  parts.append(
+    optax.adamw(
+      schedule,
+      b1=optim_cfg.b1,
+      b2=optim_cfg.b2,
+      weight_decay=optim_cfg.weight_decay,
+      mask=lambda params: decay_mask(params, rule),
+    )
+  )
   return optax.chain(*parts)
 
 
@@ -97,10 +108,18 @@ class TimmLarsState(NamedTuple):
   momentum: Any
 
 
-def timm_lars(learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
-              dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-              trust_coeff: float = 0.001, eps: float = 1e-8, trust_clip: bool = False,
-              always_adapt: bool = False) -> optax.GradientTransformation:
+def timm_lars(
+  learning_rate: float | optax.Schedule,
+  *,
+  momentum: float = 0.9,
+  dampening: float = 0.0,
+  weight_decay: float = 0.0,
+  nesterov: bool = False,
+  trust_coeff: float = 0.001,
+  eps: float = 1e-8,
+  trust_clip: bool = False,
+  always_adapt: bool = False,
+) -> optax.GradientTransformation:
   """`timm.optim.Lars` as an optax transformation (every parameter treated alike, as
   EVAR passes them in one group); its arguments and defaults are timm's."""
   if nesterov and (momentum <= 0 or dampening != 0):
@@ -108,8 +127,9 @@ def timm_lars(learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
   adapt = weight_decay != 0 or always_adapt  # Static: timm checks the group's value.
 
   def init(params):
-    return TimmLarsState(count=jnp.zeros([], jnp.int32),
-                         momentum=jax.tree_util.tree_map(jnp.zeros_like, params))
+    return TimmLarsState(
+      count=jnp.zeros([], jnp.int32), momentum=jax.tree_util.tree_map(jnp.zeros_like, params)
+    )
 
   def update(grads, state, params=None):
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
@@ -130,9 +150,9 @@ def timm_lars(learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
     if momentum != 0:
       first = state.count == 0  # timm starts the buffer as a copy of the first gradient.
       buf = jax.tree_util.tree_map(
-          lambda b, g: jnp.where(first, g, momentum * b + (1 - dampening) * g), buf, grads)
-      step = (jax.tree_util.tree_map(lambda g, b: g + momentum * b, grads, buf) if nesterov
-              else buf)
+        lambda b, g: jnp.where(first, g, momentum * b + (1 - dampening) * g), buf, grads
+      )
+      step = jax.tree_util.tree_map(lambda g, b: g + momentum * b, grads, buf) if nesterov else buf
     else:
       step = grads
     updates = jax.tree_util.tree_map(lambda s: (-lr * s).astype(s.dtype), step)
@@ -141,8 +161,15 @@ def timm_lars(learning_rate: float | optax.Schedule, *, momentum: float = 0.9,
   return optax.GradientTransformation(init, update)
 
 
-def timm_cosine(*, lr: float, epochs: float, warmup_epochs: float, lr_min: float = 1e-7,
-                warmup_lr: float = 0.0, steps_per_epoch: float) -> optax.Schedule:
+def timm_cosine(
+  *,
+  lr: float,
+  epochs: float,
+  warmup_epochs: float,
+  lr_min: float = 1e-7,
+  warmup_lr: float = 0.0,
+  steps_per_epoch: float,
+) -> optax.Schedule:
   """lr of update `count` (0-based) under timm's CosineLRScheduler as EVAR steps it.
 
   The cosine spans all `epochs` from t = 0 (warm-up is not a prefix: during the first
@@ -151,8 +178,9 @@ def timm_cosine(*, lr: float, epochs: float, warmup_epochs: float, lr_min: float
   the value at t = (k − 1) / steps_per_epoch, and update 0 with the value at t = 0.
   """
   if epochs <= 0 or steps_per_epoch <= 0:
-    raise ValueError(f"timm_cosine: epochs={epochs} and steps_per_epoch={steps_per_epoch} "
-                     "must be positive")
+    raise ValueError(
+      f"timm_cosine: epochs={epochs} and steps_per_epoch={steps_per_epoch} must be positive"
+    )
 
   def schedule(count):
     t = jnp.maximum(jnp.asarray(count, jnp.float32) - 1, 0) / steps_per_epoch
@@ -171,35 +199,56 @@ def finetune_schedule(config: ml_collections.ConfigDict, total_steps: int) -> op
   and cosine keep their shares of it).
   """
   if config.schedule == "timm_cosine":
-    return timm_cosine(lr=config.lr, epochs=config.epochs, warmup_epochs=config.warmup_epochs,
-                       lr_min=config.lr_min, warmup_lr=config.warmup_lr,
-                       steps_per_epoch=total_steps / config.epochs)
+    return timm_cosine(
+      lr=config.lr,
+      epochs=config.epochs,
+      warmup_epochs=config.warmup_epochs,
+      lr_min=config.lr_min,
+      warmup_lr=config.warmup_lr,
+      steps_per_epoch=total_steps / config.epochs,
+    )
   if config.schedule == "warmup_cosine":
     warmup = int(round(config.warmup_epochs / config.epochs * total_steps))
     return optax.warmup_cosine_decay_schedule(
-        init_value=config.warmup_lr, peak_value=config.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=config.lr_min)
-  raise ValueError(f"finetune config: schedule={config.schedule!r}; expected one of "
-                   f"{FINETUNE_SCHEDULES}")
+      init_value=config.warmup_lr,
+      peak_value=config.lr,
+      warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=config.lr_min,
+    )
+  raise ValueError(
+    f"finetune config: schedule={config.schedule!r}; expected one of {FINETUNE_SCHEDULES}"
+  )
 
 
 def _matrices(params: Any) -> Any:
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def make_finetune_optimizer(config: ml_collections.ConfigDict, total_steps: int
-                            ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_finetune_optimizer(
+  config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule) of a fine-tuning config for a run of `total_steps` updates:
   "timm_lars" (EVAR's) or "lars" (optax; trust ratio and decay on matrices only)."""
   schedule = finetune_schedule(config, total_steps)
   if config.optimizer == "timm_lars":
-    tx = timm_lars(schedule, momentum=config.momentum, weight_decay=config.weight_decay,
-                   trust_coeff=config.trust_coefficient)
+    tx = timm_lars(
+      schedule,
+      momentum=config.momentum,
+      weight_decay=config.weight_decay,
+      trust_coeff=config.trust_coefficient,
+    )
   elif config.optimizer == "lars":
-    tx = optax.lars(schedule, weight_decay=config.weight_decay, weight_decay_mask=_matrices,
-                    trust_coefficient=config.trust_coefficient, trust_ratio_mask=_matrices,
-                    momentum=config.momentum)
+    tx = optax.lars(
+      schedule,
+      weight_decay=config.weight_decay,
+      weight_decay_mask=_matrices,
+      trust_coefficient=config.trust_coefficient,
+      trust_ratio_mask=_matrices,
+      momentum=config.momentum,
+    )
   else:
-    raise ValueError(f"finetune config: optimizer={config.optimizer!r}; expected one of "
-                     f"{FINETUNE_OPTIMIZERS}")
+    raise ValueError(
+      f"finetune config: optimizer={config.optimizer!r}; expected one of {FINETUNE_OPTIMIZERS}"
+    )
   return tx, schedule

@@ -31,6 +31,7 @@ class Progress:
     self._writer = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter  # Writes TensorBoard events without TensorFlow.
+
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def record(self, step: int, metrics: dict[str, Any]) -> None:
@@ -60,11 +61,17 @@ class Progress:
     self.log_scalars(step, {("total" if k == "loss" else k): v for k, v in means.items()})
     if jax.process_index() == 0:
       eta = means["step_time"] * (self._total - step)
-      shown = [f"{k.replace('loss_', '')} {means[k]:.4f}" for k in ("loss", "loss_m2d", "loss_clap")
-               if k in means]
-      print(f"step {step}/{self._total}  " + "  ".join(shown) + f"  lr {means['lr']:.2e}"
-            f"  gnorm {means['grad_norm']:.3f}  {means['clips_per_s']:.1f} clips/s"
-            f"  ETA {_fmt_time(eta)}", flush=True)
+      shown = [
+        f"{k.replace('loss_', '')} {means[k]:.4f}"
+        for k in ("loss", "loss_m2d", "loss_clap")
+        if k in means
+      ]
+      print(
+        f"step {step}/{self._total}  " + "  ".join(shown) + f"  lr {means['lr']:.2e}"
+        f"  gnorm {means['grad_norm']:.3f}  {means['clips_per_s']:.1f} clips/s"
+        f"  ETA {_fmt_time(eta)}",
+        flush=True,
+      )
     return means
 
   def summary(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,7 @@ from jaxclap import sharding as shd
 @struct.dataclass
 class TrainState:
   """Everything a step reads and writes; saved whole in every checkpoint."""
+
   step: jax.Array  # int32 scalar: updates applied so far.
   params: Any  # Trained (online) parameters, logit scale included.
   frozen: Any  # Untrained params: EMA target (stage 1) or frozen audio encoder (stage 2).
@@ -27,13 +29,13 @@ class TrainState:
 
 
 def create_sharded_state(
-    *,
-    init_params: Callable[[jax.Array], tuple[Any, Any]],
-    tx: optax.GradientTransformation,
-    seed: int,
-    norm_stats: tuple[float, float],
-    mesh: Mesh,
-    rules,
+  *,
+  init_params: Callable[[jax.Array], tuple[Any, Any]],
+  tx: optax.GradientTransformation,
+  seed: int,
+  norm_stats: tuple[float, float],
+  mesh: Mesh,
+  rules,
 ) -> tuple[TrainState, TrainState]:
   """Initialises the state directly into its shardings; returns (state, shardings).
 
@@ -49,23 +51,40 @@ def create_sharded_state(
 
   def init(k, stats):
     params, frozen = nn.unbox(init_params(k))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                      opt_state=tx.init(params), rng=state_key,
-                      norm_stats=jnp.asarray(stats, jnp.float32),
-                      bad_step=jnp.full((), -1, jnp.int32))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      frozen=frozen,
+      opt_state=tx.init(params),
+      rng=state_key,
+      norm_stats=jnp.asarray(stats, jnp.float32),
+      bad_step=jnp.full((), -1, jnp.int32),
+    )
 
   abstract = jax.eval_shape(init, init_key, jnp.zeros(2, jnp.float32))
   opt_sh = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, params_sh,
-      transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-  state_sh = TrainState(step=repl, params=params_sh, frozen=frozen_sh, opt_state=opt_sh,
-                        rng=repl, norm_stats=repl, bad_step=repl)
+    tx,
+    lambda _, s: s,
+    abstract.opt_state,
+    params_sh,
+    transform_non_params=lambda _: repl,
+    is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct),
+  )
+  state_sh = TrainState(
+    step=repl,
+    params=params_sh,
+    frozen=frozen_sh,
+    opt_state=opt_sh,
+    rng=repl,
+    norm_stats=repl,
+    bad_step=repl,
+  )
   state = jax.jit(init, out_shardings=state_sh)(init_key, jnp.asarray(norm_stats, jnp.float32))
   return state, state_sh
 
 
 def abstract_state(state_sh: TrainState, state: TrainState) -> TrainState:
   """ShapeDtypeStructs carrying shardings, the restore target of a checkpoint."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, state_sh)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sh
+  )

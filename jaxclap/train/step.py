@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +40,15 @@ def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
   return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective,
-               tx: optax.GradientTransformation, schedule: Callable,
-               grad_accum: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  objective,
+  tx: optax.GradientTransformation,
+  schedule: Callable,
+  grad_accum: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: the stage's loss and gradients, AdamW, then its post-update rule.
 
   Stage 1's rule clamps the logit scale and moves the EMA target; stage 2's clamps only.
@@ -69,19 +76,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, objective,
 
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params, frozen, extra = objective.after_update(optax.apply_updates(state.params, updates),
-                                                 state.frozen, state.step)
+  params, frozen, extra = objective.after_update(
+    optax.apply_updates(state.params, updates), state.frozen, state.step
+  )
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-  metrics = dict(metrics, **extra, grad_norm=grad_norm, lr=schedule(state.step),
-                 param_norm=optax.tree.norm(params))
-  new_state = state.replace(step=state.step + 1, params=params, frozen=frozen,
-                            opt_state=opt_state, bad_step=bad_step)
+  metrics = dict(
+    metrics,
+    **extra,
+    grad_norm=grad_norm,
+    lr=schedule(state.step),
+    param_norm=optax.tree.norm(params),
+  )
+  new_state = state.replace(
+    step=state.step + 1, params=params, frozen=frozen, opt_state=opt_state, bad_step=bad_step
+  )
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, objective
-              ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+def eval_step(
+  state: TrainState, batch: dict[str, jax.Array], *, objective
+) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
   """Validation loss with fixed masks, and unmasked (audio, text) embeddings for retrieval."""
   key = jax.random.PRNGKey(0)  # Same masks at every validation, so losses compare.
   _, metrics = objective.loss(state.params, state.frozen, batch, key, state.norm_stats)
@@ -90,23 +105,29 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, objective
   return metrics, audio, text
 
 
-def jit_steps(*, mesh: Mesh, state_sh: TrainState, objective, tx, schedule,
-              grad_accum: int = 1) -> dict[str, Callable]:
+def jit_steps(
+  *, mesh: Mesh, state_sh: TrainState, objective, tx, schedule, grad_accum: int = 1
+) -> dict[str, Callable]:
   """Train, eval and embedding functions jitted once with explicit shardings.
 
   The train step donates the state. Returns {"train", "eval", "audio", "text"}.
   """
   repl = shd.replicated(mesh)
   batch_sh = shd.batch_sharding(mesh)
-  train = functools.partial(train_step, objective=objective, tx=tx, schedule=schedule,
-                            grad_accum=grad_accum)
+  train = functools.partial(
+    train_step, objective=objective, tx=tx, schedule=schedule, grad_accum=grad_accum
+  )
   audio = lambda st, b: objective.audio_embed(st.params, st.frozen, b, st.norm_stats)
   text = lambda st, t: objective.text_embed(st.params, st.frozen, t)
   return {
-      "train": jax.jit(train, in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, repl), donate_argnums=(0,)),
-      "eval": jax.jit(functools.partial(eval_step, objective=objective),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(repl, repl, repl)),
-      "audio": jax.jit(audio, in_shardings=(state_sh, batch_sh), out_shardings=repl),
-      "text": jax.jit(text, in_shardings=(state_sh, repl), out_shardings=repl),
+    "train": jax.jit(
+      train, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl), donate_argnums=(0,)
+    ),
+    "eval": jax.jit(
+      functools.partial(eval_step, objective=objective),
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(repl, repl, repl),
+    ),
+    "audio": jax.jit(audio, in_shardings=(state_sh, batch_sh), out_shardings=repl),
+    "text": jax.jit(text, in_shardings=(state_sh, repl), out_shardings=repl),
   }

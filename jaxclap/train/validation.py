@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import numpy as np
@@ -19,8 +19,9 @@ def _limited(loader: Iterable, n: int):
     yield batch
 
 
-def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
-              max_batches: int) -> dict[str, float]:
+def retrieval(
+  steps: dict[str, Callable], state, loader, objective, mesh, max_batches: int
+) -> dict[str, float]:
   """Validation loss (fixed masks); a→t / t→a R@1/5/10 and mAP@10, one caption per clip."""
   metrics, audio, text = [], [], []
   for batch in _limited(loader, max_batches):
@@ -30,14 +31,23 @@ def retrieval(steps: dict[str, Callable], state, loader, objective, mesh,
     text.append(np.asarray(t))
   if not metrics:
     return {}
-  out = {f"val_{k}": float(np.mean([m[k] for m in metrics]))
-         for k in metrics[0] if k.startswith("loss")}
+  out = {
+    f"val_{k}": float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k.startswith("loss")
+  }
   out.update(eval_metrics.retrieval_from_embeddings(np.concatenate(audio), np.concatenate(text)))
   return out
 
 
-def zero_shot(steps: dict[str, Callable], state, loader, objective, mesh, *,
-              class_names: list[str], template: str) -> dict[str, float]:
+def zero_shot(
+  steps: dict[str, Callable],
+  state,
+  loader,
+  objective,
+  mesh,
+  *,
+  class_names: list[str],
+  template: str,
+) -> dict[str, float]:
   """Top-1 accuracy of "{class} can be heard"-style prompts on a labelled split."""
   prompts = objective.text_inputs([template.format(n) for n in class_names])
   if prompts is None or not class_names:
