@@ -19,15 +19,22 @@ _zeros = nn.initializers.zeros
 _ones = nn.initializers.ones
 
 
-def dense(features: int, names: tuple[str | None, str | None], dtype: Dtype, name: str) -> nn.Dense:
-  """Dense layer with xavier-uniform kernel, zero bias and logical axis names."""
+def dense(
+  features: int,
+  names: tuple[str | None, str | None],
+  dtype: Dtype,
+  name: str,
+  kernel_init: nn.initializers.Initializer = _xavier,
+  bias_init: nn.initializers.Initializer = _zeros,
+) -> nn.Dense:
+  """Dense layer with logical axis names; xavier-uniform kernel and zero bias unless told."""
   return nn.Dense(
     features,
     dtype=dtype,
     param_dtype=jnp.float32,
     name=name,
-    kernel_init=nn.with_logical_partitioning(_xavier, names),
-    bias_init=nn.with_logical_partitioning(_zeros, names[1:]),
+    kernel_init=nn.with_logical_partitioning(kernel_init, names),
+    bias_init=nn.with_logical_partitioning(bias_init, names[1:]),
   )
 
 

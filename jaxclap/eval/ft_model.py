@@ -38,17 +38,7 @@ class FinetuneNet(nn.Module):
   pos_table: str = "sincos"  # The encoder's table kind (vit.ViTEncoder.pos_table).
 
   def setup(self):
-    w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(
-      w,
-      d,
-      h,
-      self.patch_size,
-      self.n_mels,
-      self.input_frames,
-      dtype=self.dtype,
-      pos_table=self.pos_table,
-    )
+    self.encoder = vit.ViTEncoder.of_model(self)
     self.norm = nn.BatchNorm(
       momentum=self.bn_momentum, epsilon=1e-5, use_bias=False, use_scale=False
     )

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclap.models import clap_heads, sizes, vit
+from jaxclap.models import clap_heads, vit
 
 LOGIT_SCALE_INIT = math.log(100.0)  # Stage 2 restarts the temperature at 0.01.
 
@@ -28,18 +28,7 @@ class CLAP(nn.Module):
   pos_table: str = "sincos"  # Encoder position table (vit.ViTEncoder.pos_table).
 
   def setup(self):
-    w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(
-      w,
-      d,
-      h,
-      self.patch_size,
-      self.n_mels,
-      self.input_frames,
-      dtype=self.dtype,
-      remat=self.remat,
-      pos_table=self.pos_table,
-    )
+    self.encoder = vit.ViTEncoder.of_model(self)
     self.audio_proj = clap_heads.audio_head("semantic", self.clap_dim, self.dtype)
     self.logit_scale = self.param(
       "logit_scale",

@@ -36,14 +36,7 @@ def torch_dense(
 ) -> nn.Dense:
   """Dense layer initialised as a fresh PyTorch `nn.Linear(fan_in, features)`."""
   init = torch_linear_init(fan_in)
-  return nn.Dense(
-    features,
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    name=name,
-    kernel_init=nn.with_logical_partitioning(init, names),
-    bias_init=nn.with_logical_partitioning(init, names[1:]),
-  )
+  return layers.dense(features, names, dtype, name, kernel_init=init, bias_init=init)
 
 
 class SemanticPooler(nn.Module):

@@ -84,18 +84,8 @@ class M2D(nn.Module):
   pos_table: str = "sincos"  # Encoder position table (vit.ViTEncoder.pos_table).
 
   def setup(self):
-    w, d, h = sizes.get_size(self.size)
-    self.encoder = vit.ViTEncoder(
-      w,
-      d,
-      h,
-      self.patch_size,
-      self.n_mels,
-      self.input_frames,
-      dtype=self.dtype,
-      remat=self.remat,
-      pos_table=self.pos_table,
-    )
+    w = sizes.get_size(self.size).width
+    self.encoder = vit.ViTEncoder.of_model(self)
     self.predictor = Predictor(
       self.predictor_width, self.predictor_depth, self.predictor_heads, w, self.dtype, self.remat
     )

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxclap import layers
-from jaxclap.models import patches
+from jaxclap.models import patches, sizes
 
 Dtype = Any
 REMAT_POLICIES = ("none", "full", "save_dots")
@@ -75,6 +75,26 @@ class ViTEncoder(nn.Module):
   # "sincos": the fixed table, computed. "stored": a saved table (an imported official file
   # whose table was interpolated, e.g. by stage-1.1 fine-tuning), a parameter kept frozen.
   pos_table: str = "sincos"
+
+  @classmethod
+  def of_model(cls, model: nn.Module) -> ViTEncoder:
+    """The encoder a model describes by its fields (M2D, CLAP and the fine-tuning network).
+
+    Reads `size` ("base", "large", ...; see `sizes`), `patch_size`, `n_mels`,
+    `input_frames`, `dtype`, `pos_table` and, where the model has it, `remat`.
+    """
+    width, depth, heads = sizes.get_size(model.size)
+    return cls(
+      width,
+      depth,
+      heads,
+      model.patch_size,
+      model.n_mels,
+      model.input_frames,
+      dtype=model.dtype,
+      remat=getattr(model, "remat", "none"),
+      pos_table=model.pos_table,
+    )
 
   def setup(self):
     self.patch_embed = layers.dense(self.width, ("patch", "embed"), self.dtype, "patch_embed")

@@ -7,6 +7,7 @@ in `configs/` start from it and override what differs (the stage-2 recipe: confi
 
 from __future__ import annotations
 
+import functools
 import os
 
 import ml_collections
@@ -144,9 +145,32 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+_CHOICES = {  # Config keys that take one of a few values.
+  "stage": ("stage1", "stage2"),
+  "model.structured_mask_counts": ("official", "fixed"),
+  "optim.decay_rule": ("timm045", "timm_new", "jaxclap"),
+  "init.parts": ("audio_encoder", "all"),
+  "text.kind": ("bert", "scratch"),
+  "text.pooling": ("cls", "mean"),
+  "model.clap_head": ("semantic", "mlp"),
+  "model.pos_table": ("sincos", "stored"),
+  "model.remat": ("none", "full", "save_dots"),
+  "model.dtype": ("float32", "bfloat16"),
+  "frontend.sample_rate": (16000, 32000),
+}
+
+
 def _check(cond: bool, key: str, value, why: str) -> None:
   if not cond:
     raise ValueError(f"Bad config value {key}={value!r}: {why}")
+
+
+def _check_choices(c: ml_collections.ConfigDict) -> None:
+  """Every `_CHOICES` key holds one of its values."""
+  for key, choices in _CHOICES.items():
+    value = functools.reduce(lambda node, part: node[part], key.split("."), c)
+    names = [repr(x) for x in choices]
+    _check(value in choices, key, value, f"expected {', '.join(names[:-1])} or {names[-1]}")
 
 
 def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
@@ -189,7 +213,7 @@ def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `c`."""
-  _check(c.stage in ("stage1", "stage2"), "stage", c.stage, "expected 'stage1' or 'stage2'")
+  _check_choices(c)
   _check(
     0.0 <= c.model.structured_mask < 1.0,
     "model.structured_mask",
@@ -197,34 +221,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     "must be in [0, 1)",
   )
   _check(
-    c.model.structured_mask_counts in ("official", "fixed"),
-    "model.structured_mask_counts",
-    c.model.structured_mask_counts,
-    "expected 'official' or 'fixed'",
-  )
-  _check(
-    c.optim.decay_rule in ("timm045", "timm_new", "jaxclap"),
-    "optim.decay_rule",
-    c.optim.decay_rule,
-    "expected 'timm045', 'timm_new' or 'jaxclap'",
-  )
-  _check(
-    c.init.parts in ("audio_encoder", "all"),
-    "init.parts",
-    c.init.parts,
-    "expected 'audio_encoder' or 'all'",
-  )
-  _check(
     c.stage == "stage1" or c.init.workdir or c.init.parts == "all",
     "init.workdir",
     c.init.workdir,
     "stage 2 starts from a stage-1 workdir: set --config.init.workdir",
-  )
-  _check(
-    c.text.kind in ("bert", "scratch"), "text.kind", c.text.kind, "expected 'bert' or 'scratch'"
-  )
-  _check(
-    c.text.pooling in ("cls", "mean"), "text.pooling", c.text.pooling, "expected 'cls' or 'mean'"
   )
   _check(
     c.text.max_len >= 3,
@@ -241,42 +241,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(
     0.0 < c.model.mask_ratio < 1.0, "model.mask_ratio", c.model.mask_ratio, "must be in (0, 1)"
   )
-  _check(
-    c.model.clap_head in ("semantic", "mlp"),
-    "model.clap_head",
-    c.model.clap_head,
-    "expected 'semantic' or 'mlp'",
-  )
-  _check(
-    c.model.pos_table in ("sincos", "stored"),
-    "model.pos_table",
-    c.model.pos_table,
-    "must be 'sincos' or 'stored'",
-  )
-  _check(
-    c.model.remat in ("none", "full", "save_dots"),
-    "model.remat",
-    c.model.remat,
-    "must be 'none', 'full' or 'save_dots'",
-  )
-  _check(
-    c.model.dtype in ("float32", "bfloat16"),
-    "model.dtype",
-    c.model.dtype,
-    "expected 'float32' or 'bfloat16'",
-  )
   _check(c.model.text_dim > 0, "model.text_dim", c.model.text_dim, "must be > 0")
   _check(
     "{}" in c.data.zero_shot_template,
     "data.zero_shot_template",
     c.data.zero_shot_template,
     "needs a {} for the class name",
-  )
-  _check(
-    c.frontend.sample_rate in (16000, 32000),
-    "frontend.sample_rate",
-    c.frontend.sample_rate,
-    "expected 16000 or 32000",
   )
   ns = c.frontend.norm_stats
   _check(
