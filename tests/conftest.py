@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +32,30 @@ class HashEmbedder:
       digest = hashlib.sha256(t.encode()).digest() * (1 + 2 * self.dim // 32)
       rows.append(np.frombuffer(digest[: 2 * self.dim], np.int16).astype(np.float32) / 4096.0)
     return np.stack(rows).reshape(len(texts), self.dim)
+
+
+_JIT_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config) -> None:
+  """One persistent XLA compilation cache for the session: workers and the runs they spawn.
+
+  Many tests start `jaxclap.main` in fresh processes (resume, kill -9, multi-process) that
+  compile the same steps again; a shared cache compiles each once. Executables are the same
+  either way, so results are too. The controller makes the folder, workers inherit it.
+  """
+  if _JIT_CACHE_ENV not in os.environ:
+    os.environ[_JIT_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxclap-test-jit-")
+    config._jaxclap_jit_cache = os.environ[_JIT_CACHE_ENV]
+  # Steps worth caching take seconds; tiny jits would only add files.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_unconfigure(config) -> None:
+  """Removes the session's compilation cache if this process made it."""
+  path = getattr(config, "_jaxclap_jit_cache", None)
+  if path:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[str], None]) -> str:

@@ -96,10 +96,14 @@ class CLAPNetwork:
     """The tower's architecture and tokenizer, saved with every stage-2 checkpoint."""
     return self.restored_assets or TextAssets.of(self.model.text_tower, self.tokenizer)
 
+  def merged(self, params, frozen) -> dict[str, Any]:
+    """The model's whole parameter tree; the frozen part passes no gradient."""
+    return {**params, **jax.lax.stop_gradient(frozen)}
+
   def text_embed(self, params, frozen, text_inputs) -> jax.Array:
     """L2-normalised CLAP text embeddings [N, C]."""
     emb = self.model.apply(
-      {"params": {**params, **frozen}},
+      {"params": self.merged(params, frozen)},
       text_inputs["input_ids"],
       text_inputs["attention_mask"],
       method=clap.CLAP.text,

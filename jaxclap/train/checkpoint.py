@@ -78,6 +78,7 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
     "data": grain.checkpoint.CheckpointHandler(),
     "meta": ocp.JsonCheckpointHandler(),
     "text": ocp.JsonCheckpointHandler(),
+    "evals": ocp.JsonCheckpointHandler(),  # The evaluators' latest results and baselines.
   }
 
 
@@ -122,14 +123,17 @@ def save(
   iterator: IteratorSnapshot,
   meta: RunMeta,
   text: TextAssets | None = None,
+  evals: dict[str, Any] | None = None,
 ) -> None:
   """Starts saving `step` (returns before an asynchronous write finishes)."""
+  extra = {"evals": ocp.args.JsonSave(evals)} if evals else {}
   manager.save(
     step,
     args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
       data=grain.checkpoint.CheckpointSave(iterator.snapshot()),
       **_items(meta, text),
+      **extra,
     ),
     force=True,
   )
@@ -243,11 +247,6 @@ def load(path: str) -> Saved:
   )
 
 
-def _flatten(tree: dict[str, Any]) -> dict[str, Any]:
-  """{"a.b": leaf} of a nested config dict."""
-  return traverse_util.flatten_dict(tree, sep=".")
-
-
 def _normalise(v: Any) -> Any:
   return list(v) if isinstance(v, tuple) else v
 
@@ -256,8 +255,8 @@ def model_config_diff(
   saved: dict[str, Any], config: ml_collections.ConfigDict, keys: tuple[str, ...] = MODEL_KEYS
 ) -> list[str]:
   """Keys under `keys` whose values differ between a saved config and `config`."""
-  now = _flatten(json.loads(config.to_json_best_effort()))
-  before = _flatten(saved)
+  now = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
+  before = traverse_util.flatten_dict(saved, sep=".")
   diffs = []
   for key in sorted(set(now) | set(before)):
     if not any(key == m or key.startswith(m + ".") for m in keys) or key in EXECUTION_KEYS:

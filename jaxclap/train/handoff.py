@@ -10,14 +10,10 @@ import numpy as np
 from flax import traverse_util
 
 
-def _paths(tree: dict[str, Any]) -> dict[str, Any]:
-  """{"a/b": leaf} of a nested parameter tree."""
-  return traverse_util.flatten_dict(tree, sep="/")
-
-
 def mismatches(current: Any, saved: Any, where: str) -> list[str]:
   """How `saved` differs from the tree `current` (arrays or shape structs) a model expects."""
-  cur, sav = _paths(current), _paths(saved)
+  cur = traverse_util.flatten_dict(current, sep="/")
+  sav = traverse_util.flatten_dict(saved, sep="/")
   # Shapes first: they say most about a wrong model size.
   errors = [
     f"shape of {where}/{k}: checkpoint {tuple(np.shape(sav[k]))} vs model {tuple(cur[k].shape)}"
@@ -31,7 +27,7 @@ def mismatches(current: Any, saved: Any, where: str) -> list[str]:
 
 def _fill(current: Any, saved: Any, where: str, errors: list[str]) -> Any:
   """`saved` laid into `current`'s structure and shardings; mismatches go to `errors`."""
-  sav = _paths(saved)
+  sav = traverse_util.flatten_dict(saved, sep="/")
   errors.extend(mismatches(current, saved, where))
 
   def put(path, leaf):

@@ -24,7 +24,27 @@ from jaxclap.run_meta import RunMeta
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage1:
+class _Objective:
+  """What every stage takes from its network: the model, initial parameters, text side."""
+
+  net: build_lib.Network
+
+  @property
+  def model(self) -> Any:
+    return self.net.model
+
+  def init(self, rng: jax.Array) -> tuple[Any, Any]:
+    return self.net.init(rng)
+
+  def text_embed(self, params, frozen, text_inputs):
+    return self.net.text_embed(params, frozen, text_inputs)
+
+  def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray] | None:
+    return self.net.text_inputs(captions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1(_Objective):
   """M2D + λ·CLAP against precomputed sentence embeddings; EMA target update."""
 
   net: build_lib.M2DNetwork
@@ -34,13 +54,6 @@ class Stage1:
   ema_end: float
   total_steps: int
   batch_keys: tuple[str, ...] = ("audio", "audio_len", "text_embedding")
-
-  @property
-  def model(self) -> m2d.M2D:
-    return self.net.model
-
-  def init(self, rng: jax.Array) -> tuple[Any, Any]:
-    return self.net.init(rng)
 
   def loss(self, params, frozen, batch, rng, norm_stats):
     return stage1_loss(
@@ -65,15 +78,9 @@ class Stage1:
     x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     return features.clap_audio_embedding(params, x, model=self.model)  # Chunks long input.
 
-  def text_embed(self, params, frozen, text_inputs):
-    return self.net.text_embed(params, frozen, text_inputs)
-
-  def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray] | None:
-    return self.net.text_inputs(captions)
-
 
 @dataclasses.dataclass(frozen=True)
-class Stage2:
+class Stage2(_Objective):
   """CLAP between the (frozen) stage-1 audio encoder + fresh pooler and a text tower."""
 
   net: build_lib.CLAPNetwork
@@ -81,16 +88,6 @@ class Stage2:
   # the drawn counts of whole frequency rows and time columns are dropped per example.
   mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
   batch_keys: tuple[str, ...] = ("audio", "audio_len", "input_ids", "attention_mask")
-
-  @property
-  def model(self) -> clap.CLAP:
-    return self.net.model
-
-  def init(self, rng: jax.Array) -> tuple[Any, Any]:
-    return self.net.init(rng)
-
-  def _merged(self, params, frozen):
-    return {**params, **jax.lax.stop_gradient(frozen)}
 
   def masked_audio(self, p, x, key) -> tuple[jax.Array, jax.Array]:
     """CLAP audio embeddings [B, C] under this batch's structured mask, and its kept tokens.
@@ -110,7 +107,7 @@ class Stage2:
 
   def loss(self, params, frozen, batch, rng, norm_stats):
     mask_key, dropout_key = jax.random.split(rng)
-    p = self._merged(params, frozen)
+    p = self.net.merged(params, frozen)
     x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
     audio, kept = self.masked_audio(p, x, mask_key)
     text = self.model.apply(
@@ -136,14 +133,8 @@ class Stage2:
 
   def audio_embed(self, params, frozen, batch, norm_stats):
     x = fe.waveform_input(batch, self.net.frontend_cfg, norm_stats)
-    emb = self.model.apply({"params": self._merged(params, frozen)}, x, method=clap.CLAP.audio)
+    emb = self.model.apply({"params": self.net.merged(params, frozen)}, x, method=clap.CLAP.audio)
     return losses.l2_normalize(emb.astype(jnp.float32))
-
-  def text_embed(self, params, frozen, text_inputs):
-    return self.net.text_embed(params, jax.lax.stop_gradient(frozen), text_inputs)
-
-  def text_inputs(self, captions: list[str]) -> dict[str, np.ndarray]:
-    return self.net.text_inputs(captions)
 
 
 def build(
