@@ -1,4 +1,5 @@
-"""How every jaxclap command line reports a user's error: one `error: ...` line on stderr.
+"""How every jaxclap command line runs: quiet library logs, --help exits 0, and a user's
+error reported as one `error: ...` line on stderr.
 
 A base module (it imports nothing of jaxclap), so any layer's CLI may use it.
 """
@@ -7,7 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from absl import app, flags, logging
+
+# absl's help flags: they print the usage and exit 1; asked for, help is not an error.
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
 def report(message: str, code: int = 2) -> int:
@@ -30,3 +36,22 @@ def exit_on(
   except errors as e:
     detail = f"{type(e).__name__}: {e}" if name_type else str(e)
     sys.exit(report(prefix + detail, code))
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """`absl.app.run(main)` with library logs at WARNING; exits with main's value, 0 after --help."""
+  asked_help = any(a.split("=")[0] in _HELP_FLAGS for a in sys.argv[1:])
+
+  def body(argv: list[str]) -> None:
+    # Libraries (Orbax, TFDS, grain) log hundreds of INFO lines; the user's console is for
+    # progress, validation and results. --verbosity=0 (or higher) brings them back.
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    sys.exit(main(argv))
+
+  try:
+    app.run(body)
+  except SystemExit as e:
+    if asked_help and e.code == 1:
+      raise SystemExit(0) from None
+    raise

@@ -491,7 +491,6 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-  from absl import app
 
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -342,4 +342,4 @@ def _ints(values: Sequence[str], flag: str) -> list[int]:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["checkpoint", "data_dir", "workdir"])
-  app.run(main)
+  cli.run(main)

@@ -1,4 +1,23 @@
-"""Entry point: `python -m jaxclap.main --config=configs/stage1.py --workdir=DIR`."""
+"""Trains a jaxclap stage, or a chain of stages: python -m jaxclap.main --config=C --workdir=DIR
+
+Configs (in the repository's configs/ folder):
+  configs/demo.py         the demo: stage 1 -> 1.1 -> 2 -> 2.1 on synthetic sounds, laptop CPU
+  configs/demo.py:stage1  one stage of the demo (also :stage2, :stage2_1)
+  configs/real_small.py   stage 1 on real recordings (a named_folder dataset), 2-core CPU
+  configs/stage1.py       the paper's stage 1: M2D + 0.01 CLAP, ViT-B, 80x608, batch 2048
+  configs/stage2.py       the paper's stage 2 (--config.init.workdir=STAGE1.1, a text model)
+  configs/stage2_1.py     the paper's stage 2.1 (--config.init.workdir=STAGE2)
+  configs/finetune.py     stage 1.1 presets, run through jaxclap.eval.finetune (see README)
+
+Common overrides (every field of jaxclap/train/config.py can be set as --config.x.y=v):
+  --config.data.data_dir=~/jaxclap_data   where built TFDS datasets are read
+  --config.train.global_batch=N           --config.train.epochs=N
+  --config.train.num_steps=N (overrides the epochs)   --config.model.dtype=bfloat16
+  --config.init.workdir=DIR               start from an earlier stage's checkpoint
+  --config.text.model=NAME_OR_DIR         stage 2's text model
+Library logs are at WARNING; --verbosity=0 shows their INFO lines (-1 is the default here).
+A run resumes from its workdir's last checkpoint; SIGTERM saves before exiting.
+"""
 
 from __future__ import annotations
 
@@ -55,4 +74,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

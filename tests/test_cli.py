@@ -1,6 +1,11 @@
 """The shared CLI error report: one `error:` line on stderr and the CLI's exit code."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from absl import logging
 
 from jaxclap import cli
 
@@ -27,3 +32,41 @@ def test_exit_on_prefix_type_and_code(capsys):
       raise RuntimeError("disk full")
   assert e.value.code == 1
   assert capsys.readouterr().err == "error: building 'demo' failed: RuntimeError: disk full\n"
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _help(module: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+  )
+
+
+def test_main_help_lists_every_config_and_exits_zero():
+  proc = _help("jaxclap.main")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for config in sorted((REPO / "configs").glob("*.py")):
+    if config.name != "__init__.py":
+      assert f"configs/{config.name}" in proc.stdout, config.name
+  for override in ("--config.init.workdir", "--config.train.global_batch", "--verbosity"):
+    assert override in proc.stdout
+
+
+def test_build_help_shows_the_folder_layouts_and_exits_zero():
+  proc = _help("jaxclap.data.build")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for layout in ("Captioned layouts", "labels.csv", "esc50.csv", "named_folder", "--manual_dir"):
+    assert layout in proc.stdout, layout
+
+
+def test_run_exits_with_mains_value(monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["prog"])
+  before = logging.get_verbosity()
+  try:
+    with pytest.raises(SystemExit) as e:
+      cli.run(lambda argv: 3)
+    assert e.value.code == 3
+    assert logging.get_verbosity() == logging.WARNING  # Library INFO logs hidden.
+  finally:
+    logging.set_verbosity(before)

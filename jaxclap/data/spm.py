@@ -9,10 +9,9 @@ writes ``PATH_PREFIX.model`` and ``PATH_PREFIX.vocab`` (special ids and normalis
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from jaxclap import cli
 from jaxclap.data.build import DEFAULT_DATA_DIR, DEMO
@@ -78,4 +77,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

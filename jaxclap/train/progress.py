@@ -26,7 +26,8 @@ class Progress:
     self._pending: list[Any] = []
     self._last_time = time.perf_counter()
     self._last_step = start
-    self._first_time = None
+    self._timed_first = False
+    self._first_seconds = 0.0
     self._history: list[dict[str, float]] = []
     self._writer = None
     if jax.process_index() == 0:
@@ -35,9 +36,20 @@ class Progress:
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def record(self, step: int, metrics: dict[str, Any]) -> None:
-    """Keeps the step's metrics on device until the next flush (no host sync here)."""
-    del step
+    """Keeps the step's metrics on device until the next flush (no host sync after the first).
+
+    The first step of a run waits for its result once: it holds the compilation, which
+    would otherwise inflate the first step time and ETA; it is reported on its own.
+    """
     self._pending.append(metrics)
+    if not self._timed_first:
+      self._timed_first = True
+      jax.block_until_ready(metrics)
+      now = time.perf_counter()
+      self._first_seconds = now - self._last_time
+      if jax.process_index() == 0:
+        print(f"step {step} compiled and ran in {_fmt_time(self._first_seconds)}", flush=True)
+      self._last_time, self._last_step = now, step
 
   def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
     if self._writer is not None:
@@ -54,6 +66,8 @@ class Progress:
     now = time.perf_counter()
     steps = step - self._last_step
     dt = now - self._last_time
+    if steps == 0:  # Only the first (compiling) step since the last line: its own time.
+      steps, dt = 1, self._first_seconds
     means["step_time"] = dt / max(steps, 1)
     means["clips_per_s"] = steps * self._batch / max(dt, 1e-9)
     self._pending, self._last_time, self._last_step = [], now, step
