@@ -225,9 +225,10 @@ def load_official(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
   if not path.is_file():
     raise FileNotFoundError(f"no checkpoint file {path}")
   if path.suffix == ".safetensors":
-    with safe_open(str(path), framework="pt") as f:  # "pt" reads bfloat16 too.
+    # "flax" reads bfloat16 (numpy has no such dtype) without PyTorch.
+    with safe_open(str(path), framework="flax") as f:
       meta = (f.metadata() or {}).get(META_KEY)
-      state = {k: f.get_tensor(k).float().numpy() for k in f.keys()}
+      state = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
     return _clean(state, path), json.loads(meta) if meta else None
   import torch  # Optional dependency (the "torch" extra).
 
@@ -491,6 +492,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-
   _define_flags()
   cli.run(main)

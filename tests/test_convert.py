@@ -1,14 +1,17 @@
 """Conversion to and from the official PyTorch M2D / M2D-CLAP format (jaxclap.convert)."""
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.flax as safetensors_flax
 import torch
 import torch_reference as tr
 import transformers
@@ -153,6 +156,29 @@ def test_stage1_layout_and_round_trip_bit_exact(stage1_workdir, stage1_export, t
 
 
 @pytest.mark.slow  # Eager chunk-by-chunk encoding of 25 s at 64 frames a chunk.
+def test_safetensors_import_needs_no_torch(stage1_export, tmp_path):
+  """A `.safetensors` file imports with PyTorch unimportable, bfloat16 tensors included."""
+  state, _ = convert.load_official(stage1_export)
+  bf16 = tmp_path / "bf16.safetensors"
+  safetensors_flax.save_file({"w": jnp.linspace(-3, 3, 24, dtype=jnp.bfloat16)}, str(bf16))
+  script = (
+    "import sys, json, numpy as np\n"
+    "sys.modules['torch'] = None  # `import torch` now raises ImportError.\n"
+    "from jaxclap import convert\n"
+    f"state, _ = convert.load_official({str(stage1_export.with_suffix('.safetensors'))!r})\n"
+    f"w, _ = convert.load_official({str(bf16)!r})\n"
+    "print(json.dumps({k: float(np.sum(v, dtype=np.float64)) for k, v in state.items()}))\n"
+    "print(json.dumps(w['w'].tolist()), w['w'].dtype)\n"
+  )
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sums, last = proc.stdout.splitlines()[-2:]
+  values, dtype = last.rsplit(" ", 1)
+  assert json.loads(sums) == {k: float(np.sum(v, dtype=np.float64)) for k, v in state.items()}
+  expected = np.asarray(jnp.linspace(-3, 3, 24, dtype=jnp.bfloat16), np.float32)
+  assert dtype == "float32" and json.loads(values) == expected.tolist()
+
+
 def test_stage1_parity_with_torch_reference(stage1_workdir, stage1_export):
   r = restore.restore(stage1_workdir)
   ref = tr.OfficialM2D.from_file(stage1_export, predictor_heads=2)  # Strict load.
