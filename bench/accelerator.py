@@ -10,12 +10,18 @@ Runs the real trainer step (`jaxclap.train.step.jit_steps`) of configs/stage1.py
   python bench/accelerator.py                       # paper model, bf16, batch 64 per device
   python bench/accelerator.py --batch_per_device=128 --remat=full --fsdp=8
   python bench/accelerator.py --quick               # tiny model (a CPU smoke run)
+  python bench/accelerator.py --compare_dtypes --batch_per_device=4 --steps=3   # bf16 vs f32
+  python bench/accelerator.py --attention=xla       # jax.nn.dot_product_attention (cuDNN)
+
+With --compare_dtypes the bfloat16 and float32 steps run in alternating rounds and the
+bf16/f32 clips/s ratio is printed (min and median).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -53,14 +59,15 @@ def device_peak(device, dtype: str) -> tuple[float, str]:
       return (bf16 if dtype == "bfloat16" else f32), f"data sheet ({name}, {dtype})"
   n, dt = 4096, jnp.dtype(dtype)
   a = jnp.ones((n, n), dt)
-  f = jax.jit(lambda x: x @ x)
+  # float32 accumulation and result, as the model's bf16 matmuls (a bf16-result dot is slower).
+  f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   times = []
   for _ in range(3):
     t0 = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t0)
-  return 2 * n**3 / min(times), f"measured {dtype} {n}² matmul on {kind or device.platform}"
+  return 2 * n**3 / min(times), f"measured {dtype}->f32 {n}² matmul on {kind or device.platform}"
 
 
 def peak_memory(device, compiled) -> tuple[float | None, str]:
@@ -80,18 +87,10 @@ def peak_memory(device, compiled) -> tuple[float | None, str]:
   return float(total), "XLA compiled footprint (temp + arguments + outputs - aliased)"
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch_per_device", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
-  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  parser.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
-  parser.add_argument("--fsdp", type=int, default=1)
-  parser.add_argument("--quick", action="store_true", help="tiny model, 80×208, batch 8/device")
-  args = parser.parse_args()
-
+def build_step(args: argparse.Namespace, dtype: str) -> dict:
+  """The compiled trainer step for `dtype`, with its state, batch and what describes it."""
   c = config_lib.base_config()
-  c.model.dtype, c.model.remat = args.dtype, args.remat
+  c.model.dtype, c.model.remat, c.model.attention = dtype, args.remat, args.attention
   if args.quick:
     c.model.size, c.data.crop_frames, c.model.predictor_width = "tiny", 208, 192
     c.model.predictor_depth, c.model.predictor_heads, c.model.clap_dim = 2, 6, 192
@@ -128,33 +127,60 @@ def main() -> None:
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  xla_flops = float((cost or {}).get("flops", 0.0))
+  hold = {"state": state, "metrics": None}
 
-  for _ in range(2):
-    state, metrics = compiled(state, gbatch)
-  jax.block_until_ready(metrics["loss"])
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, gbatch)
-    jax.block_until_ready(metrics["loss"])
-    times.append(time.perf_counter() - t0)
+  def run() -> None:
+    hold["state"], hold["metrics"] = compiled(hold["state"], gbatch)
+    jax.block_until_ready(hold["metrics"]["loss"])
+
+  return {
+    "c": c,
+    "fcfg": fcfg,
+    "batch": batch,
+    "compiled": compiled,
+    "compile_s": compile_s,
+    "xla_flops": float((cost or {}).get("flops", 0.0)),
+    "run": run,
+    "hold": hold,
+  }
+
+
+def timed_rounds(runs: dict, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+  """Step wall times of each run, the runs taking turns each round (load hits all alike)."""
+  for _ in range(warmup):
+    for r in runs.values():
+      r["run"]()
+  times = {k: [] for k in runs}
+  for _ in range(steps):
+    for k, r in runs.items():
+      t0 = time.perf_counter()
+      r["run"]()
+      times[k].append(time.perf_counter() - t0)
+  return times
+
+
+def report(args: argparse.Namespace, dtype: str, r: dict, times: list[float]) -> dict:
+  """Prints and returns one configuration's figures (median step time)."""
+  c, fcfg, batch, compiled = r["c"], r["fcfg"], r["batch"], r["compiled"]
+  devices = jax.devices()
   step_s = statistics.median(times)
-
   per_clip = flops.stage1_step_flops(c.model, c.data.crop_frames, n_mels=fcfg.n_mels)
-  peak, peak_src = device_peak(devices[0], args.dtype)
+  peak, peak_src = device_peak(devices[0], dtype)
   mem, mem_src = peak_memory(devices[0], compiled)
   achieved = per_clip * batch / step_s
+  xla_flops = r["xla_flops"]
   out = {
     "device": f"{len(devices)} × {devices[0].device_kind}",
     "model": c.model.size,
     "input": f"{fcfg.n_mels}x{c.data.crop_frames}",
-    "dtype": args.dtype,
+    "dtype": dtype,
     "remat": args.remat,
+    "attention": args.attention,
     "fsdp": args.fsdp,
     "global_batch": batch,
-    "compile_s": round(compile_s, 1),
+    "compile_s": round(r["compile_s"], 1),
     "step_s": step_s,
+    "step_s_min": min(times),
     "clips_per_s": batch / step_s,
     "model_gflop_per_clip": per_clip / 1e9,
     "xla_gflop_per_clip": xla_flops * (len(devices) if xla_flops else 0) / batch / 1e9,
@@ -163,15 +189,15 @@ def main() -> None:
     "peak_source": peak_src,
     "peak_memory_gib": None if mem is None else mem / 2**30,
     "memory_source": mem_src,
-    "loss": float(metrics["loss"]),
+    "loss": float(r["hold"]["metrics"]["loss"]),
   }
   print(
-    f"{out['device']}: {out['model']} {out['input']} {args.dtype} remat={args.remat} "
-    f"fsdp={args.fsdp} global batch {batch}"
+    f"{out['device']}: {out['model']} {out['input']} {dtype} remat={args.remat} "
+    f"attention={args.attention} fsdp={args.fsdp} global batch {batch}"
   )
   print(
-    f"  step {step_s * 1e3:.1f} ms (median of {args.steps}) = {out['clips_per_s']:.1f} clips/s;"
-    f" compile {compile_s:.1f} s"
+    f"  step {step_s * 1e3:.1f} ms (median of {len(times)}; min {min(times) * 1e3:.1f}) = "
+    f"{out['clips_per_s']:.1f} clips/s; compile {r['compile_s']:.1f} s"
   )
   print(
     f"  model FLOPs {out['model_gflop_per_clip']:.1f} GFLOP/clip (counted from the network;"
@@ -181,6 +207,36 @@ def main() -> None:
   if mem is not None:
     print(f"  peak memory {mem / 2**30:.2f} GiB ({mem_src})")
   print("RESULT " + json.dumps(out))
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch_per_device", type=int, default=64)
+  parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
+  parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  parser.add_argument("--remat", default="none", choices=["none", "full", "save_dots"])
+  parser.add_argument("--attention", default="einsum", choices=["einsum", "xla"])
+  parser.add_argument("--fsdp", type=int, default=1)
+  parser.add_argument("--quick", action="store_true", help="tiny model, 80×208, batch 8/device")
+  parser.add_argument(
+    "--compare_dtypes", action="store_true", help="bfloat16 and float32 steps, alternating"
+  )
+  args = parser.parse_args()
+
+  dtypes = ("bfloat16", "float32") if args.compare_dtypes else (args.dtype,)
+  print(f"load average {os.getloadavg()}")
+  runs = {d: build_step(args, d) for d in dtypes}
+  times = timed_rounds(runs, args.steps)
+  for d in dtypes:
+    report(args, d, runs[d], times[d])
+  if args.compare_dtypes:
+    per_round = [f / b for b, f in zip(times["bfloat16"], times["float32"])]
+    print(
+      f"bf16/f32 clips/s: {min(times['float32']) / min(times['bfloat16']):.2f}x (ratio of "
+      f"mins), {statistics.median(per_round):.2f}x (median of per-round ratios); target >= 1.4x"
+    )
+  print(f"load average at end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

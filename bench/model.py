@@ -2,7 +2,8 @@
 
 Prints forward+backward clips/s of `stage1_loss`, its FLOP/s (XLA cost analysis and an
 analytic matmul count) and the ratio to a large f32 `jnp.dot` measured in the same process;
-also times the two attention formulations at the step's shapes.
+also times the attention backends (model.attention: "einsum", "xla") at f32 and bf16 at the
+step's shapes (encoder visible tokens, target, predictor's 16 heads of 32).
 
   python bench/model.py [--batch 4] [--size base] [--iters 5]
 """
@@ -10,6 +11,7 @@ also times the two attention formulations at the step's shapes.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -58,19 +60,8 @@ def analytic_step_flops(model: m2d.M2D, batch: int, n_patches: int, visible: int
   return batch * (3 * (online + predictor + head) + target)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--size", default="base")
-  parser.add_argument("--frames", type=int, default=608)
-  parser.add_argument("--iters", type=int, default=5)
-  args = parser.parse_args()
-
-  print(f"devices: {jax.devices()}")
-  peak = matmul_flops_per_s()
-  print(f"jnp.dot 2048² f32: {peak / 1e9:.1f} GFLOP/s")
-
-  model = m2d.build_model({"size": args.size, "text_dim": 768})
+def time_step(args: argparse.Namespace, model: m2d.M2D, peak: float, n: int, v: int) -> None:
+  """Times the stage-1 fwd+bwd and prints its FLOP/s."""
   fe = frontend.FrontendConfig()
   online, target = nn.unbox(
     m2d.init_params(model, jax.random.key(0), n_frames=args.frames, text_dim=768)
@@ -95,8 +86,6 @@ def main() -> None:
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
   sec = timeit(lambda: compiled(online), args.iters)
-  n = 5 * (args.frames // 16)
-  v = m2d.num_visible(n, model.mask_ratio)
   ana = analytic_step_flops(model, args.batch, n, v)
   print(
     f"stage-1 fwd+bwd {args.size} 80x{args.frames} batch {args.batch}: {sec * 1e3:.0f} ms "
@@ -111,12 +100,33 @@ def main() -> None:
     f"= {ana / sec / peak:.2f} × jnp.dot"
   )
 
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--size", default="base")
+  parser.add_argument("--frames", type=int, default=608)
+  parser.add_argument("--iters", type=int, default=5)
+  parser.add_argument("--attention_only", action="store_true", help="skip the step timing")
+  args = parser.parse_args()
+
+  print(f"devices: {jax.devices()}")
+  peak = matmul_flops_per_s()
+  print(f"jnp.dot 2048² f32: {peak / 1e9:.1f} GFLOP/s")
+
+  model = m2d.build_model({"size": args.size, "text_dim": 768})
+  n = 5 * (args.frames // 16)
+  v = m2d.num_visible(n, model.mask_ratio)
+  if not args.attention_only:
+    time_step(args, model, peak, n, v)
+
   w, _, h = sizes.get_size(args.size)
   for n_tok, heads, d in ((v + 1, h, w), (n - v + 1, h, w), (n + 1, 16, 512)):
     q, k, val = jax.random.normal(jax.random.key(4), (3, args.batch, n_tok, heads, d // heads))
     impls = {
-      "einsum": layers.attention,
-      "jax.nn.dot_product_attention": lambda q, k, v: jax.nn.dot_product_attention(q, k, v),
+      f"{backend} {dt.__name__}": functools.partial(layers.attention, dtype=dt, backend=backend)
+      for dt in (jnp.float32, jnp.bfloat16)
+      for backend in layers.ATTENTION_BACKENDS
     }
     times = {}
     for name, fn in impls.items():

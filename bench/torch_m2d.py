@@ -330,10 +330,16 @@ def train_step(
   *,
   ema_decay: float,
   grad_clip: float = 3.0,
+  bf16: bool = False,
 ) -> dict[str, torch.Tensor]:
-  """One update: loss, backward, clip, AdamW, logit-scale clamp, EMA target update."""
+  """One update: loss, backward, clip, AdamW, logit-scale clamp, EMA target update.
+
+  `bf16`: the forward under CPU bf16 autocast (the CPU analogue of the official GPU
+  autocast): matmuls take bf16 operands, parameters and optimizer stay float32.
+  """
   opt.zero_grad(set_to_none=True)
-  loss, metrics = model(wave, text_emb)
+  with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    loss, metrics = model(wave, text_emb)
   loss.backward()
   if grad_clip > 0:
     metrics["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)

@@ -4,11 +4,16 @@ For (a) the demo config's model (tiny, 80×208) and (b) ViT-B 80×608 at a small
 the full stage-1 train step — log-mel front end (in both), masking, online encoder,
 predictor, EMA target forward, norm_mse + λ·InfoNCE, gradients, clipping, AdamW, EMA update
 — in JAX (`jaxclap.train.step.jit_steps`, 1-device mesh) and in PyTorch
-(bench/torch_m2d.py, float32, all cores). The JAX and PyTorch steps, and the two matmul
-peak probes (f32 `jnp.dot` and `torch.mm`), are run alternately in the same loop so that
-load from other processes hits both alike; medians are reported.
+(bench/torch_m2d.py, all cores), each at float32 and at bf16: jaxclap `model.dtype=bfloat16`
+(bf16 matmul operands, float32 accumulation) and PyTorch under
+`torch.autocast("cpu", torch.bfloat16)`. The four steps and the four matmul peak probes
+(f32 and bf16->f32 `jnp.dot`; f32 and autocast-bf16 `torch.mm`) run in turn in the same loop
+so that load from other processes hits all alike; min and median are reported, with the
+four ratios jaxclap/PyTorch (fp32 and bf16 each side) and each step's share of its own
+bf16->f32 matmul peak.
 
   python bench/train_step.py [--quick] [--reps 5] [--vitb_batch 4] [--demo_batch 64]
+                             [--precisions both|f32|bf16]
                              [--profile]   # per-part breakdown (JAX and PyTorch)
   taskset -c 0 python bench/train_step.py  # one core, one thread each: robust to load
 """
@@ -112,8 +117,8 @@ def jax_train_step(c: ml_collections.ConfigDict, batch: dict) -> tuple[Callable,
   return run, float((cost or {}).get("flops", 0.0)), compile_s
 
 
-def torch_train_step(c: ml_collections.ConfigDict, batch: dict) -> Callable:
-  """Run-one-step closure for the PyTorch baseline (same config, float32)."""
+def torch_train_step(c: ml_collections.ConfigDict, batch: dict, bf16: bool = False) -> Callable:
+  """Run-one-step closure for the PyTorch baseline (same config; bf16: CPU autocast)."""
   torch.manual_seed(0)
   model = torch_m2d.TorchM2D(
     c.model, n_frames=c.data.crop_frames, clap_weight=c.train.clap_weight, norm_stats=NORM_STATS
@@ -128,18 +133,27 @@ def torch_train_step(c: ml_collections.ConfigDict, batch: dict) -> Callable:
   wave = torch.from_numpy(batch["audio"])
   text = torch.from_numpy(batch["text_embedding"])
   return lambda: torch_m2d.train_step(
-    model, opt, wave, text, ema_decay=c.train.ema_start, grad_clip=c.optim.grad_clip
+    model, opt, wave, text, ema_decay=c.train.ema_start, grad_clip=c.optim.grad_clip, bf16=bf16
   )
 
 
 def matmul_probes(n: int = 2048) -> dict[str, tuple[Callable, float]]:
-  """f32 n×n matmul in JAX and in torch: (run-and-block, FLOPs)."""
+  """n×n matmuls in JAX and torch, f32 and bf16 operands with f32 accumulation: (run, FLOPs)."""
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  a16 = a.astype(jnp.bfloat16)
   dot = jax.jit(jnp.dot)
+  dot16 = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
   ta = torch.randn(n, n)
+
+  def torch_mm16() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+      torch.mm(ta, ta)
+
   return {
-    "jax_dot": (lambda: jax.block_until_ready(dot(a, a)), 2.0 * n**3),
-    "torch_mm": (lambda: torch.mm(ta, ta), 2.0 * n**3),
+    "jax_dot_f32": (lambda: jax.block_until_ready(dot(a, a)), 2.0 * n**3),
+    "jax_dot_bf16": (lambda: jax.block_until_ready(dot16(a16, a16)), 2.0 * n**3),
+    "torch_mm_f32": (lambda: torch.mm(ta, ta), 2.0 * n**3),
+    "torch_mm_bf16": (torch_mm16, 2.0 * n**3),
   }
 
 
@@ -157,10 +171,13 @@ def alternate(fns: dict[str, Callable], reps: int, warmup: int = 1) -> dict[str,
   return times
 
 
+STEPS = ("jax_f32", "jax_bf16", "torch_f32", "torch_bf16")
+
+
 def bench_config(
-  title: str, c: ml_collections.ConfigDict, batch_size: int, reps: int
+  title: str, c: ml_collections.ConfigDict, batch_size: int, reps: int, precisions: str = "both"
 ) -> dict[str, float]:
-  """Times JAX and PyTorch steps plus matmul probes, alternating; prints a summary."""
+  """Times JAX and PyTorch steps (fp32 and bf16) plus matmul probes, in turn; prints a summary."""
   c.train.global_batch = batch_size
   frames = c.data.crop_frames
   batch = synthetic_batch(batch_size, frames, c.model.text_dim)
@@ -170,51 +187,65 @@ def bench_config(
     f"text_dim={c.model.text_dim} clap_dim={c.model.clap_dim} ==",
     flush=True,
   )
-  jax_run, xla_flops, compile_s = jax_train_step(c, batch)
-  torch_run = torch_train_step(c, batch)
+  want = {"both": ("f32", "bf16"), "f32": ("f32",), "bf16": ("bf16",)}[precisions]
+  steps, xla_flops = {}, {}
+  for prec in want:
+    cc = ml_collections.ConfigDict(c.to_dict())
+    cc.model.dtype = "float32" if prec == "f32" else "bfloat16"
+    steps[f"jax_{prec}"], xla_flops[prec], compile_s = jax_train_step(cc, batch)
+    print(f"JAX {prec} compile {compile_s:.1f} s", flush=True)
+    steps[f"torch_{prec}"] = torch_train_step(c, batch, bf16=prec == "bf16")
   probes = matmul_probes()
   ana = analytic_step_flops(c.model, frames, batch_size)
-  t = alternate(
-    {
-      "jax_dot": probes["jax_dot"][0],
-      "jax_step": jax_run,
-      "torch_mm": probes["torch_mm"][0],
-      "torch_step": torch_run,
-    },
-    reps,
-  )
+  fns = {}
+  for k, (fn, _) in probes.items():
+    fns[k] = fn
+  for k in STEPS:
+    if k in steps:
+      fns[k] = steps[k]
+  t = alternate(fns, reps)
   med = {k: statistics.median(v) for k, v in t.items()}
-  peak_jax = probes["jax_dot"][1] / med["jax_dot"]
-  peak_torch = probes["torch_mm"][1] / med["torch_mm"]
-  pair_ratio = statistics.median([tt / tj for tj, tt in zip(t["jax_step"], t["torch_step"])])
+  peak = {k: probes[k][1] / min(t[k]) for k in probes}
   print(
-    f"JAX compile {compile_s:.1f} s; analytic {ana / batch_size / 1e9:.2f} GFLOP/clip, "
-    f"XLA cost analysis {xla_flops / batch_size / 1e9:.2f} GFLOP/clip"
+    f"analytic {ana / batch_size / 1e9:.2f} GFLOP/clip; XLA cost analysis "
+    + ", ".join(f"{p} {f / batch_size / 1e9:.2f}" for p, f in xla_flops.items())
   )
   print(
     "step times (s), in run order: "
-    + "; ".join(f"{k} [{', '.join(f'{x:.3f}' for x in v)}]" for k, v in t.items() if "step" in k)
+    + "; ".join(f"{k} [{', '.join(f'{x:.3f}' for x in t[k])}]" for k in STEPS if k in t)
   )
   print(
-    f"matmul peak (f32 2048², median of {reps}): jnp.dot {peak_jax / 1e9:.1f} GFLOP/s, "
-    f"torch.mm {peak_torch / 1e9:.1f} GFLOP/s"
+    f"matmul peaks (2048², best of {reps}, GFLOP/s): "
+    + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in peak.items())
   )
-  rows = [("JAX", med["jax_step"], peak_jax), ("PyTorch", med["torch_step"], peak_torch)]
-  for name, sec, peak in rows:
-    line = (
-      f"{name:8s} {sec * 1e3:8.1f} ms/step  {batch_size / sec:7.2f} clips/s  "
-      f"analytic {ana / sec / 1e9:6.1f} GFLOP/s = {ana / sec / peak:5.1%} of own peak"
+  for k in STEPS:
+    if k not in t:
+      continue
+    probe = "jax_dot" if k.startswith("jax") else "torch_mm"
+    own16, own32 = peak[f"{probe}_bf16"], peak[f"{probe}_f32"]
+    lo, md = min(t[k]), med[k]
+    print(
+      f"{k:10s} {md * 1e3:8.1f} ms/step (min {lo * 1e3:8.1f})  clips/s median "
+      f"{batch_size / md:6.2f} min-time {batch_size / lo:6.2f}  analytic {ana / lo / 1e9:6.1f} "
+      f"GFLOP/s = {ana / lo / own16:5.1%} of own bf16->f32 peak, {ana / lo / own32:5.1%} of "
+      "own f32 peak"
     )
-    if name == "JAX" and xla_flops:
-      line += f"  (XLA-count {xla_flops / sec / 1e9:.1f} GFLOP/s = {xla_flops / sec / peak:.1%})"
-    print(line)
-  ratio = med["torch_step"] / med["jax_step"]
+  ratios = {}
+  for j in ("f32", "bf16"):
+    for p in ("f32", "bf16"):
+      if f"jax_{j}" in t and f"torch_{p}" in t:
+        per_round = [tt / tj for tj, tt in zip(t[f"jax_{j}"], t[f"torch_{p}"])]
+        ratios[(j, p)] = min(t[f"torch_{p}"]) / min(t[f"jax_{j}"])
+        print(
+          f"jaxclap {j:4s} / PyTorch {p:4s} clips/s: {ratios[(j, p)]:.2f}x (ratio of min "
+          f"times), {statistics.median(per_round):.2f}x (median of per-round ratios)"
+        )
   print(
-    f"JAX/PyTorch clips/s: {ratio:.2f}x (ratio of medians), {pair_ratio:.2f}x "
-    f"(median of per-round ratios); target >= 1.3x",
+    "targets: jaxclap bf16 >= 1.3x PyTorch bf16 and >= 1.5x PyTorch fp32 (ViT-B), >= 70% of "
+    "bf16 peak; demo no slower than PyTorch",
     flush=True,
   )
-  return {"ratio": ratio, "jax_s": med["jax_step"], "torch_s": med["torch_step"]}
+  return {"ratios": ratios, **{k: med[k] for k in STEPS if k in med}}
 
 
 def _jax_vjp(fn: Callable, *args: Any) -> Callable:
@@ -322,13 +353,13 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
     "target fwd": b * flops.blocks_flops(m + 1, w, depth),
   }
   probes = matmul_probes()
-  fns = {"jax_dot": probes["jax_dot"][0], "torch_mm": probes["torch_mm"][0]}
+  fns = {"jax_dot": probes["jax_dot_f32"][0], "torch_mm": probes["torch_mm_f32"][0]}
   for k in jax_parts:
     fns["jax " + k], fns["torch " + k] = jax_parts[k], torch_parts[k]
   t = {k: statistics.median(x) for k, x in alternate(fns, reps).items()}
   peak = {
-    "jax": probes["jax_dot"][1] / t["jax_dot"],
-    "torch": probes["torch_mm"][1] / t["torch_mm"],
+    "jax": probes["jax_dot_f32"][1] / t["jax_dot"],
+    "torch": probes["torch_mm_f32"][1] / t["torch_mm"],
   }
   print(
     f"\n== {title} parts, batch {b} (medians of {reps}, alternating; % = of own matmul "
@@ -354,6 +385,9 @@ def main() -> None:
   parser.add_argument("--profile", action="store_true", help="per-part breakdown (slower)")
   parser.add_argument("--configs", default="demo,vitb", help="comma list: demo, vitb")
   parser.add_argument("--no_steps", action="store_true", help="with --profile: parts only")
+  parser.add_argument(
+    "--precisions", default="both", choices=["both", "f32", "bf16"], help="steps to time"
+  )
   args = parser.parse_args()
   if args.quick:
     args.reps, args.demo_batch, args.vitb_batch = 2, 16, 2
@@ -380,11 +414,11 @@ def main() -> None:
   vitb.model.dtype = "float32"
   runs = [
     ("demo", "demo (configs/demo.py)", demo, args.demo_batch),
-    ("vitb", "ViT-B (base_config, float32)", vitb, args.vitb_batch),
+    ("vitb", "ViT-B (base_config)", vitb, args.vitb_batch),
   ]
   for key, title, c, b in runs:
     if key in args.configs and not args.no_steps:
-      bench_config(title, c, b, args.reps)
+      bench_config(title, c, b, args.reps, args.precisions)
   for key, title, c, b in runs if args.profile else []:
     if key in args.configs:
       profile_parts(title.split(" (")[0], c, b, args.reps)

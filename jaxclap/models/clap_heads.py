@@ -64,9 +64,8 @@ class SemanticPooler(nn.Module):
       (1, 1, d),
       jnp.float32,
     )
-    x = jnp.concatenate(
-      [jnp.broadcast_to(sem.astype(self.dtype), (b, 1, d)), tokens.astype(self.dtype)], axis=1
-    )
+    # A float32 residual stream in every mode (`dtype` is the matmul operand dtype).
+    x = jnp.concatenate([jnp.broadcast_to(sem, (b, 1, d)), tokens.astype(jnp.float32)], axis=1)
     if key_mask is not None:
       key_mask = jnp.concatenate([jnp.ones((b, 1), bool), key_mask.astype(bool)], axis=1)
     for i in range(self.depth):

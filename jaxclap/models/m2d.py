@@ -33,6 +33,7 @@ class Predictor(nn.Module):
   out_dim: int = 768
   dtype: vit.Dtype = jnp.float32
   remat: str = "none"  # See vit.block_class.
+  attention: str = "einsum"  # Attention backend (layers.ATTENTION_BACKENDS).
 
   @nn.compact
   def __call__(
@@ -56,7 +57,7 @@ class Predictor(nn.Module):
     x = jnp.concatenate([x[:, :1], x_], axis=1) + pos.astype(x.dtype)
     block = vit.block_class(self.remat)
     for i in range(self.depth):
-      x = block(self.heads, 4.0, 1e-6, self.dtype, name=f"block_{i}")(x)
+      x = block(self.heads, 4.0, 1e-6, self.dtype, self.attention, name=f"block_{i}")(x)
     x = layers.layer_norm(1e-6, self.dtype, "norm")(x)
     y = jnp.take_along_axis(x[:, 1:], masked_idx[..., None], axis=1)  # [B, M, width]
     return layers.dense(self.out_dim, ("mlp", "embed"), self.dtype, "pred")(y)
@@ -81,13 +82,20 @@ class M2D(nn.Module):
   text_dim: int = 768
   dtype: vit.Dtype = jnp.float32
   remat: str = "none"  # Rematerialise encoder and predictor blocks (vit.block_class).
+  attention: str = "einsum"  # Encoder and predictor attention backend (layers.ATTENTION_BACKENDS).
   pos_table: str = "sincos"  # Encoder position table (vit.ViTEncoder.pos_table).
 
   def setup(self):
     w = sizes.get_size(self.size).width
     self.encoder = vit.ViTEncoder.of_model(self)
     self.predictor = Predictor(
-      self.predictor_width, self.predictor_depth, self.predictor_heads, w, self.dtype, self.remat
+      self.predictor_width,
+      self.predictor_depth,
+      self.predictor_heads,
+      w,
+      self.dtype,
+      self.remat,
+      self.attention,
     )
     self.audio_proj = clap_heads.audio_head(self.clap_head, self.clap_dim, self.dtype)
     self.text_proj = clap_heads.TextProjection(self.clap_dim, self.dtype)
@@ -146,7 +154,7 @@ class M2D(nn.Module):
 def target_body(model: M2D) -> vit.ViTBody:
   """A standalone ViTBody with the encoder body's config (applies the target params)."""
   _, depth, heads = sizes.get_size(model.size)
-  return vit.ViTBody(depth, heads, dtype=model.dtype, parent=None)
+  return vit.ViTBody(depth, heads, dtype=model.dtype, attention=model.attention, parent=None)
 
 
 def _dtype(name: str) -> Any:
@@ -173,6 +181,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
     text_dim=model_cfg["text_dim"],
     dtype=_dtype(get("dtype", "float32")),
     remat=get("remat", "none"),
+    attention=get("attention", "einsum"),
     pos_table=get("pos_table", "sincos"),
   )
 

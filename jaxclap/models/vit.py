@@ -1,7 +1,8 @@
 """Flax ViT encoder for log-mel patches (timm/MAE layout: pre-norm, qkv bias, erf GELU).
 
 Parameters are float32 and carry logical axis names ('embed', 'mlp', 'qkv', 'heads',
-'patch') so the trainer can shard them with rules; `dtype` sets the compute dtype.
+'patch') so the trainer can shard them with rules; `dtype` is the matmul operand dtype
+(bfloat16: bf16 operands, float32 accumulation, float32 residual stream; see `layers`).
 The encoder is {patch_embed, cls_token, body: {block_0.., norm}} because M2D's EMA target
 is a separate copy of exactly `body`.
 """
@@ -46,13 +47,17 @@ class ViTBody(nn.Module):
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   remat: str = "none"  # Activation rematerialisation of each block (REMAT_POLICIES).
+  attention: str = "einsum"  # Attention backend (layers.ATTENTION_BACKENDS).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(self.dtype)
+    # The residual stream is float32 in every mode: only matmul operands are `dtype`.
+    x = x.astype(jnp.float32)
     block = block_class(self.remat)
     for i in range(self.depth):
-      x = block(self.heads, self.mlp_ratio, self.eps, self.dtype, name=f"block_{i}")(x)
+      x = block(
+        self.heads, self.mlp_ratio, self.eps, self.dtype, self.attention, name=f"block_{i}"
+      )(x)
     return layers.layer_norm(self.eps, self.dtype, "norm")(x)
 
 
@@ -72,6 +77,7 @@ class ViTEncoder(nn.Module):
   mlp_ratio: float = 4.0
   dtype: Dtype = jnp.float32
   remat: str = "none"  # See block_class.
+  attention: str = "einsum"  # Attention backend (layers.ATTENTION_BACKENDS).
   # "sincos": the fixed table, computed. "stored": a saved table (an imported official file
   # whose table was interpolated, e.g. by stage-1.1 fine-tuning), a parameter kept frozen.
   pos_table: str = "sincos"
@@ -81,7 +87,8 @@ class ViTEncoder(nn.Module):
     """The encoder a model describes by its fields (M2D, CLAP and the fine-tuning network).
 
     Reads `size` ("base", "large", ...; see `sizes`), `patch_size`, `n_mels`,
-    `input_frames`, `dtype`, `pos_table` and, where the model has it, `remat`.
+    `input_frames`, `dtype`, `pos_table` and, where the model has them, `remat` and
+    `attention`.
     """
     width, depth, heads = sizes.get_size(model.size)
     return cls(
@@ -93,6 +100,7 @@ class ViTEncoder(nn.Module):
       model.input_frames,
       dtype=model.dtype,
       remat=getattr(model, "remat", "none"),
+      attention=getattr(model, "attention", "einsum"),
       pos_table=model.pos_table,
     )
 
@@ -104,7 +112,9 @@ class ViTEncoder(nn.Module):
       (1, 1, self.width),
       jnp.float32,
     )
-    self.body = ViTBody(self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype, self.remat)
+    self.body = ViTBody(
+      self.depth, self.heads, self.mlp_ratio, 1e-6, self.dtype, self.remat, self.attention
+    )
     if self.pos_table not in POS_TABLES:
       raise ValueError(f"model.pos_table={self.pos_table!r}; expected one of {POS_TABLES}")
     if self.pos_table == "stored":
@@ -137,7 +147,7 @@ class ViTEncoder(nn.Module):
     if x.shape[1] != self.n_mels:
       raise ValueError(f"ViTEncoder: expected {self.n_mels} mel bins, got input {x.shape}")
     grid = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
-    tokens = self.patch_embed(patches.patchify(x.astype(self.dtype), self.patch_size))
+    tokens = self.patch_embed(patches.patchify(x.astype(jnp.float32), self.patch_size))
     return tokens + self.pos_embed(grid).astype(tokens.dtype)
 
   def cls(self) -> jax.Array:
