@@ -68,3 +68,22 @@ def test_bad_layouts_are_named():
   template = {"last_seen_indices": {"0": -2}, "last_worker_index": -1, "worker_count": 0}
   with pytest.raises(ValueError, match="divisible by the process count"):
     iterator_state.state_for(7, template, process_index=0, process_count=2)
+
+
+def test_saved_positions_read_in_both_formats():
+  """The pipeline's own state, and grain DataLoader states of checkpoints made before it."""
+  new = iterator_state.position_state(
+    48, process_index=1, process_count=2, sampler="S", data_source="D"
+  )
+  assert iterator_state.records_consumed(new, process_index=1, process_count=2) == 48
+  with pytest.raises(ValueError, match="'process_index', 'process_count' are \\(1, 2\\)"):
+    iterator_state.records_consumed(new, process_index=0, process_count=4)
+  # grain, 2 workers, 1 process: worker w saw indices w, w + 2, ..., up to its last.
+  old = {"last_seen_indices": {"0": 20, "1": 21}, "last_worker_index": 1, "worker_count": 2}
+  assert iterator_state.records_consumed(old, process_index=0, process_count=1) == 22
+  moved = iterator_state.state_for(22, dict(new, sampler="S2"), process_index=0, process_count=1)
+  assert moved == iterator_state.position_state(
+    22, process_index=0, process_count=1, sampler="S2", data_source="D"
+  )
+  with pytest.raises(ValueError, match="neither 'records_consumed'"):
+    iterator_state.records_consumed({"step": 3}, process_index=0, process_count=1)

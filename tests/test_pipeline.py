@@ -1,11 +1,13 @@
 """Tests of the grain input pipeline: determinism, sharding, mixing, resume."""
 
 import itertools
+import json
 
+import grain
 import numpy as np
 import pytest
 
-from jaxclap.data import build, pipeline
+from jaxclap.data import batching, build, pipeline
 
 CROP = 16_000  # 1 s crops keep the tests fast; demo clips are 2-6 s.
 
@@ -140,6 +142,50 @@ def test_state_round_trips_through_grain_checkpoint_handler(train, tmp_path):
   expected = _take(it, 1)
   restored = handler.restore(epath.Path(tmp_path), item=iter(_loader(train, seed=4)))
   assert _equal(_take(restored, 1), expected)
+
+
+def _per_element_iterator(source, seed):
+  """The loader before batching moved into the workers: a grain.DataLoader of single
+  examples (its state is grain's, in `last_seen_indices`)."""
+  mixed = pipeline.MixedSource([source])
+  sampler = grain.samplers.IndexSampler(
+    num_records=len(mixed), shuffle=True, num_epochs=None, seed=seed
+  )
+  return iter(
+    grain.DataLoader(
+      data_source=mixed,
+      sampler=sampler,
+      operations=[pipeline.CropAndPick(CROP, True, "random")],
+      shard_options=grain.sharding.ShardOptions(0, 1, drop_remainder=True),
+    )
+  )
+
+
+def _per_element_batches(it, n):
+  return [batching.stack(list(itertools.islice(it, 4))) for _ in range(n)]
+
+
+def test_state_saved_before_workers_batched_resumes_exactly(train):
+  """A checkpoint of the per-element loader: same stream, so its state resumes exactly."""
+  old = _per_element_iterator(train, seed=7)
+  assert _equal(_per_element_batches(old, 3), _take(_loader(train, seed=7), 3))
+  state = old.get_state()
+  assert "last_seen_indices" in json.loads(state)
+  expected = _per_element_batches(old, 2)
+  resumed = iter(_loader(train, seed=7))
+  resumed.set_state(state)
+  assert _equal(_take(resumed, 2), expected)
+  assert json.loads(resumed.get_state())["records_consumed"] == 5 * 4
+
+
+def test_foreign_states_are_refused_by_key(train):
+  it = iter(_loader(train, seed=7))
+  state = json.loads(it.get_state())
+  with pytest.raises(ValueError, match="'sampler'.*other data or another seed"):
+    iter(_loader(train, seed=8)).set_state(json.dumps(state).encode())
+  del state["records_consumed"]
+  with pytest.raises(ValueError, match="neither 'records_consumed' nor grain's 'last_seen"):
+    it.set_state(json.dumps(state).encode())
 
 
 @pytest.mark.slow

@@ -1,10 +1,14 @@
-"""Moving a saved input position between process counts and worker counts.
+"""The saved input position, and moving it between process counts and worker counts.
 
-grain's DataLoader state is written per process, in *global* record indices: element j of
-process p (of c) is global index p + c·j, whatever its worker count (workers take turns
-element by element). So after every process has read n elements, exactly the global
-indices [0, c·n) are consumed. That total is the position; it can be laid out again for
-any other process/worker layout, which is what resuming on a different topology needs.
+Element j of process p (of c) is global stream position p + c·j, whatever its worker count.
+So after every process has read n elements, exactly the global positions [0, c·n) are
+consumed. That total is the position (`records_consumed` in the state the pipeline saves,
+with the sampler and source it belongs to); it can be laid out again for any other process
+or worker layout, which is what resuming on a different topology needs.
+
+States saved before batching moved into the workers are grain DataLoader states
+(`last_seen_indices` per worker, in global indices); they are read here too, and the
+stream they index is the same, so such a checkpoint resumes exactly.
 """
 
 from __future__ import annotations
@@ -24,15 +28,42 @@ def parse_layout(filename: str) -> tuple[int, int]:
   return int(m.group(1)), int(m.group(2))
 
 
-def _decode(state: bytes | str | dict[str, Any]) -> dict[str, Any]:
+def decode(state: bytes | str | dict[str, Any]) -> dict[str, Any]:
+  """A saved state as a dict (grain writes it as JSON bytes)."""
   return state if isinstance(state, dict) else json.loads(state)
+
+
+def position_state(
+  consumed: int, *, process_index: int, process_count: int, sampler: str, data_source: str
+) -> dict[str, Any]:
+  """The state of a pipeline `consumed` global records in, for one process."""
+  return {
+    "records_consumed": consumed,
+    "process_index": process_index,
+    "process_count": process_count,
+    "sampler": sampler,  # repr of the sampler: seed, records, epochs, shuffling.
+    "data_source": data_source,  # repr of the (mixed) source.
+  }
 
 
 def records_consumed(
   state: bytes | str | dict[str, Any], *, process_index: int, process_count: int
 ) -> int:
   """Global records read by all processes, from one process's saved state."""
-  s = _decode(state)
+  s = decode(state)
+  if "records_consumed" in s:
+    layout = (s.get("process_index"), s.get("process_count"))
+    if layout != (process_index, process_count):
+      raise ValueError(
+        f"iterator state keys 'process_index', 'process_count' are {layout}, not "
+        f"({process_index}, {process_count})"
+      )
+    return int(s["records_consumed"])
+  if "last_seen_indices" not in s:
+    raise ValueError(
+      f"iterator state has neither 'records_consumed' nor grain's 'last_seen_indices' "
+      f"(keys {sorted(s)}): not an input position this pipeline wrote"
+    )
   seen = s["last_seen_indices"]
   workers = max(int(s["worker_count"]), 1)  # 0 workers reads like one, in grain's formulas.
   stride = workers * process_count
@@ -59,13 +90,11 @@ def state_for(
       f"{consumed} records cannot be split evenly over {process_count} processes "
       "(the global batch must be divisible by the process count)"
     )
-  s = dict(_decode(template))
-  workers = max(int(s["worker_count"]), 1)
-  n = consumed // process_count  # Elements this process has read.
-  stride = workers * process_count
-  s["last_seen_indices"] = {
-    str(w): process_index + w * process_count + (-(-(n - w) // workers) - 1) * stride
-    for w in range(workers)
-  }
-  s["last_worker_index"] = (n % workers) - 1 if int(s["worker_count"]) else -1
-  return s
+  s = decode(template)
+  return position_state(
+    consumed,
+    process_index=process_index,
+    process_count=process_count,
+    sampler=s["sampler"],
+    data_source=s["data_source"],
+  )

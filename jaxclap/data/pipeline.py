@@ -13,9 +13,10 @@ With `num_classes` (fine-tuning) an example carries a label vector instead: the 
 `mix_lambda` drawn after the crop.
 
 Determinism: every random choice comes from grain's per-record rng (seeded by
-`seed` and the record's position in the sampled stream), records are batched in
-the consuming process, so batches are identical for any `num_workers`. The
-iterator's `get_state()`/`set_state()` give exact resume.
+`seed` and the record's position in the sampled stream), and batch k is always the
+stream's positions [kB, (k+1)B) (batching.py), so batches are identical for any
+`num_workers`; workers build whole batches, so throughput grows with them. The
+iterator's `get_state()`/`set_state()` (a stream position) give exact resume.
 """
 
 from __future__ import annotations
@@ -31,8 +32,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from jaxclap import paths
-from jaxclap.audio import io as audio_io
-from jaxclap.data import mixture
+from jaxclap.data import batching, mixture
 from jaxclap.data.build import DEFAULT_DATA_DIR
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
@@ -193,62 +193,17 @@ class CropAndLabel(grain.transforms.RandomMap):
     }
 
 
-def _stack(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  batch = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != "audio"}
-  # Convert int16 -> float32 straight into the batch array (no int16 batch copy).
-  audio = np.empty((len(elements), elements[0]["audio"].shape[0]), np.float32)
-  for row, e in zip(audio, elements):
-    audio_io.pcm16_to_float(e["audio"], out=row)
-  batch["audio"] = audio
-  return batch
-
-
-class BatchIterator:
-  """Batches a grain DataLoader iterator in this process; state = the grain state."""
-
-  def __init__(self, inner: grain.DataLoaderIterator, batch_size: int, drop_remainder: bool):
-    self._inner = inner
-    self._batch_size = batch_size
-    self._drop_remainder = drop_remainder
-
-  def __iter__(self) -> BatchIterator:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    elements = []
-    for element in self._inner:
-      elements.append(element)
-      if len(elements) == self._batch_size:
-        return _stack(elements)
-    if elements and not self._drop_remainder:
-      return _stack(elements)
-    raise StopIteration
-
-  def get_state(self) -> bytes:
-    # Batches are whole: no element is held here between calls, so the inner state is ours.
-    return self._inner.get_state()
-
-  def set_state(self, state: bytes) -> None:
-    self._inner.set_state(state)
-
-  def start_prefetch(self) -> None:
-    """Starts reading ahead (grain's Orbax CheckpointHandler calls this after restore)."""
-    self._inner.start_prefetch()
-
-
 class Loader:
   """Iterable over batches; each `iter()` starts from the beginning (or a set state)."""
 
-  def __init__(
-    self, data_loader: grain.DataLoader, batch_size: int, drop_remainder: bool, source: MixedSource
-  ):
-    self.data_loader = data_loader
-    self.batch_size = batch_size
-    self.drop_remainder = drop_remainder
+  def __init__(self, plan: batching.Plan, source: MixedSource):
+    self.plan = plan
+    self.batch_size = plan.batch_size
+    self.drop_remainder = plan.drop_remainder
     self.source = source
 
-  def __iter__(self) -> BatchIterator:
-    return BatchIterator(iter(self.data_loader), self.batch_size, self.drop_remainder)
+  def __iter__(self) -> batching.BatchIterator:
+    return batching.BatchIterator(self.plan)
 
 
 def _ensure_flags_parsed() -> None:
@@ -318,13 +273,13 @@ def make_loader(
       )
     example = CropAndPick(crop_samples, random_crop, caption, min_samples)
   mixed = MixedSource(sources, weights)
-  shard = grain.sharding.ShardOptions(
-    shard_index=index, shard_count=count, drop_remainder=drop_remainder
-  )
   # Endless (training) streams shuffle globally and give process p elements p, p + count,
   # ...: the same records and crops reach each global step whatever the process count, so a
   # run can resume on another topology (iterator_state.py). Finite (evaluation) passes
   # shard the records so that every process gets the same number of batches.
+  shard = grain.sharding.ShardOptions(
+    shard_index=index, shard_count=count, drop_remainder=drop_remainder
+  )
   sampler = grain.samplers.IndexSampler(
     num_records=len(mixed),
     shuffle=shuffle,
@@ -332,15 +287,8 @@ def make_loader(
     seed=seed,
     shard_options=grain.sharding.NoSharding() if num_epochs is None else shard,
   )
-  batch = global_batch // count
   if num_workers > 0:
     _ensure_flags_parsed()
-  data_loader = grain.DataLoader(
-    data_source=mixed,
-    sampler=sampler,
-    operations=[example],
-    worker_count=num_workers,
-    worker_buffer_size=max(2, batch),
-    shard_options=shard,
-  )
-  return Loader(data_loader, batch, drop_remainder, mixed)
+  examples = batching.Examples(mixed, sampler, example, index, count)
+  plan = batching.Plan(examples, global_batch // count, drop_remainder, num_workers)
+  return Loader(plan, mixed)
