@@ -36,7 +36,7 @@ def get_config():
   c.init.workdir = ""  # Set to the stage-1 workdir (required).
   c.init.parts = "audio_encoder"
   c.text.kind = "bert"
-  c.text.model = "bert-base-uncased"  # A local HF folder offline; 768-d: no projection.
+  c.text.model = "google-bert/bert-base-uncased"  # Hub id; offline a local folder. 768-d.
   c.text.pooling = "cls"
   c.text.max_len = 512  # The official BertXEncoder's max_length (BERT's position limit).
   c.model.size = "base"

@@ -10,7 +10,8 @@ name, then renamed), so a rerun after an interruption skips finished shards; the
 merge writes OUTPUT the same way and removes the parts. Outputs hold `ids` and
 `embeddings` ([N, D]; for --kind=frame the frames of all clips stacked [ΣT', D] with
 `num_frames` [N]); unreadable files fail the run with their name, or with --skip_bad are
-listed in OUTPUT.skipped.txt (and in the npz as `skipped` / `skipped_errors`).
+listed in OUTPUT.skipped.txt (and in the npz as `skipped` / `skipped_errors`). A progress
+bar on stderr counts files. --format=parquet needs pyarrow (pip install 'jaxclap[parquet]').
 """
 
 from __future__ import annotations
@@ -20,18 +21,24 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 from jaxclap import cli, inference
 from jaxclap.audio import io as audio_io
 
 FORMATS = ("npz", "parquet")
+PARQUET_HINT = "--format=parquet needs pyarrow: pip install 'jaxclap[parquet]'"
+
+
+class MissingExtraError(ImportError):
+  """An optional dependency the chosen option needs is not installed (a user's error)."""
+
+
 _MANIFEST_KEYS = ("kind", "checkpoint", "shard_size", "num_files", "ids_sha256")
 
 
@@ -70,12 +77,23 @@ def _atomic_save(path: str, write: Any) -> None:
   os.replace(tmp, path)
 
 
+def _pyarrow() -> tuple[Any, Any]:
+  """(pyarrow, pyarrow.parquet); a clear ImportError without the "parquet" extra."""
+  try:
+    import pyarrow as pa  # Optional: the "parquet" extra.
+    import pyarrow.parquet as pq
+  except ImportError as e:
+    raise MissingExtraError(PARQUET_HINT) from e
+  return pa, pq
+
+
 def _decoded(
   items: Sequence[tuple[str, str]],
   sample_rate: int,
   skip_bad: bool,
   ok: list[str],
   skipped: list[tuple[str, str]],
+  bar: tqdm,
 ) -> Iterator[np.ndarray]:
   """Waveforms of `items` in order; unreadable ones raise, or are recorded when skip_bad."""
   for clip_id, path in items:
@@ -86,22 +104,23 @@ def _decoded(
         raise
       logging.warning("skipping %s", e)
       skipped.append((clip_id, str(e)))
+      bar.update(1)  # Done with it: the bar counts files, embedded or skipped.
       continue
     ok.append(clip_id)
     yield wave
 
 
 def _embed_shard(
-  model: inference.Model, items: Sequence[tuple[str, str]], kind: str, skip_bad: bool
+  model: inference.Model, items: Sequence[tuple[str, str]], kind: str, skip_bad: bool, bar: tqdm
 ) -> dict[str, np.ndarray]:
   """Arrays of one shard: ids, embeddings (frames stacked), num_frames, skipped."""
   ok: list[str] = []
   skipped: list[tuple[str, str]] = []
-  outs = list(
-    model.iter_outputs(
-      _decoded(items, model.sample_rate, skip_bad, ok, skipped), kind, progress=False
-    )
-  )
+  waves = _decoded(items, model.sample_rate, skip_bad, ok, skipped, bar)
+  outs = []
+  for out in model.iter_outputs(waves, kind, progress=False):
+    outs.append(out)
+    bar.update(1)
   dim = model.embedding_dim if kind == "clap" else model.feature_dim
   emb = (
     np.concatenate(outs)
@@ -163,9 +182,7 @@ def _write_output(
       arrays["num_frames"] = num_frames
     _atomic_save(output, lambda f: np.savez(f, **arrays))
   else:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa, pq = _pyarrow()
     if kind == "frame":
       starts = np.concatenate([[0], np.cumsum(num_frames)[:-1]]).astype(np.int64)
       col = [emb[s : s + n].tolist() for s, n in zip(starts, num_frames)]
@@ -210,6 +227,8 @@ def embed_files(
     raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
   if shard_size < 1:
     raise ValueError(f"--shard_size must be >= 1, got {shard_size}")
+  if fmt == "parquet":
+    _pyarrow()  # Fail before any embedding work, not at the final merge.
   items = find_audio(inputs)
   parts = f"{output}.parts"
   os.makedirs(parts, exist_ok=True)
@@ -218,22 +237,26 @@ def embed_files(
     model = inference.load(checkpoint, text_model=text_model, batch_size=batch_size, progress=False)
   shards, new, reused = [], 0, 0
   n_shards = -(-len(items) // shard_size)
-  for k in tqdm(range(n_shards), desc="embed shards", unit="shard", disable=n_shards < 2):
-    part = items[k * shard_size : (k + 1) * shard_size]
-    path = os.path.join(parts, f"shard-{k:05d}-of-{n_shards:05d}.npz")
-    if os.path.exists(path):
-      with np.load(path) as z:
-        shard = {key: z[key] for key in z.files}
-      if shard["input_ids"].tolist() == [i for i, _ in part]:
-        shards.append(shard)
-        reused += 1
-        continue
-    if stop_after_shards is not None and new >= stop_after_shards:
-      return {"stopped": True, "new_shards": new, "reused_shards": reused}
-    shard = _embed_shard(model, part, kind, skip_bad)
-    _atomic_save(path, lambda f, s=shard: np.savez(f, **s))
-    shards.append(shard)
-    new += 1
+  # One bar over files for any run size (stderr); finished shards of a resumed run count at once.
+  bar = tqdm(total=len(items), desc="embed", unit="file")  # tqdm writes to stderr.
+  with bar:
+    for k in range(n_shards):
+      part = items[k * shard_size : (k + 1) * shard_size]
+      path = os.path.join(parts, f"shard-{k:05d}-of-{n_shards:05d}.npz")
+      if os.path.exists(path):
+        with np.load(path) as z:
+          shard = {key: z[key] for key in z.files}
+        if shard["input_ids"].tolist() == [i for i, _ in part]:
+          shards.append(shard)
+          reused += 1
+          bar.update(len(part))
+          continue
+      if stop_after_shards is not None and new >= stop_after_shards:
+        return {"stopped": True, "new_shards": new, "reused_shards": reused}
+      shard = _embed_shard(model, part, kind, skip_bad, bar)
+      _atomic_save(path, lambda f, s=shard: np.savez(f, **s))
+      shards.append(shard)
+      new += 1
   dim = model.embedding_dim if kind == "clap" else model.feature_dim
   _write_output(output, fmt, kind, shards, dim)
   shutil.rmtree(parts)
@@ -270,7 +293,8 @@ def main(argv: list[str]) -> int:
   f = flags.FLAGS
   if len(argv) < 2:
     return cli.report("give audio files or directories to embed")
-  with cli.exit_on(ValueError, FileNotFoundError):  # AudioDecodeError is a ValueError.
+  # AudioDecodeError is a ValueError; MissingExtraError: --format=parquet without pyarrow.
+  with cli.exit_on(ValueError, FileNotFoundError, MissingExtraError):
     summary = embed_files(
       argv[1:],
       checkpoint=f.checkpoint,
@@ -289,4 +313,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -190,7 +190,7 @@ class Model:
 
     With `return_timestamps`, also each frame's centre in seconds ([N, T'] or a list).
     """
-    waves, stacked = self._waves(audio, sample_rate)
+    waves, stacked = self._waves(audio, sample_rate, progress)
     feats = list(self.iter_outputs(waves, "frame", progress=progress, total=len(waves)))
     times = [self.timestamps(len(f)) for f in feats]
     if stacked:
@@ -201,14 +201,14 @@ class Model:
     self, audio: AudioInput, sample_rate: int | None = None, progress: bool | None = None
   ) -> np.ndarray:
     """Clip features [N, F'·D]: each clip's frame features averaged over time."""
-    waves, _ = self._waves(audio, sample_rate)
+    waves, _ = self._waves(audio, sample_rate, progress)
     return np.stack(list(self.iter_outputs(waves, "clip", progress=progress, total=len(waves))))
 
   def audio_embedding(
     self, audio: AudioInput, sample_rate: int | None = None, progress: bool | None = None
   ) -> np.ndarray:
     """L2-normalised CLAP audio embeddings [N, C] from all patch tokens of all chunks."""
-    waves, _ = self._waves(audio, sample_rate)
+    waves, _ = self._waves(audio, sample_rate, progress)
     return np.stack(list(self.iter_outputs(waves, "clap", progress=progress, total=len(waves))))
 
   def timestamps(self, num_frames: int) -> np.ndarray:
@@ -300,9 +300,12 @@ class Model:
     emb = self._pool(self.params, tokens, valid)
     return np.asarray(losses.l2_normalize(emb))[0]
 
-  def _waves(self, audio: AudioInput, sample_rate: int | None) -> tuple[list[np.ndarray], bool]:
+  def _waves(
+    self, audio: AudioInput, sample_rate: int | None, progress: bool | None = None
+  ) -> tuple[list[np.ndarray], bool]:
     """(1-D float32 waveforms at the model's rate, whether the input was one stacked array)."""
-    return prepare_audio(audio, sample_rate, self.sample_rate)
+    show = progress if progress is not None else self.progress
+    return prepare_audio(audio, sample_rate, self.sample_rate, progress=show)
 
   # ---- text and zero-shot ----------------------------------------------------------------
 
@@ -365,9 +368,12 @@ class Model:
 
 
 def prepare_audio(
-  audio: AudioInput, sample_rate: int | None, target_rate: int
+  audio: AudioInput, sample_rate: int | None, target_rate: int, *, progress: bool | None = None
 ) -> tuple[list[np.ndarray], bool]:
-  """Checks and converts any accepted audio input to 1-D float32 waveforms at target_rate."""
+  """Checks and converts any accepted audio input to 1-D float32 waveforms at target_rate.
+
+  Decoding files shows a bar on stderr when `progress`, or (None) from _PROGRESS_MIN_CLIPS files.
+  """
   if isinstance(audio, (str, os.PathLike)):
     audio = [audio]
   stacked = isinstance(audio, np.ndarray) or hasattr(audio, "__array__")
@@ -386,10 +392,14 @@ def prepare_audio(
       raise ValueError("sample_rate= is required for audio arrays (e.g. sample_rate=16000)")
     if isinstance(sample_rate, bool) or not float(sample_rate).is_integer() or sample_rate <= 0:
       raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+  num_files = sum(isinstance(x, (str, os.PathLike)) for x in items)
+  show = progress if progress is not None else num_files >= _PROGRESS_MIN_CLIPS
+  bar = tqdm(total=num_files, desc="jaxclap decode", unit="file", disable=not (show and num_files))
   waves = []
   for i, x in enumerate(items):
     if isinstance(x, (str, os.PathLike)):
       waves.append(audio_io.load_audio(x, target_rate))
+      bar.update(1)
       continue
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
@@ -399,4 +409,5 @@ def prepare_audio(
       )
     x = audio_io.check_waveform(x.astype(np.float32, copy=False), f"audio clip {i}")
     waves.append(audio_io.resample(x, int(sample_rate), target_rate))
+  bar.close()
   return waves, stacked

@@ -14,7 +14,20 @@ from conftest import DEMO_CLIPS, TEXT_MODEL, HashEmbedder, write_wav
 from jaxclap.audio import io as audio_io
 from jaxclap.data import build, builders, schema, synth
 
-BERKLEE = Path("/work/shared/data/berklee")
+# The shared recordings sit beside the checkout (<repo>/../shared); JAXCLAP_SHARED_DIR moves them.
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_berklee(env: dict[str, str]) -> Path:
+  """The Berklee folder; skips when absent, fails instead when JAXCLAP_REQUIRE_SHARED=1."""
+  shared = Path(env.get("JAXCLAP_SHARED_DIR") or REPO.parent / "shared")
+  folder = shared / "data" / "berklee"
+  if not folder.is_dir():
+    why = f"shared Berklee recordings not found at {folder} (set JAXCLAP_SHARED_DIR)"
+    if env.get("JAXCLAP_REQUIRE_SHARED", "") == "1":
+      pytest.fail(f"{why}; JAXCLAP_REQUIRE_SHARED=1 says they must be there")
+    pytest.skip(why)
+  return folder
 
 
 def _records(name, split, data_dir):
@@ -317,15 +330,26 @@ def test_folder_per_class_layout(tmp_path):
   }
 
 
-@pytest.mark.skipif(not BERKLEE.is_dir(), reason="shared Berklee recordings not present")
+def test_shared_dir_missing_skips_or_fails(tmp_path):
+  env = {"JAXCLAP_SHARED_DIR": str(tmp_path / "nowhere")}
+  with pytest.raises(pytest.skip.Exception, match="nowhere"):
+    shared_berklee(env)
+  with pytest.raises(pytest.fail.Exception, match="JAXCLAP_REQUIRE_SHARED=1"):
+    shared_berklee({**env, "JAXCLAP_REQUIRE_SHARED": "1"})
+  (tmp_path / "here" / "data" / "berklee").mkdir(parents=True)
+  found = shared_berklee({"JAXCLAP_SHARED_DIR": str(tmp_path / "here")})
+  assert found == tmp_path / "here" / "data" / "berklee"
+
+
 def test_berklee_mp3s(tmp_path):
-  lines = (BERKLEE / "captions.csv").read_text().splitlines()
+  berklee = shared_berklee(dict(os.environ))
+  lines = (berklee / "captions.csv").read_text().splitlines()
   root = tmp_path / "berklee"
   root.mkdir()
   chosen = lines[1:6]
   for line in chosen:
     name = line.split(",")[0]
-    (root / name).symlink_to(BERKLEE / name)
+    (root / name).symlink_to(berklee / name)
   (root / "captions.csv").write_text("\n".join([lines[0], *chosen]) + "\n")
   data_dir = str(tmp_path / "data")
   info = build.build_dataset(

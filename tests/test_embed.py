@@ -144,6 +144,26 @@ def test_bad_files(model, folder, tmp_path):
   assert open(out2 + ".skipped.txt").read().startswith("sub/broken.wav\t")
 
 
+@pytest.mark.parametrize("shard_size", [256, 3])
+def test_progress_counts_files_on_stderr(model, folder, tmp_path, capsys, shard_size):
+  """A bar over files for any number of files (7 here, one shard or three)."""
+  out = str(tmp_path / "emb.npz")
+  embed.embed_files([folder], checkpoint="ckpt", output=out, model=model, shard_size=shard_size)
+  captured = capsys.readouterr()
+  assert "7/7" in captured.err and "file" in captured.err
+  assert "7/7" not in captured.out
+
+
+def test_parquet_without_pyarrow_fails_first(model, folder, tmp_path, monkeypatch):
+  """No pyarrow: a one-line install hint before any embedding work is done."""
+  for name in ("pyarrow", "pyarrow.parquet"):
+    monkeypatch.setitem(sys.modules, name, None)  # `import pyarrow` raises ImportError.
+  out = str(tmp_path / "emb.parquet")
+  with pytest.raises(embed.MissingExtraError, match=r"pip install 'jaxclap\[parquet\]'"):
+    embed.embed_files([folder], checkpoint="ckpt", output=out, model=model, fmt="parquet")
+  assert not os.path.exists(out + ".parts") and not os.path.exists(out)
+
+
 def test_cli(stage1_workdir, folder, tmp_path):
   """The absl entry point: writes the output; a bad file fails with exit 2 and its name."""
   out = str(tmp_path / "cli.npz")

@@ -227,6 +227,20 @@ def test_file_paths_equal_arrays(models, demo_audio, tmp_path):
   np.testing.assert_allclose(m.clip_features(str(path)), got[:1], atol=1e-6)
 
 
+def test_decoding_files_shows_progress(tmp_path, capsys, monkeypatch):
+  """Files get a decode bar on stderr when asked, or by default from _PROGRESS_MIN_CLIPS files."""
+  paths = [write_wav(tmp_path / f"{i}.wav", np.zeros(800), 16000) for i in range(3)]
+  waves, _ = inference.prepare_audio(paths, None, 16000, progress=True)
+  assert len(waves) == 3 and "3/3" in capsys.readouterr().err
+  inference.prepare_audio(paths, None, 16000)  # 3 files, below the default threshold.
+  assert "decode" not in capsys.readouterr().err
+  monkeypatch.setattr(inference, "_PROGRESS_MIN_CLIPS", 3)
+  inference.prepare_audio(paths, None, 16000)
+  assert "3/3" in capsys.readouterr().err
+  inference.prepare_audio(paths, None, 16000, progress=False)
+  assert "decode" not in capsys.readouterr().err
+
+
 def test_timestamps_and_list_outputs(models, demo_audio):
   m = models["stage1"]
   clips = [demo_audio[0], demo_audio[1][:8000]]

@@ -47,7 +47,8 @@ OPTIONAL = {
   "sentence_transformers",
   "huggingface_hub",
   "tensorboardX",
-  "pyarrow",
+  "pyarrow",  # The "parquet" extra: embed --format=parquet.
+  "matplotlib",  # The "plots" extra: eval/plots.py, train/eval_report.py.
   "transformers",
 }
 LAZY = {("jaxclap", "jaxclap.inference")}

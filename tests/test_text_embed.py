@@ -246,7 +246,8 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch, tmp_path):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # Empty cache: nothing to find.
   with pytest.raises(
-    text_models.TextModelNotFoundError, match="HF_HUB_OFFLINE.*pip install --no-deps"
+    text_models.TextModelNotFoundError,
+    match="HF_HUB_OFFLINE.*`hf download someone/some-model --local-dir DIR`.*text.model=DIR",
   ):
     text_models.resolve_text_model("someone/some-model")
 

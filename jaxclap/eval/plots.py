@@ -2,6 +2,7 @@
 
 Figures are built with matplotlib's object API (`Figure` + Agg canvas), never pyplot,
 so no global backend or figure state is touched. Every writer returns the path written.
+matplotlib is the optional "plots" extra, imported only when a figure is drawn.
 
 `model` arguments are duck-typed like `jaxclap.load(path)`: `audio_embedding(audio,
 sample_rate=)` (audio: [N, S] or a list of clips) and `text_embedding(texts)`, both
@@ -12,15 +13,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 
 from jaxclap.eval import data as eval_data
 
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+
 DEFAULT_TEMPLATE = "{} can be heard"
+INSTALL_HINT = "plots need matplotlib: pip install 'jaxclap[plots]'"
+
+
+def _figure_class() -> type[Figure]:
+  """matplotlib's Figure; a clear ImportError without the "plots" extra."""
+  try:
+    from matplotlib.figure import Figure  # Optional: the "plots" extra.
+  except ImportError as e:
+    raise ImportError(INSTALL_HINT) from e
+  return Figure
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+  """A pyplot-free matplotlib Figure of `figsize` inches."""
+  return _figure_class()(figsize=figsize)
 
 
 def _save(fig: Figure, path: str) -> str:
@@ -52,7 +70,7 @@ def embedding_map(
   if labels.shape[0] != np.shape(embeddings)[0]:
     raise ValueError(f"{np.shape(embeddings)[0]} embeddings but {labels.shape[0]} labels")
   xy = tsne_2d(embeddings, seed=seed)
-  fig = Figure(figsize=(8, 6))
+  fig = new_figure((8, 6))
   ax = fig.add_subplot()
   colours = [f"C{i % 10}" for i in range(len(class_names))]
   markers = "os^Dv"  # Colour cycles every 10 classes; the marker tells the cycles apart.
@@ -84,7 +102,7 @@ def similarity_matrix(
       f"sims shape {sims.shape} does not match {len(row_labels)} row and "
       f"{len(col_labels)} column labels"
     )
-  fig = Figure(figsize=(2 + 0.45 * sims.shape[1], 1.5 + 0.4 * sims.shape[0]))
+  fig = new_figure((2 + 0.45 * sims.shape[1], 1.5 + 0.4 * sims.shape[0]))
   ax = fig.add_subplot()
   im = ax.imshow(sims, cmap="viridis", aspect="auto")
   ax.set_xticks(
@@ -150,7 +168,7 @@ def zero_shot_timeline(
   if scores.shape != (len(class_names), times.size):
     raise ValueError(f"scores shape {scores.shape} != ({len(class_names)}, {times.size})")
   step = float(np.median(np.diff(times))) if times.size > 1 else 1.0
-  fig = Figure(figsize=(max(6.0, 0.5 * times.size + 3), 1.2 + 0.35 * len(class_names)))
+  fig = new_figure((max(6.0, 0.5 * times.size + 3), 1.2 + 0.35 * len(class_names)))
   ax = fig.add_subplot()
   im = ax.imshow(
     scores,
@@ -193,6 +211,7 @@ def write_demo_plots(
   timeline: the first clips of `timeline_clips` classes played back to back, scored
   by sliding windows.
   """
+  _figure_class()  # Without matplotlib, fail before the embeddings are computed.
   names = eval_data.class_names(dataset, data_dir)
   if not names:
     raise ValueError(f"{dataset} under {data_dir} has no class names to plot")

