@@ -56,10 +56,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+# Executables that gloo runs across processes are not taken from the session's persistent
+# compilation cache (conftest.py): reloaded from it, a 2-process run aborted with a gloo
+# "collective mismatch" on its first step, where freshly compiled ones run.
+_NO_JIT_CACHE = {"JAX_COMPILATION_CACHE_DIR": ""}
+
+
 def _run(pid: int, n: int, port: int, devices: int) -> subprocess.Popen:
   env = dict(
     os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
   )
+  if n > 1:
+    env.update(_NO_JIT_CACHE)
   return subprocess.Popen(
     [sys.executable, "-c", _WORKER, str(pid), str(n), str(port)],
     stdout=subprocess.PIPE,
@@ -92,6 +100,8 @@ def _main(pid: int | None, port: int, workdir, data_dir, *extra) -> subprocess.P
   env = dict(
     os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
   )
+  if pid is not None:
+    env.update(_NO_JIT_CACHE)
   layout = (
     []
     if pid is None

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from conftest import small_config
+
+from jaxclap.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 # A few-second model: 64-frame crops, 2-block width-64 encoder, 1-block predictor.
@@ -183,3 +186,12 @@ def test_resume_with_changed_model_is_refused(data_dir, tmp_path):
   )
   assert proc.returncode == 2
   assert "Refusing to resume" in proc.stderr and "model.clap_dim" in proc.stderr
+
+
+def test_dataset_at_another_sample_rate_is_refused(data_dir, tmp_path):
+  """16 kHz records read by a 32 kHz front end would play an octave up: refused, named."""
+  config = small_config("stage1", data_dir)
+  config.frontend.sample_rate = 32000
+  with pytest.raises(ValueError, match=r"'jaxclap_demo' .* stored at 16000 Hz .* reads 32000 Hz"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()  # Refused before anything was written.

@@ -1,4 +1,4 @@
-"""Builds jaxclap datasets: CLI and the Python API used by the trainer.
+r"""Builds jaxclap datasets: CLI and the Python API used by the trainer.
 
   python -m jaxclap.data.build --dataset=jaxclap_demo --data_dir=~/jaxclap_data
   python -m jaxclap.data.build --dataset=captioned_folder/clotho \
@@ -6,7 +6,8 @@
   python -m jaxclap.data.build --dataset=captioned_folder/audioset \
       --manual_dir=/data/audioset --merge_captions=/data/audiocaps/train.csv
 
-Dataset names: `jaxclap_demo`, `captioned_folder/<name>`, `labelled_folder/<name>`
+Dataset names: `jaxclap_demo`, `captioned_folder/<name>`, `labelled_folder/<name>`,
+`named_folder/<name>` (captions, labels and a split by source from the file names)
 (`<name>` defaults to the manual_dir's folder name). `--merge_captions` (captioned
 folders) adds the captions of other CSVs to the clips of the same YouTube id
 (`caption_merge`: AudioCaps captions join their AudioSet clips). Built data is read back
@@ -18,16 +19,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
 from jaxclap import cli, paths
-from jaxclap.data import builders, folder_builders
+from jaxclap.data import builders, folder_builders, manifests
 from jaxclap.data.schema import TextEmbedder
 from jaxclap.text.registry import DEFAULT_TEXT_MODEL
 from jaxclap.text.sentence import load_sentence_embedder
@@ -39,6 +39,7 @@ BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
   DEMO: builders.JaxclapDemo,
   "captioned_folder": folder_builders.CaptionedFolder,
   "labelled_folder": folder_builders.LabelledFolder,
+  "named_folder": folder_builders.NamedFolder,  # Captions, labels, split from file names.
 }
 
 
@@ -52,7 +53,7 @@ def _split_name(dataset: str, manual_dir: str | None) -> tuple[str, str | None]:
   if kind not in BUILDERS:
     raise ValueError(
       f"unknown dataset {dataset!r}; expected {DEMO!r}, "
-      "'captioned_folder/<name>' or 'labelled_folder/<name>'"
+      "'captioned_folder/<name>', 'labelled_folder/<name>' or 'named_folder/<name>'"
     )
   if kind == DEMO:
     if config:
@@ -100,6 +101,18 @@ def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
     "class_names": list(meta.get("class_names", [])),
     "build": meta.get("build", {}),
   }
+
+
+def check_sample_rate(info: dict[str, Any], sample_rate: int, reader: str) -> None:
+  """Refuses a dataset stored at another rate than `reader` reads: the audio would play at
+  the wrong speed (16 kHz samples read as 32 kHz are an octave up, twice as fast)."""
+  stored = int(info["sample_rate"])
+  if stored != sample_rate:
+    raise ValueError(
+      f"dataset {info['name']!r} in {info['data_dir']} is stored at {stored} Hz but {reader} "
+      f"reads {sample_rate} Hz audio; use a front end at {stored} Hz "
+      f"(--config.frontend.sample_rate={stored}) or a dataset built at {sample_rate} Hz"
+    )
 
 
 def _check_existing(
@@ -245,9 +258,7 @@ def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) 
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string(
-    "dataset", DEMO, "jaxclap_demo, captioned_folder/<name> or labelled_folder/<name>."
-  )
+  flags.DEFINE_string("dataset", DEMO, "jaxclap_demo, {captioned,labelled,named}_folder/<name>.")
   flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "TFDS data dir (env JAXCLAP_DATA_DIR).")
   flags.DEFINE_string("manual_dir", None, "Local folder of audio + CSV for folder datasets.")
   flags.DEFINE_string("text_model", DEFAULT_TEXT_MODEL, "Sentence embedder for the captions.")
@@ -273,5 +284,8 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
+  # --help prints this module's docstring (absl), then the --manual_dir layouts.
+  layouts = manifests.__doc__.split("\n", 1)[1].split("\nProblems are reported")[0]
+  __doc__ += "\nLayouts of --manual_dir:\n" + layouts
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  cli.run(main)

@@ -175,3 +175,17 @@ class LabelledFolder(_FolderBuilder, skip_registration=True):
   def update_metadata(self) -> None:
     super().update_metadata()
     self.info.metadata["multi_label"] = bool(self._multi_label)
+
+
+class NamedFolder(_FolderBuilder, skip_registration=True):
+  """A plain folder of audio whose file names say what each clip is (`manifests.read_named`).
+
+  Captions, labels (the sound source) and a train / held-out `test` split by source all
+  come from the names; e.g. the OLPC Berklee Sound Library ("dog_bark_1.mp3" -> "dog bark").
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
+    return manifests.read_named(manual_dir)

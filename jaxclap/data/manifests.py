@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -338,3 +339,63 @@ def read_labelled(manual_dir: str | os.PathLike) -> Manifest:
           )
         )
   return Manifest(items=items, bad=[], class_names=[readable_class(d.name) for d in class_dirs])
+
+
+# ----------------------------------------------------------------------------------------------
+# Named folders (e.g. the OLPC Berklee Sound Library): captions, sources and the split all come
+# from the file names, so a plain folder of audio files is enough.
+
+HELDOUT_FRACTION = 0.2  # Share of sound sources kept out of training (`named_split`).
+
+
+def name_caption(stem: str) -> str:
+  """'dog_bark_1' -> 'dog bark', 'DoorSlam2' -> 'door slam': words of a file name, no digits."""
+  spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", stem)
+  return " ".join(re.sub(r"[^A-Za-z]+", " ", spaced).lower().split())
+
+
+def name_source(stem: str) -> str:
+  """The sound source of a file name: its caption's first word ('metal_hit_2' -> 'metal')."""
+  words = name_caption(stem).split()
+  return words[0] if words else stem.lower()
+
+
+def named_split(source: str, heldout: float = HELDOUT_FRACTION) -> str:
+  """'test' for a stable `heldout` share of sources (by a hash of the name), else 'train'."""
+  bucket = int(hashlib.sha256(source.encode("utf-8")).hexdigest()[:8], 16) % 10_000
+  return "test" if bucket < heldout * 10_000 else "train"
+
+
+def read_named(manual_dir: str | os.PathLike, heldout: float = HELDOUT_FRACTION) -> Manifest:
+  """Reads a folder of audio files whose names say what they are (any depth, any CSV ignored).
+
+  Caption: the file name's words (`name_caption`). Source: its first word (`name_source`).
+  Split by source, so all clips of a source fall on one side: `named_split` keeps about
+  `heldout` of the sources with at least two clips in `test` (the labelled split for the
+  evaluators: label = the source among the held-out ones, sorted by name); every other
+  clip is `train` (label -1). A source with one clip stays in training: a probe cannot
+  score a class it has seen no other clip of.
+  """
+  manual_dir = Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise BadInputError(f"manual_dir {manual_dir} is not a folder")
+  paths = sorted(p for p in manual_dir.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+  sources = [name_source(p.stem) for p in paths]
+  counts = {s: sources.count(s) for s in set(sources)}
+  held = sorted(s for s, n in counts.items() if n >= 2 and named_split(s, heldout) == "test")
+  index = {s: i for i, s in enumerate(held)}
+  items = []
+  for path, source in zip(paths, sources):
+    label = index.get(source, -1)
+    items.append(
+      Item(
+        where=str(path),
+        split="test" if label >= 0 else "train",
+        path=path,
+        captions=[name_caption(path.stem) or source],
+        clip_id=_clip_id(path, manual_dir),
+        label=label,
+        labels=[label] if label >= 0 else [],
+      )
+    )
+  return Manifest(items=items, bad=[], class_names=held)

@@ -233,6 +233,7 @@ def run_finetune(
   classes = info["class_names"]
   multi_label = _multi_label(config, dataset, data_dir)
   fcfg = restored.frontend_cfg
+  build.check_sample_rate(info, fcfg.sample_rate, f"the front end of {checkpoint}")
   if config.crop_seconds > 0:
     crop_samples = int(round(config.crop_seconds * fcfg.sample_rate))
   else:

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jaxclap import metrics
+from jaxclap.train.probes import standardize  # One copy, shared with training's probes.
 
 
 class Split(NamedTuple):
@@ -37,14 +38,6 @@ class ProbeConfig:
   max_epochs: int = 200
   patience: int = 20  # Epochs without a better validation score before stopping.
   weight_decay: float = 0.0  # Decoupled (AdamW) decay on the weights.
-
-
-def standardize(train_x: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-  """Standardises every array with the mean/std of `train_x` (constant dims: std 1)."""
-  train_x = np.asarray(train_x, np.float64)
-  mean, std = train_x.mean(axis=0), train_x.std(axis=0)
-  std = np.where(std > 1e-8, std, 1.0)
-  return [((np.asarray(a, np.float64) - mean) / std).astype(np.float32) for a in (train_x, *others)]
 
 
 def _loss(params, x, y, w, multilabel: bool):

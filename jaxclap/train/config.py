@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Stage-2 text tower (ignored by stage 1, whose text side is precomputed embeddings).
   c.text = ml_collections.ConfigDict()
   c.text.kind = "bert"  # "bert" (pretrained HF folder, fine-tuned) or "scratch" (SentencePiece).
-  c.text.model = "bert-base-uncased"  # HF folder, package shipping one, or hub id (kind=bert).
+  c.text.model = "google-bert/bert-base-uncased"  # HF folder, package shipping one, or hub id.
   c.text.pooling = "cls"  # "cls" (the paper's BERT CLS) or "mean".
   # Tokens per caption at most (truncated beyond; 512 = BERT's limit, as the official stage 2
   # which pads each batch to its longest caption untruncated). Each batch is padded to the
@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Activation rematerialisation of transformer blocks: "none", "full" (recompute each block
   # in the backward pass: least memory) or "save_dots" (keep matmul outputs). Same params.
   c.model.remat = "none"
+  # Attention product: "einsum" (reference) or "xla" (jax.nn.dot_product_attention: cuDNN's
+  # fused kernel on GPU where it applies, XLA elsewhere). Encoder, target and predictor.
+  c.model.attention = "einsum"
   # Encoder position table: "sincos" (fixed, computed: every jaxclap run) or "stored" (a
   # frozen parameter; set by `jaxclap.convert from_torch` for official files whose table
   # is not the sin-cos one, and inherited by later stages).
@@ -137,6 +140,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.stop_after = -1  # If > 0, stop (with a checkpoint) after this step; for staged runs.
   c.train.inject_nan_at = -1  # Testing aid: poison the batch of this step with NaN.
 
+  # Evaluators run during training (train/evaluators.py), big_vision style: each entry
+  # `c.evaluate.evaluators.<name> = ConfigDict(dict(kind=..., data="dataset:split", every=N))`
+  # with kind in EVAL_KINDS, scored every N steps and at the end, beside the baselines
+  # (log-mel statistics, the encoder at initialisation). None by default.
+  c.evaluate = ml_collections.ConfigDict()
+  c.evaluate.evaluators = ml_collections.ConfigDict()
+  c.evaluate.max_clips = 1024  # Clips of a split scored per evaluation at most (0 = all).
+  c.evaluate.batch = 64  # Clips per evaluation batch at most (a multiple of the devices).
+  c.evaluate.folds = 5  # k of the k-fold probes over the labelled clips.
+  c.evaluate.knn_k = 3  # Neighbours voting in the k-NN evaluator.
+  c.evaluate.plot = True  # Write <workdir>/plots/learning_curve.png at the end (matplotlib).
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size (-1 = all devices left over).
   c.mesh.fsdp = 1  # Parameter-sharding axis size (params/optimizer sharded over it).
@@ -144,6 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.rules = (("embed", "fsdp"),)
   return c
 
+
+EVAL_KINDS = ("linear_probe", "knn", "zero_shot", "retrieval")  # Kinds of evaluators.
 
 _CHOICES = {  # Config keys that take one of a few values.
   "stage": ("stage1", "stage2"),
@@ -156,6 +173,7 @@ _CHOICES = {  # Config keys that take one of a few values.
   "model.pos_table": ("sincos", "stored"),
   "model.remat": ("none", "full", "save_dots"),
   "model.dtype": ("float32", "bfloat16"),
+  "model.attention": ("einsum", "xla"),
   "frontend.sample_rate": (16000, 32000),
 }
 
@@ -309,7 +327,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
   _check(c.train.val_every >= 0, "train.val_every", c.train.val_every, "must be >= 0")
   _check(c.mesh.fsdp >= 1, "mesh.fsdp", c.mesh.fsdp, "must be >= 1")
   _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data, "must be -1 or >= 1")
+  _check_evaluators(c)
   parse_sources(c.data.train, with_weight=True)
   for key in ("val", "zero_shot"):
     if c.data[key]:
       parse_sources(c.data[key], with_weight=False)
+
+
+def _check_evaluators(c: ml_collections.ConfigDict) -> None:
+  """Each evaluator has a known kind, one "dataset:split" and a period >= 1."""
+  ev = c.evaluate
+  _check(ev.folds >= 2, "evaluate.folds", ev.folds, "must be >= 2")
+  _check(ev.knn_k >= 1, "evaluate.knn_k", ev.knn_k, "must be >= 1")
+  _check(ev.batch >= 1, "evaluate.batch", ev.batch, "must be >= 1")
+  _check(ev.max_clips >= 0, "evaluate.max_clips", ev.max_clips, "must be >= 0")
+  for name, e in ev.evaluators.items():
+    key = f"evaluate.evaluators.{name}"
+    missing = {"kind", "data", "every"} - set(e.keys())
+    _check(not missing, key, e, f"needs kind, data and every (missing {sorted(missing)})")
+    _check(e.kind in EVAL_KINDS, f"{key}.kind", e.kind, f"expected one of {EVAL_KINDS}")
+    n_sources = len(parse_sources(e.data, with_weight=False))
+    _check(n_sources == 1, f"{key}.data", e.data, "expected one name:split")
+    _check(e.every >= 1, f"{key}.every", e.every, "must be >= 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ from jaxclap.data import mixture, pipeline
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
-from jaxclap.train import handoff, objectives, optim, validation
+from jaxclap.train import eval_report, evaluators, handoff, objectives, optim, validation
 from jaxclap.train import state as state_lib
 from jaxclap.train import step as step_lib
 from jaxclap.train.progress import Progress
@@ -73,6 +74,7 @@ def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, di
   facts = {}
   for name in sorted(names):
     info = data_build.dataset_info(name, data_dir)
+    data_build.check_sample_rate(info, config.frontend.sample_rate, "config.frontend")
     if config.stage == "stage1" and info["embedding_dim"] != config.model.text_dim:
       raise ValueError(
         f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
@@ -102,6 +104,37 @@ def _norm_stats(config, resume_meta, init_meta, stats_loader_fn, fcfg) -> tuple[
   return tuple(float(x) for x in stats)
 
 
+def _report_evals(evals, workdir_path, config, started: float) -> dict[str, Any]:
+  """Prints the final table and the evaluators' share of the wall time; writes the plot."""
+  wall = time.perf_counter() - started
+  table, rows = eval_report.final_table(evals.specs, evals.history, evals.baselines)
+  plot = None
+  if config.evaluate.plot and jax.process_index() == 0:
+    plot = eval_report.plot_curves(
+      os.fspath(workdir_path / "plots" / "learning_curve.png"),
+      evals.specs,
+      evals.history,
+      evals.baselines,
+    )
+  share = evals.seconds / max(wall, 1e-9)
+  if jax.process_index() == 0:
+    print(table, flush=True)
+    print(
+      f"[eval] evaluators took {evals.seconds:.1f} s of {wall:.1f} s wall time "
+      f"({100 * share:.1f}%)",
+      flush=True,
+    )
+  return {
+    "table": rows,
+    "history": evals.history,
+    "baselines": evals.baselines,
+    "seconds": evals.seconds,
+    "wall_seconds": wall,
+    "time_share": share,
+    "plot": plot,
+  }
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.stage` in `workdir`, resuming from its latest complete checkpoint.
 
@@ -109,11 +142,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   > from scratch.
   """
   config_lib.validate(config)
+  started = time.perf_counter()  # The evaluators' share of the wall time is reported.
   workdir_path = paths.resolve(workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
   workdir = os.fspath(workdir_path)
   data_dir = paths.data_dir(config.data.data_dir)
   train_specs, val_specs, zs_specs, facts = _data_facts(config)
+  eval_specs = evaluators.parse(config)
+  eval_facts = {
+    s.dataset: facts.get(s.dataset) or data_build.dataset_info(s.dataset, data_dir)
+    for s in eval_specs
+  }
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
@@ -213,6 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh=mesh,
     rules=rules,
   )
+  init_state = state  # The encoder at initialisation: an evaluator baseline.
   if latest is not None:
     state, _ = ckpt.restore(
       manager, latest, abstract_state=state_lib.abstract_state(state_sh, state), iterator=iterator
@@ -228,6 +268,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     schedule=schedule,
     grad_accum=config.train.grad_accum,
   )
+  evals = None
+  if eval_specs:
+    evals = evaluators.Evaluators(
+      eval_specs,
+      config=config,
+      facts=eval_facts,
+      data_dir=data_dir,
+      objective=objective,
+      mesh=mesh,
+      state_sh=state_sh,
+      crop_samples=crop_samples,
+      fcfg=fcfg,
+    )
+    evals.run_baselines(init_state, steps)
+  del init_state  # A fresh run's first step donates these buffers.
 
   def eval_loader(specs):
     name, split = specs[0]
@@ -306,7 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def save(step: int) -> None:
     check_finite()
     ckpt.save(
-      manager, step, state=state, iterator=iterator, meta=meta.replace(step=step), text=text_assets
+      manager,
+      step,
+      state=state,
+      iterator=iterator,
+      meta=meta.replace(step=step),
+      text=text_assets,
+      evals=evals.latest() if evals else None,
     )
 
   step = start
@@ -325,10 +386,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if guard.should_stop(step):
         preempted = True
         break
+      if evals and step < stop_at:  # Before the save, which keeps the newest results.
+        evals.run(step, state, steps, progress)
       if step % config.train.checkpoint_every == 0 and step < stop_at:
         save(step)
       if config.train.val_every and step % config.train.val_every == 0 and step < stop_at:
         run_validation(step)
+    if evals and not preempted:
+      evals.run(step, state, steps, progress, specs=evals.specs)  # Every evaluator at the end.
     save(step)
     manager.wait_until_finished()
   finally:
@@ -338,6 +403,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   elif step == total_steps:
     summary["final_validation"] = run_validation(step)
   summary.update(progress.summary(), end_step=step, preempted=preempted)
+  if evals:
+    summary["evaluators"] = _report_evals(evals, workdir_path, config, started)
   if jax.process_index() == 0:
     (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
   progress.close()

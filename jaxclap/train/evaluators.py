@@ -1,0 +1,240 @@
+"""Evaluators run inside training: probe, k-NN, zero-shot and retrieval on labelled splits.
+
+big_vision style: `config.evaluate.evaluators` names each with a kind, a "dataset:split" and
+a period in steps. Per evaluation every split passes once (bounded to `max_clips`) through
+one jitted, batch-sharded function that returns clip features (mean-pooled frozen encoder
+features, as the linear-probe eval), log-mel statistics and CLAP embeddings; the probes are
+closed-form (`probes.py`). The baselines (log-mel statistics, the encoder at initialisation)
+go through the same code once per run and are logged beside the model at every evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import threadpoolctl  # Comes with scikit-learn, a dependency.
+from jax.experimental import multihost_utils
+
+from jaxclap import losses
+from jaxclap import metrics as eval_metrics
+from jaxclap import sharding as shd
+from jaxclap.audio import frontend as fe
+from jaxclap.data import pipeline
+from jaxclap.models import features, patches
+from jaxclap.train import config as config_lib
+from jaxclap.train import probes, step
+
+# What each baseline can be scored on: log-mel statistics have no text side.
+BASELINES = {"logmel": ("linear_probe", "knn"), "init": config_lib.EVAL_KINDS}
+BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """One evaluator: its name, kind, labelled split and period in steps."""
+
+  name: str
+  kind: str
+  dataset: str
+  split: str
+  every: int
+
+
+def parse(config: ml_collections.ConfigDict) -> list[Spec]:
+  """The config's evaluators, by name (ConfigDict keeps its keys sorted)."""
+  out = []
+  for name, e in config.evaluate.evaluators.items():
+    ((dataset, split),) = config_lib.parse_sources(e.data, with_weight=False)
+    out.append(Spec(name=name, kind=e.kind, dataset=dataset, split=split, every=int(e.every)))
+  return out
+
+
+def eval_batch_size(n: int, cap: int, n_dev: int) -> int:
+  """The multiple of `n_dev` up to `cap` that drops the fewest of `n` clips (larger on ties)."""
+  sizes = range(n_dev, max(min(cap, n), n_dev) + 1, n_dev)
+  return min(sizes, key=lambda b: (n % b, -b))
+
+
+def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
+  """(state, batch) -> clip features, log-mel statistics, CLAP audio and text embeddings."""
+
+  def fn(state, batch):
+    x = fe.waveform_input(batch, fcfg, state.norm_stats)
+    model = objective.model
+    if stage == "stage1":
+      # One encoder pass serves both: clip features (as features.clip_features) and the
+      # CLAP embedding (as features.clap_audio_embedding) from the same patch tokens.
+      chunks = features.encode_tokens(state.params, x, model=model)
+      grid_f = x.shape[1] // model.patch_size
+      frames = jnp.concatenate([patches.tokens_to_frames(t, grid_f) for t in chunks], axis=1)
+      clip = jnp.mean(frames.astype(jnp.float32), axis=1)
+      tokens = jnp.concatenate(chunks, axis=1)
+      emb = model.apply({"params": state.params}, tokens, method="project_audio")
+      audio = losses.l2_normalize(emb.astype(jnp.float32))
+    else:
+      clip = features.clip_features({**state.frozen, **state.params}, x, model=model)
+      audio = objective.audio_embed(state.params, state.frozen, batch, state.norm_stats)
+    return {
+      "features": clip,
+      # Per-band mean and std over time of the normalised log-mel: the free baseline.
+      "logmel": jnp.concatenate([x.mean(axis=-1), x.std(axis=-1)], axis=-1),
+      "audio": audio,
+      "text": objective.text_embed(state.params, state.frozen, batch),
+    }
+
+  return fn
+
+
+def _one_blas_thread():
+  """Caps numpy's BLAS at one thread: on small matrices its spinning threads fight XLA's
+  (a probe took 50 s instead of 3 s on a loaded 2-core machine)."""
+  return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+class Evaluators:
+  """The config's evaluators, their baselines and their history; runs on every process."""
+
+  def __init__(
+    self,
+    specs: list[Spec],
+    *,
+    config: ml_collections.ConfigDict,
+    facts: dict[str, dict],
+    data_dir: str,
+    objective,
+    mesh,
+    state_sh,
+    crop_samples: int,
+    fcfg: fe.FrontendConfig,
+  ):
+    self.specs = specs
+    self._cfg = config.evaluate
+    self._template = config.data.zero_shot_template
+    self._facts = facts
+    self._data_dir = data_dir
+    self._objective = objective
+    self._mesh = mesh
+    self._crop = crop_samples
+    self._outputs = jax.jit(
+      _outputs_fn(objective, fcfg, config.stage),
+      in_shardings=(state_sh, shd.batch_sharding(mesh)),
+      out_shardings=shd.replicated(mesh),
+    )
+    self.baselines: dict[str, dict[str, dict[str, float]]] = {}  # name -> baseline -> metrics
+    self.history: list[dict[str, Any]] = []  # {"step", "name", metric: value}
+    self.seconds = 0.0  # Wall time spent here, baselines included.
+    self._printer = jax.process_index() == 0
+
+  def _pass(self, state, dataset: str, split: str) -> dict[str, np.ndarray]:
+    """One bounded pass over a split: the outputs of `_outputs_fn`, labels and captions."""
+    n = self._facts[dataset]["splits"][split]
+    if self._cfg.max_clips > 0:
+      n = min(n, self._cfg.max_clips)
+    batch = eval_batch_size(n, self._cfg.batch, self._mesh.size)
+    loader = pipeline.make_loader(
+      pipeline.open_source(dataset, split, self._data_dir),
+      None,
+      global_batch=batch,
+      crop_samples=self._crop,
+      seed=0,
+      shuffle=False,
+      num_epochs=1,
+      random_crop=False,
+      caption="first",
+    )
+    out: dict[str, list] = {}
+    for i, b in enumerate(loader):
+      if i * batch >= n:
+        break
+      got = jax.device_get(self._outputs(state, step.device_batch(b, self._objective, self._mesh)))
+      got["label"] = multihost_utils.process_allgather(np.asarray(b["label"]), tiled=True)
+      for k, v in got.items():
+        out.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+  def _class_names(self, spec: Spec) -> list[str]:
+    return list(self._facts[spec.dataset]["class_names"])
+
+  def _score(self, spec: Spec, outs: dict[str, np.ndarray], state, steps, feats: str) -> dict:
+    """The metrics of one evaluator on one pass; `feats` picks the features probed."""
+    labels = outs["label"]
+    if spec.kind == "retrieval":
+      return eval_metrics.retrieval_from_embeddings(outs["audio"], outs["text"])
+    keep = labels >= 0
+    num_classes = len(self._class_names(spec)) or int(labels.max()) + 1
+    if spec.kind == "zero_shot":
+      names = self._class_names(spec)
+      prompts = self._objective.text_inputs([self._template.format(c) for c in names])
+      class_emb = np.asarray(steps["text"](state, prompts))
+      acc = eval_metrics.zero_shot_accuracy(outs["audio"][keep], labels[keep], class_emb)
+      return {"acc": float(acc)}
+    x, y = outs[feats][keep], labels[keep]
+    with _one_blas_thread():
+      return {"acc": self._probe(spec.kind, x, y, num_classes)}
+
+  def _probe(self, kind: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> float:
+    """k-fold accuracy of the closed-form probe `kind` on features `x`."""
+    if kind == "linear_probe":
+      return probes.ridge_probe(x, y, num_classes=num_classes, folds=self._cfg.folds)
+    return probes.knn_probe(x, y, num_classes=num_classes, k=self._cfg.knn_k, folds=self._cfg.folds)
+
+  def _passes(self, state, specs: list[Spec]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Each split the `specs` read, passed once (features shared by its evaluators)."""
+    splits = dict.fromkeys((s.dataset, s.split) for s in specs)  # Unique, in order.
+    return {key: self._pass(state, *key) for key in splits}
+
+  def run_baselines(self, init_state, steps) -> None:
+    """Scores log-mel statistics and the encoder at initialisation, once per run."""
+    t0 = time.perf_counter()
+    passes = self._passes(init_state, self.specs)
+    for s in self.specs:
+      outs = passes[(s.dataset, s.split)]
+      self.baselines[s.name] = {
+        base: self._score(s, outs, init_state, steps, "logmel" if base == "logmel" else "features")
+        for base, kinds in BASELINES.items()
+        if s.kind in kinds
+      }
+    self.seconds += time.perf_counter() - t0
+
+  def due(self, step_: int) -> list[Spec]:
+    return [s for s in self.specs if step_ % s.every == 0]
+
+  def run(self, step_: int, state, steps, progress, specs: list[Spec] | None = None) -> dict:
+    """Runs `specs` (default: those due), logs them beside their baselines; returns scalars."""
+    specs = self.due(step_) if specs is None else specs
+    if not specs:
+      return {}
+    t0 = time.perf_counter()
+    passes = self._passes(state, specs)
+    scalars: dict[str, float] = {}
+    for s in specs:
+      got = self._score(s, passes[(s.dataset, s.split)], state, steps, "features")
+      self.history.append({"step": step_, "name": s.name, **got})
+      line = []
+      for metric, value in got.items():
+        scalars[f"eval/{s.name}/{metric}"] = value
+        shown = [f"{metric} {value:.4f}"]
+        for base, vals in self.baselines.get(s.name, {}).items():
+          scalars[f"eval/{s.name}/{metric}_{base}"] = vals[metric]
+          shown.append(f"{BASELINE_NAMES[base]} {vals[metric]:.4f}")
+        line.append(" | ".join(shown))
+      if self._printer:
+        print(
+          f"[eval] step {step_} {s.name} ({s.kind}, {s.dataset}:{s.split}): " + "; ".join(line),
+          flush=True,
+        )
+    self.seconds += time.perf_counter() - t0
+    progress.log_scalars(step_, scalars)
+    return scalars
+
+  def latest(self) -> dict[str, Any]:
+    """The newest result of each evaluator and the baselines: saved with the checkpoint."""
+    newest = {h["name"]: h for h in self.history}
+    return {"latest": newest, "baselines": self.baselines}
