@@ -35,9 +35,6 @@ def get_config():
     {{"stage1": small_config("stage1", {data_dir!r}), "stage1_1": stage1_1,
       "stage2": small_config("stage2", {data_dir!r})}}
   )
-  for name, steps in (("stage1", 3), ("stage2", 2)):
-    config.stages[name].train.val_every = steps  # Validation lines, as the demo prints.
-    config.stages[name].train.val_batches = 1
   config.stages.stage2.model.structured_mask_counts = "official"  # As the demo runs it.
   config.plots = True
   return config
