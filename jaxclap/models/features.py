@@ -46,10 +46,22 @@ def clip_features(params: Any, x: jax.Array, *, model: Any) -> jax.Array:
   return jnp.mean(frame_features(params, x, model=model).astype(jnp.float32), axis=1)
 
 
+def _project(params: Any, chunks: list[jax.Array], model: Any, normalize: bool) -> jax.Array:
+  """CLAP audio embedding [B, C] from the patch tokens of all chunks."""
+  tokens = jnp.concatenate(chunks, axis=1)
+  emb = model.apply({"params": params}, tokens, method="project_audio").astype(jnp.float32)
+  return losses.l2_normalize(emb) if normalize else emb
+
+
 def clap_audio_embedding(
   params: Any, x: jax.Array, *, model: Any, normalize: bool = True
 ) -> jax.Array:
   """CLAP audio embedding [B, C] from all patch tokens of all chunks (L2-normalised)."""
-  tokens = jnp.concatenate(encode_tokens(params, x, model=model), axis=1)
-  emb = model.apply({"params": params}, tokens, method="project_audio").astype(jnp.float32)
-  return losses.l2_normalize(emb) if normalize else emb
+  return _project(params, encode_tokens(params, x, model=model), model, normalize)
+
+
+def clip_features_and_clap(params: Any, x: jax.Array, *, model: Any) -> tuple[jax.Array, jax.Array]:
+  """(`clip_features`, `clap_audio_embedding`) of `x` from one encoder pass."""
+  chunks = encode_tokens(params, x, model=model)
+  frames = patches.chunks_to_frames(chunks, x.shape[1] // model.patch_size)
+  return jnp.mean(frames.astype(jnp.float32), axis=1), _project(params, chunks, model, True)

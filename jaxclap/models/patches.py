@@ -140,8 +140,11 @@ def encode_in_chunks(
 
   `encode_fn` maps a chunk [B, F, t] to patch tokens [B, F'·t', D] without cls.
   """
-  grid_f = x.shape[1] // patch_size
-  return jnp.concatenate(
-    [tokens_to_frames(t, grid_f) for t in encode_chunks(encode_fn, x, unit_frames, patch_size)],
-    axis=1,
+  return chunks_to_frames(
+    encode_chunks(encode_fn, x, unit_frames, patch_size), x.shape[1] // patch_size
   )
+
+
+def chunks_to_frames(chunks: list[jax.Array], grid_f: int) -> jax.Array:
+  """Patch tokens of each time chunk → frame features [B, T'_total, F'·D] along time."""
+  return jnp.concatenate([tokens_to_frames(t, grid_f) for t in chunks], axis=1)

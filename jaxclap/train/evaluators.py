@@ -19,15 +19,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import threadpoolctl  # Comes with scikit-learn, a dependency.
+import threadpoolctl
 from jax.experimental import multihost_utils
 
-from jaxclap import losses
 from jaxclap import metrics as eval_metrics
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.data import pipeline
-from jaxclap.models import features, patches
+from jaxclap.models import features
 from jaxclap.train import config as config_lib
 from jaxclap.train import probes, step
 
@@ -69,17 +68,11 @@ def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
     x = fe.waveform_input(batch, fcfg, state.norm_stats)
     model = objective.model
     if stage == "stage1":
-      # One encoder pass serves both: clip features (as features.clip_features) and the
-      # CLAP embedding (as features.clap_audio_embedding) from the same patch tokens.
-      chunks = features.encode_tokens(state.params, x, model=model)
-      grid_f = x.shape[1] // model.patch_size
-      frames = jnp.concatenate([patches.tokens_to_frames(t, grid_f) for t in chunks], axis=1)
-      clip = jnp.mean(frames.astype(jnp.float32), axis=1)
-      tokens = jnp.concatenate(chunks, axis=1)
-      emb = model.apply({"params": state.params}, tokens, method="project_audio")
-      audio = losses.l2_normalize(emb.astype(jnp.float32))
+      clip, audio = features.clip_features_and_clap(state.params, x, model=model)
     else:
-      clip = features.clip_features({**state.frozen, **state.params}, x, model=model)
+      clip = features.clip_features(
+        objective.net.merged(state.params, state.frozen), x, model=model
+      )
       audio = objective.audio_embed(state.params, state.frozen, batch, state.norm_stats)
     return {
       "features": clip,
