@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import xla_flags
 
 from jaxclap.data import iterator_state
 
@@ -63,9 +64,7 @@ _NO_JIT_CACHE = {"JAX_COMPILATION_CACHE_DIR": ""}
 
 
 def _run(pid: int, n: int, port: int, devices: int) -> subprocess.Popen:
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
   if n > 1:
     env.update(_NO_JIT_CACHE)
   return subprocess.Popen(
@@ -97,9 +96,7 @@ def test_two_processes_match_one_process():
 def _main(pid: int | None, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
   """jaxclap.main as process `pid` of 2 (4 devices each), or alone on 8 devices (pid None)."""
   devices = 8 if pid is None else 4
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
   if pid is not None:
     env.update(_NO_JIT_CACHE)
   layout = (

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import xla_flags
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
@@ -70,7 +71,7 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def sharded_result():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   proc = subprocess.run(
     [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600
   )
