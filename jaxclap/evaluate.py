@@ -5,9 +5,17 @@
   # + fine-tuning of the whole encoder (the stage-1.1 recipe, configs/finetune.py):
   ... --tasks=linear_probe,finetune --finetune_config=configs/finetune.py:demo
 
+  # The paper's tasks (EVAR presets, official folds) on datasets laid out as distributed:
+  python -m jaxclap.evaluate --suite=paper --checkpoint=RUN_DIR --data_root=~/evar_data \
+      --workdir=OUT   # --presets=le_esc50,zs_esc50 picks some; writes OUT/suite.{json,md}
+
 Prints a Markdown table and writes OUT/eval.json and OUT/eval.md (plus OUT/plots/*.png
 with --plots). Zero-shot and retrieval use the test split; the probes and fine-tuning train
 on the train split, pick the best epoch on the validation split and report the test split.
+With --folds_split=SPLIT (ESC-50 built as one split with its folds) zero-shot and the probes
+cross-validate over that split's official folds instead (`eval/crossval.py`: each fold is
+the test set once, the others train, no validation split; the probes average the folds,
+zero-shot pools them). A multi-label set (some clip with several classes) reports mAP.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,10 +31,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxclap import cli, inference, metrics
+from jaxclap import cli, convert, inference, metrics
+from jaxclap.eval import crossval, plots, presets, probe, suite
 from jaxclap.eval import data as eval_data
 from jaxclap.eval import finetune as finetune_lib
-from jaxclap.eval import plots, probe
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
 
@@ -49,18 +58,22 @@ class Evaluation:
   seeds: tuple[int, ...] = (0, 1, 2)
   probe_config: probe.ProbeConfig = probe.ProbeConfig()
   finetune_config: Any = None  # configs/finetune.py's ConfigDict (task "finetune").
+  # Cross-validate zero-shot and probes over this split's official folds (None: the splits).
+  folds_split: str | None = None
   _loaded: dict[str, eval_data.EvalSplit] = dataclasses.field(
     default_factory=dict, init=False, repr=False
   )
   _embedded: dict[tuple[str, str], np.ndarray] = dataclasses.field(
     default_factory=dict, init=False, repr=False
   )
+  _facts: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
 
   def split(self, role: str) -> eval_data.EvalSplit:
-    """The split playing `role` ("train", "validation" or "test")."""
+    """The split playing `role` ("train", "validation", "test" or "folds")."""
     if role not in self._loaded:
+      name = self.folds_split if role == "folds" else self.splits[role]
       self._loaded[role] = eval_data.load_split(
-        self.dataset, self.splits[role], self.data_dir, max_clips=self.max_clips
+        self.dataset, name, self.data_dir, max_clips=self.max_clips
       )
     return self._loaded[role]
 
@@ -88,19 +101,48 @@ class Evaluation:
     eval_data.check_labelled(ev, len(self.class_names))
     return ev
 
+  def targets(self, role: str) -> np.ndarray:
+    """Labels of a split: int [N], or multi-hot [N, classes] when the set is multi-label."""
+    ev = self.labelled(role)
+    if not self.multilabel():
+      return ev.labels
+    return crossval.targets(ev.label_sets, len(self.class_names), multilabel=True)[0]
+
+  def multilabel(self) -> bool:
+    """Whether the evaluated set is multi-label: its build says so, or a clip of the test
+    (or folds) split carries several classes."""
+    if "multilabel" not in self._facts:
+      self._facts["multilabel"] = eval_data.built_multilabel(
+        self.dataset, self.data_dir
+      ) or eval_data.multilabel(self.split("folds" if self.folds_split else "test"))
+    return self._facts["multilabel"]
+
   def probe_splits(self, kind: str = "clip_features") -> tuple[probe.Split, ...]:
     """(train, validation, test) features and labels for the probes."""
     roles = ("train", "validation", "test")
-    return tuple(probe.Split(self.embed(kind, r), self.labelled(r).labels) for r in roles)
+    return tuple(probe.Split(self.embed(kind, r), self.targets(r)) for r in roles)
+
+  def fold_plan(self) -> list[crossval.Round]:
+    """One round per official fold of the folds split."""
+    return crossval.rounds(self.labelled("folds").folds, None)
+
+
+def _chance(ev: Evaluation) -> dict[str, float]:
+  return {} if ev.multilabel() else {"chance": 1.0 / len(ev.class_names)}
 
 
 def zero_shot(ev: Evaluation) -> dict[str, float]:
-  """Top-1 accuracy of the class prompts on the test split."""
-  test = ev.labelled("test")
+  """Top-1 accuracy (mAP when multi-label) of the class prompts on the test split, or on
+  every fold's test clips pooled."""
   prompts = [ev.template.format(n) for n in ev.class_names]
   class_emb = np.asarray(ev.model.text_embedding(prompts))
-  acc = metrics.zero_shot_accuracy(ev.embed("audio_embedding", "test"), test.labels, class_emb)
-  return {"accuracy": acc, "chance": 1.0 / len(ev.class_names)}
+  if ev.folds_split:
+    emb, y = ev.embed("audio_embedding", "folds"), ev.targets("folds")
+    return {**crossval.zero_shot(emb, y, class_emb, ev.fold_plan()), **_chance(ev)}
+  emb, y = ev.embed("audio_embedding", "test"), ev.targets("test")
+  if ev.multilabel():
+    return {"mAP": metrics.zero_shot_map(emb, y, class_emb)}
+  return {"accuracy": metrics.zero_shot_accuracy(emb, y, class_emb), **_chance(ev)}
 
 
 def retrieval(ev: Evaluation) -> dict[str, float]:
@@ -114,16 +156,36 @@ def retrieval(ev: Evaluation) -> dict[str, float]:
 
 
 def linear_probe(ev: Evaluation) -> dict[str, float]:
-  """Linear probe on frozen clip features: test accuracy at the best validation epoch."""
+  """Linear probe on frozen clip features: test accuracy (or mAP) at the best validation
+  epoch; over folds, the mean of the folds' scores, each the mean over `seeds`."""
+  n = len(ev.class_names)
+  if ev.folds_split:
+    x, y = ev.embed("clip_features", "folds"), ev.targets("folds")
+    out = crossval.linear_eval(
+      x, y, ev.fold_plan(), num_classes=n, seeds=ev.seeds, config=ev.probe_config
+    )
+    return {**out, **_chance(ev)}
   train, valid, test = ev.probe_splits()
   out = probe.linear_probe(
-    train, valid, test, num_classes=len(ev.class_names), config=ev.probe_config
+    train, valid, test, num_classes=n, multilabel=ev.multilabel(), config=ev.probe_config
   )
-  return {**out, "chance": 1.0 / len(ev.class_names)}
+  return {**out, **_chance(ev)}
 
 
 def few_shot(ev: Evaluation) -> dict[str, float]:
-  """Linear probes on k clips per class (k in `shots`), averaged over `seeds`."""
+  """Linear probes on k clips per class (k in `shots`), averaged over `seeds` (and folds)."""
+  if ev.folds_split:
+    x, y = ev.embed("clip_features", "folds"), ev.targets("folds")
+    out = crossval.few_shot(
+      x,
+      y,
+      ev.fold_plan(),
+      num_classes=len(ev.class_names),
+      shots=ev.shots,
+      seeds=ev.seeds,
+      config=ev.probe_config,
+    )
+    return {**out, **_chance(ev)}
   train, valid, test = ev.probe_splits()
   out = probe.few_shot(
     train,
@@ -134,7 +196,7 @@ def few_shot(ev: Evaluation) -> dict[str, float]:
     seeds=ev.seeds,
     config=ev.probe_config,
   )
-  return {**out, "chance": 1.0 / len(ev.class_names)}
+  return {**out, **_chance(ev)}
 
 
 def finetune(ev: Evaluation) -> dict[str, float]:
@@ -180,8 +242,23 @@ TASKS: dict[str, Callable[[Evaluation], dict[str, float]]] = {
 }
 
 
-def load_model(path: str, *, batch_size: int = 16, text_model: str | None = None) -> Any:
-  """The checkpoint as an inference model (`jaxclap.load`)."""
+def load_model(
+  path: str,
+  *,
+  batch_size: int = 16,
+  text_model: str | None = None,
+  import_dir: str | None = None,
+) -> Any:
+  """The checkpoint as an inference model (`jaxclap.load`).
+
+  An official/exported PyTorch file (.pth, .safetensors) is first imported with
+  `convert.from_torch` into `import_dir` (reused when it already holds the import).
+  """
+  if str(path).endswith((".pth", ".safetensors")):
+    import_dir = import_dir or tempfile.mkdtemp(prefix="jaxclap_import_")
+    if not os.path.isdir(os.path.join(import_dir, "checkpoints")):
+      convert.from_torch(path, import_dir, text_model=text_model)
+    path = import_dir
   return inference.load(path, batch_size=batch_size, text_model=text_model)
 
 
@@ -255,7 +332,9 @@ def evaluate(
     "data_dir": data_dir,
     "stage": getattr(model, "stage", None),
     "template": ev.template,
-    "splits": {role: {"name": ev.splits[role], "clips": len(s)} for role, s in ev.loaded().items()},
+    "splits": {
+      role: {"name": s.name.split(":", 1)[1], "clips": len(s)} for role, s in ev.loaded().items()
+    },
     "results": results,
   }
   if with_plots:
@@ -281,7 +360,44 @@ def evaluate(
   return report
 
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "jaxclap workdir, checkpoints or step dir.")
+def run_suite(
+  checkpoint: str,
+  *,
+  data_root: str | None,
+  workdir: str,
+  suite_name: str = "paper",
+  names: Sequence[str] | None = None,
+  model: Any = None,
+  batch_size: int = 16,
+  text_model: str | None = None,
+  **options: Any,
+) -> str:
+  """Runs a preset suite (or the `names` of it) on `data_root`; writes suite.json/suite.md.
+
+  `options` go to `suite.run` (seeds, probe_config, max_clips, progress).
+  """
+  if not data_root or not os.path.isdir(os.path.expanduser(data_root)):
+    raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
+  members = presets.SUITES[suite_name]
+  unknown = [n for n in names or () if n not in members]
+  if unknown:
+    raise ValueError(f"preset(s) {unknown} are not in suite {suite_name!r}: {list(members)}")
+  chosen = presets.by_name(list(names or members))
+  if model is None:
+    model = load_model(
+      checkpoint,
+      batch_size=batch_size,
+      text_model=text_model,
+      import_dir=os.path.join(workdir, "imported"),
+    )
+  report = suite.run(model, os.path.expanduser(data_root), chosen, **options)
+  report.update(checkpoint=checkpoint, suite=suite_name, stage=getattr(model, "stage", None))
+  return suite.write(report, workdir, f"Suite {suite_name!r} for {checkpoint}")
+
+
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "jaxclap workdir, checkpoints or step dir, or an exported .pth/.safetensors."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir holding --dataset.")
 _DATASET = flags.DEFINE_string("dataset", "jaxclap_demo", "Built dataset name.")
 _TASKS = flags.DEFINE_list("tasks", list(DEFAULT_TASKS), "Tasks to run, in order.")
@@ -291,12 +407,27 @@ _SPLITS = flags.DEFINE_list(
   "splits", ["train", "validation", "test"], "Dataset splits used as train, validation, test."
 )
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Few-shot k values.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Few-shot seeds.")
+_SEEDS = flags.DEFINE_list(
+  "seeds", ["0", "1", "2"], "Few-shot seeds; also the seeds fold/suite linear evaluation averages."
+)
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Encoder chunks per jitted model call.")
 _TEXT_MODEL = flags.DEFINE_string(
   "text_model", None, "Stage-2 text tower folder, when the checkpoint's path is not here."
 )
 _MAX_CLIPS = flags.DEFINE_integer("max_clips", None, "Read at most this many clips per split.")
+_SUITE = flags.DEFINE_enum(
+  "suite", None, sorted(presets.SUITES), "Run a preset suite on --data_root (not --dataset)."
+)
+_DATA_ROOT = flags.DEFINE_string(
+  "data_root", None, "Folder holding the suite's datasets as distributed (ESC-50-master/, ...)."
+)
+_PRESETS = flags.DEFINE_list("presets", None, "Presets of --suite to run (default: all).")
+_FOLDS_SPLIT = flags.DEFINE_string(
+  "folds_split",
+  None,
+  "Cross-validate zero-shot and probes over this split's official folds (e.g. train for "
+  "ESC-50 built as one split) instead of --splits.",
+)
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write the demo plots under workdir/plots.")
 _FINETUNE = config_flags.DEFINE_config_file(
   "finetune_config",
@@ -311,7 +442,24 @@ _FINETUNE = config_flags.DEFINE_config_file(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _SUITE.value:
+    with cli.exit_on(ValueError, FileNotFoundError):
+      table = run_suite(
+        _CHECKPOINT.value,
+        data_root=_DATA_ROOT.value,
+        workdir=_WORKDIR.value,
+        suite_name=_SUITE.value,
+        names=_PRESETS.value,
+        seeds=tuple(_ints(_SEEDS.value, "--seeds")),
+        batch_size=_BATCH.value,
+        text_model=_TEXT_MODEL.value,
+        max_clips=_MAX_CLIPS.value,
+      )
+    print(table, flush=True)
+    return
   with cli.exit_on(ValueError, FileNotFoundError):
+    if not _DATA_DIR.value:
+      raise ValueError("--data_dir is required (or --suite with --data_root)")
     if len(_SPLITS.value) != 3:
       raise ValueError(f"--splits needs three names (train,validation,test), got {_SPLITS.value}")
     report = evaluate(
@@ -329,6 +477,7 @@ def main(argv: list[str]) -> None:
       shots=tuple(_ints(_SHOTS.value, "--shots")),
       seeds=tuple(_ints(_SEEDS.value, "--seeds")),
       finetune_config=_FINETUNE.value,
+      folds_split=_FOLDS_SPLIT.value,
     )
   print(report["table"], flush=True)
 
@@ -341,5 +490,5 @@ def _ints(values: Sequence[str], flag: str) -> list[int]:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["checkpoint", "data_dir", "workdir"])
+  flags.mark_flags_as_required(["checkpoint", "workdir"])
   cli.run(main)

@@ -113,5 +113,26 @@ def test_few_shot_improves_with_shots_and_averages_seeds():
   assert out["1shot_accuracy"] > 1 / CLASSES
   assert out["10shot_accuracy"] > out["1shot_accuracy"]
   assert out["10shot_accuracy_std"] >= 0.0
-  with pytest.raises(ValueError, match="single-label"):
-    probe.few_shot(probe.Split(train.x, np.eye(CLASSES)[train.y]), valid, test, num_classes=CLASSES)
+  # Multi-hot labels: k positives per class, scored by mAP.
+  hot = lambda s: probe.Split(s.x, np.eye(CLASSES)[s.y])
+  ml = probe.few_shot(
+    hot(train), hot(valid), hot(test), num_classes=CLASSES, shots=(10,), seeds=(0,), config=FAST
+  )
+  assert set(ml) == {"10shot_mAP", "10shot_mAP_std"}
+  assert ml["10shot_mAP"] > 0.5  # Chance mAP is about 1 / CLASSES.
+
+
+def test_probe_without_validation_stops_on_training_loss():
+  """Fold cross-validation has no validation split: the training loss decides when to stop."""
+  train, test = _blobs(40, 0), _blobs(20, 2)
+  out = probe.linear_probe(train, None, test, num_classes=CLASSES, seed=1, config=FAST)
+  assert out["accuracy"] > 0.9 and not any(k.startswith("val_") for k in out)
+  assert 1 <= out["best_epoch"] <= out["epochs"] <= FAST.max_epochs
+
+
+def test_sample_shots_multi_hot_draws_positives_of_every_class():
+  y = np.zeros((12, 3))
+  y[:4, 0] = y[4:8, 1] = y[8:, 2] = 1
+  y[0, 2] = 1  # A clip with two classes.
+  idx = probe.sample_shots(y, 2, seed=0)
+  assert np.all(y[idx].sum(axis=0) >= 2) and len(set(idx.tolist())) == idx.size

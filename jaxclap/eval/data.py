@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import tensorflow_datasets as tfds
 
+from jaxclap import paths
 from jaxclap.audio import io as audio_io
 from jaxclap.data import build, pipeline
 
@@ -25,6 +27,8 @@ class EvalSplit:
   captions: list[list[str]]
   ids: list[str]
   sample_rate: int
+  folds: np.ndarray | None = None  # int [N] official fold per clip (0: none), when stored.
+  label_sets: list[np.ndarray] | None = None  # Every class id of each clip (multi-label).
 
   def __len__(self) -> int:
     return len(self.audio)
@@ -59,6 +63,8 @@ def load_split(
     captions=[[_text(c) for c in r["captions"]] for r in records],
     ids=[_text(r["id"]) for r in records],
     sample_rate=rates.pop(),
+    folds=np.asarray([int(r["fold"]) for r in records]) if "fold" in records[0] else None,
+    label_sets=[pipeline.record_classes(r) for r in records],
   )
 
 
@@ -68,11 +74,24 @@ def class_names(dataset: str, data_dir: str) -> list[str]:
 
 
 def check_labelled(split: EvalSplit, num_classes: int) -> None:
-  """Every clip must carry a label in [0, num_classes)."""
-  bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
-  if bad.size:
-    i = int(bad[0])
+  """Every clip must carry labels, each in [0, num_classes)."""
+  sets = split.label_sets or [np.asarray([v]) for v in split.labels]
+  bad = [i for i, s in enumerate(sets) if not len(s) or s.min() < 0 or s.max() >= num_classes]
+  if bad:
+    i = bad[0]
     raise ValueError(
-      f"{split.name}: clip {split.ids[i]!r} has label {split.labels[i]}, "
-      f"outside [0, {num_classes}); {bad.size} such clips"
+      f"{split.name}: clip {split.ids[i]!r} has label(s) {np.asarray(sets[i]).tolist()}, "
+      f"outside [0, {num_classes}); {len(bad)} such clips"
     )
+
+
+def multilabel(split: EvalSplit) -> bool:
+  """A clip carries several classes (EVAR's rule for a multi-label set)."""
+  return any(len(s) != 1 for s in split.label_sets or ())
+
+
+def built_multilabel(dataset: str, data_dir: str) -> bool:
+  """The `multi_label` a labelled-folder build records (a split may hold single-class clips
+  only, so its clips alone cannot tell)."""
+  builder = tfds.builder(dataset, data_dir=paths.data_dir(data_dir))
+  return bool((builder.info.metadata or {}).get("multi_label", False))

@@ -3,7 +3,9 @@
 Features are standardised with the training split's statistics; one linear layer is
 trained with Adam on cross-entropy (single-label) or binary cross-entropy (multi-label);
 the epoch with the best validation accuracy / mAP is kept (early stopping) and scored
-on the test split. Everything is a pure function of arrays and a seed.
+on the test split. Without a validation split (cross-validation over official folds, as
+EVAR does it) training stops when the training loss has not improved for `patience`
+epochs and the last epoch is scored. Everything is a pure function of arrays and a seed.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def _check(split: Split, name: str, multilabel: bool, num_classes: int) -> None:
 
 def linear_probe(
   train: Split,
-  valid: Split,
+  valid: Split | None,
   test: Split,
   *,
   num_classes: int,
@@ -117,8 +119,13 @@ def linear_probe(
   Returns {"accuracy"|"mAP": test score, "val_<metric>": best validation score,
   "best_epoch", "epochs"}. The model starts at zero and batches are shuffled with
   `seed`, so the result is a deterministic function of the arrays and the seed. A tie
-  in validation score is broken by the lower validation loss.
+  in validation score is broken by the lower validation loss. `valid=None`: no early
+  stopping on held-out data (see the module docstring); no "val_" entry.
   """
+  if valid is None:
+    return _probe_without_validation(
+      train, test, num_classes=num_classes, multilabel=multilabel, seed=seed, config=config
+    )
   for split, name in ((train, "train"), (valid, "validation"), (test, "test")):
     _check(split, name, multilabel, num_classes)
   x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
@@ -155,22 +162,63 @@ def linear_probe(
   }
 
 
+def _probe_without_validation(
+  train: Split, test: Split, *, num_classes: int, multilabel: bool, seed: int, config: ProbeConfig
+) -> dict[str, float]:
+  """Trains until the training loss stalls for `patience` epochs; scores the last epoch."""
+  for split, name in ((train, "train"), (test, "test")):
+    _check(split, name, multilabel, num_classes)
+  x_tr, x_te = standardize(train.x, test.x)
+  y_tr = np.asarray(train.y, np.float32 if multilabel else np.int32)
+  params = {
+    "w": jnp.zeros((x_tr.shape[1], num_classes), jnp.float32),
+    "b": jnp.zeros((num_classes,), jnp.float32),
+  }
+  opt_state = _optimizer(config).init(params)
+  rng = np.random.default_rng(seed)
+  x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
+  best_loss, best_epoch, epoch = np.inf, 0, 0
+  for epoch in range(1, config.max_epochs + 1):
+    batches, weights = _epoch_batches(rng, x_tr.shape[0], config.batch_size)
+    params, opt_state, loss = _epoch(
+      params, opt_state, x_dev, y_dev, batches, weights, config=config, multilabel=multilabel
+    )
+    if float(loss) < best_loss:
+      best_loss, best_epoch = float(loss), epoch
+    elif epoch - best_epoch >= config.patience:
+      break
+  host = jax.device_get(params)
+  name = "mAP" if multilabel else "accuracy"
+  test_scores = x_te @ host["w"] + host["b"]
+  return {
+    name: _score(test_scores, np.asarray(test.y), multilabel),
+    "best_epoch": best_epoch,
+    "epochs": epoch,
+  }
+
+
 def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-  """Sorted indices of k examples per class (all of a class that has fewer), drawn by seed."""
+  """Sorted indices of k examples per class (all of a class that has fewer), drawn by seed.
+
+  Multi-hot labels [N, classes]: k clips among each class's positives, the union of the
+  draws (a clip drawn for two classes counts once).
+  """
   if k < 1:
     raise ValueError(f"shots must be >= 1, got {k}")
-  labels = np.asarray(labels).reshape(-1)
+  labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
-  picks = [
-    rng.choice(np.flatnonzero(labels == c), size=min(k, int(np.sum(labels == c))), replace=False)
-    for c in np.unique(labels)
-  ]
-  return np.sort(np.concatenate(picks))
+  if labels.ndim == 2:
+    members = [np.flatnonzero(labels[:, c] > 0) for c in range(labels.shape[1])]
+  else:
+    labels = labels.reshape(-1)
+    members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+  picks = [rng.choice(m, size=min(k, m.size), replace=False) for m in members if m.size]
+  return np.unique(np.concatenate(picks))
 
 
 def few_shot(
   train: Split,
-  valid: Split,
+  valid: Split | None,
   test: Split,
   *,
   num_classes: int,
@@ -178,27 +226,27 @@ def few_shot(
   seeds: Sequence[int] = (0, 1, 2),
   config: ProbeConfig = ProbeConfig(),
 ) -> dict[str, float]:
-  """Linear probes on k training examples per class, averaged over `seeds` (single-label).
+  """Linear probes on k training examples per class, averaged over `seeds`.
 
   Features are standardised with the k-shot subset's statistics (it is the training
   set); early stopping uses the whole validation split. Returns, per k,
-  "{k}shot_accuracy" (mean over seeds) and "{k}shot_accuracy_std".
+  "{k}shot_accuracy" (mean over seeds) and "{k}shot_accuracy_std"; multi-hot labels
+  [N, classes] give "{k}shot_mAP" and "{k}shot_mAP_std".
   """
-  if np.asarray(train.y).ndim != 1:
-    raise ValueError("few_shot takes single-label (int [N]) labels")
+  multilabel = np.asarray(train.y).ndim == 2
   if not seeds:
     raise ValueError("few_shot needs at least one seed")
+  name = "mAP" if multilabel else "accuracy"
   out = {}
   for k in shots:
-    accs = []
+    scores = []
     for seed in seeds:
       idx = sample_shots(train.y, k, seed)
       sub = Split(np.asarray(train.x)[idx], np.asarray(train.y)[idx])
-      accs.append(
-        linear_probe(sub, valid, test, num_classes=num_classes, seed=seed, config=config)[
-          "accuracy"
-        ]
+      result = linear_probe(
+        sub, valid, test, num_classes=num_classes, multilabel=multilabel, seed=seed, config=config
       )
-    out[f"{k}shot_accuracy"] = float(np.mean(accs))
-    out[f"{k}shot_accuracy_std"] = float(np.std(accs))
+      scores.append(result[name])
+    out[f"{k}shot_{name}"] = float(np.mean(scores))
+    out[f"{k}shot_{name}_std"] = float(np.std(scores))
   return out

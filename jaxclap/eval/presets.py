@@ -1,0 +1,137 @@
+"""The paper's evaluation tasks: EVAR task presets with their layouts, protocols and prompts.
+
+One row per reported task (nttcslab/m2d `all_eval.sh`: linear evaluation of nine tasks,
+zero-shot of seven; EVAR `retr_a2t_t2a.py`: retrieval; `util/ft-*.sh`: fine-tuning). Facts
+from EVAR (`evar/ds_tasks.py` folders and clip lengths, `evar/utils/make_metadata.py`
+layouts, `zeroshot.py` prompts). `paper` holds a published number with its source only
+where one was found; others stay None and the table leaves the cell empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from jaxclap.eval import layouts
+
+CREMAD_PROMPTS = {  # EVAR zeroshot.py class_to_caption (before " can be heard").
+  "ANG": "angry person talking",
+  "DIS": "someone talking in disgust",
+  "FEA": "someone talking with a sense of fear",
+  "HAP": "someone talking happily and joyfully",
+  "NEU": "someone talking calmly",
+  "SAD": "someone talking sadly",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+  """A published number (as a fraction, like our metrics) and where it is printed."""
+
+  value: float
+  source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """One evaluation task: where its data lies, how it is read and scored."""
+
+  name: str  # Row name, e.g. "le_esc50".
+  protocol: str  # "linear", "zero_shot", "retrieval" or "finetune".
+  folder: str  # Under --data_root (EVAR's folder names).
+  reader: Callable  # layouts reader of the folder.
+  unit_sec: float  # EVAR's clip length: longer clips are cut, shorter ones zero-padded.
+  metric: str  # "accuracy", "mAP" or "retrieval" (RETRIEVAL_METRICS, one row each).
+  prompt: Callable[[str], str] | None = None  # Class name -> zero-shot caption.
+  paper: Paper | None = None
+
+  @property
+  def metrics(self) -> tuple[str, ...]:
+    """The result keys this preset reports, one table row each."""
+    return RETRIEVAL_METRICS if self.metric == "retrieval" else (self.metric,)
+
+
+# EVAR retr_a2t_t2a.py reports R@1/5/10 and mAP@10 both ways.
+RETRIEVAL_METRICS = tuple(
+  f"{d}_{m}" for d in ("a2t", "t2a") for m in ("R@1", "R@5", "R@10", "mAP@10")
+)
+
+
+def _caption(name: str) -> str:
+  """EVAR's default caption: underscores to spaces, then ' can be heard'."""
+  return name.replace("_", " ") + " can be heard"
+
+
+def _gtzan(name: str) -> str:
+  return _caption(name + " music")
+
+
+def _nsynth(name: str) -> str:
+  return _caption("the musical instrument sound of " + name)
+
+
+def _cremad(name: str) -> str:
+  return _caption(CREMAD_PROMPTS.get(name, name))
+
+
+_M2D_CLAP_2024 = "Niizumi et al. 2024 (arXiv 2406.02032)"
+_M2D_README = "nttcslab/m2d README, weight table"
+
+# (name, protocol, folder, reader, unit_sec, metric, prompt, paper)
+PRESETS: tuple[Preset, ...] = (
+  Preset("le_esc50", "linear", "ESC-50-master", layouts.esc50, 5.0, "accuracy"),
+  Preset("le_us8k", "linear", "UrbanSound8K", layouts.us8k, 4.0, "accuracy"),
+  Preset("le_spcv2", "linear", "spcv2", layouts.spcv2, 1.0, "accuracy"),
+  Preset("le_vc1", "linear", "vc1", layouts.vc1, 8.2, "accuracy"),
+  Preset("le_voxforge", "linear", "voxforge", layouts.voxforge, 5.8, "accuracy"),
+  Preset("le_cremad", "linear", "cremad", layouts.cremad, 2.5, "accuracy"),
+  Preset("le_gtzan", "linear", "gtzan", layouts.gtzan, 30.0, "accuracy"),
+  Preset("le_nsynth", "linear", "nsynth", layouts.nsynth, 4.0, "accuracy"),
+  Preset("le_surge", "linear", "surge", layouts.surge, 4.0, "accuracy"),
+  Preset("zs_esc50", "zero_shot", "ESC-50-master", layouts.esc50, 5.0, "accuracy", _caption),
+  Preset("zs_us8k", "zero_shot", "UrbanSound8K", layouts.us8k, 4.0, "accuracy", _caption),
+  Preset("zs_cremad", "zero_shot", "cremad", layouts.cremad, 2.5, "accuracy", _cremad),
+  Preset(
+    "zs_gtzan",
+    "zero_shot",
+    "gtzan",
+    layouts.gtzan,
+    30.0,
+    "accuracy",
+    _gtzan,
+    Paper(0.7517, f"{_M2D_CLAP_2024}, abstract (M2D-CLAP zero-shot GTZAN 75.17%)"),
+  ),
+  Preset("zs_nsynth", "zero_shot", "nsynth", layouts.nsynth, 4.0, "accuracy", _nsynth),
+  Preset("zs_fsd50k", "zero_shot", "fsd50k", layouts.fsd50k, 7.6358, "mAP", _caption),
+  Preset("zs_as", "zero_shot", "AudioSet", layouts.as_eval, 10.0, "mAP", _caption),
+  Preset("retr_audiocaps", "retrieval", "audiocaps", layouts.audiocaps, 10.0, "retrieval"),
+  Preset("retr_clotho", "retrieval", "clotho", layouts.clotho, 30.0, "retrieval"),
+  Preset("ft_as20k", "finetune", "AudioSet", layouts.as20k, 10.0, "mAP"),
+  Preset(
+    "ft_as2m",
+    "finetune",
+    "AudioSet",
+    layouts.as2m,
+    10.0,
+    "mAP",
+    paper=Paper(
+      0.485, f"{_M2D_README} (m2d_clap_vit_base-80x1001p16x16-240128_AS-FT_enconly, AS2M mAP)"
+    ),
+  ),
+  Preset("ft_esc50", "finetune", "ESC-50-master", layouts.esc50, 5.0, "accuracy"),
+  Preset("ft_spcv2", "finetune", "spcv2", layouts.spcv2, 1.0, "accuracy"),
+  Preset("ft_vc1", "finetune", "vc1", layouts.vc1, 8.2, "accuracy"),
+)
+# Fine-tuning rows with a recipe in configs/finetune.py (ft_as2m is its stage-1.1 `as2m`).
+FINETUNE_CONFIGS = {"ft_as2m": "configs/finetune.py:as2m"}
+FINETUNE_PRESETS = tuple(p.name for p in PRESETS if p.protocol == "finetune")
+SUITES = {"paper": tuple(p.name for p in PRESETS)}
+
+
+def by_name(names: list[str] | tuple[str, ...]) -> list[Preset]:
+  """The presets called `names`, in table order; unknown names raise ValueError."""
+  known = {p.name: p for p in PRESETS}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"unknown preset(s) {unknown}; known: {sorted(known)}")
+  return [p for p in PRESETS if p.name in set(names)]
