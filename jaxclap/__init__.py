@@ -4,7 +4,14 @@ __version__ = "0.1.0"
 
 
 def load(*args, **kwargs):
-  """A trained model for inference: `jaxclap.inference.load` (imported on first use)."""
+  """A model for inference from a workdir or a release name: `jaxclap.inference.load`."""
   from jaxclap import inference  # Keeps `import jaxclap` light.
 
   return inference.load(*args, **kwargs)
+
+
+def list_models() -> dict:
+  """Official releases loadable by name: `jaxclap.releases.table()` (name → Release)."""
+  from jaxclap import releases  # Keeps `import jaxclap` light.
+
+  return releases.table()

@@ -46,6 +46,7 @@ from jaxclap.train import checkpoint as ckpt
 META_KEY = "jaxclap_meta"  # JSON of the run facts, in "args" (.pth) and the safetensors header.
 _SAFE_TYPES = (argparse.Namespace,)  # Benign non-tensor types official checkpoints carry.
 _STRIP = ("module.ar.runtime.backbone.", "backbone.")  # Prefixes of EVAR / runtime saves.
+_EVAR_HEAD = "module.head."  # An EVAR fine-tuning's task head (AS2M classifier): not imported.
 # Keys recomputed or unused by jaxclap: fixed tables and BERT's pooler (CLAP uses the CLS).
 _DERIVED = re.compile(
   r"^(pos_embed|decoder_pos_embed|norm_stats|"
@@ -104,12 +105,13 @@ def export_state(
   """(official state dict, folder name without tag, notes) of a `restore.Restored`."""
   cfg = restored.config
   width = sizes.get_size(cfg.model.size).width
-  patch, n_mels = cfg.model.patch_size, restored.frontend_cfg.n_mels
+  patch, n_mels = restored.model.patch_size, restored.frontend_cfg.n_mels
+  ph, pw = patches.hw(patch)
   train_frames = int(restored.model.input_frames)  # The table's own width.
   # Default: the grid the model was trained on (its table as fitted during training).
   frames = int(input_frames or getattr(restored.model, "unit_frames", 0) or train_frames)
-  if frames < patch:
-    raise ValueError(f"input_frames={frames} is shorter than one patch ({patch} frames)")
+  if frames < pw:
+    raise ValueError(f"input_frames={frames} is shorter than one patch ({pw} frames)")
   notes = []
   tree = dict(restored.params)
   if encoder_only:
@@ -122,7 +124,7 @@ def export_state(
   stored = encoder.pop("pos_embed", None)  # model.pos_table="stored" (an imported table).
   tree["encoder"] = encoder
   state = {"norm_stats": np.asarray(restored.norm_stats, np.float32)}
-  state.update(ck.tree_to_official(tree))
+  state.update(ck.tree_to_official(tree, patch))
   if stored is None:
     state["pos_embed"] = ck.pos_embed(width, n_mels, train_frames, frames, patch)
   else:
@@ -149,11 +151,14 @@ def export_state(
       )
   elif restored.stage == "stage1" and not encoder_only:
     letter = _sentence_letter(restored.meta)
+    imported = (restored.meta.imported or {}).get("folder")
+    if letter == "A" and imported and ck.parse_folder_name(imported).text_encoder is None:
+      letter = None  # A 2024 file's name has no letter (GTE-base): keep its form.
   name = ck.FolderName(
     model=f"m2d{'' if encoder_only else '_clap'}_vit_{cfg.model.size}",
     n_mels=n_mels,
     frames=frames,
-    patch=(patch, patch),
+    patch=(ph, pw),
     sample_rate=restored.frontend_cfg.sample_rate,
     text_encoder=letter,
     text_included=included,
@@ -258,7 +263,8 @@ def load_official(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, An
 
 
 def _clean(state: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
-  """Strips runtime-wrapper prefixes; float32 numpy values."""
+  """Strips runtime-wrapper prefixes and an EVAR task head; float32 numpy values."""
+  state = {k: v for k, v in state.items() if not k.startswith(_EVAR_HEAD)}
   for prefix in _STRIP:
     if state and all(k.startswith(prefix) for k in state if k != "norm_stats"):
       state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
@@ -352,9 +358,15 @@ def from_torch(
   state, saved = load_official(file)
   source = str(file)
   has_text = any(k.startswith("text_encoder.") for k in state)
-  if text_model and not has_text:
+  # A stage-1 CLAP head (text_proj over sentence embeddings): the sentence model it needs is
+  # --text_model, else the one the folder name's letter implies (official files only).
+  sentence = None
+  if not has_text and "text_proj.weight" in state:
+    sentence = text_model or (None if saved else ck.official_text_model(name))
+  elif text_model and not has_text:
     raise ValueError(
-      f"{source}: --text_model given, but the file has no text encoder ({ck.TEXT_PREFIX}*)"
+      f"{source}: --text_model given, but the file has no text encoder ({ck.TEXT_PREFIX}*) "
+      "and no text_proj"
     )
   stage = "stage2" if has_text and text_model else "stage1"
   notes = []
@@ -367,9 +379,9 @@ def from_torch(
   if "norm_stats" not in state:
     notes.append(f"no norm_stats in the file: using the legacy {list(ns.LEGACY_NORM_STATS)}")
   norm_stats = [float(x) for x in state.get("norm_stats", np.asarray(ns.LEGACY_NORM_STATS))]
-  config = ck.run_config(name, state, saved, stage, text_model, source)
+  config = ck.run_config(name, state, saved, stage, text_model if has_text else None, source)
   table = ck.pos_embed(
-    sizes.get_size(name.size).width, name.n_mels, name.frames, name.frames, name.patch[0]
+    sizes.get_size(name.size).width, name.n_mels, name.frames, name.frames, name.patch
   )
   if state["pos_embed"].shape != table.shape:
     raise ValueError(
@@ -387,12 +399,15 @@ def from_torch(
     )
   saved = saved or {}
   keep_sentence = stage == "stage1" and not has_text and saved.get("stage") == "stage1"
+  text_models = (saved.get("text_models") or {}) if keep_sentence else {}
+  if sentence and (text_model or not text_models):
+    text_models = {"official": sentence}
   run_config = json.loads(config.to_json_best_effort())
   run_config["model"]["pos_table"] = pos_table
   meta = RunMeta(
     config=run_config,
     norm_stats=tuple(norm_stats),
-    text_models=(saved.get("text_models") or {}) if keep_sentence else {},
+    text_models=text_models,
     input_frames=name.frames,
     unit_frames=name.frames,
     stage=stage,
@@ -485,8 +500,9 @@ def _define_flags() -> None:
   flags.DEFINE_string(
     "text_model",
     None,
-    "HF folder (tokenizer + config) of the BERT text "
-    "tower; from_torch: needed to import a stage-2 text encoder.",
+    "HF folder / hub id of the text side. from_torch: the BERT (tokenizer + config) of a "
+    "stage-2 file's text encoder (needed to import it), or the sentence model of a stage-1 "
+    "CLAP file (default: the one its folder name implies, e.g. thenlper/gte-base).",
   )
   flags.DEFINE_integer("step", None, "from_torch: step to save as (default: from the name).")
 

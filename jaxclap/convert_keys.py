@@ -24,6 +24,13 @@ from jaxclap.train import config as config_lib
 
 TEXT_PREFIX = "text_encoder.text_encoder."  # + Hugging Face BertModel keys.
 TEXT_ENCODERS = {"A": "GTE-base", "B": "BERT-base", "N": "NV-Embed-v2"}
+# The models the official runtime (examples/portable_m2d.py get_text_encoder) loads per letter;
+# a CLAP folder name without a letter is a 2024 file: GTE-base.
+OFFICIAL_TEXT_MODELS = {
+  "A": "thenlper/gte-base",
+  "B": "google-bert/bert-base-uncased",
+  "N": "nvidia/NV-Embed-v2",
+}
 _MODEL_RE = re.compile(r"^m2d(?:_[a-z0-9]+)*_vit_([a-z]+)$")
 GRAMMAR = (
   "<model>-<F>x<T>p<ph>x<pw>[p<sr>k[p<TE>[pTI]]][-<tag>], e.g. "
@@ -55,6 +62,11 @@ class FolderName:
     if self.text_encoder:
       params += f"p{self.text_encoder}" + ("pTI" if self.text_included else "")
     return f"{self.model}-{params}" + (f"-{self.tag}" if self.tag else "")
+
+
+def official_text_model(name: FolderName) -> str:
+  """Hub id of the text model the official runtime pairs a CLAP folder name with."""
+  return OFFICIAL_TEXT_MODELS[name.text_encoder or "A"]
 
 
 def parse_folder_name(name: str) -> FolderName:
@@ -145,12 +157,15 @@ def official_name(path: str) -> str:
   )
 
 
-def to_official(path: str, value: np.ndarray) -> np.ndarray:
-  """A jaxclap array in the official layout (Linear [out, in], conv OIHW)."""
+def to_official(path: str, value: np.ndarray, patch: patches.Patch | None = None) -> np.ndarray:
+  """A jaxclap array in the official layout (Linear [out, in], conv OIHW).
+
+  `patch`: the patch size, for a patch_embed kernel that is not square (default: square).
+  """
   value = np.asarray(value, np.float32)
-  if path.endswith("patch_embed.kernel"):  # [p·p, D], pixels (freq, time) row-major.
-    p = int(round(np.sqrt(value.shape[0])))
-    return np.ascontiguousarray(value.T.reshape(value.shape[1], 1, p, p))
+  if path.endswith("patch_embed.kernel"):  # [ph·pw, D], pixels (freq, time) row-major.
+    ph, pw = patches.hw(patch or int(round(np.sqrt(value.shape[0]))))
+    return np.ascontiguousarray(value.T.reshape(value.shape[1], 1, ph, pw))
   if path.endswith(".kernel"):
     return np.ascontiguousarray(value.T)
   return value
@@ -159,8 +174,9 @@ def to_official(path: str, value: np.ndarray) -> np.ndarray:
 def from_official(path: str, value: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarray:
   """Inverse of `to_official` for a parameter of jaxclap shape `shape`; checks the shape."""
   value = np.asarray(value, np.float32)
-  if path.endswith("patch_embed.kernel"):
-    want = (shape[1], 1, *[int(round(np.sqrt(shape[0])))] * 2)
+  if path.endswith("patch_embed.kernel"):  # OIHW [D, 1, ph, pw]: the file's own patch.
+    hw = value.shape[2:] if value.ndim == 4 and np.prod(value.shape[2:]) == shape[0] else None
+    want = (shape[1], 1, *(hw or [int(round(np.sqrt(shape[0])))] * 2))
   elif path.endswith(".kernel"):
     want = tuple(reversed(shape))
   else:
@@ -187,7 +203,9 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep=".")
 
 
-def pos_embed(width: int, n_mels: int, train_frames: int, frames: int, patch: int) -> np.ndarray:
+def pos_embed(
+  width: int, n_mels: int, train_frames: int, frames: int, patch: patches.Patch
+) -> np.ndarray:
   """Official `pos_embed` [1, 1 + F'·T', D] for `frames`-long chunks (cls row zero).
 
   jaxclap's own table for that length: the trained sin-cos table, its first columns when
@@ -200,18 +218,20 @@ def pos_embed(width: int, n_mels: int, train_frames: int, frames: int, patch: in
   return np.concatenate([np.zeros((1, width), np.float32), table])[None]
 
 
-def decoder_pos_embed(width: int, n_mels: int, frames: int, patch: int) -> np.ndarray:
+def decoder_pos_embed(width: int, n_mels: int, frames: int, patch: patches.Patch) -> np.ndarray:
   """Official predictor table `decoder_pos_embed` [1, 1 + F'·T', width]."""
   grid = patches.grid_size(n_mels, frames, patch)
   return patches.sincos_pos_embed(width, grid, cls_token=True)[None]
 
 
-def tree_to_official(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def tree_to_official(
+  tree: Mapping[str, Any], patch: patches.Patch | None = None
+) -> dict[str, np.ndarray]:
   """A jaxclap tree (stage-1 online / stage-2 merged params, optional 'target', 'text_tower'
   holding a BERT under 'bert') → official key → array; no position tables or norm_stats."""
   out = {}
   for path, value in flatten({k: v for k, v in tree.items() if k != "text_tower"}).items():
-    out[official_name(path)] = to_official(path, value)
+    out[official_name(path)] = to_official(path, value, patch)
   tower = tree.get("text_tower")
   if tower is not None:
     if "bert" not in tower:
@@ -288,12 +308,14 @@ def run_config(
       f"{depth} blocks) but the file has cls_token {state['cls_token'].shape} "
       f"and {count_blocks(state, 'blocks.')} blocks"
     )
-  if name.patch[0] != name.patch[1]:
-    raise ValueError(f"{source}: patch {name.patch} is not square; jaxclap uses square patches")
+  square = name.patch[0] == name.patch[1]
+  if not square and stage == "stage2":
+    raise ValueError(f"{source}: patch {name.patch}: jaxclap's CLAP model has square patches")
   if name.n_mels != 80:
     raise ValueError(f"{source}: F={name.n_mels} mel bins; jaxclap's front end has 80")
   config.stage = stage
   config.model.size, config.model.patch_size = name.size, name.patch[0]
+  config.model.patch_time = 0 if square else name.patch[1]
   config.frontend.sample_rate = name.sample_rate
   if not saved:
     config.data.crop_frames = name.frames

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxclap import losses, restore
+from jaxclap import losses, releases, restore
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import io as audio_io
 from jaxclap.models import features, patches
@@ -44,7 +44,10 @@ def load(
   dtype: str = "float32",
   progress: bool | None = None,
 ) -> Model:
-  """A `Model` from a jaxclap workdir, checkpoints dir or step dir (latest step)."""
+  """A `Model` from a jaxclap workdir, checkpoints dir or step dir (latest step), or the name
+  of an official release (`jaxclap.list_models()`), downloaded and imported once."""
+  if not os.path.exists(path) and path in releases.table():
+    path, text_model = str(releases.fetch(path, text_model=text_model)), None
   r = restore.restore(path, text_model=text_model)
   return Model(
     r.model,
@@ -108,7 +111,8 @@ def _batch_rows(n: int, batch_size: int) -> int:
 def _encode_frames(params: Any, x: jax.Array, *, model: nn.Module) -> jax.Array:
   """Chunk batch [B, F, t] → frame features [B, t', F'·D] (float32)."""
   tokens = model.apply({"params": params}, x, method="encode")
-  return patches.tokens_to_frames(tokens, x.shape[1] // model.patch_size).astype(jnp.float32)
+  grid_f = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)[0]
+  return patches.tokens_to_frames(tokens, grid_f).astype(jnp.float32)
 
 
 def _pool(params: Any, tokens: jax.Array, valid: jax.Array, *, model: nn.Module) -> jax.Array:
@@ -155,8 +159,9 @@ class Model:
     self.norm_stats = tuple(float(v) for v in norm_stats)
     self.sample_rate = frontend_cfg.sample_rate
     # Chunk length: the input grid the model was trained on (features.unit_frames).
-    self.patch_size, self.unit_frames = model.patch_size, features.unit_frames(model)
-    grid_f = frontend_cfg.n_mels // model.patch_size
+    # patch_size: the patch width in frames (time), which chunks and timestamps follow.
+    self.patch_size, self.unit_frames = patches.hw(model.patch_size)[1], features.unit_frames(model)
+    grid_f = patches.grid_size(frontend_cfg.n_mels, 0, model.patch_size)[0]
     self.token_dim = int(np.shape(params["encoder"]["cls_token"])[-1])
     self.feature_dim = grid_f * self.token_dim
     head = params["audio_proj"]
@@ -169,7 +174,7 @@ class Model:
         else head["norm"]["bias"]
       )[0]
     )
-    self.frame_hop_s = model.patch_size * frontend_cfg.hop_length / frontend_cfg.sample_rate
+    self.frame_hop_s = self.patch_size * frontend_cfg.hop_length / frontend_cfg.sample_rate
     self._log_mel = SegmentedLogMel(frontend_cfg, self.norm_stats, segment_frames)
     self._encode = jax.jit(functools.partial(_encode_frames, model=self.model))
     self._pool = jax.jit(functools.partial(_pool, model=model.clone(dtype=jnp.float32)))

@@ -34,6 +34,8 @@ TOP_ROOT = {
   "jaxclap.evaluate",
   "jaxclap.sequence",
   "jaxclap.main",
+  "jaxclap.releases",
+  "jaxclap.models_list",
 }
 PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "data": 2, "train": 3, "eval": 4}
 # eval/ sits with the top-level tools (restore, inference, convert), which it uses.
@@ -51,7 +53,7 @@ OPTIONAL = {
   "matplotlib",  # The "plots" extra: eval/plots.py, train/eval_report.py.
   "transformers",
 }
-LAZY = {("jaxclap", "jaxclap.inference")}
+LAZY = {("jaxclap", "jaxclap.inference"), ("jaxclap", "jaxclap.releases")}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -65,9 +65,9 @@ def parse_name(name: str) -> dict:
 
 
 class PatchEmbed(nn.Module):
-  """Conv 16×16 stride 16 on [B, 1, freq, time] → tokens [B, F'·T', D] (frequency-major)."""
+  """Conv ph×pw stride (ph, pw) on [B, 1, freq, time] → tokens [B, F'·T', D] (freq-major)."""
 
-  def __init__(self, dim: int, patch: int):
+  def __init__(self, dim: int, patch: int | tuple[int, int]):
     super().__init__()
     self.proj = nn.Conv2d(1, dim, patch, stride=patch)
 
@@ -99,7 +99,7 @@ class OfficialM2D(nn.Module):
     size: str,
     n_mels: int = 80,
     frames: int = 608,
-    patch: int = 16,
+    patch: int | tuple[int, int] = 16,
     clap_head: str | None = None,
     text_proj: tuple[int, int] | None = None,
     bert_config: transformers.BertConfig | None = None,
@@ -109,8 +109,9 @@ class OfficialM2D(nn.Module):
   ):
     super().__init__()
     width, depth, heads = SIZES[size]
-    self.frames, self.patch, self.grid_f = frames, patch, n_mels // patch
-    n = self.grid_f * (frames // patch)
+    ph, pw = patch if isinstance(patch, tuple) else (patch, patch)
+    self.frames, self.patch, self.grid_f = frames, pw, n_mels // ph  # patch: its time width.
+    n = self.grid_f * (frames // pw)
     self.norm_stats = nn.Parameter(torch.tensor([-7.1, 4.2]), requires_grad=False)
     self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
     self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n, width), requires_grad=False)

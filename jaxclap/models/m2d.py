@@ -67,7 +67,7 @@ class M2D(nn.Module):
   """M2D encoder + predictor + CLAP heads (stage 1)."""
 
   size: str = "base"
-  patch_size: int = 16
+  patch_size: int | tuple[int, int] = 16  # Square side, or (freq, time) (patches.Patch).
   n_mels: int = 80
   input_frames: int = 608  # Width of the position table (the stage-1 crop).
   # Input length the model was trained on, and so the chunk length of inference and export
@@ -168,7 +168,9 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
   get = model_cfg.get
   return M2D(
     size=model_cfg["size"],
-    patch_size=get("patch_size", 16),
+    patch_size=(
+      (get("patch_size", 16), get("patch_time")) if get("patch_time") else get("patch_size", 16)
+    ),
     n_mels=get("n_mels", 80),
     input_frames=get("input_frames", 608),
     unit_frames=get("unit_frames", 0),

@@ -1,8 +1,9 @@
 """Patch layout and fixed 2-D sin-cos positions, in the official M2D order.
 
-A log-mel [B, F, T] is cut into p×p patches on a (F' = F/p, T' = T/p) grid; token index is
-f·T' + t (frequency outer, time inner), pixels inside a patch are (freq, time) row-major —
-the order of flattening a [D, F', T'] conv output with an OIHW [D, 1, p, p] kernel.
+A log-mel [B, F, T] is cut into ph×pw patches on a (F' = F/ph, T' = T/pw) grid; token index
+is f·T' + t (frequency outer, time inner), pixels inside a patch are (freq, time) row-major —
+the order of flattening a [D, F', T'] conv output with an OIHW [D, 1, ph, pw] kernel. A patch
+size is an int (square, p×p) or (ph, pw): 16×4 for the 40 ms M2D, 80×2 for M2D-S.
 """
 
 from __future__ import annotations
@@ -13,27 +14,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+Patch = int | tuple[int, int]  # Square side, or (freq bins, frames).
 
-def grid_size(n_mels: int, n_frames: int, patch_size: int = 16) -> tuple[int, int]:
+
+def hw(patch_size: Patch) -> tuple[int, int]:
+  """(height in mel bins, width in frames) of a patch size."""
+  if isinstance(patch_size, (tuple, list)):
+    return int(patch_size[0]), int(patch_size[1])
+  return int(patch_size), int(patch_size)
+
+
+def grid_size(n_mels: int, n_frames: int, patch_size: Patch = 16) -> tuple[int, int]:
   """(F', T') patch grid of an [n_mels, n_frames] input; trailing partial patches drop."""
-  return n_mels // patch_size, n_frames // patch_size
+  ph, pw = hw(patch_size)
+  return n_mels // ph, n_frames // pw
 
 
-def patchify(x: jax.Array, patch_size: int = 16) -> jax.Array:
-  """[B, F, T] → [B, F'·T', p·p]; frames beyond a whole patch are dropped."""
+def patchify(x: jax.Array, patch_size: Patch = 16) -> jax.Array:
+  """[B, F, T] → [B, F'·T', ph·pw]; frames beyond a whole patch are dropped."""
   b, f, t = x.shape
-  gf, gt = f // patch_size, t // patch_size
-  x = x[:, : gf * patch_size, : gt * patch_size]
-  x = x.reshape(b, gf, patch_size, gt, patch_size)
-  return x.transpose(0, 1, 3, 2, 4).reshape(b, gf * gt, patch_size * patch_size)
+  (ph, pw), (gf, gt) = hw(patch_size), grid_size(f, t, patch_size)
+  x = x[:, : gf * ph, : gt * pw]
+  x = x.reshape(b, gf, ph, gt, pw)
+  return x.transpose(0, 1, 3, 2, 4).reshape(b, gf * gt, ph * pw)
 
 
-def unpatchify(patches: jax.Array, grid: tuple[int, int], patch_size: int = 16) -> jax.Array:
-  """[B, F'·T', p·p] → [B, F'·p, T'·p] (inverse of patchify)."""
-  b = patches.shape[0]
+def unpatchify(patches: jax.Array, grid: tuple[int, int], patch_size: Patch = 16) -> jax.Array:
+  """[B, F'·T', ph·pw] → [B, F'·ph, T'·pw] (inverse of patchify)."""
+  b, (ph, pw) = patches.shape[0], hw(patch_size)
   gf, gt = grid
-  x = patches.reshape(b, gf, gt, patch_size, patch_size).transpose(0, 1, 3, 2, 4)
-  return x.reshape(b, gf * patch_size, gt * patch_size)
+  x = patches.reshape(b, gf, gt, ph, pw).transpose(0, 1, 3, 2, 4)
+  return x.reshape(b, gf * ph, gt * pw)
 
 
 def _sincos_1d(dim: int, pos: np.ndarray) -> np.ndarray:
@@ -76,7 +87,7 @@ def fit_pos_embed(
 
 
 def split_time_chunks(
-  x: jax.Array | np.ndarray, unit_frames: int, patch_size: int = 16, *, whole_units: bool = False
+  x: jax.Array | np.ndarray, unit_frames: int, patch_size: Patch = 16, *, whole_units: bool = False
 ) -> list[jax.Array | np.ndarray]:
   """[..., T] → ceil(T / unit) chunks of `unit_frames` frames along the last axis.
 
@@ -86,7 +97,7 @@ def split_time_chunks(
   (the host-side inference queue) gives numpy views, padding only the last chunk.
   """
   xp = np if isinstance(x, np.ndarray) else jnp
-  t = x.shape[-1]
+  t, patch_size = x.shape[-1], hw(patch_size)[1]  # Padding is along time: the patch width.
   chunks = [x[..., i : i + unit_frames] for i in range(0, t, unit_frames)]
   last = chunks[-1].shape[-1]
   # As the official slicing, padding never reaches past the unit: with a unit that is no
@@ -115,7 +126,7 @@ def encode_chunks(
   encode_fn: Callable[[jax.Array], jax.Array],
   x: jax.Array,
   unit_frames: int,
-  patch_size: int = 16,
+  patch_size: Patch = 16,
   *,
   one_batch: bool = False,
 ) -> list[jax.Array]:
@@ -134,14 +145,17 @@ def encode_chunks(
 
 
 def encode_in_chunks(
-  encode_fn: Callable[[jax.Array], jax.Array], x: jax.Array, unit_frames: int, patch_size: int = 16
+  encode_fn: Callable[[jax.Array], jax.Array],
+  x: jax.Array,
+  unit_frames: int,
+  patch_size: Patch = 16,
 ) -> jax.Array:
   """Frame features [B, T'_total, F'·D] of a long input, chunk by chunk along time.
 
   `encode_fn` maps a chunk [B, F, t] to patch tokens [B, F'·t', D] without cls.
   """
   return chunks_to_frames(
-    encode_chunks(encode_fn, x, unit_frames, patch_size), x.shape[1] // patch_size
+    encode_chunks(encode_fn, x, unit_frames, patch_size), x.shape[1] // hw(patch_size)[0]
   )
 
 

@@ -71,7 +71,7 @@ class ViTEncoder(nn.Module):
   width: int
   depth: int
   heads: int
-  patch_size: int = 16
+  patch_size: int | tuple[int, int] = 16  # Square side, or (freq, time) (patches.Patch).
   n_mels: int = 80
   input_frames: int = 608
   mlp_ratio: float = 4.0

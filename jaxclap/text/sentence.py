@@ -66,6 +66,23 @@ RECIPES: dict[str, EmbeddingRecipe] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class PoolingRecipe:
+  """How the jax backend pools a BERT-family model, when its users differ from its folder."""
+
+  pooling: tuple[str, ...] = ("mean",)  # pooling.MODES, concatenated in order.
+  normalize: bool = False  # L2-normalise the pooled vector.
+  max_seq_length: int | None = None  # Truncation length; None: the folder's own.
+
+
+# By model name (a hub id's last part, lower case). GTE-base as the official M2D-CLAP 2024
+# runtime feeds it (examples/portable_m2d.py GTETextEncoder): masked mean of the last hidden
+# states, no normalisation, truncation at 512 tokens.
+JAX_RECIPES: dict[str, PoolingRecipe] = {
+  "gte-base": PoolingRecipe(pooling=("mean",), normalize=False, max_seq_length=512),
+}
+
+
 @runtime_checkable
 class SentenceEmbedder(Protocol):
   """Maps captions to fixed-size float32 vectors."""
@@ -169,10 +186,27 @@ def recipe_for(text_model: str, folder: str | Path | None = None) -> EmbeddingRe
 class JaxSentenceEmbedder:
   """BERT-family sentence-transformers folder run in Flax; no PyTorch needed."""
 
-  def __init__(self, folder: str | Path, *, name: str | None = None, min_bucket: int = 16):
+  def __init__(
+    self,
+    folder: str | Path,
+    *,
+    name: str | None = None,
+    min_bucket: int = 16,
+    recipe: PoolingRecipe | None = None,
+  ):
     folder = Path(folder)
     self.name = name or str(folder)
     pipe = SentencePipeline.from_folder(folder)
+    recipe = recipe or next(
+      (JAX_RECIPES[n] for n in _model_names(self.name, folder) if n in JAX_RECIPES), None
+    )
+    if recipe is not None:  # The model's official users pool it their own way.
+      pipe = dataclasses.replace(
+        pipe,
+        pooling=recipe.pooling,
+        normalize=recipe.normalize,
+        max_seq_length=recipe.max_seq_length or pipe.max_seq_length,
+      )
     self.pipeline = pipe
     self.model, self.params = bert.load_bert(pipe.transformer_dir, add_pooling_layer=False)
     max_len = pipe.max_seq_length or self._tokenizer_max_length(pipe.transformer_dir)
