@@ -8,16 +8,21 @@ corpus is drawn in proportion to its size (the trainer logs the shares and passe
 
 AudioCaps is not a source of its own: its clips are AudioSet clips and the official caption
 lookup is keyed by YouTube id, so its captions join the AudioSet record of the same clip
-(one copy of the audio, Auto-ACD + AudioCaps captions). Build the sets with
+(one copy of the audio, Auto-ACD + AudioCaps captions); so do the captions of WavCaps'
+AudioSet_SL part (jaxclap's choice under the same rule). Build the corpora as distributed
+(layouts: `python -m jaxclap.data.build --help`) with
 `python -m jaxclap.data.build --text_model=nvidia/NV-Embed-v2 --backend=st`:
 
-  --dataset=captioned_folder/audioset --manual_dir=<AudioSet + Auto-ACD captions CSV>
-      --merge_captions=<AudioCaps train.csv>   (AudioCaps val/test clips are AudioSet
-      clips too: merging their captions would leak them into training)
-  --dataset=captioned_folder/vggsound --manual_dir=<VGGSound + Auto-ACD captions CSV>
-  --dataset=captioned_folder/wavcaps  --manual_dir=<WavCaps>
-  --dataset=captioned_folder/clotho   --manual_dir=<Clotho>
-  --dataset=captioned_folder/audiocaps --manual_dir=<AudioCaps> (validation only)
+  --dataset=audioset --manual_dir=<AudioSet segment CSVs + audio>
+      --captions=<Auto-ACD train.csv>   (clips without one: "The sound of <labels>.")
+      --merge_captions=<AudioCaps train.csv>,<WavCaps AudioSet_SL/as_final.json>
+      (AudioCaps val/test clips are AudioSet clips too: merging their captions would leak
+      them into training)
+  --dataset=vggsound --manual_dir=<VGGSound> --captions=<Auto-ACD train.csv>
+  --dataset=wavcaps/freesound (and wavcaps/bbc_sound_effects, wavcaps/soundbible)
+      --manual_dir=<WavCaps>
+  --dataset=clotho    --manual_dir=<Clotho v2>
+  --dataset=audiocaps --manual_dir=<AudioCaps> (validation only)
 
 Short clips are zero-padded to 6.1 s as waveform (data.min_seconds), as wav_to_lms.py does.
 """
@@ -29,7 +34,7 @@ def get_config():
   """Paper recipe; see jaxclap/train/config.py for every knob."""
   c = config_lib.base_config()
   c.data.train = config_lib.PAPER_TRAIN  # By size (no weights), as the official run.
-  c.data.val = "captioned_folder/audiocaps:validation"
+  c.data.val = "audiocaps:validation"
   c.data.build_demo = False
   c.data.num_workers = 8  # Per host; decoding and cropping keep up with a v5e host at 8.
   c.data.min_seconds = 6.1  # wav_to_lms.py min_length.

@@ -29,7 +29,7 @@ def get_config():
   c.stage = "stage2"
   # By size; AudioCaps merged into AudioSet (configs/stage1.py).
   c.data.train = config_lib.PAPER_TRAIN
-  c.data.val = "captioned_folder/audiocaps:validation"
+  c.data.val = "audiocaps:validation"
   c.data.build_demo = False
   c.data.num_workers = 8
   c.data.crop_frames = 1001  # 10 s.

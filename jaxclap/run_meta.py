@@ -25,6 +25,7 @@ _ORDER = (
   "step",
   "imported",
   "finetune",
+  "text_runtime",
 )
 
 
@@ -44,6 +45,9 @@ class RunMeta:
   step: int | None = None  # The saved step.
   imported: dict[str, Any] | None = None  # convert.from_torch: source file, filled parts, notes.
   finetune: dict[str, Any] | None = None  # Fine-tuning: dataset, scores, best epoch, head.
+  # Stage 1 from a caption table: the runtime that embedded it ({"backend": "st"|"jax",
+  # "trust_remote_code": bool}); prompts go through the same one. None: the default runtime.
+  text_runtime: dict[str, Any] | None = None
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # Keys this class predates.
 
   @classmethod

@@ -145,7 +145,9 @@ def test_embedding_dim_mismatch(tmp_path):
 
 def test_unknown_dataset_and_options():
   with pytest.raises(ValueError, match="unknown dataset"):
-    build.build_dataset("audioset", "/tmp/x", embedder=HashEmbedder())
+    build.build_dataset("no_such_set", "/tmp/x", embedder=HashEmbedder())
+  with pytest.raises(ValueError, match="--dataset=audioset --manual_dir=<AudioSet"):
+    build.build_dataset("audioset", "/tmp/x", embedder=HashEmbedder())  # A corpus builder.
   with pytest.raises(ValueError, match="manual_dir"):
     build.build_dataset("captioned_folder/x", "/tmp/x", embedder=HashEmbedder())
   with pytest.raises(ValueError, match="embedding_dtype"):

@@ -58,6 +58,9 @@ def test_build_help_shows_the_folder_layouts_and_exits_zero():
   assert proc.returncode == 0, proc.stderr[-2000:]
   for layout in ("Captioned layouts", "labels.csv", "esc50.csv", "named_folder", "--manual_dir"):
     assert layout in proc.stdout, layout
+  corpora = ("clotho_captions_", "json_files", "balanced_train_segments.csv", "vggsound.csv")
+  for layout in (*corpora, "train.csv, val.csv", "--captions", "--sample_rate"):
+    assert layout in proc.stdout, layout  # The corpora as distributed (issue 18).
 
 
 def test_run_exits_with_mains_value(monkeypatch):

@@ -90,7 +90,7 @@ def test_paper_configs_give_no_weights_and_name_vggsound():
     specs = config_lib.parse_sources(c.data.train, with_weight=True)
     assert mixture.spec_weights(specs) is None
     names = [n for n, *_ in specs]
-    assert "captioned_folder/vggsound" in names and "captioned_folder/audioset" in names
+    assert "vggsound" in names and "audioset" in names  # The corpus builders' names.
     assert not any("audiocaps" in n for n in names)  # Merged into AudioSet's records.
     assert c.data.min_seconds == 6.1
 
@@ -134,6 +134,9 @@ def test_paper_config_logs_shares_proportional_to_size(tmp_path, capsys):
 
   c = stage1.get_config()
   c.data.data_dir = _stand_in_data(tmp_path)
+  # The paper's sources, unweighted as in PAPER_TRAIN, by the stand-ins' folder names.
+  assert mixture.spec_weights(config_lib.parse_sources(c.data.train, with_weight=True)) is None
+  c.data.train = ",".join(f"captioned_folder/{n}:train" for n in STAND_INS)
   c.data.val = ""
   c.data.num_workers = 0
   c.model.size = "test"

@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxclap.audio import io as audio_io
-from jaxclap.data import schema, synth
+from jaxclap.data import parallel_build, schema, synth
+
+SAMPLE_RATES = (16_000, 32_000)  # Rates a front end reads (config.frontend.sample_rate).
 
 
 class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -30,12 +32,18 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     embedder: schema.TextEmbedder | None = None,
     embedding_dtype: str = "float16",
     skip_bad: bool = False,
+    sample_rate: int = schema.SAMPLE_RATE,
+    worker: tuple[int, int] = (0, 1),
     **kwargs: Any,
   ):
     schema.check_embedding_dtype(embedding_dtype)
+    self._worker = parallel_build.check_worker(worker)
+    if sample_rate not in SAMPLE_RATES:
+      raise ValueError(f"sample_rate must be one of {SAMPLE_RATES} (front ends), got {sample_rate}")
     self._embedder = embedder
     self._embedding_dtype = embedding_dtype
-    self.report = schema.BuildReport(skip_bad)
+    self.sample_rate = int(sample_rate)  # Of the stored PCM (recorded in the metadata).
+    self.report = schema.BuildReport(skip_bad, self.sample_rate)
     super().__init__(**kwargs)
 
   @property
@@ -47,6 +55,11 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
         "with tfds.data_source(name, data_dir=...)"
       )
     return self._embedder
+
+  def owns(self, split: str, key: str) -> bool:
+    """Whether this build writes record `key` of `split` (a parallel build's share)."""
+    index, count = self._worker
+    return count == 1 or parallel_build.owner(split, key, count) == index
 
   def extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     """Builder-specific features added to the common record layout."""
@@ -70,7 +83,9 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     """Records model, dims, classes and the running build report in the metadata."""
     # Called at the end of each split's generator; TFDS writes the metadata after the
     # last split, so the final call's values are the ones stored.
-    self.info.metadata.update(schema.base_metadata(self.embedder, self._embedding_dtype))
+    self.info.metadata.update(
+      schema.base_metadata(self.embedder, self._embedding_dtype, self.sample_rate)
+    )
     self.info.metadata["class_names"] = list(self.class_names())
     self.info.metadata["build"] = self.report.as_dict()
 
@@ -87,12 +102,13 @@ class CaptionedAudioBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     """One example dict from a float waveform and its captions; counts it in the report."""
     pcm = audio_io.float_to_pcm16(waveform)
     self.report.add(pcm.size, len(captions))
+    if table:  # Vectors in the record; none with `--text_model=none` (caption tables).
+      extra["caption_embeddings"] = schema.stack_embeddings(captions, table)
     return dict(
       audio=pcm,
-      sample_rate=schema.SAMPLE_RATE,
+      sample_rate=self.sample_rate,
       id=clip_id,
       captions=captions,
-      caption_embeddings=schema.stack_embeddings(captions, table),
       label=label,
       **extra,
     )
@@ -114,6 +130,8 @@ class JaxclapDemo(CaptionedAudioBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def __init__(self, *, num_clips: int = 2000, seed: int = 0, **kwargs: Any):
+    if kwargs.get("sample_rate", schema.SAMPLE_RATE) != schema.SAMPLE_RATE:
+      raise ValueError(f"jaxclap_demo is rendered at {schema.SAMPLE_RATE} Hz only")
     if num_clips < len(DEMO_SPLITS) * 10:
       raise ValueError(f"num_clips must be >= 30 so that every split gets clips, got {num_clips}")
     self._num_clips = num_clips
@@ -126,11 +144,13 @@ class JaxclapDemo(CaptionedAudioBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
     del dl_manager  # Nothing to download.
     specs = [synth.clip_spec(i, self._seed) for i in range(self._num_clips)]
+    specs = [s for s in specs if self.owns(demo_split(s.index), s.clip_id)]
     table = schema.embed_unique(
       (c for s in specs for c in s.captions), self.embedder, dtype=self._embedding_dtype
     )
     by_split = {name: [s for s in specs if demo_split(s.index) == name] for name in DEMO_SPLITS}
-    return {name: self._generate_examples(by_split[name], table) for name in DEMO_SPLITS}
+    # A parallel build's worker may own no clip of a split: it writes no such split.
+    return {n: self._generate_examples(by_split[n], table) for n in DEMO_SPLITS if by_split[n]}
 
   def _generate_examples(
     self, specs: list[synth.ClipSpec], table: dict[str, np.ndarray]

@@ -26,10 +26,10 @@ from jaxclap.data.builders import CaptionedAudioBuilder
 _DECODE_CHUNK = 32  # Files decoded concurrently; bounds memory held ahead of the writer.
 
 
-def _decode(item: manifests.Item) -> np.ndarray | Exception:
+def _decode(item: manifests.Item, sample_rate: int) -> np.ndarray | Exception:
   """Decoded waveform of one item, or the error (so a worker thread never raises)."""
   try:
-    return audio_io.load_audio(item.path)
+    return audio_io.load_audio(item.path, sample_rate)
   except audio_io.AudioDecodeError as e:
     return schema.BadInputError(f"{item.where}: {e}")
 
@@ -63,15 +63,14 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
     if not manifest.items:
       raise schema.BadInputError(f"{manual_dir}: no usable clips found")
     self._class_names = manifest.class_names
+    items = [i for i in manifest.items if self.owns(i.split, i.clip_id)]  # All but in parallel.
     table = schema.embed_unique(
-      (c for item in manifest.items for c in item.captions),
+      (c for item in items for c in item.captions),
       self.embedder,
       dtype=self._embedding_dtype,
     )
-    return {
-      s: self._generate_examples([i for i in manifest.items if i.split == s], table)
-      for s in manifest.splits()
-    }
+    by_split = {s: [i for i in items if i.split == s] for s in manifest.splits()}
+    return {s: self._generate_examples(mine, table) for s, mine in by_split.items() if mine}
 
   def _generate_examples(
     self, items: list[manifests.Item], table: dict[str, np.ndarray]
@@ -80,7 +79,8 @@ class _FolderBuilder(CaptionedAudioBuilder, skip_registration=True):
     with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
       for start in range(0, len(items), _DECODE_CHUNK):
         chunk = items[start : start + _DECODE_CHUNK]
-        for item, waveform in zip(chunk, pool.map(_decode, chunk)):
+        waveforms = pool.map(_decode, chunk, [self.sample_rate] * len(chunk))
+        for item, waveform in zip(chunk, waveforms):
           if isinstance(waveform, Exception):
             self.report.bad(waveform)
             continue
@@ -121,10 +121,23 @@ class CaptionedFolder(_FolderBuilder, skip_registration=True):
   def __init__(self, *, merge_captions: Sequence[str | os.PathLike] = (), **kwargs: Any):
     self._merge_paths = list(merge_captions)
     self._merge_report: caption_merge.MergeReport | None = None
+    self._missing: list[str] = []
     super().__init__(**kwargs)
 
+  def read_layout(self, manual_dir: Path) -> manifests.Manifest:
+    """The clips of manual_dir before merging (corpus builders read their own layout)."""
+    return manifests.read_captioned(manual_dir)
+
   def read_manifest(self, manual_dir: Path) -> manifests.Manifest:
-    manifest = manifests.read_captioned(manual_dir)
+    manifest = self.read_layout(manual_dir)
+    self._missing = list(manifest.missing)
+    if self._missing:
+      logging.warning(
+        "%d listed clips have no audio under %s and are left out (e.g. %s)",
+        len(self._missing),
+        manual_dir,
+        self._missing[:5],
+      )
     if self._merge_paths:
       self._merge_report = caption_merge.merge(manifest, self._merge_paths)
       log = logging.warning if self._merge_report.unmatched_ids else logging.info
@@ -135,6 +148,11 @@ class CaptionedFolder(_FolderBuilder, skip_registration=True):
     super().update_metadata()
     if self._merge_report is not None:
       self.info.metadata["build"]["merged_captions"] = self._merge_report.as_dict()
+    if self._missing:  # Listed by the corpus, not downloaded.
+      self.info.metadata["build"]["missing_audio"] = {
+        "clips": len(self._missing),
+        "examples": self._missing[:10],
+      }
 
 
 class LabelledFolder(_FolderBuilder, skip_registration=True):

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from jaxclap.audio.io import AUDIO_EXTENSIONS
@@ -75,6 +76,9 @@ class Manifest:
   bad: list[BadInputError]
   class_names: list[str] = dataclasses.field(default_factory=list)
   multi_label: bool = False  # Some clip has several labels (`Item.labels`).
+  # Clips a corpus lists but whose audio is not on disk (partial downloads are the norm for
+  # YouTube corpora): counted and reported, not errors.
+  missing: list[str] = dataclasses.field(default_factory=list)
 
   def splits(self) -> list[str]:
     return sorted({item.split for item in self.items})
@@ -148,14 +152,23 @@ def _caption_csvs(manual_dir: Path) -> list[tuple[Path, str | None]]:
   )
 
 
-def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
-  """Reads a captioned-audio folder; rows naming the same file are merged."""
+def read_captioned(
+  manual_dir: str | os.PathLike,
+  csvs: Sequence[tuple[Path, str | None, Sequence[Path]]] | None = None,
+) -> Manifest:
+  """Reads a captioned-audio folder; rows naming the same file are merged.
+
+  `csvs`: (caption CSV, split or None, extra audio folders) to read instead of the CSVs
+  found by name (e.g. Clotho's clotho_captions_development.csv with development/).
+  """
   manual_dir = Path(manual_dir)
   if not manual_dir.is_dir():
     raise BadInputError(f"manual_dir {manual_dir} is not a folder")
   merged: dict[tuple[str, Path], Item] = {}
   bad: list[BadInputError] = []
-  for csv_path, csv_split in _caption_csvs(manual_dir):
+  if csvs is None:
+    csvs = [(path, split, ()) for path, split in _caption_csvs(manual_dir)]
+  for csv_path, csv_split, extra_roots in csvs:
     header, rows = read_csv(csv_path)
     file_col = _pick_column(header, FILE_COLUMNS, csv_path, "file")
     caption_cols = [h for h in header if CAPTION_COLUMN.match(h)]
@@ -168,6 +181,7 @@ def read_captioned(manual_dir: str | os.PathLike) -> Manifest:
       try:
         split = csv_split or normalise_split(row.get("split") or "train", where)
         roots = [csv_path.parent, csv_path.parent / "audio", csv_path.parent / split]
+        roots += extra_roots
         path = resolve_audio(row.get(file_col, ""), roots, where)
         captions = []
         for col in caption_cols:

@@ -33,6 +33,7 @@ from absl import flags
 
 from jaxclap import paths
 from jaxclap.data import batching, mixture
+from jaxclap.data import caption_table as caption_table_lib
 from jaxclap.data.build import DEFAULT_DATA_DIR
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
@@ -40,12 +41,22 @@ DEFAULT_CROP_SAMPLES = 97_120
 CAPTION_CHOICES = ("random", "first")
 
 
-def open_source(name: str, split: str = "train", data_dir: str | None = None) -> Any:
-  """The TFDS random-access source of a built dataset split (no TensorFlow)."""
+def open_source(
+  name: str, split: str = "train", data_dir: str | None = None, caption_table: str = ""
+) -> Any:
+  """The TFDS random-access source of a built dataset split (no TensorFlow).
+
+  `caption_table` (a text-model name or a table folder, `caption_table.resolve`): records
+  take their caption embeddings from that table instead of their own vectors.
+  """
   data_dir = paths.data_dir(data_dir or DEFAULT_DATA_DIR)
-  return tfds.data_source(
+  source = tfds.data_source(
     name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"}
   )
+  if not caption_table:
+    return source
+  table = caption_table_lib.CaptionTable(caption_table_lib.resolve(data_dir, name, caption_table))
+  return caption_table_lib.TableSource(source, table)
 
 
 class MixedSource:
@@ -155,7 +166,10 @@ class CropAndPick(grain.transforms.RandomMap):
       audio = np.concatenate([audio, np.zeros(self.min_samples - audio.shape[0], np.int16)])
     start = _random_start(rng, audio.shape[0], self.crop_samples) if self.random_crop else 0
     out, length = crop_clip(audio, self.crop_samples, start)
-    embeddings = np.asarray(record["caption_embeddings"])
+    # Records built with --text_model=none have no vectors (stage 2 needs none).
+    embeddings = np.asarray(
+      record.get("caption_embeddings", np.zeros((len(record["captions"]), 0), np.float32))
+    )
     pick = int(rng.integers(embeddings.shape[0])) if self.caption == "random" else 0
     caption = record["captions"][pick]
     return {
@@ -265,7 +279,11 @@ def make_loader(
   if num_classes > 0:
     example = CropAndLabel(crop_samples, num_classes, where, mixup)
   else:
-    dims = {int(np.asarray(s[0]["caption_embeddings"]).shape[-1]) for s in sources if len(s)}
+    dims = {
+      int(np.asarray(s[0].get("caption_embeddings", np.zeros((1, 0)))).shape[-1])
+      for s in sources
+      if len(s)
+    }
     if len(dims) > 1:
       raise ValueError(
         f"sources have different caption embedding dims {sorted(dims)}; "

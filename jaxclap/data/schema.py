@@ -29,6 +29,17 @@ class TextEmbedder(Protocol):
     """Returns [len(texts), dim] float32 embeddings."""
 
 
+class NoEmbedder:
+  """`--text_model=none`: records keep their captions and no vectors (dim 0); stage 1 then
+  reads a caption table (`caption_table`, written by `embed_captions`)."""
+
+  name = "none"
+  dim = 0
+
+  def embed(self, texts: list[str]) -> np.ndarray:
+    return np.zeros((len(texts), 0), np.float32)
+
+
 class BadInputError(ValueError):
   """A source file, CSV row or caption that cannot go into a dataset."""
 
@@ -60,6 +71,8 @@ def features_dict(
     ),
     "label": tfds.features.Scalar(dtype=np.int64),
   }
+  if not embedding_dim:  # `--text_model=none`: the vectors live in a caption table.
+    del spec["caption_embeddings"]
   spec.update(extra or {})
   return tfds.features.FeaturesDict(spec)
 
@@ -75,6 +88,8 @@ def embed_unique(
   """Embeds each distinct caption once; returns caption -> [dim] vector of `dtype`."""
   np_dtype = check_embedding_dtype(dtype)
   dim = int(embedder.dim)
+  if dim == 0:  # `--text_model=none`: records get no vectors.
+    return {}
   unique = list(dict.fromkeys(captions))  # Keeps first-seen order, drops repeats.
   table: dict[str, np.ndarray] = {}
   with tqdm.tqdm(total=len(unique), desc=desc, unit="caption") as bar:
@@ -100,21 +115,24 @@ def stack_embeddings(captions: Sequence[str], table: dict[str, np.ndarray]) -> n
   return np.stack([table[c] for c in captions])
 
 
-def base_metadata(embedder: TextEmbedder, embedding_dtype: str) -> dict:
+def base_metadata(
+  embedder: TextEmbedder, embedding_dtype: str, sample_rate: int = SAMPLE_RATE
+) -> dict:
   """Metadata every builder records next to its splits."""
   return {
     "text_model": str(embedder.name),
     "embedding_dim": int(embedder.dim),
     "embedding_dtype": embedding_dtype,
-    "sample_rate": SAMPLE_RATE,
+    "sample_rate": int(sample_rate),  # Of the stored PCM; the trainer checks it.
   }
 
 
 class BuildReport:
   """Collects per-split counts and skipped inputs while examples are generated."""
 
-  def __init__(self, skip_bad: bool):
+  def __init__(self, skip_bad: bool, sample_rate: int = SAMPLE_RATE):
     self.skip_bad = skip_bad
+    self.sample_rate = sample_rate
     self.skipped: list[str] = []  # Error messages, each naming its file or CSV line.
     self.clips = 0
     self.samples = 0
@@ -134,7 +152,7 @@ class BuildReport:
   def as_dict(self) -> dict:
     return {
       "clips": self.clips,
-      "hours": self.samples / SAMPLE_RATE / 3600.0,
+      "hours": self.samples / self.sample_rate / 3600.0,
       "captions": self.captions,
       "skipped": len(self.skipped),
       "skipped_inputs": self.skipped,

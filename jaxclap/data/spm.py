@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from absl import flags
 
 from jaxclap import cli
-from jaxclap.data.build import DEFAULT_DATA_DIR, DEMO
+from jaxclap.data.build import DEFAULT_DATA_DIR, DEMO, build_command
 from jaxclap.data.pipeline import open_source
 from jaxclap.text.spm import MODEL_TYPES, train_spm
 
@@ -28,7 +28,7 @@ def dataset_captions(dataset: str, split: str = "train", data_dir: str | None = 
       raise
     raise FileNotFoundError(
       f"dataset {dataset!r} is not built under data_dir={data_dir!r}; build it with "
-      f"`python -m jaxclap.data.build --dataset={dataset} --data_dir=...`"
+      f"`{build_command(dataset, data_dir or '...')}`"
     ) from None
   return [
     c.decode() if isinstance(c, bytes) else str(c)

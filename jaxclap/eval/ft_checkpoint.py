@@ -74,6 +74,7 @@ def write(
     config=json.loads(config.to_json_best_effort()),
     norm_stats=tuple(float(v) for v in restored.norm_stats),
     text_models=dict(restored.meta.text_models),
+    text_runtime=restored.meta.text_runtime,  # Prompts keep the caption table's runtime.
     input_frames=frames,  # Width of the stored position table.
     unit_frames=frames,  # The input grid fine-tuning trained on.
     stage=restored.stage,

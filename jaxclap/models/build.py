@@ -142,7 +142,7 @@ def build(
       model=m2d.build_model(model_cfg),
       frontend_cfg=fcfg,
       n_frames=config.data.crop_frames,
-      sentence_embedder=_lazy_sentence_embedder(name) if name else None,
+      sentence_embedder=_lazy_sentence_embedder(name, meta.text_runtime) if name else None,
     )
   dtype = jnp.dtype(config.model.dtype)
   tower, tokenizer, init_text = text_tower.build_text_tower(
@@ -171,13 +171,19 @@ def build(
   )
 
 
-def _lazy_sentence_embedder(name: str) -> Callable[[list[str]], np.ndarray]:
-  """Loads the dataset's sentence model on first use (zero-shot prompts of stage 1)."""
+def _lazy_sentence_embedder(
+  name: str, runtime: dict[str, Any] | None = None
+) -> Callable[[list[str]], np.ndarray]:
+  """Loads the dataset's sentence model on first use (zero-shot prompts of stage 1), in the
+  runtime that embedded the captions (`RunMeta.text_runtime`; default: 'auto')."""
+  runtime = runtime or {}
+  backend = runtime.get("backend") if runtime.get("backend") in ("jax", "st") else "auto"
+  kwargs = {"trust_remote_code": True} if runtime.get("trust_remote_code") else {}
   cache: dict[str, Any] = {}
 
   def embed(texts: list[str]) -> np.ndarray:
     if "model" not in cache:
-      cache["model"] = sentence.load_sentence_embedder(name)
+      cache["model"] = sentence.load_sentence_embedder(name, backend, **kwargs)
     return cache["model"].embed(texts)
 
   return embed
