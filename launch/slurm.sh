@@ -18,9 +18,11 @@ Settings (flag or environment variable; flags win):
   --data-dir DIR       DATA_DIR       TFDS data dir seen by all nodes (required)
   --config FILE        CONFIG         config file (default configs/stage1.py)
   --nodes N            NODES          nodes (default 1)
-  --gpus-per-node N    GPUS_PER_NODE  GPUs per node (default 8)
+  --gpus-per-node N    GPUS_PER_NODE  GPUs per node (default 8; 0: CPU nodes, no GPU request)
+  --ntasks-per-node N  NTASKS_PER_NODE  processes per node (default 1: one sees all GPUs)
   --cpus-per-task N    CPUS_PER_TASK  CPU cores per node's task (default 32)
   --time T             TIME_LIMIT     time limit per job, e.g. 24:00:00 (default 24:00:00)
+  --signal-lead S      SIGNAL_LEAD    seconds before the limit that SIGTERM comes (default 120)
   --partition P        PARTITION      partition (default: the cluster's)
   --account A          ACCOUNT        account (default: the user's)
   --job-name NAME      JOB_NAME       job name (default jaxclap)
@@ -38,12 +40,13 @@ while (($#)); do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1 ;;
-    --workdir|--data-dir|--config|--nodes|--gpus-per-node|--cpus-per-task|--time|--partition|\
-    --account|--job-name|--venv|--repo-dir|--sbatch-file)
+    --workdir|--data-dir|--config|--nodes|--gpus-per-node|--ntasks-per-node|--cpus-per-task|\
+    --time|--signal-lead|--partition|--account|--job-name|--venv|--repo-dir|--sbatch-file)
       (($# >= 2)) || die "$1 needs a value"
       set_opt "$1" "$2"; shift ;;
-    --workdir=*|--data-dir=*|--config=*|--nodes=*|--gpus-per-node=*|--cpus-per-task=*|\
-    --time=*|--partition=*|--account=*|--job-name=*|--venv=*|--repo-dir=*|--sbatch-file=*)
+    --workdir=*|--data-dir=*|--config=*|--nodes=*|--gpus-per-node=*|--ntasks-per-node=*|\
+    --cpus-per-task=*|--time=*|--signal-lead=*|--partition=*|--account=*|--job-name=*|--venv=*|\
+    --repo-dir=*|--sbatch-file=*)
       set_opt "${1%%=*}" "${1#*=}" ;;
     --config.*) EXTRA+=("$1") ;;
     --) shift; EXTRA+=("$@"); break ;;
@@ -57,15 +60,18 @@ require DATA_DIR --data-dir
 CONFIG="${CONFIG:-configs/stage1.py}"
 NODES="${NODES:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
+NTASKS_PER_NODE="${NTASKS_PER_NODE:-1}"
+SIGNAL_LEAD="${SIGNAL_LEAD:-120}"
 CPUS_PER_TASK="${CPUS_PER_TASK:-32}"
 TIME_LIMIT="${TIME_LIMIT:-${TIME:-24:00:00}}"
 JOB_NAME="${JOB_NAME:-jaxclap}"
 REPO_DIR="${REPO_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 VENV="${VENV:-$REPO_DIR/.venv}"
 SBATCH_FILE="${SBATCH_FILE:-./$JOB_NAME.sbatch}"
-for n in NODES GPUS_PER_NODE CPUS_PER_TASK; do
+for n in NODES NTASKS_PER_NODE CPUS_PER_TASK SIGNAL_LEAD; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || die "$n=${!n} is not a positive integer"
 done
+[[ "$GPUS_PER_NODE" =~ ^[0-9]+$ ]] || die "GPUS_PER_NODE=$GPUS_PER_NODE is not a whole number"
 
 # Prints the sbatch script; every value is shell-quoted for the batch shell.
 render() {
@@ -74,13 +80,13 @@ render() {
   echo '#!/usr/bin/env bash'
   echo "#SBATCH --job-name=$JOB_NAME"
   echo "#SBATCH --nodes=$NODES"
-  echo '#SBATCH --ntasks-per-node=1'
-  echo "#SBATCH --gpus-per-node=$GPUS_PER_NODE"
+  echo "#SBATCH --ntasks-per-node=$NTASKS_PER_NODE"
+  if ((GPUS_PER_NODE > 0)); then echo "#SBATCH --gpus-per-node=$GPUS_PER_NODE"; fi
   echo "#SBATCH --cpus-per-task=$CPUS_PER_TASK"
   echo "#SBATCH --time=$TIME_LIMIT"
   if [[ -n "${PARTITION:-}" ]]; then echo "#SBATCH --partition=$PARTITION"; fi
   if [[ -n "${ACCOUNT:-}" ]]; then echo "#SBATCH --account=$ACCOUNT"; fi
-  echo '#SBATCH --signal=TERM@120'
+  echo "#SBATCH --signal=TERM@$SIGNAL_LEAD"
   echo '#SBATCH --requeue'
   echo '#SBATCH --open-mode=append'
   echo "#SBATCH --output=$JOB_NAME-%j.out"

