@@ -125,7 +125,18 @@ class Cluster:
     raise RuntimeError(f"SLURM node not idle after {timeout} s:\n{self.logs()}")
 
   def stop(self) -> None:
-    """Stops every daemon this cluster started, by the PID in its PID file."""
+    """Cancels its jobs (a failed test may leave one running), then stops every daemon
+    this cluster started, by the PID in its PID file."""
+    if (self.root / "slurmctld.pid").exists():
+      jobs = self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+      if jobs:
+        self.run("scancel", *jobs, check=False)
+        deadline = time.monotonic() + 30
+        while (
+          time.monotonic() < deadline
+          and self.run("squeue", "-h", "-o", "%i", check=False).stdout.split()
+        ):
+          time.sleep(0.5)
     for name in reversed(DAEMONS):
       pid_file = self.root / f"{name}.pid"
       if not pid_file.exists():

@@ -122,15 +122,13 @@ def linear_probe(
   in validation score is broken by the lower validation loss. `valid=None`: no early
   stopping on held-out data (see the module docstring); no "val_" entry.
   """
-  if valid is None:
-    return _probe_without_validation(
-      train, test, num_classes=num_classes, multilabel=multilabel, seed=seed, config=config
-    )
-  for split, name in ((train, "train"), (valid, "validation"), (test, "test")):
+  named = [(train, "train"), (test, "test")] + ([(valid, "validation")] if valid else [])
+  for split, name in named:
     _check(split, name, multilabel, num_classes)
-  x_tr, x_va, x_te = standardize(train.x, valid.x, test.x)
+  x_tr, x_te, *x_va = standardize(train.x, test.x, *([valid.x] if valid else []))
   ydt = np.float32 if multilabel else np.int32
-  y_tr, y_va = (np.asarray(s.y, ydt) for s in (train, valid))
+  y_tr = np.asarray(train.y, ydt)
+  y_va = np.asarray(valid.y, ydt) if valid else None
   params = {
     "w": jnp.zeros((x_tr.shape[1], num_classes), jnp.float32),
     "b": jnp.zeros((num_classes,), jnp.float32),
@@ -138,63 +136,36 @@ def linear_probe(
   opt_state = _optimizer(config).init(params)
   rng = np.random.default_rng(seed)
   x_tr_dev, y_tr_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
-  best = (-np.inf, np.inf)  # (validation score, validation loss)
-  best_params, best_epoch, epoch = jax.device_get(params), 0, 0
-  for epoch in range(1, config.max_epochs + 1):
-    batches, weights = _epoch_batches(rng, x_tr.shape[0], config.batch_size)
-    params, opt_state, _ = _epoch(
-      params, opt_state, x_tr_dev, y_tr_dev, batches, weights, config=config, multilabel=multilabel
-    )
-    host = jax.device_get(params)
-    score = _score(x_va @ host["w"] + host["b"], y_va, multilabel)
-    loss = float(_loss(host, x_va, y_va, np.ones(len(y_va), np.float32), multilabel))
-    if score > best[0] or (score == best[0] and loss < best[1]):
-      best, best_params, best_epoch = (score, loss), host, epoch
-    elif epoch - best_epoch >= config.patience:
-      break
-  name = "mAP" if multilabel else "accuracy"
-  test_scores = x_te @ best_params["w"] + best_params["b"]
-  return {
-    name: _score(test_scores, np.asarray(test.y), multilabel),
-    f"val_{name}": float(best[0]),
-    "best_epoch": best_epoch,
-    "epochs": epoch,
-  }
-
-
-def _probe_without_validation(
-  train: Split, test: Split, *, num_classes: int, multilabel: bool, seed: int, config: ProbeConfig
-) -> dict[str, float]:
-  """Trains until the training loss stalls for `patience` epochs; scores the last epoch."""
-  for split, name in ((train, "train"), (test, "test")):
-    _check(split, name, multilabel, num_classes)
-  x_tr, x_te = standardize(train.x, test.x)
-  y_tr = np.asarray(train.y, np.float32 if multilabel else np.int32)
-  params = {
-    "w": jnp.zeros((x_tr.shape[1], num_classes), jnp.float32),
-    "b": jnp.zeros((num_classes,), jnp.float32),
-  }
-  opt_state = _optimizer(config).init(params)
-  rng = np.random.default_rng(seed)
-  x_dev, y_dev = jnp.asarray(x_tr), jnp.asarray(y_tr)
-  best_loss, best_epoch, epoch = np.inf, 0, 0
+  # Best so far, larger is better: (validation score, -validation loss), or without a
+  # validation split (-training loss,): the stopping rule's only input.
+  best, best_params, best_epoch, epoch = None, None, 0, 0
+  host = jax.device_get(params)
   for epoch in range(1, config.max_epochs + 1):
     batches, weights = _epoch_batches(rng, x_tr.shape[0], config.batch_size)
     params, opt_state, loss = _epoch(
-      params, opt_state, x_dev, y_dev, batches, weights, config=config, multilabel=multilabel
+      params, opt_state, x_tr_dev, y_tr_dev, batches, weights, config=config, multilabel=multilabel
     )
-    if float(loss) < best_loss:
-      best_loss, best_epoch = float(loss), epoch
+    host = jax.device_get(params)
+    if valid is None:
+      key = (-float(loss),)
+    else:
+      va = x_va[0]
+      val_loss = float(_loss(host, va, y_va, np.ones(len(y_va), np.float32), multilabel))
+      key = (_score(va @ host["w"] + host["b"], y_va, multilabel), -val_loss)
+    if best is None or key > best:
+      best, best_params, best_epoch = key, host, epoch
     elif epoch - best_epoch >= config.patience:
       break
-  host = jax.device_get(params)
   name = "mAP" if multilabel else "accuracy"
-  test_scores = x_te @ host["w"] + host["b"]
-  return {
-    name: _score(test_scores, np.asarray(test.y), multilabel),
+  final = best_params if valid else host  # Without validation: the last epoch.
+  out = {
+    name: _score(x_te @ final["w"] + final["b"], np.asarray(test.y), multilabel),
     "best_epoch": best_epoch,
     "epochs": epoch,
   }
+  if valid:
+    out[f"val_{name}"] = float(best[0])
+  return out
 
 
 def sample_shots(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
