@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -86,8 +87,15 @@ def test_two_tables_resume_and_stage1_switch(tmp_path):
     c.data.train, c.data.val, c.data.zero_shot = "jaxclap_demo:train", "", ""
     c.data.caption_table = name
     c.frontend.norm_stats = (-5.0, 4.0)  # No statistics pass: the table is what differs.
+    if name == "hash-a":  # An evaluator's split (vector-less records) reads the table too.
+      c.evaluate.evaluators = ml_collections.ConfigDict(
+        {"ret": {"kind": "retrieval", "data": "jaxclap_demo:test", "every": 3}}
+      )
     out = loop.train_and_evaluate(c, str(tmp_path / name))
     assert out["end_step"] == 3 and np.isfinite(out["last_logged"]["loss"]), out
+    if name == "hash-a":
+      ret = [h for h in out["evaluators"]["history"] if h["name"] == "ret"]
+      assert ret and ret[-1]["step"] == 3, out["evaluators"]["history"]
     saved = ckpt.load(str(tmp_path / name)).meta
     assert set(saved.text_models.values()) == {name}
     assert saved.text_runtime == {"backend": "custom", "trust_remote_code": False}

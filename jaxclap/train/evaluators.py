@@ -132,7 +132,9 @@ class Evaluators:
       n = min(n, self._cfg.max_clips)
     batch = eval_batch_size(n, self._cfg.batch, self._mesh.size)
     loader = pipeline.make_loader(
-      pipeline.open_source(dataset, split, self._data_dir),
+      pipeline.open_source(
+        dataset, split, self._data_dir, self._facts[dataset].get("caption_table", "")
+      ),
       None,
       global_batch=batch,
       crop_samples=self._crop,

@@ -115,6 +115,15 @@ def _with_caption_table(info: dict, config: ml_collections.ConfigDict, data_dir:
   }
 
 
+def _eval_facts(name: str, facts: dict, config: ml_collections.ConfigDict, data_dir: str) -> dict:
+  """An evaluator dataset's facts; with `data.caption_table`, its captions go through the
+  table too (retrieval compares audio with the same model's caption embeddings)."""
+  info = facts.get(name) or data_build.dataset_info(name, data_dir)
+  if config.stage == "stage1" and config.data.caption_table and "caption_table" not in info:
+    info = _with_caption_table(info, config, data_dir)
+  return info
+
+
 def _open(specs, data_dir: str, facts: dict) -> list[Any]:
   return [
     pipeline.open_source(name, split, data_dir, facts[name].get("caption_table", ""))
@@ -181,10 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_dir = paths.data_dir(config.data.data_dir)
   train_specs, val_specs, zs_specs, facts = _data_facts(config)
   eval_specs = evaluators.parse(config)
-  eval_facts = {
-    s.dataset: facts.get(s.dataset) or data_build.dataset_info(s.dataset, data_dir)
-    for s in eval_specs
-  }
+  eval_facts = {s.dataset: _eval_facts(s.dataset, facts, config, data_dir) for s in eval_specs}
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
