@@ -154,15 +154,16 @@ def test_time_limit_sigterm_saves_requeues_and_finishes_bit_exact(cluster, demo_
     text=True,
   )
   workdir = tmp_path / "run"
-  # 1 min limit, SIGTERM when 40 s are left: slurmctld checks limits every 30 s, so it
-  # comes 20-50 s in, while a step every second keeps this run going for 50 s or more.
+  # 1 min limit, SIGTERM when 20 s are left: slurmctld checks limits every 30 s and
+  # signals up to one period early, so it comes 10-40 s in (after jax.distributed has
+  # started), while a step every second keeps this run going for 50 s or more.
   job = _submit(
     cluster,
     tmp_path,
     workdir,
     demo_data_dir,
     "--time=1",
-    "--signal-lead=40",
+    "--signal-lead=20",
     *run,
     "--config.train.step_sleep_s=1.0",
     *TINY,

@@ -31,14 +31,16 @@ from jaxclap.train.progress import Progress
 class PreemptionGuard:
   """Turns SIGTERM into a flag the loop polls, so it can save before exiting.
 
-  Multi-process (TPU pod) runs leave signals to JAX and ask Orbax's preemption sync
-  point instead, so that every host stops at the same step.
+  Runs under `jax.distributed` (multi-host, or one SLURM task) leave signals to JAX, whose
+  preemption notifier holds SIGTERM from `initialize()` on (a signal during start-up is
+  not lost), and ask Orbax's preemption sync point, so that every host stops at the same
+  step; so do TPU runs.
   """
 
   def __init__(self, manager):
     self._manager = manager
     self._flag = False
-    self._own = jax.process_count() == 1 and jax.default_backend() != "tpu"
+    self._own = not jax.distributed.is_initialized() and jax.default_backend() != "tpu"
     if self._own:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
