@@ -374,7 +374,8 @@ def run_suite(
 ) -> str:
   """Runs a preset suite (or the `names` of it) on `data_root`; writes suite.json/suite.md.
 
-  `options` go to `suite.run` (seeds, probe_config, max_clips, progress).
+  `options` go to `suite.run` (seeds, probe_config, max_clips, progress,
+  finetune_overrides; checkpoint and workdir default to this run's).
   """
   if not data_root or not os.path.isdir(os.path.expanduser(data_root)):
     raise FileNotFoundError(f"--data_root {data_root!r} is not a folder")
@@ -390,6 +391,10 @@ def run_suite(
       text_model=text_model,
       import_dir=os.path.join(workdir, "imported"),
     )
+  # Fine-tuning presets train from a jaxclap checkpoint: the import of a PyTorch file.
+  imported = str(checkpoint).endswith((".pth", ".safetensors"))
+  options.setdefault("checkpoint", os.path.join(workdir, "imported") if imported else checkpoint)
+  options.setdefault("workdir", workdir)
   report = suite.run(model, os.path.expanduser(data_root), chosen, **options)
   report.update(checkpoint=checkpoint, suite=suite_name, stage=getattr(model, "stage", None))
   return suite.write(report, workdir, f"Suite {suite_name!r} for {checkpoint}")

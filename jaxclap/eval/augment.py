@@ -1,4 +1,5 @@
-"""Fine-tuning augmentations on normalised log-mels: mixup, SpecAugment, patch masking.
+"""Fine-tuning augmentations on normalised log-mels: mixup, SpecAugment, random resize
+crop, patch masking.
 
 All are pure functions of a JAX key and arrays, so a jitted step stays deterministic
 (each example's mixup weight λ comes with its crop: `data.pipeline.mixup_lambda`).
@@ -103,3 +104,65 @@ def mask_variants(
     return masks.official_variants(grid_f, grid_t, ratio)
   rows, cols = mask_counts(head_input, grid_f, grid_t, ratio)
   return ((rows, cols, 1.0),)
+
+
+# Random resize crop (EVAR finetune.py's RandomResizeCrop, from byol-a): each log-mel sits
+# in the middle of a zero canvas 1.0× as high and 1.5× as wide; a crop of 0.6-1.5× the
+# input's height and width (clipped to the canvas) is resized back to the input's shape.
+RRC_CANVAS = (1.0, 1.5)  # virtual_crop_scale (frequency, time).
+RRC_SCALE = (0.6, 1.5)  # freq_scale and time_scale.
+_CUBIC_A = -0.75  # torch's bicubic kernel constant.
+
+
+def _cubic_weights(t: jax.Array) -> jax.Array:
+  """[..., 4] weights of the taps at offsets -1, 0, 1, 2 for a fraction t in [0, 1)."""
+  a = _CUBIC_A
+
+  def near(d):  # |d| <= 1
+    return ((a + 2) * d - (a + 3)) * d * d + 1
+
+  def far(d):  # 1 < |d| < 2
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+  return jnp.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _taps(out: int, start: jax.Array, length: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Source rows [out, 4] and weights [out, 4] of a bicubic resize (align_corners=True) of
+  the `length` entries from `start` to `out` entries, edges clamped inside the crop."""
+  scale = (length - 1).astype(jnp.float32) / max(out - 1, 1)
+  src = jnp.arange(out, dtype=jnp.float32) * scale
+  base = jnp.floor(src)
+  taps = base.astype(jnp.int32)[:, None] + jnp.arange(-1, 3)[None, :]
+  return start + jnp.clip(taps, 0, length - 1), _cubic_weights(src - base)
+
+
+def resize_crop(x: jax.Array, i: jax.Array, j: jax.Array, h: jax.Array, w: jax.Array) -> jax.Array:
+  """One log-mel [F, T]: the canvas crop rows [i, i+h), columns [j, j+w) resized to [F, T]."""
+  f, t = x.shape
+  cf, ct = int(f * RRC_CANVAS[0]), int(t * RRC_CANVAS[1])
+  top, left = (cf - f) // 2, (ct - t) // 2
+  canvas = jnp.pad(x, ((top, cf - f - top), (left, ct - t - left)))
+  rows, row_w = _taps(f, i, h)
+  cols, col_w = _taps(t, j, w)
+  x = jnp.einsum("fk,fkt->ft", row_w, canvas[rows])  # [F, Tc]
+  return jnp.einsum("tk,ftk->ft", col_w, x[:, cols])
+
+
+def draw_crops(rng: jax.Array, batch: int, f: int, t: int) -> tuple[jax.Array, ...]:
+  """(i, j, h, w) [B] each, drawn as RandomResizeCrop.get_params does."""
+  cf, ct = int(f * RRC_CANVAS[0]), int(t * RRC_CANVAS[1])
+  keys = jax.random.split(rng, 4)
+  lo, hi = RRC_SCALE
+  h = jnp.clip((jax.random.uniform(keys[0], (batch,), minval=lo, maxval=hi) * f).astype(int), 1, cf)
+  w = jnp.clip((jax.random.uniform(keys[1], (batch,), minval=lo, maxval=hi) * t).astype(int), 1, ct)
+  # random.randint(0, n) includes n.
+  i = jnp.floor(jax.random.uniform(keys[2], (batch,)) * (cf - h + 1)).astype(jnp.int32)
+  j = jnp.floor(jax.random.uniform(keys[3], (batch,)) * (ct - w + 1)).astype(jnp.int32)
+  return i, j, h.astype(jnp.int32), w.astype(jnp.int32)
+
+
+def random_resize_crop(rng: jax.Array, x: jax.Array) -> jax.Array:
+  """Log-mels [B, F, T], each through its own random resize crop."""
+  b, f, t = x.shape
+  return jax.vmap(resize_crop)(x, *draw_crops(rng, b, f, t))

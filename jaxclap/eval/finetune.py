@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -138,6 +139,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"finetune config: bad {key}={config[key]!r}")
 
 
+def _patch_embed(params: Any) -> Any:
+  """True on the encoder's patch-embedding leaves (what freeze_patch_embed holds still)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: [getattr(k, "key", None) for k in path[:2]] == ["encoder", "patch_embed"],
+    params,
+  )
+
+
 def _multi_label(config, dataset: str, data_dir: str) -> bool:
   if config.multi_label is not None:
     return bool(config.multi_label)
@@ -151,8 +160,22 @@ def _multi_label(config, dataset: str, data_dir: str) -> bool:
 _EXECUTION_KNOBS = ("num_workers", "log_every", "eval_batch")
 
 
+# Knobs added after runs were stored, at the value those runs had: a finished workdir
+# whose finetune.json lacks them still matches.
+_LATER_KNOBS = {
+  "class_mean_loss": False,
+  "freeze_patch_embed": False,
+  "time_mask_as_is": False,
+  "rrc": False,
+}
+
+
 def _comparable(config_json: dict[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in config_json.items() if k not in _EXECUTION_KNOBS}
+  return {
+    k: v
+    for k, v in config_json.items()
+    if k not in _EXECUTION_KNOBS and not (k in _LATER_KNOBS and v == _LATER_KNOBS[k])
+  }
 
 
 def _finished(
@@ -249,8 +272,14 @@ def run_finetune(
     norm_stats=restored.norm_stats,
     multi_label=multi_label,
     freq_mask=config.freq_mask,
-    time_mask=augment.scaled_time_mask(config.time_mask, unit_frames),
+    time_mask=(
+      config.time_mask
+      if config.time_mask_as_is
+      else augment.scaled_time_mask(config.time_mask, unit_frames)
+    ),
     mask_variants=variants,
+    rrc=config.rrc,
+    class_mean_loss=config.class_mean_loss,
   )
 
   sources = {
@@ -273,6 +302,8 @@ def run_finetune(
   total = config.epochs * steps_per_epoch
   total = min(total, config.max_steps) if config.max_steps > 0 else total
   tx, schedule = optim.make_finetune_optimizer(config, total)
+  if config.freeze_patch_embed:  # EVAR's freeze_embed: zero gradients, so no update.
+    tx = optax.chain(optax.masked(optax.set_to_zero(), _patch_embed), tx)
   eval_samples = (
     int(round(config.eval_seconds * fcfg.sample_rate))
     if config.eval_seconds > 0

@@ -1,8 +1,8 @@
 """The fine-tuning update and the evaluation forward pass (what gets jitted), and the score.
 
-One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking (a
-(rows, columns) variant drawn per batch) → head → loss. Evaluation runs whole (padded)
-clips through the chunked network with running BatchNorm statistics.
+One update: log-mel → mixup (λ from the batch) → SpecAugment (→ random resize crop) →
+structured masking (a (rows, columns) variant drawn per batch) → head → loss. Evaluation
+runs whole (padded) clips through the chunked network with running BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -35,13 +35,19 @@ class Setup:
   # Structured masking: (rows, columns, probability), one drawn per batch
   # (augment.mask_variants); ((0, 0, 1.0),) is no masking.
   mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
+  rrc: bool = False  # Random resize crop after SpecAugment (augment.random_resize_crop).
+  class_mean_loss: bool = False  # Single-label loss also averaged over classes (EVAR's).
 
 
-def loss_fn(logits: jax.Array, target: jax.Array, multi_label: bool) -> jax.Array:
-  """BCE averaged over classes and clips (multi-label) or soft-target softmax CE."""
+def loss_fn(
+  logits: jax.Array, target: jax.Array, multi_label: bool, class_mean: bool = False
+) -> jax.Array:
+  """BCE averaged over classes and clips (multi-label) or soft-target softmax CE averaged
+  over clips (and, `class_mean`, over classes: EVAR's loss_nll)."""
   if multi_label:
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, target))
-  return jnp.mean(optax.softmax_cross_entropy(logits, target))
+  loss = jnp.mean(optax.softmax_cross_entropy(logits, target))
+  return loss / logits.shape[-1] if class_mean else loss
 
 
 def train_step(
@@ -53,9 +59,9 @@ def train_step(
   batch: dict[str, jax.Array],
   rng: jax.Array,
 ):
-  """One update: log-mel → mixup (λ from the batch) → SpecAugment → structured masking
-  (a (rows, columns) variant drawn for the batch, one `lax.switch` branch per variant,
-  each with its own static token count) → head → loss."""
+  """One update: log-mel → mixup (λ from the batch) → SpecAugment (→ random resize crop)
+  → structured masking (a (rows, columns) variant drawn for the batch, one `lax.switch`
+  branch per variant, each with its own static token count) → head → loss."""
   x = fe.waveform_input(batch, setup.frontend_cfg, setup.norm_stats)
   valid = fe.valid_frames(batch["audio_len"], setup.frontend_cfg)
   mix_key, spec_key, mask_key = jax.random.split(rng, 3)
@@ -63,6 +69,8 @@ def train_step(
   x, y, perm = augment.mixup(mix_key, x, batch["target"], lam)
   valid = jnp.where(lam < 1, jnp.maximum(valid, valid[perm]), valid)  # Audio of either clip.
   x = augment.spec_augment(spec_key, x, setup.freq_mask, setup.time_mask)
+  if setup.rrc:
+    x = augment.random_resize_crop(jax.random.fold_in(spec_key, 1), x)
   grid = patches.grid_size(x.shape[1], x.shape[2], setup.net.patch_size)
 
   def objective(p):
@@ -76,7 +84,8 @@ def train_step(
         train=True,
         mutable=["batch_stats"],
       )
-      return loss_fn(logits, y, setup.multi_label), updates["batch_stats"]
+      loss = loss_fn(logits, y, setup.multi_label, setup.class_mean_loss)
+      return loss, updates["batch_stats"]
 
     (loss, stats), variant = masks.with_drawn_mask(
       mask_key, setup.mask_variants, x.shape[0], grid, masked

@@ -122,8 +122,15 @@ PRESETS: tuple[Preset, ...] = (
   Preset("ft_spcv2", "finetune", "spcv2", layouts.spcv2, 1.0, "accuracy"),
   Preset("ft_vc1", "finetune", "vc1", layouts.vc1, 8.2, "accuracy"),
 )
-# Fine-tuning rows with a recipe in configs/finetune.py (ft_as2m is its stage-1.1 `as2m`).
-FINETUNE_CONFIGS = {"ft_as2m": "configs/finetune.py:as2m"}
+# Fine-tuning rows -> their recipe in configs/finetune.py (ft_as2m is its stage-1.1 `as2m`;
+# the others are m2d's util/ft-as20k.sh, ft-esc50.sh, ft-spc.sh, ft-vc1.sh).
+FINETUNE_CONFIGS = {
+  "ft_as20k": "configs/finetune.py:as20k",
+  "ft_as2m": "configs/finetune.py:as2m",
+  "ft_esc50": "configs/finetune.py:esc50",
+  "ft_spcv2": "configs/finetune.py:spcv2",
+  "ft_vc1": "configs/finetune.py:vc1",
+}
 FINETUNE_PRESETS = tuple(p.name for p in PRESETS if p.protocol == "finetune")
 SUITES = {"paper": tuple(p.name for p in PRESETS)}
 

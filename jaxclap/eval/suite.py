@@ -4,9 +4,10 @@
 
 Each preset whose folder is under `data_root` is read by its layout reader, its clips are
 decoded (`audio.io`), cut or zero-padded to the preset's clip length from their start and
-embedded by the inference model; the protocol scores them (`crossval`). Presets without
-their data are listed as absent, with the reason. Clips of presets that share a folder
-and reader are decoded and embedded once.
+embedded by the inference model; the protocol scores them (`crossval`). Fine-tuning
+presets fine-tune the checkpoint per round with their recipe (`ft_suite`; needs the
+checkpoint's path and a workdir). Presets without their data are listed as absent, with
+the reason. Clips of presets that share a folder and reader are decoded and embedded once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jaxclap import metrics
 from jaxclap.audio import io as audio_io
-from jaxclap.eval import crossval, layouts, presets, probe
+from jaxclap.eval import crossval, ft_suite, layouts, presets, probe
 
 CHUNK = 256  # Clips decoded and embedded per model call.
 
@@ -128,19 +129,35 @@ def _retrieval(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[s
   return {**out, "clips": len(test), "captions": len(texts)}
 
 
-PROTOCOLS = {"linear": _linear, "zero_shot": _zero_shot, "retrieval": _retrieval}
+def _finetune(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[str, Any]:
+  out = ft_suite.run_preset(
+    p.name,
+    ctx.data(p, root),
+    config_spec=presets.FINETUNE_CONFIGS[p.name],
+    checkpoint=opts["checkpoint"],
+    workdir=opts["workdir"],
+    sample_rate=int(ctx.model.sample_rate),
+    overrides=opts["finetune_overrides"],
+  )
+  if p.metric not in out:
+    raise ValueError(f"{p.name}: fine-tuning scored {sorted(out)}, expected {p.metric}")
+  return out
 
 
-def _why_not(p: presets.Preset, root: Path, model: Any) -> str | None:
+PROTOCOLS = {
+  "linear": _linear,
+  "zero_shot": _zero_shot,
+  "retrieval": _retrieval,
+  "finetune": _finetune,
+}
+
+
+def _why_not(p: presets.Preset, root: Path, model: Any, opts: dict) -> str | None:
   """Why a preset cannot run here, or None."""
   if not root.is_dir():
     return f"no folder {root}"
-  if p.protocol == "finetune":
-    return (
-      "fine-tuning reads a built TFDS dataset: build it, then run "
-      "--tasks=finetune --finetune_config="
-      + presets.FINETUNE_CONFIGS.get(p.name, "configs/finetune.py")
-    )
+  if p.protocol == "finetune" and not (opts["checkpoint"] and opts["workdir"]):
+    return "fine-tuning needs the checkpoint's path and a workdir (suite.run checkpoint=, workdir=)"
   if p.protocol in ("zero_shot", "retrieval"):
     try:
       model.text_embedding(["text side check"])
@@ -158,16 +175,29 @@ def run(
   probe_config: probe.ProbeConfig = probe.ProbeConfig(),
   max_clips: int | None = None,
   progress: bool = True,
+  checkpoint: str | None = None,
+  workdir: str | None = None,
+  finetune_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-  """Scores every preset whose data is present; returns {"rows": [...], "absent": [...]}."""
+  """Scores every preset whose data is present; returns {"rows": [...], "absent": [...]}.
+
+  Fine-tuning presets fine-tune `checkpoint` (a jaxclap workdir or checkpoint) with their
+  recipe, `finetune_overrides` (knob -> value) on top, under `workdir`/finetune.
+  """
   ctx = _Clips(model, max_clips)
-  opts = {"seeds": tuple(seeds), "probe_config": probe_config}
+  opts = {
+    "seeds": tuple(seeds),
+    "probe_config": probe_config,
+    "checkpoint": checkpoint,
+    "workdir": workdir,
+    "finetune_overrides": finetune_overrides,
+  }
   rows, absent = [], []
   bar = tqdm(chosen, desc="presets", unit="task", disable=not progress)
   for p in bar:
     bar.set_postfix_str(p.name)
     root = Path(data_root) / p.folder
-    reason = _why_not(p, root, model)
+    reason = _why_not(p, root, model, opts)
     if reason is None:
       try:
         if not len(ctx.data(p, root)):

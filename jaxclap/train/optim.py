@@ -97,7 +97,7 @@ def make_optimizer(optim_cfg, schedule) -> optax.GradientTransformation:
 
 # ------------------------------------------------------------------ fine-tuning (timm)
 
-FINETUNE_OPTIMIZERS = ("timm_lars", "lars")
+FINETUNE_OPTIMIZERS = ("timm_lars", "lars", "adamw")
 FINETUNE_SCHEDULES = ("timm_cosine", "warmup_cosine")
 
 
@@ -221,6 +221,38 @@ def finetune_schedule(config: ml_collections.ConfigDict, total_steps: int) -> op
   )
 
 
+class TorchAmsgradState(NamedTuple):
+  """Step count, first and second moments, and the running max of the raw second moment."""
+
+  count: jax.Array
+  mu: Any
+  nu: Any
+  nu_max: Any
+
+
+def torch_amsgrad(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+  """torch.optim.Adam(W)'s amsgrad=True step direction: the max is kept of the raw second
+  moment and bias-corrected at the current step (optax.scale_by_amsgrad keeps the max of the
+  corrected one, which differs once the second moment shrinks)."""
+
+  def init(params):
+    zeros = lambda: jax.tree_util.tree_map(jnp.zeros_like, params)  # noqa: E731
+    return TorchAmsgradState(jnp.zeros([], jnp.int32), zeros(), zeros(), zeros())
+
+  def update(grads, state, params=None):
+    del params
+    count = state.count + 1
+    mu = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+    nu = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+    nu_max = jax.tree_util.tree_map(jnp.maximum, state.nu_max, nu)
+    c1 = 1 - b1 ** count.astype(jnp.float32)
+    c2 = jnp.sqrt(1 - b2 ** count.astype(jnp.float32))
+    updates = jax.tree_util.tree_map(lambda m, v: (m / c1) / (jnp.sqrt(v) / c2 + eps), mu, nu_max)
+    return updates, TorchAmsgradState(count, mu, nu, nu_max)
+
+  return optax.GradientTransformation(init, update)
+
+
 def _matrices(params: Any) -> Any:
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
@@ -229,7 +261,7 @@ def make_finetune_optimizer(
   config: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer, schedule) of a fine-tuning config for a run of `total_steps` updates:
-  "timm_lars" (EVAR's) or "lars" (optax; trust ratio and decay on matrices only)."""
+  "timm_lars" (EVAR's), "lars" (optax; trust ratio and decay on matrices only) or "adamw"."""
   schedule = finetune_schedule(config, total_steps)
   if config.optimizer == "timm_lars":
     tx = timm_lars(
@@ -246,6 +278,14 @@ def make_finetune_optimizer(
       trust_coefficient=config.trust_coefficient,
       trust_ratio_mask=_matrices,
       momentum=config.momentum,
+    )
+  elif config.optimizer == "adamw":
+    # EVAR finetune.py's torch.optim.AdamW(betas=(0.9, 0.95), eps=1e-8, amsgrad=True):
+    # p ← p − lr·(amsgrad step + weight_decay·p).
+    tx = optax.chain(
+      torch_amsgrad(b1=config.momentum, b2=0.95, eps=1e-8),
+      optax.add_decayed_weights(config.weight_decay),
+      optax.scale_by_learning_rate(schedule),
     )
   else:
     raise ValueError(
