@@ -61,7 +61,8 @@ class Cluster:
       "SlurmdUser": "root",
       "AuthType": "auth/munge",
       "CredType": "cred/munge",
-      "AuthInfo": f"socket={r}/munge.sock",
+      # cred_expire also sets how long a requeued job waits to start again (default 120 s).
+      "AuthInfo": f"socket={r}/munge.sock,cred_expire=10",
       "SlurmctldPort": ctld_port,
       "SlurmdPort": slurmd_port,
       "StateSaveLocation": r / "state",

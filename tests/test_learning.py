@@ -1,10 +1,17 @@
 """Stage 1 learns on the demo data: M2D loss falls, validation retrieval rises (2 seeds)."""
 
-import pytest
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-from configs import demo
+import pytest
+from conftest import TEST_XLA_FLAGS
+
 from jaxclap.data import build as data_build
-from jaxclap.train import loop
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -14,31 +21,57 @@ def data_dir(tmp_path_factory, text_embedder):
   return d
 
 
-def _config(data_dir, seed):
-  c = demo.stage1()  # Demo-sized EMA decay and CLAP weight; a smaller model and crop.
-  c.seed = seed
-  c.data.data_dir = data_dir
-  c.data.build_demo = False
-  c.data.crop_frames = 96
-  c.model.size = "test"
-  c.model.predictor_width = 64
-  c.model.predictor_depth = 1
-  c.model.predictor_heads = 2
-  c.model.clap_dim = 64
-  c.train.global_batch = 32
-  c.train.num_steps = 400
-  c.train.log_every = 50
-  c.train.val_every = 1000
-  c.train.checkpoint_every = 1000
-  c.frontend.norm_stats_crops = 128
-  return c
+# Demo-sized EMA decay and CLAP weight (configs/demo.py:stage1); a smaller model and crop.
+OVERRIDES = dict(
+  data__build_demo=False,
+  data__crop_frames=96,
+  model__size="test",
+  model__predictor_width=64,
+  model__predictor_depth=1,
+  model__predictor_heads=2,
+  model__clap_dim=64,
+  train__global_batch=32,
+  train__num_steps=400,
+  train__log_every=50,
+  train__val_every=1000,
+  train__checkpoint_every=1000,
+  frontend__norm_stats_crops=128,
+)
+
+
+def _run(data_dir: str, seed: int, workdir) -> dict:
+  """One stage-1 run as `python -m jaxclap.main`, compiled at XLA's default optimisation.
+
+  800 steps of compute: the session's -O0 (conftest.py, for compile-bound tests) would
+  make this test ~2x slower, so its process gets XLA_FLAGS without it.
+  """
+  flags_ = [f"--config.{k.replace('__', '.')}={v}" for k, v in OVERRIDES.items()]
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").strip()
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxclap.main",
+      "--config=configs/demo.py:stage1",
+      f"--workdir={workdir}",
+      f"--config.seed={seed}",
+      f"--config.data.data_dir={data_dir}",
+      *flags_,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads((Path(workdir) / "summary.json").read_text())
 
 
 @pytest.mark.slow
 def test_m2d_loss_falls_and_retrieval_rises(data_dir, tmp_path):
-  runs = [
-    loop.train_and_evaluate(_config(data_dir, seed), str(tmp_path / f"s{seed}")) for seed in (0, 1)
-  ]
+  runs = [_run(data_dir, seed, tmp_path / f"s{seed}") for seed in (0, 1)]
   for r in runs:
     first, last = r["first_logged"], r["last_logged"]
     assert last["loss_m2d"] < 0.6 * first["loss_m2d"], (first, last)
