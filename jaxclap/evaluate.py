@@ -8,6 +8,8 @@
   # The paper's tasks (EVAR presets, official folds) on datasets laid out as distributed:
   python -m jaxclap.evaluate --suite=paper --checkpoint=RUN_DIR --data_root=~/evar_data \
       --workdir=OUT   # --presets=le_esc50,zs_esc50 picks some; writes OUT/suite.{json,md}
+  # --paper_model=m2d_clap_2024 sets another official model's numbers in the paper column;
+  # --finetune_set=epochs=3,batch=16 overrides the fine-tuning rows' recipes.
 
 Prints a Markdown table and writes OUT/eval.json and OUT/eval.md (plus OUT/plots/*.png
 with --plots). Zero-shot and retrieval use the test split; the probes and fine-tuning train
@@ -20,6 +22,7 @@ zero-shot pools them). A multi-label set (some clip with several classes) report
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -427,6 +430,17 @@ _DATA_ROOT = flags.DEFINE_string(
   "data_root", None, "Folder holding the suite's datasets as distributed (ESC-50-master/, ...)."
 )
 _PRESETS = flags.DEFINE_list("presets", None, "Presets of --suite to run (default: all).")
+_PAPER_MODEL = flags.DEFINE_enum(
+  "paper_model",
+  presets.DEFAULT_REFERENCE,
+  sorted(presets.REFERENCES),
+  "Official model whose published numbers fill the suite table's paper column.",
+)
+_FINETUNE_SET = flags.DEFINE_list(
+  "finetune_set",
+  None,
+  "Suite fine-tuning knobs as key=value (e.g. epochs=3,batch=16), over each ft_* recipe.",
+)
 _FOLDS_SPLIT = flags.DEFINE_string(
   "folds_split",
   None,
@@ -459,6 +473,8 @@ def main(argv: list[str]) -> None:
         batch_size=_BATCH.value,
         text_model=_TEXT_MODEL.value,
         max_clips=_MAX_CLIPS.value,
+        reference=_PAPER_MODEL.value,
+        finetune_overrides=_knobs(_FINETUNE_SET.value or (), "--finetune_set"),
       )
     print(table, flush=True)
     return
@@ -485,6 +501,20 @@ def main(argv: list[str]) -> None:
       folds_split=_FOLDS_SPLIT.value,
     )
   print(report["table"], flush=True)
+
+
+def _knobs(items: Sequence[str], flag: str) -> dict[str, Any]:
+  """key=value items as a dict; values are Python literals (3, 0.5, True) or else strings."""
+  out = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"{flag} takes key=value items, got {item!r}")
+    try:
+      out[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      out[key] = text
+  return out
 
 
 def _ints(values: Sequence[str], flag: str) -> list[int]:

@@ -17,6 +17,18 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # Debian packages that provide the daemons and client commands (`.ci/run` installs them).
 PACKAGES = ("munge", "slurmctld", "slurmd", "slurm-client")
+# Job states after which a job never runs again (`squeue --help`, "JOB STATE CODES").
+ENDED = (
+  "BOOT_FAIL",
+  "CANCELLED",
+  "COMPLETED",
+  "DEADLINE",
+  "FAILED",
+  "NODE_FAIL",
+  "OUT_OF_MEMORY",
+  "PREEMPTED",
+  "TIMEOUT",
+)
 
 
 def missing() -> list[str]:

@@ -313,6 +313,7 @@ def test_cli_suite_paper_prints_the_table_and_lists_absent(stage1_workdir, stand
     f"--workdir={out}",
     "--seeds=0",
     "--presets=zs_gtzan,retr_clotho,le_us8k,le_voxforge",
+    "--paper_model=m2d_clap_2024",
   ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -324,9 +325,46 @@ def test_cli_suite_paper_prints_the_table_and_lists_absent(stage1_workdir, stand
   rows = report["rows"]
   assert [r["preset"] for r in rows] == ["zs_gtzan"] + ["retr_clotho"] * 8  # Table order.
   assert rows[0]["paper"] == 0.7517 and rows[0]["details"]["clips"] == 2  # The test split.
+  assert report["reference"] == "m2d_clap_2024" and "paper: m2d_clap_2024" in proc.stdout
   assert [r["metric"] for r in rows[1:]] == list(presets.RETRIEVAL_METRICS)
   assert rows[1]["details"]["captions"] == 15 and report["stage"] == "stage1"
   assert (out / "suite.md").read_text().count("\n| ") == 10  # Header + nine rows.
+
+
+def test_published_linear_rows_average_to_evars_stated_averages():
+  """Each source table states its nine-task linear average; our transcribed rows agree."""
+  stated = {"m2d_clap_2025": 78.8, "m2d_clap_2024": 80.8, "m2d": 80.2, "m2d_as": 80.6}
+  linear = [p.name for p in presets.PRESETS if p.protocol == "linear"]
+  assert set(presets.REFERENCES) == set(stated) and presets.DEFAULT_REFERENCE in stated
+  for model, average in stated.items():
+    row = presets.REFERENCES[model]
+    assert set(linear) <= set(row) and "ft_as2m" in row
+    assert 100 * np.mean([row[n].value for n in linear]) == pytest.approx(average, abs=0.05)
+  ft = [p.name for p in presets.PRESETS if p.protocol == "finetune"]
+  zs = [p.name for p in presets.PRESETS if p.protocol == "zero_shot"]
+  assert set(ft) <= set(presets.REFERENCES["m2d_clap_2024"])  # Table 4: all five.
+  assert set(zs) <= set(presets.REFERENCES["m2d_clap_2024"])  # Table 5: all seven.
+  known = {p.name for p in presets.PRESETS}
+  assert all(set(row) <= known for row in presets.REFERENCES.values())
+  with pytest.raises(ValueError, match="unknown reference 'clap'"):
+    suite.run(_SpectrumModel(), ".", [], reference="clap")
+  assert evaluate._knobs(["epochs=3", "lr=0.5", "optimizer=sgd"], "--f") == {
+    "epochs": 3,
+    "lr": 0.5,
+    "optimizer": "sgd",
+  }
+  with pytest.raises(ValueError, match="--f takes key=value items, got 'epochs'"):
+    evaluate._knobs(["epochs"], "--f")
+  with pytest.raises(ValueError, match=r"unknown fine-tuning knob\(s\) \['epoch'\]"):
+    ft_suite.run_preset(
+      "ft_esc50",
+      None,
+      config_spec=presets.FINETUNE_CONFIGS["ft_esc50"],
+      checkpoint="unused",
+      workdir="unused",
+      sample_rate=16000,
+      overrides={"epoch": 3},
+    )
 
 
 def test_built_datasets_cross_validate_folds_and_score_multi_label(stand_in_root, tmp_path):

@@ -178,12 +178,17 @@ def run(
   checkpoint: str | None = None,
   workdir: str | None = None,
   finetune_overrides: dict[str, Any] | None = None,
+  reference: str = presets.DEFAULT_REFERENCE,
 ) -> dict[str, Any]:
   """Scores every preset whose data is present; returns {"rows": [...], "absent": [...]}.
 
   Fine-tuning presets fine-tune `checkpoint` (a jaxclap workdir or checkpoint) with their
-  recipe, `finetune_overrides` (knob -> value) on top, under `workdir`/finetune.
+  recipe, `finetune_overrides` (knob -> value) on top, under `workdir`/finetune. The paper
+  column holds `reference`'s published numbers (a key of `presets.REFERENCES`).
   """
+  if reference not in presets.REFERENCES:
+    raise ValueError(f"unknown reference {reference!r}; known: {sorted(presets.REFERENCES)}")
+  published = presets.REFERENCES[reference]
   ctx = _Clips(model, max_clips)
   opts = {
     "seeds": tuple(seeds),
@@ -209,7 +214,7 @@ def run(
       continue
     result = PROTOCOLS[p.protocol](ctx, p, root, opts)
     for metric in p.metrics:
-      paper = p.paper if metric == p.metrics[0] else None
+      paper = published.get(p.name) if metric == p.metrics[0] else None
       rows.append(
         {
           "preset": p.name,
@@ -221,7 +226,7 @@ def run(
           "details": result,
         }
       )
-  return {"data_root": data_root, "rows": rows, "absent": absent}
+  return {"data_root": data_root, "reference": reference, "rows": rows, "absent": absent}
 
 
 def _cell(v: float | None) -> str:
@@ -231,7 +236,7 @@ def _cell(v: float | None) -> str:
 def format_table(report: dict[str, Any]) -> str:
   """Markdown: one row per preset run (ours beside the paper's, in %), then the absent ones."""
   lines = [
-    "| task | protocol | metric | ours (%) | paper (%) | paper source |",
+    f"| task | protocol | metric | ours (%) | paper: {report['reference']} (%) | paper source |",
     "|---|---|---|---|---|---|",
   ]
   for r in report["rows"]:
