@@ -112,6 +112,18 @@ def test_readers_of_each_layout(tmp_path):
   m = corpora.read_wavcaps(wc, "soundbible")
   assert [i.path.parent.name for i in m.items] == ["SoundBible_flac"]  # Not FreeSound's 2219.
   assert m.missing == ["9999"]
+  # WavCaps blacklists ({"<Source>": [ids]}) leave out only their own source's clips.
+  other, own = tmp_path / "bl_fsd.json", tmp_path / "bl_sb.json"
+  other.write_text(json.dumps({"FreeSound": ["2219"], "AudioSet": ["Y2219.wav"]}))
+  own.write_text(json.dumps({"SoundBible": ["2219.flac", "123"]}))
+  assert len(corpora.read_wavcaps(wc, "soundbible", [other]).items) == 1
+  m = corpora.read_wavcaps(wc, "soundbible", [other, own])
+  assert not m.items and m.excluded == ["2219"] and m.missing == ["9999"]
+  (tmp_path / "bl_bad.json").write_text('["2219"]')
+  with pytest.raises(ValueError, match="bl_bad.json: a WavCaps blacklist maps source names"):
+    corpora.read_wavcaps(wc, "soundbible", [tmp_path / "bl_bad.json"])
+  with pytest.raises(ValueError, match="exclude .WavCaps blacklists. applies to wavcaps"):
+    build.build_dataset("clotho", str(tmp_path / "d"), manual_dir=str(cl), exclude=[str(own)])
   m, report = corpora.read_audioset(aset, [tmp_path / "auto_acd.csv"])
   got = {i.clip_id.split("/")[-1]: (i.split, i.captions) for i in m.items}
   assert got == {
@@ -134,9 +146,16 @@ def test_corpora_build_merge_and_train(tmp_path):
   ac, cl, wc, aset, vgg = _corpora(tmp_path)
   data_dir = str(tmp_path / "data")
   emb = HashEmbedder(dim=8)
+  blacklist = tmp_path / "blacklist_exclude_test_ac.json"
+  blacklist.write_text(json.dumps({"FreeSound": ["2219"]}))  # Not SoundBible's 2219.
   for name, folder in [("audiocaps", ac), ("clotho", cl), ("wavcaps/soundbible", wc)]:
-    info = build.build_dataset(name, data_dir, manual_dir=str(folder), embedder=emb)
+    extra = {"exclude": [str(blacklist)]} if name.startswith("wavcaps") else {}
+    info = build.build_dataset(name, data_dir, manual_dir=str(folder), embedder=emb, **extra)
     assert info["sample_rate"] == SR
+  excluded = build.dataset_info("wavcaps/soundbible", data_dir)["build"]["excluded"]
+  assert excluded == {"files": [blacklist.name], "clips": 0}
+  with pytest.raises(ValueError, match="was built with exclude="):  # Not silently reused.
+    build.build_dataset("wavcaps/soundbible", data_dir, manual_dir=str(wc), embedder=emb)
   assert build.dataset_info("audiocaps", data_dir)["build"]["missing_audio"]["clips"] == 1
   val = _records("audiocaps", "validation", data_dir)
   assert [r["captions"] for r in val.values()] == [["a dog barks", "barking nearby"]]

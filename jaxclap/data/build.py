@@ -186,21 +186,24 @@ def _check_existing(
   seed: int | None,
   merged: list[str] | None = None,
   sample_rate: int | None = None,
+  excluded: list[str] | None = None,
 ) -> None:
-  """Refuses to reuse a build made with another text model, demo size/seed, merge list or
-  sample rate."""
+  """Refuses to reuse a build made with another text model, demo size/seed, merge list,
+  sample rate or blacklist."""
   wanted = {
     "text_model": text_model,
     "num_clips": num_clips,
     "seed": seed,
     "merge_captions": merged,
     "sample_rate": sample_rate,
+    "exclude": excluded,
   }
   built = {
     "text_model": info["text_model"],
     "sample_rate": info["sample_rate"],
     **{k: info["build"].get(k) for k in ("num_clips", "seed")},
     "merge_captions": info["build"].get("merged_captions", {}).get("files", []),
+    "exclude": info["build"].get("excluded", {}).get("files", []),
   }
   for key, value in wanted.items():
     if value is not None and value != built[key]:
@@ -227,6 +230,7 @@ def build_dataset(
   worker: tuple[int, int] | None = None,
   captions: Sequence[str] = (),
   sample_rate: int = schema.SAMPLE_RATE,
+  exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
   """Builds `dataset` under `data_dir` (no-op if already built); returns its summary.
 
@@ -235,7 +239,8 @@ def build_dataset(
   only worker k's share, in its own folder (`build_parallel`, `parallel_build`). `merge_captions`:
   caption CSVs joined into a captioned folder's clips by YouTube id (`caption_merge`).
   `captions`: audioset / vggsound Auto-ACD caption CSVs (`corpora`). `sample_rate`: of the
-  stored PCM (16000 or 32000; the trainer refuses a front end at another rate).
+  stored PCM (16000 or 32000; the trainer refuses a front end at another rate). `exclude`:
+  wavcaps/<source> blacklist JSONs (clips that overlap evaluation sets, left out).
   """
   kind, config = _split_name(dataset, manual_dir)
   name = _full_name(kind, config)
@@ -252,9 +257,17 @@ def build_dataset(
   captions = [os.path.expanduser(str(p)) for p in captions or ()]
   if captions and kind not in ("audioset", "vggsound"):
     raise ValueError(f"captions (Auto-ACD CSVs) apply to audioset and vggsound, not {dataset!r}")
-  for path in merge_captions + captions:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"merge_captions file {path} is not a file")
+  exclude = [os.path.expanduser(str(p)) for p in exclude or ()]
+  if exclude and kind != "wavcaps":
+    raise ValueError(f"exclude (WavCaps blacklists) applies to wavcaps/<source>, not {dataset!r}")
+  for flag, files in (
+    ("merge_captions", merge_captions),
+    ("captions", captions),
+    ("exclude", exclude),
+  ):
+    for path in files:
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} file {path} is not a file")
   if is_built(name, data_dir):
     _check_existing(
       dataset_info(name, data_dir),
@@ -263,6 +276,7 @@ def build_dataset(
       seed if kind == DEMO else None,
       [Path(p).name for p in merge_captions] if merge_captions else None,
       sample_rate,
+      [Path(p).name for p in exclude] if kind == "wavcaps" else None,
     )
   else:
     kwargs: dict[str, Any] = dict(
@@ -282,6 +296,8 @@ def build_dataset(
         kwargs["captions"] = captions
       if merge_captions:
         kwargs["merge_captions"] = merge_captions
+      if exclude:
+        kwargs["exclude"] = exclude
     kwargs["embedder"] = embedder or load_embedder(text_model, backend, trust_remote_code)
     if worker is not None:
       kwargs["worker"] = worker
@@ -350,6 +366,11 @@ def format_summary(info: dict[str, Any]) -> str:
     f"skipped files  {build.get('skipped', 0)}",
   ]
   lines += [f"  skipped: {s}" for s in build.get("skipped_inputs", [])[:20]]
+  excluded = build.get("excluded")
+  if excluded:
+    lines.append(
+      f"excluded       {excluded['clips']} clips listed in {', '.join(excluded['files'])}"
+    )
   merged = build.get("merged_captions")
   if merged:
     lines.append(
@@ -385,6 +406,7 @@ def main(argv: list[str], build: Callable[..., dict[str, Any]] = build_dataset) 
       merge_captions=f.merge_captions,
       captions=f.captions,
       sample_rate=f.sample_rate,
+      exclude=f.exclude,
     )
   print(format_summary(info))
   return 0
@@ -429,6 +451,12 @@ def _define_flags() -> None:
     [],
     "audioset / vggsound: Auto-ACD caption CSVs (youtube_id,caption); clips without one get "
     "the official label caption.",
+  )
+  flags.DEFINE_list(
+    "exclude",
+    [],
+    "wavcaps/<source>: WavCaps blacklist JSONs (json_files/blacklist/blacklist_exclude_*.json) "
+    "whose clips are left out, e.g. those overlapping AudioCaps/Clotho test sets.",
   )
   flags.DEFINE_integer(
     "sample_rate", 16000, "Rate of the stored audio: 16000 or 32000 (in the metadata)."

@@ -11,7 +11,9 @@ Layouts of manual_dir (audio files may sit anywhere below it unless said otherwi
              "audio", "duration", ...}]}) and the audio named by the entry id ("2219.flac";
              AudioSet_SL ids end in ".wav") below a folder named after the source
              (e.g. SoundBible_flac/). Sources: audioset_sl, bbc_sound_effects, freesound,
-             soundbible. All clips are train.
+             soundbible. All clips are train. `exclude`: WavCaps' blacklist JSONs as
+             shipped (json_files/blacklist/blacklist_exclude_*.json: {"AudioSet": ["Y<id>.wav",
+             ...], "FreeSound": ["<id>", ...]}) whose clips of this source are left out.
   audioset   AudioSet segment CSVs (balanced_train_segments.csv, unbalanced_train_segments.csv,
              eval_segments.csv: "# YTID, start_seconds, end_seconds, positive_labels") and
              class_labels_indices.csv; audio named by YouTube id (nttcslab/m2d
@@ -28,6 +30,7 @@ Clips a corpus lists but that are not on disk are counted in `Manifest.missing`,
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -151,12 +154,38 @@ def _stem(path: Path) -> str:
   return path.stem
 
 
-def read_wavcaps(manual_dir: str | os.PathLike, source: str) -> manifests.Manifest:
-  """One WavCaps source: its JSON and the audio files named by the entries' ids."""
+def wavcaps_blacklist(paths: Sequence[str | os.PathLike], source: str) -> set[str]:
+  """The clip ids (file stems) that WavCaps blacklist JSONs list for `source`.
+
+  A blacklist names sources by their WavCaps folder or its start ("AudioSet" for
+  AudioSet_SL), compared case-insensitively.
+  """
+  folder = WAVCAPS_SOURCES[source][0].lower()
+  ids: set[str] = set()
+  for path in paths:
+    try:
+      with open(path, encoding="utf-8") as f:
+        table = json.load(f)
+    except (OSError, ValueError) as e:
+      raise BadInputError(f"{path}: not a readable WavCaps blacklist JSON ({e})") from e
+    if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+      raise BadInputError(f"{path}: a WavCaps blacklist maps source names to lists of ids")
+    for key, listed in table.items():
+      if folder.startswith(str(key).lower()):
+        ids.update(Path(str(x)).stem for x in listed)
+  return ids
+
+
+def read_wavcaps(
+  manual_dir: str | os.PathLike, source: str, exclude: Sequence[str | os.PathLike] = ()
+) -> manifests.Manifest:
+  """One WavCaps source: its JSON and the audio files named by the entries' ids, less the
+  clips that the `exclude` blacklists list (counted in `Manifest.excluded`)."""
   manual_dir = _require_dir(manual_dir)
   if source not in WAVCAPS_SOURCES:
     raise BadInputError(f"unknown WavCaps source {source!r}; one of {sorted(WAVCAPS_SOURCES)}")
   folder, json_name = WAVCAPS_SOURCES[source]
+  blacklisted = wavcaps_blacklist(exclude, source)
   found = sorted(manual_dir.rglob(json_name))
   if not found:
     raise BadInputError(f"{manual_dir}: no {json_name} (WavCaps json_files/{folder}/{json_name})")
@@ -165,13 +194,16 @@ def read_wavcaps(manual_dir: str | os.PathLike, source: str) -> manifests.Manife
   # audio is looked up below the source's own folder when there is one.
   audio = index_audio(manual_dir, _stem, keep=_under_source(folder, manual_dir))
   audio = audio or index_audio(manual_dir, _stem)
-  items, bad, missing = [], [], []
+  items, bad, missing, excluded = [], [], [], []
   for i, entry in enumerate(caption_merge.read_json_entries(json_path)):
     where = f"{json_path} entry {i}"
     clip = Path(str(entry.get("id", ""))).stem
     captions = caption_merge.json_captions(entry)
     if not clip or not captions or not all(captions):
       bad.append(BadInputError(f"{where}: no id, no caption or an empty one"))
+      continue
+    if clip in blacklisted:
+      excluded.append(clip)
       continue
     named = manual_dir / str(entry.get("audio", ""))
     path = named if named.suffix.lower() in AUDIO_EXTENSIONS and named.is_file() else None
@@ -180,7 +212,9 @@ def read_wavcaps(manual_dir: str | os.PathLike, source: str) -> manifests.Manife
       missing.append(clip)
       continue
     items.append(_item(manual_dir, where, "train", path, list(dict.fromkeys(captions))))
-  return _manifest(items, bad, missing)
+  manifest = _manifest(items, bad, missing)
+  manifest.excluded = list(dict.fromkeys(excluded))
+  return manifest
 
 
 def autoacd_caption(caption: str) -> str:

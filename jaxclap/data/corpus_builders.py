@@ -42,12 +42,30 @@ class Clotho(CaptionedFolder, skip_registration=True):
 
 
 class Wavcaps(CaptionedFolder, skip_registration=True):
-  """One WavCaps source (config name = source: audioset_sl, bbc_sound_effects, ...)."""
+  """One WavCaps source (config name = source: audioset_sl, bbc_sound_effects, ...), less
+  the clips of the `exclude` blacklists (WavCaps' json_files/blacklist/*.json)."""
 
   VERSION, RELEASE_NOTES = _VERSION, _NOTES
 
+  def __init__(self, *, exclude: Sequence[str | os.PathLike] = (), **kwargs: Any):
+    self._exclude = list(exclude)
+    self._excluded: list[str] = []
+    super().__init__(**kwargs)
+
   def read_layout(self, manual_dir: Path) -> manifests.Manifest:
-    return corpora.read_wavcaps(manual_dir, self.builder_config.name)
+    manifest = corpora.read_wavcaps(manual_dir, self.builder_config.name, self._exclude)
+    self._excluded = manifest.excluded
+    if self._exclude:
+      logging.info("%d clips left out by %s", len(self._excluded), self._exclude)
+    return manifest
+
+  def update_metadata(self) -> None:
+    super().update_metadata()
+    if self._exclude:  # Recorded so that a rebuild with other blacklists is refused.
+      self.info.metadata["build"]["excluded"] = {
+        "files": [Path(p).name for p in self._exclude],
+        "clips": len(self._excluded),
+      }
 
 
 class _AutoAcdCorpus(CaptionedFolder, skip_registration=True):

@@ -79,6 +79,8 @@ class Manifest:
   # Clips a corpus lists but whose audio is not on disk (partial downloads are the norm for
   # YouTube corpora): counted and reported, not errors.
   missing: list[str] = dataclasses.field(default_factory=list)
+  # Clips left out on purpose (WavCaps blacklists of evaluation-set overlaps).
+  excluded: list[str] = dataclasses.field(default_factory=list)
 
   def splits(self) -> list[str]:
     return sorted({item.split for item in self.items})
