@@ -202,6 +202,22 @@ def test_masked_training_features_use_the_kept_grid(restored):
   np.testing.assert_allclose(feat_t, tok_t.mean(axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_non_square_patches_pool_over_their_own_width():
+  """16x4 patches (the official 40 ms models): a column's first frame steps by 4 frames,
+  so valid_frames=40 keeps a whole 32-frame chunk (8 columns) and 2 of the next."""
+  from jaxclap.eval.ft_model import FinetuneNet
+
+  net = FinetuneNet(size="test", num_classes=3, patch_size=(16, 4), input_frames=32, unit_frames=32)
+  x = jax.random.normal(jax.random.key(6), (2, 80, 64))
+  variables = net.init(jax.random.key(0), x, jnp.full((2,), 64))
+  feat = net.apply(variables, x, jnp.array([64, 40]), method="features")
+  chunks = [net.apply(variables, x[:, :, s : s + 32], method="tokens") for s in (0, 32)]
+  grid = jnp.concatenate([c.reshape(2, 5, 8, -1) for c in chunks], axis=2)  # [B, F', T', D]
+  for i, columns in enumerate((16, 10)):
+    expected = grid[i, :, :columns].mean(axis=1).reshape(-1)
+    np.testing.assert_allclose(feat[i], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_targets_reject_labels_out_of_range():
   np.testing.assert_array_equal(pipeline.label_vector({"label": 2}, 4, "x"), [0, 0, 1, 0])
   np.testing.assert_array_equal(

@@ -27,7 +27,7 @@ class FinetuneNet(nn.Module):
 
   size: str
   num_classes: int
-  patch_size: int = 16
+  patch_size: patches.Patch = 16  # Square side, or (freq, time) as the encoder's.
   n_mels: int = 80
   input_frames: int = 608  # Width of the pre-trained position table (frames).
   unit_frames: int = 608  # Fine-tuning input length: the table is fitted to it.
@@ -53,7 +53,7 @@ class FinetuneNet(nn.Module):
     if x.shape[1] != self.n_mels:
       raise ValueError(f"FinetuneNet: expected {self.n_mels} mel bins, got input {x.shape}")
     gf, gt = patches.grid_size(x.shape[1], x.shape[2], self.patch_size)
-    unit_t = self.unit_frames // self.patch_size
+    unit_t = self.unit_frames // patches.hw(self.patch_size)[1]
     if gt > unit_t:
       raise ValueError(
         f"FinetuneNet.tokens: {x.shape[2]} frames exceed the unit length "
@@ -80,19 +80,19 @@ class FinetuneNet(nn.Module):
     (structured masking; x is one crop); None encodes all of x in unit-length chunks.
     """
     b, d = x.shape[0], sizes.get_size(self.size).width
-    p = self.patch_size
-    gf = x.shape[1] // p
+    ph, pw = patches.hw(self.patch_size)
+    gf = x.shape[1] // ph
     if keep is not None:
       rows, cols = kept_grid
       grid = self.tokens(x, keep).reshape(b, rows, cols, d)
-      start = (keep[:, :cols] % (x.shape[2] // p)) * p  # First frame of each kept column.
+      start = (keep[:, :cols] % (x.shape[2] // pw)) * pw  # First frame of each kept column.
     else:
       # Whole unit-length chunks go through the encoder as one batch; padded patches get
       # no weight below.
-      unit, t = self.unit_frames, self.unit_frames // p
-      chunks = patches.encode_chunks(self.tokens, x, unit, p, one_batch=True)
+      unit, t = self.unit_frames, self.unit_frames // pw
+      chunks = patches.encode_chunks(self.tokens, x, unit, self.patch_size, one_batch=True)
       grid = jnp.concatenate([c.reshape(b, gf, t, d) for c in chunks], axis=2)
-      starts = (unit * np.arange(len(chunks))[:, None] + p * np.arange(t)[None, :]).reshape(-1)
+      starts = (unit * np.arange(len(chunks))[:, None] + pw * np.arange(t)[None, :]).reshape(-1)
       start = jnp.broadcast_to(jnp.asarray(starts), (b, starts.size))
     w = (start < valid_frames[:, None]).astype(jnp.float32)
     w = jnp.where(jnp.sum(w, axis=1, keepdims=True) > 0, w, 1.0)  # No audio: plain mean.

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxclap import losses
 from jaxclap.audio import frontend as fe
-from jaxclap.models import clap, m2d
+from jaxclap.models import clap, m2d, patches
 from jaxclap.run_meta import RunMeta
 from jaxclap.text import sentence
 from jaxclap.text import tower as text_tower
@@ -151,7 +151,7 @@ def build(
   model = clap.CLAP(
     text_tower=tower,
     size=config.model.size,
-    patch_size=config.model.patch_size,
+    patch_size=patches.of_config(config.model),
     n_mels=fcfg.n_mels,
     input_frames=input_frames,
     unit_frames=unit_frames,

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxclap.models import clap_heads, vit
+from jaxclap.models import clap_heads, patches, vit
 
 LOGIT_SCALE_INIT = math.log(100.0)  # Stage 2 restarts the temperature at 0.01.
 
@@ -18,7 +18,7 @@ class CLAP(nn.Module):
 
   text_tower: nn.Module
   size: str = "base"
-  patch_size: int = 16
+  patch_size: patches.Patch = 16  # Square side, or (freq, time).
   n_mels: int = 80
   input_frames: int = 608  # Width of the stage-1 position table (longer input: resized).
   unit_frames: int = 0  # Input length trained on (chunk length); 0: input_frames.

@@ -63,5 +63,5 @@ def clap_audio_embedding(
 def clip_features_and_clap(params: Any, x: jax.Array, *, model: Any) -> tuple[jax.Array, jax.Array]:
   """(`clip_features`, `clap_audio_embedding`) of `x` from one encoder pass."""
   chunks = encode_tokens(params, x, model=model)
-  frames = patches.chunks_to_frames(chunks, x.shape[1] // model.patch_size)
+  frames = patches.chunks_to_frames(chunks, x.shape[1] // patches.hw(model.patch_size)[0])
   return jnp.mean(frames.astype(jnp.float32), axis=1), _project(params, chunks, model, True)

@@ -168,9 +168,7 @@ def build_model(model_cfg: Mapping[str, Any]) -> M2D:
   get = model_cfg.get
   return M2D(
     size=model_cfg["size"],
-    patch_size=(
-      (get("patch_size", 16), get("patch_time")) if get("patch_time") else get("patch_size", 16)
-    ),
+    patch_size=patches.of_config(model_cfg),
     n_mels=get("n_mels", 80),
     input_frames=get("input_frames", 608),
     unit_frames=get("unit_frames", 0),

@@ -9,6 +9,7 @@ size is an int (square, p×p) or (ph, pw): 16×4 for the 40 ms M2D, 80×2 for M2
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,12 @@ def hw(patch_size: Patch) -> tuple[int, int]:
   if isinstance(patch_size, (tuple, list)):
     return int(patch_size[0]), int(patch_size[1])
   return int(patch_size), int(patch_size)
+
+
+def of_config(model_cfg: Any) -> Patch:
+  """The patch of a model config: `patch_size` square, or (patch_size, patch_time)."""
+  side, time = model_cfg.get("patch_size", 16), model_cfg.get("patch_time")
+  return (side, time) if time else side
 
 
 def grid_size(n_mels: int, n_frames: int, patch_size: Patch = 16) -> tuple[int, int]:

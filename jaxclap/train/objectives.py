@@ -153,7 +153,7 @@ def build(
       total_steps=int(meta.total_steps or 1),
     )
   gf, gt = patches.grid_size(
-    net.frontend_cfg.n_mels, config.data.crop_frames, config.model.patch_size
+    net.frontend_cfg.n_mels, config.data.crop_frames, patches.of_config(config.model)
   )
   variants = masks.stage2_variants(
     gf, gt, config.model.structured_mask, config.model.structured_mask_counts
