@@ -1,7 +1,9 @@
 """Evaluation metrics on host arrays: accuracy, multi-label mAP, audio↔text retrieval.
 
-Pure numpy (sklearn for per-class average precision). Training's validation and the
-evaluation CLI both call these, so their numbers mean the same thing.
+Pure numpy (average precision is sklearn's `average_precision_score` formula, pinned to it
+by tests; sklearn itself takes over a second to import in every process that runs this).
+Training's validation and the evaluation CLI both call these, so their numbers mean the
+same thing.
 
 Ranking convention (retrieval): candidates are sorted by score, highest first; equal
 scores keep index order (a stable sort), so a tie never favours the correct item.
@@ -12,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn import metrics as skm
 
 DEFAULT_KS = (1, 5, 10)
 MAP_CUTOFF = 10
@@ -53,8 +54,20 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
   present = np.flatnonzero(targets.sum(axis=0) > 0)
   if present.size == 0:
     raise ValueError("mean_average_precision: no class has a positive example")
-  aps = [skm.average_precision_score(targets[:, c] > 0, scores[:, c]) for c in present]
+  aps = [average_precision(targets[:, c] > 0, scores[:, c]) for c in present]
   return float(np.mean(aps))
+
+
+def average_precision(positive: np.ndarray, score: np.ndarray) -> float:
+  """AP of one class: sum over distinct score thresholds, highest first, of
+  (recall gained) x (precision at that threshold); tied scores form one threshold
+  (sklearn's `average_precision_score`)."""
+  order = np.argsort(-np.asarray(score, np.float64), kind="stable")
+  score, positive = np.asarray(score, np.float64)[order], np.asarray(positive, bool)[order]
+  last = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]  # Each threshold's last clip.
+  tp = np.cumsum(positive)[last]
+  precision, recall = tp / (last + 1), tp / tp[-1]
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def zero_shot_scores(audio_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray:

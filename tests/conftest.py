@@ -101,6 +101,20 @@ def text_embedder():
 
 
 @pytest.fixture(scope="session")
+def demo400_data_dir(tmp_path_factory, worker_id, text_embedder) -> str:
+  """`jaxclap_demo` with 400 clips (320/40/40) and MiniLM embeddings, built once: the
+  evaluation and learning tests need enough validation and test clips to see a margin."""
+  from jaxclap.data import build
+
+  return _built_once(
+    tmp_path_factory,
+    worker_id,
+    "demo400_data",
+    lambda d: build.build_dataset(build.DEMO, d, num_clips=400, embedder=text_embedder),
+  )
+
+
+@pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory, worker_id, text_embedder) -> str:
   """A TFDS data_dir holding `jaxclap_demo` with 64 clips and MiniLM caption embeddings.
 

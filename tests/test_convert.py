@@ -452,4 +452,6 @@ def test_vit_base_parity():
 
   r = R()
   r.params, r.model = params, model
-  _audio_parity(ref, r, lengths=(201, 1001))
+  # One chunk: the chunked long-input path is size-independent, and the test-size parity
+  # tests run it on clips of up to 40 chunks.
+  _audio_parity(ref, r, lengths=(201,))

@@ -18,7 +18,6 @@ from jaxclap.eval import data as eval_data
 from jaxclap.eval import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-EVAL_CLIPS = 400  # 320 train / 40 validation / 40 test: enough test clips to see a margin.
 CHANCE = 1 / 13
 
 
@@ -31,13 +30,9 @@ def _assert_png(path: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def eval_data_dir(tmp_path_factory, text_embedder) -> str:
-  """A 400-clip `jaxclap_demo` (MiniLM embeddings), about 10 s to build."""
-  from jaxclap.data import build
-
-  data_dir = str(tmp_path_factory.mktemp("eval_data"))
-  build.build_dataset(build.DEMO, data_dir, num_clips=EVAL_CLIPS, embedder=text_embedder)
-  return data_dir
+def eval_data_dir(demo400_data_dir) -> str:
+  """The session's 400-clip `jaxclap_demo` (MiniLM embeddings)."""
+  return demo400_data_dir
 
 
 @pytest.fixture(scope="module")

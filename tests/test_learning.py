@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import TEST_XLA_FLAGS
 
-from jaxclap.data import build as data_build
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, text_embedder):
-  d = str(tmp_path_factory.mktemp("learning_data"))
-  data_build.build_dataset(data_build.DEMO, d, num_clips=400, embedder=text_embedder)
-  return d
+def data_dir(demo400_data_dir):
+  return demo400_data_dir
 
 
 # Demo-sized EMA decay and CLAP weight (configs/demo.py:stage1); a smaller model and crop.

@@ -94,6 +94,22 @@ def test_retrieval_rejects_bad_input():
     metrics.retrieval(np.zeros((2, 3)), np.array([0, 1]))
 
 
+def test_average_precision_is_sklearns_with_ties():
+  """Our AP equals sklearn's average_precision_score, tied scores included."""
+  from sklearn.metrics import average_precision_score
+
+  rng = np.random.default_rng(0)
+  for trial in range(200):
+    n = int(rng.integers(2, 40))
+    positive = rng.random(n) < rng.uniform(0.05, 0.9)
+    positive[rng.integers(n)] = True
+    # Few distinct values in half the trials: many ties across positives and negatives.
+    score = rng.integers(0, 4, n) / 4 if trial % 2 else rng.standard_normal(n)
+    ours = metrics.average_precision(positive, score)
+    assert ours == pytest.approx(average_precision_score(positive, score), abs=1e-12), trial
+  assert metrics.average_precision([False, True, True], [0.5, 0.5, 0.5]) == pytest.approx(2 / 3)
+
+
 def test_mean_average_precision_hand_case():
   scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6], [0.2, 0.2]])
   targets = np.array([[1, 0], [0, 1], [1, 0], [0, 0]])

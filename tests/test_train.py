@@ -86,7 +86,10 @@ def _summary(workdir):
 def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
   steps = ["--config.train.num_steps=14", "--config.train.checkpoint_every=1"]
   ref = tmp_path / "ref"
-  _run(ref, data_dir, *steps)
+  ref_log = open(tmp_path / "ref.log", "w")  # A file: a full pipe would block the run.
+  reference = subprocess.Popen(  # The same run uninterrupted, beside the killed one.
+    _cmd(ref, data_dir, *steps), cwd=REPO, stdout=ref_log, stderr=subprocess.STDOUT
+  )
   killed = tmp_path / "killed"
   proc = subprocess.Popen(
     _cmd(killed, data_dir, *steps), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -109,6 +112,8 @@ def test_resume_after_sigkill_is_bit_exact(data_dir, tmp_path):
     assert int(leftover.name.split(".")[0]) not in before
   _run(killed, data_dir, *steps)
   assert _summary(killed)["start_step"] == max(before)
+  assert reference.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-3000:]
+  ref_log.close()
   _assert_trees_equal(_state(ref, 14), _state(killed, 14))
 
 

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.manifold import TSNE
 
 from jaxclap.eval import data as eval_data
 
@@ -53,6 +52,10 @@ def tsne_2d(embeddings: np.ndarray, *, seed: int = 0) -> np.ndarray:
   if x.ndim != 2 or x.shape[0] < 3:
     raise ValueError(f"t-SNE needs [N>=3, D] embeddings, got shape {x.shape}")
   perplexity = max(1.0, min(30.0, (x.shape[0] - 1) / 3))
+  # Imported here: sklearn (with scipy) takes over a second to import, and every CLI start
+  # imports this module while few draw a t-SNE.
+  from sklearn.manifold import TSNE
+
   return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 
 
