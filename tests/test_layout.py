@@ -53,7 +53,13 @@ OPTIONAL = {
   "matplotlib",  # The "plots" extra: eval/plots.py, train/eval_report.py.
   "transformers",
 }
-LAZY = {("jaxclap", "jaxclap.inference"), ("jaxclap", "jaxclap.releases")}
+LAZY = {
+  ("jaxclap", "jaxclap.inference"),
+  ("jaxclap", "jaxclap.releases"),
+  # sklearn (+ scipy) takes ~1.3 s to import; every jaxclap.main start imports plots, few
+  # runs draw the t-SNE that needs it.
+  ("jaxclap.eval.plots", "sklearn.manifold.TSNE"),
+}
 
 
 def _modules() -> dict[str, ast.Module]:
