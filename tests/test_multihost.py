@@ -57,16 +57,16 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-# Executables that gloo runs across processes are not taken from the session's persistent
+# Executables with cross-device collectives are not taken from the session's persistent
 # compilation cache (conftest.py): reloaded from it, a 2-process run aborted with a gloo
-# "collective mismatch" on its first step, where freshly compiled ones run.
+# "collective mismatch" on its first step, and a 1-process run on 8 simulated CPU devices
+# hung in an all-gather rendezvous (1 run in 9; XLA aborts it after 40 s). Freshly
+# compiled ones run.
 _NO_JIT_CACHE = {"JAX_COMPILATION_CACHE_DIR": ""}
 
 
 def _run(pid: int, n: int, port: int, devices: int) -> subprocess.Popen:
-  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
-  if n > 1:
-    env.update(_NO_JIT_CACHE)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", **_NO_JIT_CACHE)
   return subprocess.Popen(
     [sys.executable, "-c", _WORKER, str(pid), str(n), str(port)],
     stdout=subprocess.PIPE,
@@ -96,9 +96,7 @@ def test_two_processes_match_one_process():
 def _main(pid: int | None, port: int, workdir, data_dir, *extra) -> subprocess.Popen:
   """jaxclap.main as process `pid` of 2 (4 devices each), or alone on 8 devices (pid None)."""
   devices = 8 if pid is None else 4
-  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu")
-  if pid is not None:
-    env.update(_NO_JIT_CACHE)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), JAX_PLATFORMS="cpu", **_NO_JIT_CACHE)
   layout = (
     []
     if pid is None

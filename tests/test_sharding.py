@@ -71,7 +71,9 @@ _SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def sharded_result():
-  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
+  # No persistent compilation cache: 8-device executables reloaded from it can hang in a
+  # collective (test_multihost.py, _NO_JIT_CACHE).
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR="")
   proc = subprocess.run(
     [sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=600
   )
