@@ -146,6 +146,7 @@ def test_paper_config_logs_shares_proportional_to_size(tmp_path, capsys):
   c.model.predictor_width = 32
   c.model.predictor_depth = 1
   c.model.predictor_heads = 2
+  c.data.crop_frames = 64  # Shares are per record; a short crop keeps the two steps cheap.
   c.train.global_batch = 4
   c.train.num_steps = 2
   c.train.val_every = 0
