@@ -1,4 +1,4 @@
-"""Stage 1 learns on the demo data: M2D loss falls, validation retrieval rises (2 seeds)."""
+"""Stage 1 learns on the demo data: M2D loss falls, validation retrieval rises."""
 
 import json
 import os
@@ -38,7 +38,7 @@ OVERRIDES = dict(
 def _run(data_dir: str, seed: int, workdir) -> dict:
   """One stage-1 run as `python -m jaxclap.main`, compiled at XLA's default optimisation.
 
-  800 steps of compute: the session's -O0 (conftest.py, for compile-bound tests) would
+  400 steps of compute: the session's -O0 (conftest.py, for compile-bound tests) would
   make this test ~2x slower, so its process gets XLA_FLAGS without it.
   """
   flags_ = [f"--config.{k.replace('__', '.')}={v}" for k, v in OVERRIDES.items()]
@@ -67,15 +67,14 @@ def _run(data_dir: str, seed: int, workdir) -> dict:
 
 @pytest.mark.slow
 def test_m2d_loss_falls_and_retrieval_rises(data_dir, tmp_path):
-  runs = [_run(data_dir, seed, tmp_path / f"s{seed}") for seed in (0, 1)]
-  for r in runs:
-    first, last = r["first_logged"], r["last_logged"]
-    assert last["loss_m2d"] < 0.6 * first["loss_m2d"], (first, last)
-    assert r["final_validation"]["val_loss_m2d"] < 0.6 * r["initial_validation"]["val_loss_m2d"]
-  init = sum(r["initial_validation"]["a2t_R@1"] for r in runs) / len(runs)
-  final = sum(r["final_validation"]["a2t_R@1"] for r in runs) / len(runs)
-  init5 = sum(r["initial_validation"]["a2t_R@5"] for r in runs) / len(runs)
-  final5 = sum(r["final_validation"]["a2t_R@5"] for r in runs) / len(runs)
+  # One seed (XLA on CPU is deterministic): a second seed cost a minute of the suite's CPU.
+  # Measured here at 400 steps: R@1 3% -> 19% (seed 0), 0% -> 28% (seed 1); R@5 +44%, +59%.
+  r = _run(data_dir, 0, tmp_path / "s0")
+  first, last = r["first_logged"], r["last_logged"]
+  assert last["loss_m2d"] < 0.6 * first["loss_m2d"], (first, last)
+  assert r["final_validation"]["val_loss_m2d"] < 0.6 * r["initial_validation"]["val_loss_m2d"]
+  init, final = r["initial_validation"]["a2t_R@1"], r["final_validation"]["a2t_R@1"]
+  init5, final5 = r["initial_validation"]["a2t_R@5"], r["final_validation"]["a2t_R@5"]
   # 32 validation clips: chance R@1 is 1/32, R@5 is 5/32.
   assert final >= init + 0.08 and final >= 4 / 32, (init, final)
   assert final5 >= init5 + 0.25, (init5, final5)
