@@ -62,8 +62,9 @@ def average_precision(positive: np.ndarray, score: np.ndarray) -> float:
   """AP of one class: sum over distinct score thresholds, highest first, of
   (recall gained) x (precision at that threshold); tied scores form one threshold
   (sklearn's `average_precision_score`)."""
-  order = np.argsort(-np.asarray(score, np.float64), kind="stable")
-  score, positive = np.asarray(score, np.float64)[order], np.asarray(positive, bool)[order]
+  score = np.asarray(score, np.float64)
+  order = np.argsort(-score, kind="stable")
+  score, positive = score[order], np.asarray(positive, bool)[order]
   last = np.r_[np.flatnonzero(np.diff(score)), score.size - 1]  # Each threshold's last clip.
   tp = np.cumsum(positive)[last]
   precision, recall = tp / (last + 1), tp / tp[-1]

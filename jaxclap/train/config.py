@@ -12,7 +12,7 @@ import os
 
 import ml_collections
 
-from jaxclap.models import sizes
+from jaxclap.models import patches, sizes
 
 # The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build` (the corpus
 # builders of data/corpora.py), no weights: drawn in proportion to size (configs/stage1.py
@@ -285,7 +285,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     ns,
     "expected None or (mean, std) with std > 0",
   )
-  patch_frames = c.model.get("patch_time") or c.model.patch_size  # The patch's time width.
+  patch_frames = patches.hw(patches.of_config(c.model))[1]  # The patch's time width.
   _check(
     c.data.crop_frames >= patch_frames,
     "data.crop_frames",
