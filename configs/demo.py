@@ -70,12 +70,13 @@ def _finetune_config(preset: str) -> ml_collections.ConfigDict:
 
 
 def stage1_1():
-  """Stage 1.1: the stage-1 encoder fine-tuned on the demo's labels (jaxclap.eval.finetune)."""
-  c = ml_collections.ConfigDict()
-  c.dataset = "jaxclap_demo"  # Labelled TFDS set; its train/validation/test splits.
-  c.finetune = _finetune_config("demo")
+  """Stage 1.1: the stage-1 encoder fine-tuned on the demo's labels (train/finetune.py);
+  run alone, it needs --config.init.workdir=<the stage-1 workdir>."""
+  c = _finetune_config("demo")
+  c.finetune.dataset = "jaxclap_demo"  # Labelled TFDS set; its train/validation/test splits.
   c.finetune.epochs = 2  # 100 steps of 32: the demo's time budget (10 min for all stages).
   c.finetune.warmup_epochs = 0.5
+  c.train.log_every = 10
   return c
 
 

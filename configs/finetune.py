@@ -6,9 +6,14 @@ EVAR's `finetune.py`: timm Lars (weight decay 0: SGD, momentum 0.9) at lr 2.0, b
 70 epochs of 200,000 clips drawn with AudioSet weights, timm cosine with 15 warm-up
 epochs, the best epoch picked on the eval set, mixup 0.5, structured masking 0.5 drawn
 per batch with the mean-token head, SpecAugment 30/192, 10 s input.
-Run with `jaxclap.eval.finetune.run_finetune(checkpoint, data_dir=..., dataset=...,
-config=..., workdir=...)`; the workdir gets an Orbax checkpoint that stage 2's
-`init.workdir`, `jaxclap.load` and `convert to_torch` accept.
+Run through the one trainer, like every stage (sharded, multi-host, resumable):
+
+  python -m jaxclap.main --config=configs/finetune.py:as2m --workdir=DIR \
+      --config.init.workdir=STAGE1_WORKDIR --config.finetune.dataset=audioset_labelled
+
+(or `jaxclap.eval.finetune.run_finetune(checkpoint, data_dir=..., dataset=..., config=...,
+workdir=...)`, which calls the same code); the workdir ends with an Orbax checkpoint of the
+best epoch that stage 2's `init.workdir`, `jaxclap.load` and `convert to_torch` accept.
 
 `get_config("as20k" | "esc50" | "spcv2" | "vc1")`: the paper's other fine-tuning rows
 as m2d's `util/ft-as20k.sh`, `ft-esc50.sh`, `ft-spc.sh`, `ft-vc1.sh` run EVAR's
@@ -18,6 +23,8 @@ paper suite runs them on the EVAR layouts (`jaxclap.eval.suite`; ESC-50 over its
 """
 
 import ml_collections
+
+from jaxclap.train import config as config_lib
 
 # EVAR config/m2d.yaml fine-tuning defaults (keys: ours), used where a util/ft-*.sh script
 # passes no flag: warmup_epochs 5, ft_bs 128, ft_epochs 200, ft_freq_mask 30,
@@ -107,11 +114,25 @@ PRESETS = ("demo", "as2m", *EVAR_SCRIPTS)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Fine-tuning knobs; `arg` picks a preset: "demo" (default), "as2m", or an EVAR_SCRIPTS one."""
-  c = ml_collections.ConfigDict()
+  """A stage-1.1 run of the one trainer (`python -m jaxclap.main`): `init.workdir` is the
+  checkpoint fine-tuned, `finetune` the recipe of preset `arg` (`finetune_knobs`)."""
+  c = config_lib.base_config()
+  c.stage = "finetune"
   c.seed = 0  # Seeds the head, crops, mixup, SpecAugment and patch masks.
+  c.init.workdir = ""  # The checkpoint fine-tuned (stage 1; any jaxclap or imported one).
+  c.train.log_every = 50  # Steps between loss log lines.
+  c.train.checkpoint_every = 500  # Steps between (resumable) checkpoints.
+  c.finetune = finetune_knobs(arg)
+  if (arg or "demo") == "as2m":
+    c.finetune.dataset = "audioset_labelled"  # AudioSet-2M, built as a labelled set.
+  return c
 
+
+def finetune_knobs(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The `finetune` group; `arg` picks a preset: "demo" (default), "as2m" or an EVAR script."""
+  c = ml_collections.ConfigDict()
   # Data: splits of a built labelled TFDS set (jaxclap_demo, labelled_folder/<name>).
+  c.dataset = "jaxclap_demo"
   c.train_split = "train"
   # Picks the best epoch; "": the test split (EVAR on AudioSet, which has no validation
   # split); a named split that is missing or empty also falls back to the test split.
@@ -120,7 +141,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Single-label (softmax CE, accuracy) or multi-label (BCE, mAP); None: from the data
   # (the builder's `multi_label` metadata).
   c.multi_label = ml_collections.config_dict.placeholder(bool)
-  c.num_workers = 0  # grain worker processes reading the training split (0: main process).
 
   # Input. The encoder's position table is resized (bicubic) from its trained width to
   # the crop's patch columns, as the recipe's 38 → 62 columns for 10 s.
@@ -135,7 +155,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # drawn per epoch without replacement (EVAR's AS2M: 200,000, WeightedRandomSampler).
   c.epoch_clips = 0  # Clips per epoch; 0: every training clip once.
   # "none": uniform; "audioset": AudioMAE's weights (class 1000/(count+0.01), clip: sum
-  # over its labels ^ (1/1.5)) from the training split's labels (jaxclap.eval.sampling).
+  # over its labels ^ (1/1.5)) from the training split's labels (jaxclap.data.sampling).
   c.sample_weights = "none"
 
   # Optimiser (jaxclap.train.optim). "timm_lars": EVAR's `--optim lars`, timm.optim.Lars,
@@ -186,8 +206,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.bn_momentum = 0.9  # Running-average decay (PyTorch momentum 0.1).
   c.head_init_std = 0.01  # Normal init of the linear layer (bias 0), as EVAR's head.
 
-  c.log_every = 50  # Steps between loss log lines.
-  # Write the best epoch as an Orbax checkpoint in <workdir> (jaxclap.eval.ft_checkpoint).
+  # Compute dtype of the encoder: "float32" (EVAR fine-tunes in fp32), "bfloat16", or ""
+  # (the checkpoint's own, e.g. a bf16 stage-1 run's).
+  c.dtype = "float32"
+  # Write the best epoch as the workdir's final checkpoint (jaxclap.train.export): what
+  # stage 2's init.workdir, jaxclap.load and convert to_torch read.
   c.save_checkpoint = True
 
   preset = arg or "demo"

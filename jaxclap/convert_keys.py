@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-from jaxclap import restore as restore_lib
 from jaxclap.models import patches, sizes
 from jaxclap.run_meta import RunMeta
 from jaxclap.text import bert
@@ -294,7 +293,7 @@ def run_config(
   """The jaxclap run config an official state dict describes: its folder name and shapes,
   over the config jaxclap saved in the file (`saved`, when it wrote it)."""
   config = (
-    restore_lib.config_from_meta(RunMeta(config=saved["config"]), source)
+    config_lib.config_from_meta(RunMeta(config=saved["config"]), source)
     if saved and "config" in saved
     else config_lib.base_config()
   )

@@ -50,30 +50,6 @@ class Restored:
     return self.meta.sentence_model
 
 
-def config_from_meta(meta: RunMeta, where: str) -> ml_collections.ConfigDict:
-  """The saved run config, overlaid on today's defaults (new knobs keep their default)."""
-  if not meta.config:
-    raise ValueError(f"{where}: checkpoint metadata has no 'config'; not written by jaxclap")
-  config = config_lib.base_config()
-  saved = meta.config
-  config.stage = saved.get("stage", "stage1")
-  with config.unlocked():
-    _overlay(config, saved)
-  return config
-
-
-def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
-  for key, value in saved.items():
-    if key not in config:
-      continue  # A knob that no longer exists: ignore, the model keys are checked below.
-    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
-      _overlay(config[key], value)
-    else:
-      config[key] = (
-        tuple(value) if isinstance(value, list) and isinstance(config[key], tuple) else value
-      )
-
-
 def restore(path: str, *, text_model: str | None = None) -> Restored:
   """Loads a workdir, its checkpoints dir or one step dir (latest complete step).
 
@@ -83,7 +59,7 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
   """
   saved = ckpt.load(path)
   meta, source, state = saved.meta, saved.source, saved.state
-  config = config_from_meta(meta, source)
+  config = config_lib.config_from_meta(meta, source)
   if text_model:
     config.text.model = text_model
   network = build_lib.build(config, meta, text_assets=saved.text)

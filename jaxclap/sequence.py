@@ -1,8 +1,8 @@
 """Running several stages in a row (the demo): each in `<workdir>/<stage>`, chained.
 
-A stage is a training config (`jaxclap.train.loop`) or, when it has a `finetune` field,
-supervised fine-tuning of the previous stage's encoder (`jaxclap.eval.finetune`, the
-recipe's stage 1.1), whose Orbax workdir the next stage starts from.
+Every stage is a config of the one trainer (`jaxclap.train.loop`, as `python -m
+jaxclap.main` runs it), stage 1.1 (fine-tuning) included; this module only orders the
+runs, each starting from the workdir of the one before.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import ml_collections
 
 from jaxclap import inference
-from jaxclap.eval import finetune, plots
+from jaxclap.eval import plots
 from jaxclap.train import loop
 
 
@@ -25,19 +25,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   for name, stage_cfg in config.stages.items():
     stage_cfg = ml_collections.ConfigDict(stage_cfg.to_dict())  # Unlocked copy.
     stage_dir = os.path.join(workdir, name)
-    if "finetune" in stage_cfg:
-      if previous is None:
-        raise ValueError(f"stage {name!r} fine-tunes an encoder: it needs a stage before it")
-      print(f"===== {name} → {stage_dir} (fine-tuning {previous})", flush=True)
-      results[name] = finetune.run_finetune(
-        previous,
-        data_dir=config.data_dir,
-        dataset=stage_cfg.dataset,
-        config=stage_cfg.finetune,
-        workdir=stage_dir,
-      )
-      previous = stage_dir
-      continue
+    if stage_cfg.stage == "finetune" and previous is None:
+      raise ValueError(f"stage {name!r} fine-tunes an encoder: it needs a stage before it")
     stage_cfg.data.data_dir = config.data_dir
     stage_cfg.data.demo_clips = config.get("demo_clips", stage_cfg.data.demo_clips)
     if previous is not None:

@@ -261,7 +261,8 @@ def test_finetune_is_reported_beside_the_linear_probe(stage1_workdir, demo_data_
   from configs import finetune as ft_config
 
   config = ft_config.get_config()
-  config.batch, config.epochs, config.warmup_epochs, config.max_steps = 8, 2, 0.5, 4
+  f = config.finetune
+  f.batch, f.epochs, f.warmup_epochs, f.max_steps = 8, 2, 0.5, 4
   report = evaluate.evaluate(
     stage1_workdir,
     data_dir=demo_data_dir,

@@ -16,13 +16,15 @@ import jaxclap
 from configs import finetune as ft_config
 from jaxclap import convert, restore, sharding
 from jaxclap.audio import frontend
-from jaxclap.data import build, pipeline
+from jaxclap.data import build, labelled, pipeline
 from jaxclap.data.schema import BadInputError
-from jaxclap.eval import augment, finetune, ft_checkpoint, ft_data, ft_loop
-from jaxclap.models import features, masks, patches
+from jaxclap.eval import finetune
+from jaxclap.models import classifier, features, masks, patches
 from jaxclap.run_meta import RunMeta
+from jaxclap.train import augment, export, handoff, objectives
 from jaxclap.train import checkpoint as ckpt
-from jaxclap.train import handoff, objectives
+from jaxclap.train import config as config_lib
+from jaxclap.train import finetune as ft_lib
 from jaxclap.train import state as state_lib
 
 
@@ -37,10 +39,13 @@ def _leaves(tree) -> dict:
 DEMO_FT_CLIPS = 300  # 240 train / 30 validation / 30 test clips.
 
 
-def _config(**overrides):
+def _config(seed=0, **overrides):
+  """The demo preset shrunk for tests; `overrides` are `finetune` knobs."""
   c = ft_config.get_config()
-  c.batch, c.epochs, c.warmup_epochs, c.eval_batch, c.log_every = 16, 2, 0.5, 32, 1000
-  c.update(overrides)
+  c.seed, c.train.log_every = seed, 1000
+  f = c.finetune
+  f.batch, f.epochs, f.warmup_epochs, f.eval_batch = 16, 2, 0.5, 32
+  f.update(overrides)
   return c
 
 
@@ -124,13 +129,15 @@ def test_time_mask_scaling_and_mask_counts():
 
 
 def _net(restored, unit_frames=64, **kw):
-  c = _config(**kw)
-  return finetune.build_net(restored, 13, unit_frames, c)
+  knobs = _config(**kw).finetune
+  return ft_lib.classifier_net(
+    restored.model, restored.config.model.pos_table, 13, unit_frames, knobs
+  )
 
 
 def test_batchnorm_has_no_affine_params(restored):
   net = _net(restored)
-  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  params, stats = classifier.init_variables(net, restored.params["encoder"], 0)
   assert "norm" not in params and set(params) == {"encoder", "classifier"}
   assert set(stats["norm"]) == {"mean", "var"} and stats["norm"]["mean"].shape == (5 * 64,)
   assert params["classifier"]["kernel"].shape == (5 * 64, 13)
@@ -141,7 +148,7 @@ def test_batchnorm_has_no_affine_params(restored):
 
 def test_head_input_is_the_time_averaged_feature(restored):
   net = _net(restored)
-  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  params, stats = classifier.init_variables(net, restored.params["encoder"], 0)
   x = jax.random.normal(jax.random.key(2), (3, 80, 128))  # Two 64-frame chunks.
   full = jnp.full((3,), 128)
   feat = net.apply({"params": params, "batch_stats": stats}, x, full, method="features")
@@ -161,7 +168,7 @@ def test_head_input_is_the_time_averaged_feature(restored):
 
 def test_position_table_is_resized_to_the_crop(restored):
   net = _net(restored, unit_frames=128)  # Trained table: 4 columns; crops: 8.
-  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  params, stats = classifier.init_variables(net, restored.params["encoder"], 0)
   x = jax.random.normal(jax.random.key(4), (2, 80, 128))
   tokens = net.apply({"params": params, "batch_stats": stats}, x, method="tokens")
   # The encoder itself resizes (bicubic) for input longer than its trained length.
@@ -177,7 +184,7 @@ def test_position_table_is_resized_to_the_crop(restored):
 
 def test_masked_training_features_use_the_kept_grid(restored):
   net = _net(restored)
-  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  params, stats = classifier.init_variables(net, restored.params["encoder"], 0)
   x = jax.random.normal(jax.random.key(5), (2, 80, 64))
   keep = jnp.array([[t + 4 * f for f in range(5) for t in (0, 2)]] * 2)  # Columns 0 and 2.
   feat = net.apply(
@@ -205,7 +212,7 @@ def test_masked_training_features_use_the_kept_grid(restored):
 def test_non_square_patches_pool_over_their_own_width():
   """16x4 patches (the official 40 ms models): a column's first frame steps by 4 frames,
   so valid_frames=40 keeps a whole 32-frame chunk (8 columns) and 2 of the next."""
-  from jaxclap.eval.ft_model import FinetuneNet
+  from jaxclap.models.classifier import FinetuneNet
 
   net = FinetuneNet(size="test", num_classes=3, patch_size=(16, 4), input_frames=32, unit_frames=32)
   x = jax.random.normal(jax.random.key(6), (2, 80, 64))
@@ -228,7 +235,9 @@ def test_targets_reject_labels_out_of_range():
 
 
 def test_config_presets():
-  paper = ft_config.get_config("as2m")
+  run = ft_config.get_config("as2m")
+  assert run.stage == "finetune" and run.finetune.dataset == "audioset_labelled"
+  paper = run.finetune
   assert (paper.lr, paper.batch, paper.epochs, paper.warmup_epochs) == (2.0, 64, 70, 15.0)
   assert (paper.mixup, paper.mask_ratio, paper.freq_mask, paper.time_mask) == (0.5, 0.5, 30, 192)
   assert paper.crop_seconds == 10.0 and paper.multi_label is None
@@ -238,13 +247,17 @@ def test_config_presets():
   assert (paper.schedule, paper.lr_min, paper.warmup_lr) == ("timm_cosine", 1e-7, 0.0)
   assert (paper.epoch_clips, paper.sample_weights) == (200_000, "audioset")
   assert paper.val_split == "" and paper.head_input == "tokens" and paper.save_checkpoint
-  demo = ft_config.get_config()
+  demo = ft_config.get_config().finetune
   assert (demo.optimizer, demo.schedule, demo.epoch_clips) == ("timm_lars", "timm_cosine", 0)
   with pytest.raises(ValueError, match="unknown preset 'x'"):
     ft_config.get_config("x")
-  finetune.validate(ft_config.get_config())
-  with pytest.raises(ValueError, match="bad mask_ratio=1.0"):
-    finetune.validate(_config(mask_ratio=1.0))
+  c = ft_config.get_config()
+  c.init.workdir = "/runs/stage1"
+  config_lib.validate(c)
+  with pytest.raises(ValueError, match="finetune.mask_ratio=1.0"):
+    bad = _config(mask_ratio=1.0)
+    bad.init.workdir = "/runs/stage1"
+    config_lib.validate(bad)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -262,7 +275,8 @@ def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   assert result["test"] >= 3 / 13, result  # Chance is 1/13.
   saved = json.loads((tmp_path / "finetune.json").read_text())
   assert saved["test"] == result["test"] and saved["unit_frames"] == 64
-  _, variables, facts = finetune.load_classifier(str(tmp_path))
+  clf = finetune.load_classifier(str(tmp_path))
+  variables, facts = clf.variables, clf.facts
   assert variables["params"]["classifier"]["kernel"].shape == (320, 13)
   assert set(variables["batch_stats"]["norm"]) == {"mean", "var"}
   assert facts["best_epoch"] == result["best_epoch"] and facts["test"] == result["test"]
@@ -437,9 +451,10 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
   saved = ckpt.load(workdir)
   meta, source = saved.meta, saved.source
   assert source == result["workdir_checkpoint"]
-  assert source.endswith(f"checkpoints/{result['best_step']}")
+  assert source.endswith(f"checkpoints/{result['steps']}")  # The run's last step ...
   assert (meta.stage, meta.input_frames, meta.unit_frames) == ("stage1", 128, 128)
-  assert meta.config["model"]["pos_table"] == "stored" and meta.step == result["best_step"]
+  assert meta.config["model"]["pos_table"] == "stored" and meta.step == result["steps"]
+  assert meta.finetune["best_step"] == result["best_step"]  # ... holds the best epoch.
   ft = meta.finetune
   assert (ft["dataset"], ft["best_epoch"], ft["test"]) == (
     "jaxclap_demo",
@@ -472,19 +487,17 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
     > 0.05
   )
   # The classifier read back scores the test split as the run did.
-  setup, variables, facts = finetune.load_classifier(workdir)
-  assert facts["head_input"] == "tokens" and setup.net.unit_frames == 128
+  clf = finetune.load_classifier(workdir)
+  assert clf.facts["head_input"] == "tokens" and clf.objective.net.unit_frames == 128
   source_test = pipeline.open_source("jaxclap_demo", "test", ft_demo_dir)
-  samples = ft_data.longest_clip([source_test])
+  samples = labelled.longest_clip([source_test])
   scores, truth = [], []
-  for b, n in ft_data.eval_batches(
+  for b, n in labelled.eval_batches(
     source_test, samples=samples, batch=32, num_classes=13, where="test"
   ):
-    scores.append(
-      np.asarray(finetune.eval_logits(setup, variables["params"], variables["batch_stats"], b))[:n]
-    )
+    scores.append(clf.logits(b)[:n])
     truth.append(b["target"][:n])
-  assert finetune.score(np.concatenate(scores), np.concatenate(truth), False) == pytest.approx(
+  assert ft_lib.score(np.concatenate(scores), np.concatenate(truth), False) == pytest.approx(
     result["test"], abs=1e-9
   )
 
@@ -492,15 +505,23 @@ def test_finetune_writes_a_stage_1_1_workdir(ft_run, stage1_workdir, ft_demo_dir
 def test_written_encoder_gives_the_finetuned_features(restored, tmp_path):
   """jaxclap.load of the written workdir computes what the fine-tuning network computed."""
   net = _net(restored, unit_frames=128)
-  params, stats = finetune.init_variables(net, restored.params["encoder"], 0)
+  params, stats = classifier.init_variables(net, restored.params["encoder"], 0)
   noise = jax.random.split(jax.random.key(9), len(jax.tree_util.tree_leaves(params["encoder"])))
   leaves, tree = jax.tree_util.tree_flatten(params["encoder"])
   params["encoder"] = jax.tree_util.tree_unflatten(
     tree, [v + 0.02 * jax.random.normal(k, v.shape) for v, k in zip(leaves, noise)]
   )
   facts = {"class_names": [str(i) for i in range(13)], "head_input": "frames", "multi_label": False}
-  ft_checkpoint.write(
-    str(tmp_path), restored=restored, net=net, params=params, batch_stats=stats, step=7, facts=facts
+  export.write(
+    str(tmp_path),
+    saved=ckpt.load(restored.source),
+    source_config=restored.config,
+    network=restored.network,
+    net=net,
+    params=params,
+    batch_stats=stats,
+    step=7,
+    facts=facts,
   )
   wave = 0.1 * np.random.default_rng(0).standard_normal(127 * 160).astype(np.float32)
   model = jaxclap.load(str(tmp_path), progress=False)
@@ -567,56 +588,4 @@ def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
   with pytest.raises(ValueError, match="with another config; use a new workdir"):
     finetune.run_finetune(
       stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=other, workdir=workdir
-    )
-
-
-# ----------------------------------------------------------------------- the loop
-
-
-class _Clips:
-  """A random-access source of silent one-label clips."""
-
-  def __len__(self):
-    return 4
-
-  def __getitem__(self, i):
-    return {"audio": np.zeros(160, np.int16), "label": i % 2, "id": f"c{i}".encode()}
-
-
-@pytest.mark.parametrize("bad_step,epoch", [(3, 1), (7, 2)])
-def test_loop_names_the_first_non_finite_step(bad_step, epoch):
-  """Losses stay on the device between log lines; a non-finite one is still reported with
-  its own step (not the step where the host looked)."""
-  losses = np.ones(10, np.float32)
-  losses[bad_step - 1], losses[bad_step] = np.nan, np.inf
-
-  @jax.jit
-  def step_fn(params, batch_stats, opt_state, batch, step, track):
-    loss = batch["loss"][step]
-    track = ft_loop.track_loss(track, loss, step)
-    return params, batch_stats, opt_state, {"loss": loss, "grad_norm": loss}, track
-
-  data = ft_loop.EvalData(
-    sources={"val": _Clips()}, samples=160, batch=4, num_classes=2, dataset="toy"
-  )
-  eval_fn = lambda p, bs, b: jnp.zeros((b["audio"].shape[0], 2))
-  with pytest.raises(
-    FloatingPointError,
-    match=rf"loss is nan at step {bad_step} \(epoch "
-    rf"{epoch}\)",
-  ):
-    ft_loop.train(
-      step_fn=step_fn,
-      eval_fn=eval_fn,
-      schedule=lambda c: 0.1,
-      params={"w": jnp.zeros(2)},
-      batch_stats={},
-      opt_state=(),
-      batches=iter([{"loss": losses}] * 10),
-      total=10,
-      steps_per_epoch=5,
-      log_every=1000,
-      eval_data=data,
-      val_split="val",
-      multi_label=False,
     )

@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from configs import finetune as ft_config
-from jaxclap.eval import augment, sampling
+from jaxclap.data import sampling
+from jaxclap.train import augment
 from jaxclap.models import masks
 from jaxclap.train import optim
 
@@ -149,7 +150,7 @@ def test_timm_cosine_schedule_matches_evar_loop(epochs, iters, warmup, lr_min, w
 
 
 def test_as2m_schedule_and_steps():
-  c = ft_config.get_config("as2m")
+  c = ft_config.get_config("as2m").finetune
   total = c.epochs * (c.epoch_clips // c.batch)
   assert total == 70 * 3125
   _, schedule = optim.make_finetune_optimizer(c, total)

@@ -21,7 +21,9 @@ from conftest import HashEmbedder, write_wav
 from jaxclap import evaluate
 from jaxclap import restore as restore_lib
 from jaxclap.data import build
-from jaxclap.eval import augment, crossval, ft_step, ft_suite, layouts, presets, probe, suite
+from jaxclap.eval import crossval, ft_suite, layouts, presets, probe, suite
+from jaxclap.train import augment
+from jaxclap.train import finetune as ft_step
 from jaxclap.train import optim
 
 SR = 16000
@@ -465,7 +467,7 @@ def _flags(line: str) -> dict[str, str]:
 def test_finetune_presets_are_the_official_scripts():
   for task, line in OFFICIAL_FT.items():
     f = _flags(line)
-    c = ft_suite.load_config(presets.FINETUNE_CONFIGS[f"ft_{task}"])
+    c = ft_suite.load_config(presets.FINETUNE_CONFIGS[f"ft_{task}"]).finetune
     sgd = f.get("optim", "sgd") == "sgd"  # finetune.py's run_eval default.
     assert c.optimizer == ("timm_lars" if sgd else f["optim"])  # SGD = timm Lars at decay 0.
     assert c.weight_decay == (0.0 if sgd else 0.0001) and c.momentum == 0.9
@@ -513,7 +515,7 @@ def test_rrc_adamw_and_class_mean_loss_follow_torch():
   i, j, h, w = (np.asarray(a) for a in augment.draw_crops(jax.random.key(0), 500, 16, 40))
   assert h.min() >= int(0.6 * 16) and h.max() <= 16 and w.min() >= 24 and w.max() <= 60
   assert (i + h).max() <= 16 and (j + w).max() <= 60 and i.max() > 0 and j.max() > 0
-  c = ft_suite.load_config("configs/finetune.py:vc1")
+  c = ft_suite.load_config("configs/finetune.py:vc1").finetune
   c.lr_min, c.warmup_epochs = c.lr, 0.0  # A constant lr, as torch's bare optimizer.
   tx, _ = optim.make_finetune_optimizer(c, 10)
   p = jnp.asarray(rng.normal(size=5), jnp.float32)

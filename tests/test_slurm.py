@@ -165,7 +165,7 @@ def test_time_limit_sigterm_saves_requeues_and_finishes_bit_exact(cluster, demo_
     "--time=1",
     "--signal-lead=20",
     *run,
-    "--config.train.step_sleep_s=1.0",
+    "--config.debug.step_sleep_s=1.0",
     *TINY,
   )
   deadline = time.monotonic() + 300
@@ -213,7 +213,7 @@ def test_scancel_leaves_last_checkpoint_loadable(cluster, demo_data_dir, tmp_pat
     "--time=10",
     "--config.train.global_batch=8",
     "--config.train.num_steps=1000",
-    "--config.train.step_sleep_s=0.2",
+    "--config.debug.step_sleep_s=0.2",
     *TINY,
     "--config.train.checkpoint_every=2",
   )

@@ -146,7 +146,7 @@ def test_nan_stops_with_clear_error_and_keeps_last_good(data_dir, tmp_path):
     data_dir,
     "--config.train.num_steps=12",
     "--config.train.checkpoint_every=4",
-    "--config.train.inject_nan_at=6",
+    "--config.debug.nan_at_step=6",
     "--config.train.async_checkpoint=False",
     check=False,
   )

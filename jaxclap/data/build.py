@@ -36,7 +36,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from absl import flags
 
-from jaxclap import cli, paths
+from jaxclap import cli
 from jaxclap.data import (
   builders,
   corpora,
@@ -46,11 +46,19 @@ from jaxclap.data import (
   parallel_build,
   schema,
 )
+
+# Dataset facts live in data/info.py; re-exported for the build API's callers.
+from jaxclap.data.info import (  # noqa: F401
+  DEFAULT_DATA_DIR,
+  MANUAL_HINTS,
+  build_command,
+  check_sample_rate,
+  dataset_info,
+)
 from jaxclap.data.schema import TextEmbedder
 from jaxclap.text.registry import DEFAULT_TEXT_MODEL
 from jaxclap.text.sentence import load_sentence_embedder
 
-DEFAULT_DATA_DIR = os.environ.get("JAXCLAP_DATA_DIR", os.path.expanduser("~/jaxclap_data"))
 DEMO = "jaxclap_demo"
 # Builder per dataset name prefix; the only place a name picks a class.
 BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
@@ -66,27 +74,9 @@ BUILDERS: dict[str, type[builders.CaptionedAudioBuilder]] = {
   "vggsound": corpus_builders.Vggsound,
 }
 CORPORA = ("audiocaps", "clotho", "wavcaps", "audioset", "vggsound")
+
+
 # What --manual_dir (and --captions) hold, per builder: the "build it with" hints.
-MANUAL_HINTS = {
-  "captioned_folder": "--manual_dir=<folder of audio + a captions CSV>",
-  "labelled_folder": "--manual_dir=<folder of audio + labels.csv, ESC-50, or class folders>",
-  "named_folder": "--manual_dir=<folder of audio named by what they are>",
-  "audiocaps": "--manual_dir=<AudioCaps: train.csv, val.csv, test.csv + audio>",
-  "clotho": "--manual_dir=<Clotho v2: clotho_captions_*.csv + development/ ...>",
-  "wavcaps": "--manual_dir=<WavCaps: json_files/ + audio folders>",
-  "audioset": "--manual_dir=<AudioSet: segment CSVs, class_labels_indices.csv + audio> "
-  "--captions=<Auto-ACD train.csv>",
-  "vggsound": "--manual_dir=<VGGSound: vggsound.csv + clips> --captions=<Auto-ACD train.csv>",
-}
-
-
-def build_command(name: str, data_dir: str) -> str:
-  """The command that builds dataset `name` (with the folders a user fills in)."""
-  kind = name.partition("/")[0]
-  hint = f" {MANUAL_HINTS[kind]}" if kind in MANUAL_HINTS else ""
-  return f"python -m jaxclap.data.build --dataset={name}{hint} --data_dir={data_dir}"
-
-
 def load_embedder(
   text_model: str, backend: str = "auto", trust_remote_code: bool = False
 ) -> TextEmbedder:
@@ -141,42 +131,6 @@ def is_built(name: str, data_dir: str) -> bool:
   except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError):
     return False
   return True
-
-
-def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
-  """Split sizes, text model, embedding dim, sample rate and classes of a built dataset."""
-  try:
-    builder = tfds.builder(name, data_dir=paths.data_dir(data_dir))
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise FileNotFoundError(
-      f"dataset {name!r} is not built under {data_dir}; build it with "
-      f"{build_command(name, data_dir)}"
-    ) from e
-  meta = dict(builder.info.metadata or {})
-  return {
-    "name": name,
-    "data_dir": str(builder.data_dir),
-    "splits": {s: int(info.num_examples) for s, info in builder.info.splits.items()},
-    "embedding_dim": int(meta["embedding_dim"]),
-    "embedding_dtype": meta.get("embedding_dtype"),
-    "text_model": meta["text_model"],
-    "sample_rate": int(meta["sample_rate"]),
-    "class_names": list(meta.get("class_names", [])),
-    "build": meta.get("build", {}),
-  }
-
-
-def check_sample_rate(info: dict[str, Any], sample_rate: int, reader: str) -> None:
-  """Refuses a dataset stored at another rate than `reader` reads: the audio would play at
-  the wrong speed (16 kHz samples read as 32 kHz are an octave up, twice as fast)."""
-  stored = int(info["sample_rate"])
-  if stored != sample_rate:
-    raise ValueError(
-      f"dataset {info['name']!r} in {info['data_dir']} is stored at {stored} Hz but {reader} "
-      f"reads {sample_rate} Hz audio; use a front end at {stored} Hz "
-      f"(--config.frontend.sample_rate={stored}) or a dataset built at {sample_rate} Hz "
-      f"(python -m jaxclap.data.build ... --sample_rate={sample_rate} --data_dir=<another dir>)"
-    )
 
 
 def _check_existing(

@@ -34,7 +34,7 @@ from absl import flags
 from jaxclap import paths
 from jaxclap.data import batching, mixture
 from jaxclap.data import caption_table as caption_table_lib
-from jaxclap.data.build import DEFAULT_DATA_DIR
+from jaxclap.data.info import DEFAULT_DATA_DIR
 
 # 608 frames at hop 160 with centred frames: (608 - 1) * 160 + 160 samples.
 DEFAULT_CROP_SAMPLES = 97_120

@@ -109,10 +109,10 @@ def run_preset(
   scores, "<round>_<metric>": each (several rounds), "rounds", "clips", "config"}."""
   config = load_config(config_spec)
   if overrides:
-    unknown = sorted(set(overrides) - set(config.keys()))
+    unknown = sorted(set(overrides) - set(config.finetune.keys()))
     if unknown:  # ConfigDict.update would add them silently.
       raise ValueError(f"unknown fine-tuning knob(s) {unknown} for {config_spec}")
-    config.update(dict(overrides))
+    config.finetune.update(dict(overrides))
   plan = crossval.rounds(data.folds, data.splits)
   folder = Path(workdir) / "finetune" / name
   _links(data, folder)

@@ -8,11 +8,15 @@ in `configs/` start from it and override what differs (the stage-2 recipe: confi
 from __future__ import annotations
 
 import functools
-import os
+from typing import Any
 
 import ml_collections
 
+from jaxclap.data import sampling
+from jaxclap.data.info import DEFAULT_DATA_DIR, parse_sources
 from jaxclap.models import patches, sizes
+from jaxclap.run_meta import RunMeta
+from jaxclap.train import augment, optim
 
 # The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build` (the corpus
 # builders of data/corpora.py), no weights: drawn in proportion to size (configs/stage1.py
@@ -30,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds parameters, masks, crops and caption draws.
 
   c.data = ml_collections.ConfigDict()
-  c.data.data_dir = os.environ.get("JAXCLAP_DATA_DIR", "~/jaxclap_data")  # TFDS data_dir.
+  c.data.data_dir = DEFAULT_DATA_DIR  # TFDS data_dir (env JAXCLAP_DATA_DIR).
   # Training mixture "name:split,..." sampled in proportion to size (the official uniform
   # draw over the concatenated lists), or "name:split:weight,..." with a weight on every
   # entry (mixture.epoch_counts); mixing the two forms is an error.
@@ -147,10 +151,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.val_every = 5000  # Steps between validations (and at the end); 0 disables.
   c.train.val_batches = 16  # Validation batches per validation (0 = whole split).
   c.train.stop_after = -1  # If > 0, stop (with a checkpoint) after this step; for staged runs.
-  c.train.inject_nan_at = -1  # Testing aid: poison the batch of this step with NaN.
-  # Testing aid: seconds to sleep after each step, so that a tiny run stays in flight
-  # (scheduler tests: time limits, scancel) without using the CPU; 0 = off.
-  c.train.step_sleep_s = 0.0
 
   # Evaluators run during training (train/evaluators.py), big_vision style: each entry
   # `c.evaluate.evaluators.<name> = ConfigDict(dict(kind=..., data="dataset:split", every=N))`
@@ -164,6 +164,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.evaluate.knn_k = 3  # Neighbours voting in the k-NN evaluator.
   c.evaluate.plot = True  # Write <workdir>/plots/learning_curve.png at the end (matplotlib).
 
+  # Testing aids, never set in a real run: they exist so that tests can drive a run into
+  # the states users meet (a non-finite loss, a job still in flight at its time limit).
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nan_at_step = -1  # Poison the batch of this step with NaN (the NaN stop's test).
+  # Seconds to sleep after each step, so that a tiny run stays in flight (scheduler tests:
+  # time limits, scancel, preemption) without using the CPU; 0 = off.
+  c.debug.step_sleep_s = 0.0
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Data-parallel axis size (-1 = all devices left over).
   c.mesh.fsdp = 1  # Parameter-sharding axis size (params/optimizer sharded over it).
@@ -175,7 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
 EVAL_KINDS = ("linear_probe", "knn", "zero_shot", "retrieval")  # Kinds of evaluators.
 
 _CHOICES = {  # Config keys that take one of a few values.
-  "stage": ("stage1", "stage2"),
+  # "finetune": stage 1.1, supervised fine-tuning of `init.workdir`'s encoder (the knobs of
+  # the `finetune` group, configs/finetune.py; train/finetune.py).
+  "stage": ("stage1", "stage2", "finetune"),
   "model.structured_mask_counts": ("official", "fixed"),
   "optim.decay_rule": ("timm045", "timm_new", "jaxclap"),
   "init.parts": ("audio_encoder", "all"),
@@ -203,47 +213,13 @@ def _check_choices(c: ml_collections.ConfigDict) -> None:
     _check(value in choices, key, value, f"expected {', '.join(names[:-1])} or {names[-1]}")
 
 
-def parse_sources(spec: str, *, with_weight: bool) -> list[tuple]:
-  """Parses "name:split[:weight],..." into tuples, naming the bad entry on error.
-
-  With `with_weight`, a tuple's weight is None when its entry has none (sampled by size);
-  either every entry has a weight or none has.
-  """
-  out = []
-  for entry in [e.strip() for e in spec.split(",") if e.strip()]:
-    parts = entry.split(":")
-    n = 3 if with_weight else 2
-    if with_weight and len(parts) == 2:
-      if not all(parts):
-        raise ValueError(f"Bad dataset entry {entry!r} in {spec!r}: expected name:split[:weight]")
-      out.append((parts[0], parts[1], None))
-      continue
-    if len(parts) != n or not all(parts):
-      form = "name:split:weight" if with_weight else "name:split"
-      raise ValueError(f"Bad dataset entry {entry!r} in {spec!r}: expected {form}")
-    if with_weight:
-      try:
-        w = float(parts[2])
-      except ValueError:
-        raise ValueError(f"Bad weight {parts[2]!r} in dataset entry {entry!r}") from None
-      if not w > 0:
-        raise ValueError(f"Dataset weight must be > 0 in {entry!r}")
-      out.append((parts[0], parts[1], w))
-    else:
-      out.append((parts[0], parts[1]))
-  if with_weight and len({w is None for *_, w in out}) > 1:
-    bare = next(f"{n}:{s}" for n, s, w in out if w is None)
-    raise ValueError(
-      f"Dataset entry {bare!r} in {spec!r} has no weight while others do: "
-      "give every entry a weight (name:split:weight) or none (each source is "
-      "then drawn in proportion to its size)"
-    )
-  return out
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first bad key of `c`."""
   _check_choices(c)
+  _check_run(c)
+  if c.stage == "finetune":
+    _check_finetune(c)
+    return
   _check(
     0.0 <= c.model.structured_mask < 1.0,
     "model.structured_mask",
@@ -335,16 +311,53 @@ def validate(c: ml_collections.ConfigDict) -> None:
     c.train.clap_grad_divisor,
     "must be > 0 (1 = nominal λ; the official 4-GPU run acts as 4)",
   )
-  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-    _check(c.train[key] >= 1, f"train.{key}", c.train[key], "must be >= 1")
   _check(c.train.val_every >= 0, "train.val_every", c.train.val_every, "must be >= 0")
-  _check(c.mesh.fsdp >= 1, "mesh.fsdp", c.mesh.fsdp, "must be >= 1")
-  _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data, "must be -1 or >= 1")
   _check_evaluators(c)
   parse_sources(c.data.train, with_weight=True)
   for key in ("val", "zero_shot"):
     if c.data[key]:
       parse_sources(c.data[key], with_weight=False)
+
+
+def _check_run(c: ml_collections.ConfigDict) -> None:
+  """How every stage runs: logging and checkpoint periods, the mesh."""
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _check(c.train[key] >= 1, f"train.{key}", c.train[key], "must be >= 1")
+  _check(c.mesh.fsdp >= 1, "mesh.fsdp", c.mesh.fsdp, "must be >= 1")
+  _check(c.mesh.data == -1 or c.mesh.data >= 1, "mesh.data", c.mesh.data, "must be -1 or >= 1")
+
+
+def _check_finetune(c: ml_collections.ConfigDict) -> None:
+  """A fine-tuning config: where it starts, and each recipe knob of its `finetune` group."""
+  _check("finetune" in c, "finetune", None, "stage finetune needs the finetune group")
+  _check(bool(c.init.workdir), "init.workdir", c.init.workdir, "name the checkpoint to fine-tune")
+  _check(c.train.grad_accum == 1, "train.grad_accum", c.train.grad_accum, "fine-tuning takes 1")
+  f = c.finetune
+  checks = [
+    ("dataset", bool(f.dataset), "name a built labelled dataset"),
+    ("lr", f.lr > 0, "must be > 0"),
+    ("batch", f.batch >= 1, "must be >= 1"),
+    ("epochs", f.epochs >= 1, "must be >= 1"),
+    ("eval_batch", f.eval_batch >= 1, "must be >= 1"),
+    ("max_steps", f.max_steps >= 0, "must be >= 0"),
+    ("warmup_epochs", 0 <= f.warmup_epochs <= f.epochs, "must be in [0, epochs]"),
+    ("lr_min", 0 <= f.lr_min <= f.lr, "must be in [0, lr]"),
+    ("warmup_lr", f.warmup_lr >= 0, "must be >= 0"),
+    ("optimizer", f.optimizer in optim.FINETUNE_OPTIMIZERS, f"one of {optim.FINETUNE_OPTIMIZERS}"),
+    ("schedule", f.schedule in optim.FINETUNE_SCHEDULES, f"one of {optim.FINETUNE_SCHEDULES}"),
+    ("epoch_clips", f.epoch_clips >= 0, "must be >= 0"),
+    ("sample_weights", f.sample_weights in sampling.WEIGHTINGS, f"one of {sampling.WEIGHTINGS}"),
+    ("mixup", f.mixup >= 0, "must be >= 0"),
+    ("mask_ratio", 0 <= f.mask_ratio < 1, "must be in [0, 1)"),
+    ("freq_mask", f.freq_mask >= 0, "must be >= 0"),
+    ("time_mask", f.time_mask >= 0, "must be >= 0"),
+    ("crop_seconds", f.crop_seconds >= 0, "must be >= 0"),
+    ("eval_seconds", f.eval_seconds >= 0, "must be >= 0"),
+    ("head_input", f.head_input in augment.HEAD_INPUTS, f"one of {augment.HEAD_INPUTS}"),
+    ("dtype", f.dtype in ("", "float32", "bfloat16"), "expected '', 'float32' or 'bfloat16'"),
+  ]
+  for key, ok, why in checks:
+    _check(ok, f"finetune.{key}", f[key], why)
 
 
 def _check_evaluators(c: ml_collections.ConfigDict) -> None:
@@ -362,3 +375,27 @@ def _check_evaluators(c: ml_collections.ConfigDict) -> None:
     n_sources = len(parse_sources(e.data, with_weight=False))
     _check(n_sources == 1, f"{key}.data", e.data, "expected one name:split")
     _check(e.every >= 1, f"{key}.every", e.every, "must be >= 1")
+
+
+def config_from_meta(meta: RunMeta, where: str) -> ml_collections.ConfigDict:
+  """The saved run config, overlaid on today's defaults (new knobs keep their default)."""
+  if not meta.config:
+    raise ValueError(f"{where}: checkpoint metadata has no 'config'; not written by jaxclap")
+  config = base_config()
+  saved = meta.config
+  config.stage = saved.get("stage", "stage1")
+  with config.unlocked():
+    _overlay(config, saved)
+  return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
+  for key, value in saved.items():
+    if key not in config:
+      continue  # A knob that no longer exists: ignore, the model keys are checked below.
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      _overlay(config[key], value)
+    else:
+      config[key] = (
+        tuple(value) if isinstance(value, list) and isinstance(config[key], tuple) else value
+      )

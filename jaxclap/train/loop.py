@@ -18,11 +18,13 @@ from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.audio import norm_stats as ns
 from jaxclap.data import build as data_build
-from jaxclap.data import caption_table, mixture, pipeline
+from jaxclap.data import info as data_info
+from jaxclap.data import mixture, pipeline
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
 from jaxclap.train import eval_report, evaluators, handoff, objectives, optim, validation
+from jaxclap.train import finetune as ft_lib
 from jaxclap.train import state as state_lib
 from jaxclap.train import step as step_lib
 from jaxclap.train.progress import Progress
@@ -56,74 +58,6 @@ class PreemptionGuard:
   def close(self) -> None:
     if self._own:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def _data_facts(config: ml_collections.ConfigDict) -> tuple[list, list, list, dict]:
-  """Builds the demo set if asked; returns train/val/zero-shot specs and per-dataset facts."""
-  data_dir = paths.data_dir(config.data.data_dir)
-  train = config_lib.parse_sources(config.data.train, with_weight=True)
-  val = config_lib.parse_sources(config.data.val, with_weight=False) if config.data.val else []
-  zs = (
-    config_lib.parse_sources(config.data.zero_shot, with_weight=False)
-    if config.data.zero_shot
-    else []
-  )
-  names = {n for n, *_ in train} | {n for n, _ in val} | {n for n, _ in zs}
-  if "jaxclap_demo" in names and config.data.build_demo:
-    data_build.ensure_demo_dataset(
-      data_dir, text_model=config.data.text_model, num_clips=config.data.demo_clips, seed=0
-    )
-  facts = {}
-  read = {n for n, *_ in train} | {n for n, _ in val}  # Datasets whose captions are read.
-  for name in sorted(names):
-    info = data_build.dataset_info(name, data_dir)
-    data_build.check_sample_rate(info, config.frontend.sample_rate, "config.frontend")
-    if config.stage == "stage1" and config.data.caption_table:
-      # Zero-shot sets' own vectors are not read: prompts go through the table's model.
-      if name in read:
-        facts[name] = _with_caption_table(info, config, data_dir)
-      else:
-        facts[name] = info
-      continue
-    if config.stage == "stage1" and info["embedding_dim"] != config.model.text_dim:
-      raise ValueError(
-        f"Dataset {name!r} in {data_dir} holds {info['embedding_dim']}-d sentence embeddings "
-        f"({info['text_model']}) but config.model.text_dim={config.model.text_dim}; set "
-        f"--config.model.text_dim={info['embedding_dim']} or rebuild the dataset with a "
-        f"{config.model.text_dim}-d text model."
-      )
-    facts[name] = info
-  return train, val, zs, facts
-
-
-def _with_caption_table(info: dict, config: ml_collections.ConfigDict, data_dir: str) -> dict:
-  """A dataset's facts with its caption table's model, dim and runtime (`data.caption_table`);
-  refuses a table whose dim differs from model.text_dim."""
-  folder = caption_table.resolve(data_dir, info["name"], config.data.caption_table)
-  table = caption_table.CaptionTable(folder)
-  if table.dim != config.model.text_dim:
-    raise ValueError(
-      f"caption table {folder} holds {table.dim}-d embeddings ({table.text_model}) but "
-      f"config.model.text_dim={config.model.text_dim}; set "
-      f"--config.model.text_dim={table.dim} or name a {config.model.text_dim}-d table"
-    )
-  runtime = {k: table.meta.get(k) for k in ("backend", "trust_remote_code")}
-  return {
-    **info,
-    "text_model": table.text_model,
-    "embedding_dim": table.dim,
-    "caption_table": str(folder),
-    "text_runtime": runtime,
-  }
-
-
-def _eval_facts(name: str, facts: dict, config: ml_collections.ConfigDict, data_dir: str) -> dict:
-  """An evaluator dataset's facts; with `data.caption_table`, its captions go through the
-  table too (retrieval compares audio with the same model's caption embeddings)."""
-  info = facts.get(name) or data_build.dataset_info(name, data_dir)
-  if config.stage == "stage1" and config.data.caption_table and "caption_table" not in info:
-    info = _with_caption_table(info, config, data_dir)
-  return info
 
 
 def _open(specs, data_dir: str, facts: dict) -> list[Any]:
@@ -178,11 +112,23 @@ def _report_evals(evals, workdir_path, config, started: float) -> dict[str, Any]
   }
 
 
+def _pretrain_data(config: ml_collections.ConfigDict, data_dir: str):
+  """A pretraining run's dataset specs and facts; builds the demo set when asked."""
+  train, val, zs = data_info.run_sources(config)
+  names = {n for n, *_ in train} | {n for n, _ in val} | {n for n, _ in zs}
+  if "jaxclap_demo" in names and config.data.build_demo:
+    data_build.ensure_demo_dataset(
+      data_dir, text_model=config.data.text_model, num_clips=config.data.demo_clips, seed=0
+    )
+  return train, val, zs, data_info.run_facts(config, data_dir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config.stage` in `workdir`, resuming from its latest complete checkpoint.
 
   Start order: the workdir's own latest checkpoint > `init.workdir` (an earlier stage)
-  > from scratch.
+  > from scratch. Stage "finetune" (1.1) always starts from `init.workdir`'s encoder; its
+  finished workdir returns the stored result.
   """
   config_lib.validate(config)
   started = time.perf_counter()  # The evaluators' share of the wall time is reported.
@@ -190,50 +136,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_path.mkdir(parents=True, exist_ok=True)
   workdir = os.fspath(workdir_path)
   data_dir = paths.data_dir(config.data.data_dir)
-  train_specs, val_specs, zs_specs, facts = _data_facts(config)
-  eval_specs = evaluators.parse(config)
-  eval_facts = {s.dataset: _eval_facts(s.dataset, facts, config, data_dir) for s in eval_specs}
+  finetuning = config.stage == "finetune"
+  if finetuning:
+    done = ft_lib.finished(workdir, config)
+    if done is not None:
+      return done
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
   n_dev = mesh.size
-  if config.train.global_batch % n_dev:
-    raise ValueError(
-      f"train.global_batch={config.train.global_batch} must be a multiple of "
-      f"the device count {n_dev}"
-    )
-  fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
-  crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
-
-  # An epoch is one pass of the mixture as the loader draws it (pipeline.MixedSource).
-  sizes = [facts[name]["splits"][split] for name, split, _ in train_specs]
-  weights = mixture.spec_weights(train_specs)
-  epoch_size = int(mixture.epoch_counts(sizes, weights).sum())
-  steps_per_epoch = max(epoch_size // config.train.global_batch, 1)
-  total_steps = (
-    config.train.num_steps
-    if config.train.num_steps > 0
-    else int(round(config.train.epochs * steps_per_epoch))
-  )
-  mixture_shares = mixture.log_shares(
-    train_specs, sizes, total_steps * config.train.global_batch, printer=jax.process_index() == 0
-  )
-  schedule = optim.learning_rate(
-    config.optim,
-    global_batch=config.train.global_batch,
-    steps_per_epoch=steps_per_epoch,
-    total_steps=total_steps,
-  )
-  tx = optim.make_optimizer(config.optim, schedule)
-
   manager = ckpt.make_manager(
     workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint
   )
   latest = manager.latest_step()
   resume_meta = init_meta = init = None
-  pos_table = config.model.pos_table
   if latest is not None:
     resume_meta = ckpt.read_meta(manager, latest)
+    if finetuning and resume_meta.finetune:  # Exported, then stopped before finetune.json.
+      out = ft_lib.result_of_export(resume_meta, f"{manager.directory / str(latest)}")
+      ft_lib.finished_check(out, config, workdir)
+      ft_lib.write_result(workdir, out)
+      manager.close()
+      return out
     keys = ckpt.MODEL_KEYS + (ckpt.TEXT_KEYS if config.stage == "stage2" else ())
     diffs = ckpt.model_config_diff(resume_meta.config, config, keys)
     if diffs:
@@ -241,10 +165,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         f"Refusing to resume {workdir} (step {latest}) with a config that changes "
         "the model: " + "; ".join(diffs) + ". Use a new --workdir."
       )
-  elif config.init.workdir:
-    init = ckpt.load(config.init.workdir)
-    init_meta = init.meta
-    logging.info("Starting from %s (%s)", init.source, config.init.parts)
+
+  ft = None
+  if finetuning:
+    ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
+    logging.info("%s", ft.describe())
+    init, init_meta = (ft.saved, ft.saved.meta) if latest is None else (None, None)
+    global_batch, steps_per_epoch, total_steps = ft.batch, ft.steps_per_epoch, ft.total_steps
+    crop_samples = ft.crop_samples
+    tx, schedule, seed = ft.tx, ft.schedule, config.seed
+    train_loader = ft.train_loader
+    facts, eval_specs, mixture_shares = {}, [], None
+    val_specs = zs_specs = []
+  else:
+    train_specs, val_specs, zs_specs, facts = _pretrain_data(config, data_dir)
+    global_batch, seed = config.train.global_batch, config.seed
+    if global_batch % n_dev:
+      raise ValueError(
+        f"train.global_batch={global_batch} must be a multiple of the device count {n_dev}"
+      )
+    fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
+    crop_samples = (config.data.crop_frames - 1) * fcfg.hop_length
+    # An epoch is one pass of the mixture as the loader draws it (pipeline.MixedSource).
+    sizes = [facts[name]["splits"][split] for name, split, _ in train_specs]
+    weights = mixture.spec_weights(train_specs)
+    epoch_size = int(mixture.epoch_counts(sizes, weights).sum())
+    steps_per_epoch = max(epoch_size // global_batch, 1)
+    total_steps = (
+      config.train.num_steps
+      if config.train.num_steps > 0
+      else int(round(config.train.epochs * steps_per_epoch))
+    )
+    mixture_shares = mixture.log_shares(
+      train_specs, sizes, total_steps * global_batch, printer=jax.process_index() == 0
+    )
+    schedule = optim.learning_rate(
+      config.optim,
+      global_batch=global_batch,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+    )
+    tx = optim.make_optimizer(config.optim, schedule)
+    eval_specs = evaluators.parse(config)
+
+    def train_loader(seed: int):
+      return pipeline.make_loader(
+        _open(train_specs, data_dir, facts),
+        weights,
+        global_batch=global_batch,
+        crop_samples=crop_samples,
+        seed=seed,
+        num_workers=config.data.num_workers,
+        min_samples=int(config.data.min_seconds * fcfg.sample_rate),
+      )
+
+    if latest is None and config.init.workdir:
+      init = ckpt.load(config.init.workdir)
+      init_meta = init.meta
+  eval_facts = {
+    s.dataset: data_info.eval_facts(s.dataset, facts, config, data_dir) for s in eval_specs
+  }
+
+  pos_table = config.model.pos_table
+  if init is not None:
+    logging.info("Starting from %s (%s)", init.source, "finetune" if ft else config.init.parts)
     # A stored (imported) position table is part of the encoder: the next stage keeps it.
     table = init_meta.pos_table or "sincos"
     if table != pos_table:
@@ -253,21 +237,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The trained position table's width comes from stage 1 and travels with the checkpoints.
   input_frames, _ = (resume_meta or init_meta or RunMeta()).frames(config.data.crop_frames)
 
-  def train_loader(seed: int):
-    return pipeline.make_loader(
-      _open(train_specs, data_dir, facts),
-      weights,
-      global_batch=config.train.global_batch,
-      crop_samples=crop_samples,
-      seed=seed,
-      num_workers=config.data.num_workers,
-      min_samples=int(config.data.min_seconds * fcfg.sample_rate),
-    )
-
-  iterator = ckpt.IteratorSnapshot(iter(train_loader(config.seed)))
-  norm_stats = _norm_stats(
-    config, resume_meta, init_meta, lambda: train_loader(config.seed + 1), fcfg
-  )
+  iterator = ckpt.IteratorSnapshot(iter(train_loader(seed)))
+  if ft:
+    norm_stats = tuple(float(x) for x in ft.saved.state["norm_stats"])  # The encoder's own.
+  else:
+    norm_stats = _norm_stats(config, resume_meta, init_meta, lambda: train_loader(seed + 1), fcfg)
   saved_config = json.loads(config.to_json_best_effort())
   saved_config["model"]["pos_table"] = pos_table  # The config the checkpoints describe.
   meta = RunMeta(
@@ -286,14 +260,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps=total_steps,
     steps_per_epoch=steps_per_epoch,
   )
-  sentence_model = next((f["text_model"] for n, f in facts.items() if n in meta.text_models), None)
-  objective = objectives.build(config, meta, sentence_model=sentence_model)
-  # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
-  text_assets = objective.net.text_assets() if config.stage == "stage2" else None
+  if ft:
+    objective, text_assets = ft.objective, None
+  else:
+    sentence_model = next(
+      (f["text_model"] for n, f in facts.items() if n in meta.text_models), None
+    )
+    objective = objectives.build(config, meta, sentence_model=sentence_model)
+    # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
+    text_assets = objective.net.text_assets() if config.stage == "stage2" else None
   state, state_sh = state_lib.create_sharded_state(
     init_params=objective.init,
     tx=tx,
-    seed=config.seed,
+    seed=seed,
     norm_stats=norm_stats,
     mesh=mesh,
     rules=rules,
@@ -305,7 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     logging.info("Resumed from %s at step %d", workdir, latest)
   elif init is not None:
-    state = handoff.apply(state, init.state, parts=config.init.parts, source=init.source)
+    parts = "audio_encoder" if ft else config.init.parts
+    state = handoff.apply(state, init.state, parts=parts, source=init.source)
   steps = step_lib.jit_steps(
     mesh=mesh,
     state_sh=state_sh,
@@ -314,6 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     schedule=schedule,
     grad_accum=config.train.grad_accum,
   )
+  ft_steps = ft_lib.jit_evaluation(ft, mesh, state_sh) if ft else None
   evals = None
   if eval_specs:
     evals = evaluators.Evaluators(
@@ -333,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def eval_loader(specs):
     name, split = specs[0]
     n = facts[name]["splits"][split]
-    batch = min(config.train.global_batch, (n // n_dev) * n_dev)
+    batch = min(global_batch, (n // n_dev) * n_dev)
     if batch < 2:
       return None
     return pipeline.make_loader(
@@ -377,13 +358,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       )
     return out
 
+  def end_epoch(step: int, metrics: dict[str, jax.Array]) -> None:
+    """Fine-tuning: the epoch's validation score, and the best epoch kept in the state."""
+    nonlocal state
+    epoch = -(-step // ft.steps_per_epoch)
+    val = ft_lib.evaluate_split(ft, "val", state, ft_steps["current"], mesh)
+    state = ft_steps["keep_best"](
+      state, np.float32(val), np.int32(epoch), metrics["loss"], schedule(step - 1)
+    )
+    progress.log_scalars(step, {"finetune_val": val})
+    print(
+      f"[finetune] epoch {epoch} step {step}: loss {float(metrics['loss']):.4f} "
+      f"val {'mAP' if ft.objective.multi_label else 'accuracy'} {val:.4f}",
+      flush=True,
+    )
+
   start = int(jax.device_get(state.step))
   stop_at = (
     total_steps if config.train.stop_after <= 0 else min(config.train.stop_after, total_steps)
   )
-  progress = Progress(
-    workdir, start=start, total=total_steps, global_batch=config.train.global_batch
-  )
+  progress = Progress(workdir, start=start, total=total_steps, global_batch=global_batch)
   summary: dict[str, Any] = {
     "stage": config.stage,
     "start_step": start,
@@ -421,16 +415,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     while step < stop_at:
       batch = next(iterator.live)
-      if step == config.train.inject_nan_at:
+      if step == config.debug.nan_at_step:
         batch["audio"] = np.full_like(batch["audio"], np.nan)
       state, metrics = steps["train"](state, step_lib.device_batch(batch, objective, mesh))
       step += 1
       progress.record(step, metrics)
-      if config.train.step_sleep_s > 0:
-        time.sleep(config.train.step_sleep_s)
+      if config.debug.step_sleep_s > 0:
+        time.sleep(config.debug.step_sleep_s)
       if step % config.train.log_every == 0 or step == stop_at:
         check_finite()
         progress.flush(step)
+      if ft and ft.end_of_epoch(step):  # Before a preemption save: the epoch is whole.
+        check_finite()
+        end_epoch(step, metrics)
       if guard.should_stop(step):
         preempted = True
         break
@@ -442,19 +439,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run_validation(step)
     if evals and not preempted:
       evals.run(step, state, steps, progress, specs=evals.specs)  # Every evaluator at the end.
-    save(step)
+    if not (ft and step == total_steps):  # A finished fine-tune writes its export instead.
+      save(step)
     manager.wait_until_finished()
   finally:
     guard.close()
   if preempted:
     print(f"SIGTERM: saved step {step} in {workdir}; rerun the same command to resume.", flush=True)
-  elif step == total_steps:
+  elif step == total_steps and not ft:
     summary["final_validation"] = run_validation(step)
   summary.update(progress.summary(), end_step=step, preempted=preempted)
   if evals:
     summary["evaluators"] = _report_evals(evals, workdir_path, config, started)
-  if jax.process_index() == 0:
-    (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
   progress.close()
   manager.close()
+  if ft and step == total_steps:
+    return _finish_finetune(ft, ft_steps, state, mesh, workdir, summary, started)
+  if jax.process_index() == 0:
+    (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _finish_finetune(ft, ft_steps, state, mesh, workdir: str, summary, started: float) -> dict:
+  """Scores the best epoch on the test split, writes it as the workdir's final checkpoint
+  and finetune.json (the run's result, also summary.json's "finetune")."""
+  rows, best = ft_lib.history(state)
+  if ft.val_split == ft.knobs.test_split:
+    test = best["val"]
+  else:
+    test = ft_lib.evaluate_split(ft, "test", state, ft_steps["best"], mesh)
+  out = ft_lib.result(ft, state, test, time.perf_counter() - started)
+  out["workdir_checkpoint"] = ft_lib.write_export(ft, state, out, workdir)
+  print(
+    f"[finetune] best epoch {out['best_epoch']} (step {out['best_step']}): val {out['val']:.4f}"
+    f" test {out['metric']} {test:.4f}",
+    flush=True,
+  )
+  if jax.process_index() == 0:
+    summary = {**summary, "finetune": {k: v for k, v in out.items() if k != "history"}}
+    (paths.resolve(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
+  ft_lib.write_result(workdir, out)
+  return out

@@ -51,7 +51,8 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: the stage's loss and gradients, AdamW, then its post-update rule.
 
-  Stage 1's rule clamps the logit scale and moves the EMA target; stage 2's clamps only.
+  Stage 1's rule clamps the logit scale and moves the EMA target; stage 2's clamps only;
+  fine-tuning's loss also updates its BatchNorm statistics (in `frozen`).
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -59,7 +60,13 @@ def train_step(
     return objective.loss(params, state.frozen, micro, key, state.norm_stats)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if grad_accum == 1:
+  frozen = state.frozen
+  if getattr(objective, "updates_frozen", False):
+    # The loss also returns its new frozen tree (fine-tuning's BatchNorm statistics).
+    if grad_accum != 1:
+      raise ValueError("an objective that updates its frozen tree takes grad_accum=1")
+    (_, (metrics, frozen)), grads = grad_fn(state.params, batch, rng)
+  elif grad_accum == 1:
     (_, metrics), grads = grad_fn(state.params, batch, rng)
   else:
     # Each micro-batch's InfoNCE sees only its own negatives (documented in the README).
@@ -77,7 +84,7 @@ def train_step(
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params, frozen, extra = objective.after_update(
-    optax.apply_updates(state.params, updates), state.frozen, state.step
+    optax.apply_updates(state.params, updates), frozen, state.step
   )
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
   bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)

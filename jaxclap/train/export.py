@@ -1,6 +1,7 @@
 """A fine-tuned encoder as a jaxclap Orbax workdir (stage 1.1, the start of stage 2).
 
-Layout: `<workdir>/checkpoints/<best step>/{state,meta}`, the checkpoint kind that
+Layout: `<workdir>/checkpoints/<last step>/{state,meta}` (the best epoch's parameters,
+written when the run ends; meta["finetune"] names the best step), the checkpoint kind that
 `convert.from_torch` writes, so `jaxclap.load`, a later stage's `init.workdir` and
 `python -m jaxclap.convert to_torch` read it:
 
@@ -13,7 +14,7 @@ fitted to the fine-tuning input (as the official 80x1001 release, resized bicubi
 from 38 to 62 columns), and meta's input_frames/unit_frames are that input's frames.
 `head` = {"classifier": {"kernel" [d, classes], "bias"}, "batch_stats": {"norm": {"mean",
 "var"}}} is the classifier (BatchNorm running statistics + Linear) of the same epoch; the
-other readers ignore it, `finetune.load_classifier` rebuilds the whole classifier.
+other readers ignore it, `eval.finetune.load_classifier` rebuilds the whole classifier.
 """
 
 from __future__ import annotations
@@ -46,40 +47,55 @@ def stored_encoder(net: Any, encoder_params: dict[str, Any]) -> dict[str, Any]:
   return {**_host(encoder_params), "pos_embed": np.asarray(table, np.float32)}
 
 
+def _source_trees(saved: ckpt.Saved, stage: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+  """(everything the source network applies, stage 1's EMA target or None) of a checkpoint."""
+  params, frozen = saved.state["params"], saved.state["frozen"]
+  if stage == "stage1":
+    return dict(params), dict(frozen)
+  return {**frozen, **params}, None
+
+
 def write(
   workdir: str,
   *,
-  restored: Any,
+  saved: ckpt.Saved,
+  source_config: ml_collections.ConfigDict,
+  network: Any,
   net: Any,
   params: dict[str, Any],
   batch_stats: dict[str, Any],
   step: int,
   facts: dict[str, Any],
 ) -> str:
-  """Writes the fine-tuned `params`/`batch_stats` over `restored`'s tree; the step dir.
+  """Writes the fine-tuned `params`/`batch_stats` over the checkpoint `saved` (its config
+  `source_config`, its network `network`) as step `step`; returns the step dir.
 
   `facts` goes to meta["finetune"] (dataset, scores, best epoch, ...).
   """
-  config = ml_collections.ConfigDict(restored.config.to_dict())
+  config = ml_collections.ConfigDict(source_config.to_dict())
   config.model.pos_table = "stored"
-  tree = {**_host(restored.params), "encoder": stored_encoder(net, params["encoder"])}
-  if restored.stage == "stage1":
-    trained, frozen = tree, _host(restored.target)
+  stage = config.stage
+  merged, target = _source_trees(saved, stage)
+  tree = {**_host(merged), "encoder": stored_encoder(net, params["encoder"])}
+  if stage == "stage1":
+    trained, frozen = tree, _host(target)
   else:  # Stage 2 keeps its own split (the audio encoder is frozen unless finetune_audio).
-    want_params, want_frozen = jax.eval_shape(restored.network.init, jax.random.key(0))
+    want_params, want_frozen = jax.eval_shape(network.init, jax.random.key(0))
     trained = {k: tree[k] for k in want_params}
     frozen = {k: tree[k] for k in want_frozen}
   frames = int(net.unit_frames)
+  source_meta = saved.meta
+  norm_stats = tuple(float(v) for v in np.asarray(saved.state["norm_stats"]))
   meta = RunMeta(
     config=json.loads(config.to_json_best_effort()),
-    norm_stats=tuple(float(v) for v in restored.norm_stats),
-    text_models=dict(restored.meta.text_models),
-    text_runtime=restored.meta.text_runtime,  # Prompts keep the caption table's runtime.
+    norm_stats=norm_stats,
+    text_models=dict(source_meta.text_models),
+    text_runtime=source_meta.text_runtime,  # Prompts keep the caption table's runtime.
     input_frames=frames,  # Width of the stored position table.
     unit_frames=frames,  # The input grid fine-tuning trained on.
-    stage=restored.stage,
-    total_steps=int(restored.meta.total_steps or 1),
-    steps_per_epoch=int(restored.meta.steps_per_epoch or 1),
+    stage=stage,
+    total_steps=int(source_meta.total_steps or 1),
+    steps_per_epoch=int(source_meta.steps_per_epoch or 1),
     step=int(step),
     finetune={
       **facts,
@@ -91,9 +107,9 @@ def write(
     "params": trained,
     "frozen": frozen,
     "rng": np.asarray(jax.random.PRNGKey(0)),
-    "norm_stats": np.asarray(restored.norm_stats, np.float32),
+    "norm_stats": np.asarray(norm_stats, np.float32),
     "bad_step": np.asarray(-1, np.int32),
     HEAD: {"classifier": _host(params["classifier"]), "batch_stats": _host(batch_stats)},
   }
-  text = restored.network.text_assets() if restored.stage == "stage2" else None
+  text = network.text_assets() if stage == "stage2" else None
   return str(ckpt.write_params_checkpoint(workdir, int(step), state, meta, text))

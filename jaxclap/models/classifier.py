@@ -15,10 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from jaxclap import restore as restore_lib
 from jaxclap.models import patches, sizes, vit
 
 
@@ -117,29 +115,6 @@ class FinetuneNet(nn.Module):
     train: bool = False,
   ) -> jax.Array:
     return self.head(self.features(x, valid_frames, keep, kept_grid), train)
-
-
-def build_net(
-  restored: restore_lib.Restored,
-  num_classes: int,
-  unit_frames: int,
-  config: ml_collections.ConfigDict,
-) -> FinetuneNet:
-  """The fine-tuning network around the restored encoder's architecture."""
-  model = restored.model
-  return FinetuneNet(
-    size=model.size,
-    num_classes=num_classes,
-    patch_size=model.patch_size,
-    n_mels=model.n_mels,
-    input_frames=model.input_frames,
-    unit_frames=unit_frames,
-    head_input=config.head_input,
-    bn_momentum=config.bn_momentum,
-    head_init_std=config.head_init_std,
-    dtype=model.dtype,
-    pos_table=restored.config.model.pos_table,
-  )
 
 
 def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:

@@ -16,47 +16,6 @@ import numpy as np
 
 from jaxclap.audio import io as audio_io
 from jaxclap.data import pipeline
-from jaxclap.eval import sampling
-
-
-def train_batches(
-  source: Any,
-  *,
-  batch: int,
-  crop_samples: int,
-  num_classes: int,
-  seed: int,
-  where: str,
-  mixup: float = 0.0,
-  num_workers: int = 0,
-  steps_per_epoch: int | None = None,
-  epochs: int = 1,
-  weights: np.ndarray | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-  """Batches {audio [B, S], audio_len [B], target [B, classes], mix_lambda [B]} of
-  `epochs` epochs, each `steps_per_epoch` batches (default: a pass over the source) of
-  `sampling.epoch_order` draws (weighted by `weights` when given)."""
-  steps_per_epoch = steps_per_epoch or len(source) // batch
-  stream = sampling.EpochSource(
-    source, per_epoch=steps_per_epoch * batch, epochs=epochs, seed=seed, weights=weights
-  )
-  # The stream is already in epoch order: one unshuffled pass, one process (fine-tuning
-  # runs on one host), whole batches only.
-  loader = pipeline.make_loader(
-    stream,
-    global_batch=batch,
-    crop_samples=crop_samples,
-    seed=seed,
-    shuffle=False,
-    num_epochs=1,
-    num_workers=num_workers,
-    process_index=0,
-    process_count=1,
-    num_classes=num_classes,
-    mixup=mixup,
-    where=where,
-  )
-  return iter(loader)
 
 
 def eval_batches(
