@@ -212,8 +212,9 @@ def finetune(ev: Evaluation) -> dict[str, float]:
     )
   config = ev.finetune_config.copy_and_resolve_references()
   with config.unlocked():
-    config.train_split, config.val_split = ev.splits["train"], ev.splits["validation"]
-    config.test_split = ev.splits["test"]
+    knobs = config.finetune
+    knobs.train_split, knobs.val_split = ev.splits["train"], ev.splits["validation"]
+    knobs.test_split = ev.splits["test"]
   out = finetune_lib.run_finetune(
     ev.checkpoint,
     data_dir=ev.data_dir,
