@@ -564,7 +564,8 @@ def test_finetune_preset_runs_per_fold_on_the_stand_in(stage1_workdir, stand_in_
   for k, run in zip((1, 2, 3), runs):
     done = json.loads((run / "finetune.json").read_text())
     assert done["val_split"] == "test" and done["steps"] == 1  # No validation: EVAR's rule.
-    assert done["config"]["rrc"] and done["config"]["lr"] == 0.5  # The recipe, overridden.
+    recipe = done["config"]["finetune"]
+    assert recipe["rrc"] and recipe["lr"] == 0.5  # The recipe, overridden.
     name = done["dataset"]
     data_dir = str(tmp_path / "finetune" / "ft_esc50" / "tfds")
     for split, in_fold in (("test", True), ("train", False)):

@@ -69,7 +69,7 @@ def test_stages_chain_and_write_plots(demo_data_dir, tmp_path):
   console = (proc.stdout + proc.stderr).splitlines()
   assert len(console) < 60, "\n".join(console)
   assert not [line for line in console if line[:1] == "I" and line[1:5].isdigit()]
-  assert sum("compiled and ran in" in line for line in console) == 2  # Stages 1 and 2.
+  assert sum("compiled and ran in" in line for line in console) == 3  # Stages 1, 1.1, 2.
   out = proc.stdout
   assert "| stage1 |" in out and "| stage1_1 |" in out and "| stage2 |" in out
   assert "finetune_test" in out
