@@ -2,21 +2,20 @@
 
 The official chain is 1 → 1.1 → 2 → 2.1: stage 2 starts from the stage-1 encoder after its
 supervised AudioSet-2M fine-tuning (stage 1.1, 80×1001, its position table resized from
-38 to 62 columns and kept), not from stage 1 itself. So first fine-tune:
+38 to 62 columns and kept), not from stage 1 itself. So first fine-tune (the same trainer):
 
-  from configs import finetune
-  from jaxclap.eval.finetune import run_finetune
-  run_finetune(STAGE1_WORKDIR, data_dir=DATA_DIR, dataset="audioset_labelled",
-               config=finetune.get_config("as2m"), workdir=STAGE1_1_WORKDIR)
+  python -m jaxclap.main --config=configs/finetune.py:as2m --workdir=STAGE1_1_WORKDIR \
+      --config.init.workdir=STAGE1_WORKDIR
 
-which writes an Orbax workdir (stage-1 layout, stored position table, 1001-frame grid),
+which ends with an Orbax checkpoint (stage-1 layout, stored position table, 1001-frame grid),
 then train stage 2 from it:
 
   python -m jaxclap.main --config=configs/stage2.py --workdir=DIR \
       --config.init.workdir=STAGE1_1_WORKDIR --config.text.model=/models/bert-base-uncased
 
 Starting from a stage-1 workdir also works (the 608-frame table is then resized to the
-10 s crops, and the checkpoint records the 1001-frame grid it trained on). Temperature
+10 s crops, and the checkpoint records the 1001-frame grid it trained on), but departs from
+the official chain: the run warns. Temperature
 restarts at 0.01; structured patch masking 0.3, its row/column counts drawn per batch.
 """
 
@@ -33,7 +32,7 @@ def get_config():
   c.data.build_demo = False
   c.data.num_workers = 8
   c.data.crop_frames = 1001  # 10 s.
-  c.init.workdir = ""  # Set to the stage-1 workdir (required).
+  c.init.workdir = ""  # The stage-1.1 (fine-tuned) workdir (required; stage 1 warns).
   c.init.parts = "audio_encoder"
   c.text.kind = "bert"
   c.text.model = "google-bert/bert-base-uncased"  # Hub id; offline a local folder. 768-d.

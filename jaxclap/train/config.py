@@ -230,7 +230,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     c.stage == "stage1" or c.init.workdir or c.init.parts == "all",
     "init.workdir",
     c.init.workdir,
-    "stage 2 starts from a stage-1 workdir: set --config.init.workdir",
+    "stage 2 starts from the stage-1.1 (fine-tuned) workdir: set --config.init.workdir",
   )
   _check(
     c.text.max_len >= 3,
