@@ -148,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager = ckpt.make_manager(
     workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint
   )
-  latest = manager.latest_step()
+  latest = ckpt.resume_step(manager)  # The newest intact step; damaged ones are set aside.
   resume_meta = init_meta = init = None
   if latest is not None:
     resume_meta = ckpt.read_meta(manager, latest)
@@ -279,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   )
   init_state = state  # The encoder at initialisation: an evaluator baseline.
   if latest is not None:
-    state, _ = ckpt.restore(
+    state, latest = ckpt.restore_intact(
       manager, latest, abstract_state=state_lib.abstract_state(state_sh, state), iterator=iterator
     )
     logging.info("Resumed from %s at step %d", workdir, latest)
