@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import threading
 import time
 import zlib
@@ -473,15 +474,32 @@ def locate(path: str) -> tuple[epath.Path, int]:
   )
 
 
+class _ReadOnlyNotice(pylogging.Filter):
+  """Drops Orbax's "Given directory is read only" warning: reading a checkpoint is what
+  `load` is for, and the notice printed a line per read on the demo's console."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.get_absl_logger().addFilter(_ReadOnlyNotice())
+
+
+# Read-only, with the options a read-only manager forces stated (Orbax warns when it changes
+# them itself).
+def _read_only() -> ocp.CheckpointManagerOptions:
+  return ocp.CheckpointManagerOptions(
+    read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False
+  )
+
+
 def load(path: str) -> Saved:
   """The latest complete step of a workdir, its checkpoints dir or one step dir, on the host
   (numpy arrays, whatever device layout wrote them), read through a CheckpointManager."""
   directory, step = locate(path)
   handlers = _handlers()
   handlers["state"] = ocp.PyTreeCheckpointHandler()  # Its restore can ask for numpy.
-  manager = ocp.CheckpointManager(
-    directory, item_handlers=handlers, options=ocp.CheckpointManagerOptions(read_only=True)
-  )
+  manager = ocp.CheckpointManager(directory, item_handlers=handlers, options=_read_only())
   try:
     tree = manager.item_metadata(step)["state"].tree
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)

@@ -222,6 +222,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if latest is None and config.init.workdir:
       init = ckpt.load(config.init.workdir)
       init_meta = init.meta
+      if config.stage == "stage2" and init_meta.stage == "stage1" and not init_meta.finetune:
+        # The official chain is 1 -> 1.1 -> 2: stage 2 starts from the fine-tuned encoder.
+        message = (
+          f"stage 2 starts from {init.source}, a stage-1 checkpoint that was not fine-tuned; "
+          "the official chain starts it from stage 1.1 (configs/finetune.py:as2m)"
+        )
+        logging.warning("%s", message)
+        if jax.process_index() == 0:
+          print(f"WARNING: {message}", flush=True)
   eval_facts = {
     s.dataset: data_info.eval_facts(s.dataset, facts, config, data_dir) for s in eval_specs
   }
