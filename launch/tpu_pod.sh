@@ -10,10 +10,11 @@ Usage: launch/tpu_pod.sh [options] SUBCOMMAND [--config.x.y=v ...] [-- more jaxc
 
 Subcommands:
   create       create the TPU VM (or, with --queued, a queued resource and wait until ACTIVE)
-  setup        on every worker: clone REPO at COMMIT, make a venv,
-               pip install -c constraints.txt -e . 'jax[tpu]'
-  run          copy CONFIG to every worker and start jaxclap.main --distributed on all of
-               them (--worker=all); output is also appended to ~/jaxclap-run.log per worker
+  setup        on every worker: clone REPO at COMMIT, then INSTALL_CMD in the checkout (by
+               default: make ~/jaxclap-venv, pip install -c constraints.txt -e . 'jax[tpu]')
+  run          copy CONFIG (and the .py files beside it) to every worker and start
+               jaxclap.main --distributed on all of them (--worker=all); output is also
+               appended to ~/jaxclap-run.log per worker
   logs         follow ~/jaxclap-run.log of one worker (--worker, default 0)
   resume-loop  until WORKDIR/summary.json says the run finished (not preempted): recreate and
                set up the slice if it is gone or preempted, then `run` again. Resuming is
@@ -31,10 +32,14 @@ Settings (flag or environment variable; flags win):
   --queued-id ID         QUEUED_ID         queued resource id (default: TPU_NAME-qr)
   --workdir DIR          WORKDIR           run folder: gs://bucket/dir or a path every worker shares
   --data-dir DIR         DATA_DIR          TFDS data dir seen by every worker (run)
-  --config FILE          CONFIG            local config file, copied to workers (default
-                                           configs/stage1.py)
+  --config FILE[:NAME]   CONFIG            local config file, copied to workers, with
+                                           jaxclap.main's optional :NAME (default
+                                           configs/stage1.py; e.g. configs/demo.py:stage1)
   --repo URL             REPO              git URL to clone (default: origin of this checkout)
   --commit SHA           COMMIT            commit to install (default: HEAD of this checkout)
+  --install-cmd CMD      INSTALL_CMD       setup's shell command, run in the checkout on every
+                                           worker; it must leave a venv at ~/jaxclap-venv
+                                           (default: python3 -m venv, then pip install as above)
   --worker N             WORKER            worker whose log `logs` follows (default 0)
   --max-attempts N       MAX_ATTEMPTS      resume-loop attempts (default 100)
   --retry-sleep S        RETRY_SLEEP       seconds between resume-loop attempts (default 60)
@@ -57,12 +62,12 @@ while (($#)); do
     --spot) SPOT=1 ;;
     --queued) QUEUED=1 ;;
     --tpu-name|--zone|--project|--accelerator-type|--runtime-version|--queued-id|--workdir|\
-    --data-dir|--config|--repo|--commit|--worker|--max-attempts|--retry-sleep)
+    --data-dir|--config|--repo|--commit|--install-cmd|--worker|--max-attempts|--retry-sleep)
       (($# >= 2)) || die "$1 needs a value"
       set_opt "$1" "$2"; shift ;;
     --tpu-name=*|--zone=*|--project=*|--accelerator-type=*|--runtime-version=*|--queued-id=*|\
-    --workdir=*|--data-dir=*|--config=*|--repo=*|--commit=*|--worker=*|--max-attempts=*|\
-    --retry-sleep=*)
+    --workdir=*|--data-dir=*|--config=*|--repo=*|--commit=*|--install-cmd=*|--worker=*|\
+    --max-attempts=*|--retry-sleep=*)
       set_opt "${1%%=*}" "${1#*=}" ;;
     --config.*) EXTRA+=("$1") ;;
     --) shift; EXTRA+=("$@"); break ;;
@@ -82,6 +87,9 @@ MAX_ATTEMPTS="${MAX_ATTEMPTS:-100}"
 RETRY_SLEEP="${RETRY_SLEEP:-60}"
 readonly REMOTE_DIR='jaxclap' REMOTE_VENV='jaxclap-venv' REMOTE_LOG='jaxclap-run.log'
 readonly STAGE_DIR='jaxclap-stage'
+INSTALL_CMD="${INSTALL_CMD:-python3 -m venv ~/$REMOTE_VENV && . ~/$REMOTE_VENV/bin/activate && \
+pip install -q -U pip && \
+pip install -q -c constraints.txt -e . 'jax[tpu]' gcsfs google-cloud-storage}"
 
 # Default TPU software version for an accelerator type (Cloud TPU docs' recommended images).
 default_runtime() {
@@ -145,11 +153,12 @@ do_setup() {
   require REPO --repo
   COMMIT="${COMMIT:-$(git rev-parse HEAD)}"
   local remote
+  # One command a line: `set -e` ignores a failure before the last `&&` of a list, so the
+  # install runs in a subshell, whose status is the whole list's.
   printf -v remote '%s\n' 'set -euo pipefail' \
     "if [ ! -d $REMOTE_DIR/.git ]; then git clone -q $(quote_args "$REPO") $REMOTE_DIR; fi" \
-    "cd $REMOTE_DIR && git fetch -q origin && git checkout -q --detach $(quote_args "$COMMIT")" \
-    "python3 -m venv ~/$REMOTE_VENV && . ~/$REMOTE_VENV/bin/activate" \
-    "pip install -q -U pip && pip install -q -c constraints.txt -e . 'jax[tpu]' gcsfs google-cloud-storage" \
+    "cd $REMOTE_DIR" "git fetch -q origin" "git checkout -q --detach $(quote_args "$COMMIT")" \
+    "(" "$INSTALL_CMD" ")" \
     "mkdir -p ~/$STAGE_DIR"
   ssh_workers all "$remote"
 }
@@ -157,22 +166,33 @@ do_setup() {
 do_run() {
   require WORKDIR --workdir
   require DATA_DIR --data-dir
-  [[ -f "$CONFIG" ]] || die "CONFIG=$CONFIG is not a file"
+  local config_file="${CONFIG%%:*}" config_name=''
+  if [[ "$CONFIG" == *:* ]]; then config_name=":${CONFIG#*:}"; fi
+  [[ -f "$config_file" ]] || die "CONFIG=$CONFIG: $config_file is not a file"
   COMMIT="${COMMIT:-$(git rev-parse HEAD)}"
-  local staged
-  staged="$STAGE_DIR/$(basename "$CONFIG")"
-  # Stage the local config so every worker runs exactly this file, whatever the commit has.
-  cmd gcloud compute tpus tpu-vm scp "$CONFIG" "$TPU_NAME:$staged" "${GC_ARGS[@]}" --worker=all
-  local main_args=(python -m jaxclap.main "--config=\$HOME/$staged" "--workdir=$WORKDIR"
+  # Stage the local config so every worker runs exactly this file, whatever the commit has;
+  # with the .py files beside it, which configs load by path (stage2_1.py loads stage2.py).
+  local staged files=("$config_file") f
+  staged="$STAGE_DIR/$(basename "$config_file")"
+  for f in "$(dirname "$config_file")"/*.py; do
+    if [[ "$f" -ef "$config_file" || ! -e "$f" ]]; then continue; fi
+    files+=("$f")
+  done
+  cmd gcloud compute tpus tpu-vm scp "${files[@]}" "$TPU_NAME:$STAGE_DIR/" "${GC_ARGS[@]}" \
+    --worker=all
+  local main_args=(python -m jaxclap.main "--config=\$HOME/$staged$config_name" "--workdir=$WORKDIR"
                    --distributed "--config.data.data_dir=$DATA_DIR" "${EXTRA[@]}")
   local quoted remote
   quoted=$(quote_args "${main_args[@]}")
   quoted="${quoted/\\\$HOME/\$HOME}"  # Let the remote shell expand $HOME in the config path.
+  # tee outlives the SIGTERM of a preemption (sent to every process at once) and a dropped
+  # ssh connection (-p): the trainer saves on SIGTERM, and a print into a dead pipe would
+  # kill it before the save.
   printf -v remote '%s\n' 'set -euo pipefail' "cd ~/$REMOTE_DIR" \
     "have=\$(git rev-parse HEAD)" \
     "if [ \"\$have\" != $(quote_args "$COMMIT") ]; then echo \"\$(hostname) has \$have, not $COMMIT: run tpu_pod.sh setup\" >&2; exit 3; fi" \
     ". ~/$REMOTE_VENV/bin/activate" \
-    "$quoted 2>&1 | tee -a ~/$REMOTE_LOG"
+    "$quoted 2>&1 | { trap '' TERM; exec tee -p -a ~/$REMOTE_LOG; }"
   ssh_workers all "$remote"
 }
 
@@ -207,13 +227,17 @@ ensure_ready() {
 
 do_resume_loop() {
   require WORKDIR --workdir
-  local attempt
+  local attempt status
   for ((attempt = 1; attempt <= MAX_ATTEMPTS; attempt++)); do
     if run_finished; then log "run in $WORKDIR finished"; return 0; fi
     ensure_ready
-    do_run || log "attempt $attempt exited with status $?; retrying"
+    status=0
+    do_run || status=$?
     if [[ "$DRY_RUN" == 1 ]]; then return 0; fi  # One iteration shows every command.
-    sleep "$RETRY_SLEEP"
+    if ((status != 0)); then  # A run that exits 0 is checked at once.
+      log "attempt $attempt exited with status $status; retrying in ${RETRY_SLEEP}s"
+      sleep "$RETRY_SLEEP"
+    fi
   done
   die "no finished run in $WORKDIR after $MAX_ATTEMPTS attempts"
 }
