@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxclap import cli, sequence
-from jaxclap.train import loop
+from jaxclap.train import aot, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -42,12 +42,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_COMPILE_FOR = flags.DEFINE_string(
+  "compile_for",
+  None,
+  "Compile the train and eval steps for a TPU slice (v5e-4, v4-32, v5p-64, v6e-8, ...) "
+  "ahead of time and report memory, FLOPs and time; trains nothing (needs the tpu extra).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _COMPILE_FOR.value:
+    aot.use_cpu_host()  # Before any backend starts: the compile needs no chip.
+    with cli.exit_on(ValueError, FileNotFoundError):
+      aot.run(_CONFIG.value, _COMPILE_FOR.value)
+    return
   if _DISTRIBUTED.value:
     if jax.config.jax_platforms in (None, "", "cpu"):
       # CPU processes exchange collectives through gloo (no-op for TPU/GPU backends).

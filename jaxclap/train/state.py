@@ -28,20 +28,14 @@ class TrainState:
   bad_step: jax.Array  # int32: first step whose loss or gradient was not finite, else -1.
 
 
-def create_sharded_state(
-  *,
+def _init_and_shardings(
   init_params: Callable[[jax.Array], tuple[Any, Any]],
   tx: optax.GradientTransformation,
   seed: int,
-  norm_stats: tuple[float, float],
   mesh: Mesh,
   rules,
-) -> tuple[TrainState, TrainState]:
-  """Initialises the state directly into its shardings; returns (state, shardings).
-
-  `init_params(rng)` returns (params, frozen), possibly boxed with logical axis names;
-  the names decide how parameters, their optimizer moments and frozen trees are sharded.
-  """
+) -> tuple[Callable, jax.Array, TrainState]:
+  """(init(key, norm_stats) -> TrainState, its key, the state's shardings); nothing is made."""
   key = jax.random.PRNGKey(seed)
   init_key, state_key = jax.random.split(key)
   boxed_params, boxed_frozen = jax.eval_shape(init_params, init_key)
@@ -79,8 +73,44 @@ def create_sharded_state(
     norm_stats=repl,
     bad_step=repl,
   )
+  return init, init_key, state_sh
+
+
+def create_sharded_state(
+  *,
+  init_params: Callable[[jax.Array], tuple[Any, Any]],
+  tx: optax.GradientTransformation,
+  seed: int,
+  norm_stats: tuple[float, float],
+  mesh: Mesh,
+  rules,
+) -> tuple[TrainState, TrainState]:
+  """Initialises the state directly into its shardings; returns (state, shardings).
+
+  `init_params(rng)` returns (params, frozen), possibly boxed with logical axis names;
+  the names decide how parameters, their optimizer moments and frozen trees are sharded.
+  """
+  init, init_key, state_sh = _init_and_shardings(init_params, tx, seed, mesh, rules)
   state = jax.jit(init, out_shardings=state_sh)(init_key, jnp.asarray(norm_stats, jnp.float32))
   return state, state_sh
+
+
+def abstract_sharded_state(
+  *,
+  init_params: Callable[[jax.Array], tuple[Any, Any]],
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rules,
+  seed: int = 0,
+) -> tuple[TrainState, TrainState]:
+  """(ShapeDtypeStructs carrying shardings, the shardings) of the state; no array is made.
+
+  The same shapes and shardings as `create_sharded_state`, for lowering and compiling the
+  steps ahead of time (the mesh's devices may be compile-only TPU devices).
+  """
+  init, init_key, state_sh = _init_and_shardings(init_params, tx, seed, mesh, rules)
+  shapes = jax.eval_shape(init, init_key, jax.ShapeDtypeStruct((2,), jnp.float32))
+  return abstract_state(state_sh, shapes), state_sh
 
 
 def abstract_state(state_sh: TrainState, state: TrainState) -> TrainState:
