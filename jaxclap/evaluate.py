@@ -37,7 +37,7 @@ from ml_collections import config_flags
 from jaxclap import cli, convert, inference, metrics
 from jaxclap.eval import crossval, plots, presets, probe, suite
 from jaxclap.eval import data as eval_data
-from jaxclap.eval import finetune as finetune_lib
+from jaxclap.eval import finetune_task as finetune_lib
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
 

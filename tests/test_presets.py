@@ -22,9 +22,8 @@ from jaxclap import evaluate
 from jaxclap import restore as restore_lib
 from jaxclap.data import build
 from jaxclap.eval import crossval, ft_suite, layouts, presets, probe, suite
-from jaxclap.train import augment
+from jaxclap.train import augment, optim
 from jaxclap.train import finetune as ft_step
-from jaxclap.train import optim
 
 SR = 16000
 FAST = probe.ProbeConfig(max_epochs=30, patience=5)

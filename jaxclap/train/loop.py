@@ -175,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     crop_samples = ft.crop_samples
     tx, schedule, seed = ft.tx, ft.schedule, config.seed
     train_loader = ft.train_loader
-    facts, eval_specs, mixture_shares = {}, [], None
+    facts, mixture_shares, fcfg = {}, None, ft.objective.frontend_cfg
+    eval_specs = evaluators.parse(config)  # Probes of the encoder being fine-tuned.
     val_specs = zs_specs = []
   else:
     train_specs, val_specs, zs_specs, facts = _pretrain_data(config, data_dir)
@@ -287,6 +288,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rules=rules,
   )
   init_state = state  # The encoder at initialisation: an evaluator baseline.
+  if ft and latest is None and init is not None:
+    # Fine-tuning's baseline is the encoder it starts from (the init above is all zeros).
+    state = init_state = handoff.apply(state, init.state, parts="audio_encoder", source=init.source)
+    init = None
   if latest is not None:
     state, latest = ckpt.restore_intact(
       manager, latest, abstract_state=state_lib.abstract_state(state_sh, state), iterator=iterator
