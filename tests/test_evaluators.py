@@ -143,3 +143,11 @@ def test_short_run_logs_every_evaluator_with_baselines(demo_data_dir, tmp_path, 
   saved = json.loads((tmp_path / "checkpoints" / "2" / "evals" / "metadata").read_text())
   assert saved["latest"]["probe"]["step"] == 2
   assert set(saved["baselines"]["probe"]) == {"logmel", "init"}
+  # The same checkpoint scored offline (python -m jaxclap.evaluate --run_evaluators runs this)
+  # gives the numbers the loop logged at its last step.
+  offline = evaluators.score_checkpoint(str(tmp_path))
+  in_loop = {h["name"]: h for h in ev["history"] if h["step"] == 2}
+  assert set(offline) == set(want_steps)
+  for name, got in offline.items():
+    want = {k: v for k, v in in_loop[name].items() if k not in ("step", "name")}
+    assert got == pytest.approx(want, abs=1e-6), name

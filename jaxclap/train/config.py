@@ -400,6 +400,9 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
     if key not in config:
       continue  # A knob that no longer exists: ignore, the model keys are checked below.
     if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      if not config[key].keys():  # A free-form group (evaluate.evaluators): taken whole.
+        config[key] = ml_collections.ConfigDict(value)
+        continue
       _overlay(config[key], value)
     else:
       config[key] = (

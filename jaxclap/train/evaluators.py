@@ -19,16 +19,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import threadpoolctl
 from jax.experimental import multihost_utils
 
 from jaxclap import metrics as eval_metrics
+from jaxclap import paths
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
+from jaxclap.data import info as data_info
 from jaxclap.data import pipeline
 from jaxclap.models import features
-from jaxclap.train import closed_form, step
+from jaxclap.train import checkpoint as ckpt
+from jaxclap.train import closed_form, handoff, objectives, step
 from jaxclap.train import config as config_lib
+from jaxclap.train import state as state_lib
 
 # What each baseline can be scored on: log-mel statistics have no text side.
 BASELINES = {"logmel": ("linear_probe", "knn"), "init": config_lib.EVAL_KINDS}
@@ -248,3 +253,62 @@ class Evaluators:
     """The newest result of each evaluator and the baselines: saved with the checkpoint."""
     newest = {h["name"]: h for h in self.history}
     return {"latest": newest, "baselines": self.baselines}
+
+
+class _NoProgress:
+  """`Evaluators.run`'s progress sink outside training: nothing is logged."""
+
+  def log_scalars(self, step_: int, scalars: dict[str, float]) -> None:
+    del step_, scalars
+
+
+def score_checkpoint(path: str, *, data_dir: str | None = None) -> dict[str, dict[str, float]]:
+  """A stage-1/2 checkpoint scored by its run's evaluators (`config.evaluate`), with the
+  code, inputs and jitted function the training loop uses: {evaluator name: metrics}.
+
+  `data_dir` overrides the run's (the datasets moved); the mesh takes every device.
+  """
+  saved = ckpt.load(path)
+  config = config_lib.config_from_meta(saved.meta, saved.source)
+  if config.stage not in ("stage1", "stage2"):
+    raise ValueError(f"{saved.source}: stage {config.stage!r} has no in-loop evaluators to rerun")
+  if data_dir:
+    config.data.data_dir = data_dir
+  specs = parse(config)
+  if not specs:
+    raise ValueError(f"{saved.source}: its run configured no evaluators (config.evaluate)")
+  data_dir = paths.data_dir(config.data.data_dir)
+  facts = {s.dataset: data_info.eval_facts(s.dataset, {}, config, data_dir) for s in specs}
+  meta = saved.meta
+  objective = objectives.build(config, meta, sentence_model=meta.sentence_model)
+  mesh = shd.make_mesh(data=-1, fsdp=config.mesh.fsdp)
+  identity = optax.identity()
+  state, state_sh = state_lib.create_sharded_state(
+    init_params=objective.init,
+    tx=identity,
+    seed=config.seed,
+    norm_stats=tuple(float(x) for x in np.asarray(saved.state["norm_stats"])),
+    mesh=mesh,
+    rules=[tuple(r) for r in config.mesh.rules],
+  )
+  state = handoff.apply(state, saved.state, parts="all", source=saved.source)
+  steps = step.jit_steps(
+    mesh=mesh, state_sh=state_sh, objective=objective, tx=identity, schedule=lambda _: 0.0
+  )
+  fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
+  evals = Evaluators(
+    specs,
+    config=config,
+    facts=facts,
+    data_dir=data_dir,
+    objective=objective,
+    mesh=mesh,
+    state_sh=state_sh,
+    crop_samples=(config.data.crop_frames - 1) * fcfg.hop_length,
+    fcfg=fcfg,
+  )
+  at = int(np.asarray(saved.state["step"]))
+  evals.run(at, state, steps, _NoProgress(), specs=specs)
+  return {
+    h["name"]: {k: v for k, v in h.items() if k not in ("step", "name")} for h in evals.history
+  }
