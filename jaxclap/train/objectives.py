@@ -1,7 +1,7 @@
 """What each stage trains: its loss, post-update rule and embeddings.
 
 The one trainer (`loop.py`, `step.py`) calls these; stages differ only here. The network
-comes from `models/build.py`; `params` are trained by the optimizer, `frozen` are not
+comes from `models/network.py`; `params` are trained by the optimizer, `frozen` are not
 (stage 1: the EMA target; stage 2: the audio encoder unless it is fine-tuned).
 """
 
