@@ -167,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       )
 
   ft = None
+  notes: list[str] = []  # Warnings about the run's set-up, kept in summary.json.
   if finetuning:
     ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
     logging.info("%s", ft.describe())
@@ -230,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           "the official chain starts it from stage 1.1 (configs/finetune.py:as2m)"
         )
         logging.warning("%s", message)
+        notes.append(message)
         if jax.process_index() == 0:
           print(f"WARNING: {message}", flush=True)
   eval_facts = {
@@ -398,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "total_steps": total_steps,
     "norm_stats": list(norm_stats),
     "mixture": mixture_shares,
+    "warnings": notes,
   }
   if start == 0:
     summary["initial_validation"] = run_validation(0)
