@@ -592,7 +592,7 @@ def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
   assert again == json.loads(json.dumps(result))
   assert os.path.getmtime(os.path.join(workdir, "finetune.json")) == stamp
   other = ml_collections.ConfigDict(c.to_dict())
-  other.lr = 1.0
+  other.finetune.lr = 1.0
   with pytest.raises(ValueError, match="with another config; use a new workdir"):
     finetune.run_finetune(
       stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=other, workdir=workdir

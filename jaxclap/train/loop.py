@@ -145,6 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
   n_dev = mesh.size
+  # The data is read and checked before anything is written to the workdir.
+  if finetuning:
+    ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
+  else:
+    ft, pretrain_data = None, _pretrain_data(config, data_dir)
   manager = ckpt.make_manager(
     workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint
   )
@@ -166,10 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "the model: " + "; ".join(diffs) + ". Use a new --workdir."
       )
 
-  ft = None
   notes: list[str] = []  # Warnings about the run's set-up, kept in summary.json.
-  if finetuning:
-    ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
+  if ft:
     logging.info("%s", ft.describe())
     init, init_meta = (ft.saved, ft.saved.meta) if latest is None else (None, None)
     global_batch, steps_per_epoch, total_steps = ft.batch, ft.steps_per_epoch, ft.total_steps
@@ -180,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_specs = evaluators.parse(config)  # Probes of the encoder being fine-tuned.
     val_specs = zs_specs = []
   else:
-    train_specs, val_specs, zs_specs, facts = _pretrain_data(config, data_dir)
+    train_specs, val_specs, zs_specs, facts = pretrain_data
     global_batch, seed = config.train.global_batch, config.seed
     if global_batch % n_dev:
       raise ValueError(
