@@ -119,7 +119,7 @@ def build_step(args: argparse.Namespace, dtype: str) -> dict:
   local = {
     "audio": (0.1 * rng.standard_normal((batch, samples))).astype(np.float32),
     "audio_len": np.full((batch,), samples, np.int32),
-    "text_embedding": rng.standard_normal((batch, c.model.text_dim)).astype(np.float32),
+    "caption_embedding": rng.standard_normal((batch, c.model.text_dim)).astype(np.float32),
   }
   gbatch = shd.global_batch(local, mesh)
   t0 = time.perf_counter()

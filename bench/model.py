@@ -70,7 +70,7 @@ def time_step(args: argparse.Namespace, model: m2d.M2D, peak: float, n: int, v: 
   batch = {
     "audio": 0.1 * jax.random.normal(jax.random.key(1), (args.batch, s)),
     "audio_len": jnp.full((args.batch,), s, jnp.int32),
-    "text_embedding": jax.random.normal(jax.random.key(2), (args.batch, 768)),
+    "caption_embedding": jax.random.normal(jax.random.key(2), (args.batch, 768)),
   }
 
   def loss(o):

@@ -80,7 +80,7 @@ def synthetic_batch(batch: int, n_frames: int, text_dim: int, seed: int = 0) -> 
   return {
     "audio": (0.1 * rng.standard_normal((batch, s))).astype(np.float32),
     "audio_len": np.full((batch,), s, np.int32),
-    "text_embedding": rng.standard_normal((batch, text_dim)).astype(np.float32),
+    "caption_embedding": rng.standard_normal((batch, text_dim)).astype(np.float32),
   }
 
 
@@ -131,7 +131,7 @@ def torch_train_step(c: ml_collections.ConfigDict, batch: dict, bf16: bool = Fal
     betas=(c.optim.b1, c.optim.b2),
   )
   wave = torch.from_numpy(batch["audio"])
-  text = torch.from_numpy(batch["text_embedding"])
+  text = torch.from_numpy(batch["caption_embedding"])
   return lambda: torch_m2d.train_step(
     model, opt, wave, text, ema_decay=c.train.ema_start, grad_clip=c.optim.grad_clip, bf16=bf16
   )
@@ -319,7 +319,7 @@ def profile_parts(title: str, c: ml_collections.ConfigDict, b: int, reps: int) -
   }
   tm = torch_m2d.TorchM2D(c.model, n_frames=frames, clap_weight=c.train.clap_weight)
   topt = torch_m2d.make_optimizer(tm, lr=1e-4)
-  wave, text = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["text_embedding"])
+  wave, text = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["caption_embedding"])
   torch_m2d.train_step(tm, topt, wave, text, ema_decay=0.9999)  # Populates .grad.
   tt = lambda a: torch.from_numpy(np.array(a)).requires_grad_(True)
   tvis, tmsk = (torch.from_numpy(np.array(a)).long() for a in (vis, msk))

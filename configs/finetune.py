@@ -11,7 +11,7 @@ Run through the one trainer, like every stage (sharded, multi-host, resumable):
   python -m jaxclap.main --config=configs/finetune.py:as2m --workdir=DIR \
       --config.init.workdir=STAGE1_WORKDIR --config.finetune.dataset=audioset_labelled
 
-(or `jaxclap.eval.finetune.run_finetune(checkpoint, data_dir=..., dataset=..., config=...,
+(or `jaxclap.eval.finetune_task.run_finetune(checkpoint, data_dir=..., dataset=..., config=...,
 workdir=...)`, which calls the same code); the workdir ends with an Orbax checkpoint of the
 best epoch that stage 2's `init.workdir`, `jaxclap.load` and `convert to_torch` accept.
 

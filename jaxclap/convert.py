@@ -36,7 +36,7 @@ from jaxclap import cli
 from jaxclap import convert_keys as ck
 from jaxclap import restore as restore_lib
 from jaxclap.audio import norm_stats as ns
-from jaxclap.models import build as build_lib
+from jaxclap.models import network as network_lib
 from jaxclap.models import patches, sizes
 from jaxclap.run_meta import RunMeta
 from jaxclap.text.registry import resolve_text_model
@@ -273,7 +273,7 @@ def _clean(state: dict[str, Any], path: Path) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in state.items()}
 
 
-def _expected(network: build_lib.Network) -> tuple[dict[str, tuple], dict[str, tuple]]:
+def _expected(network: network_lib.Network) -> tuple[dict[str, tuple], dict[str, tuple]]:
   """Flat {path: shape} of (params, frozen) the network initialises (no allocation)."""
   params, frozen = jax.eval_shape(network.init, jax.random.key(0))
   shape = lambda t: {k: tuple(v.shape) for k, v in ck.flatten(nn.unbox(t)).items()}
@@ -285,7 +285,7 @@ _STORED_POS = "encoder.pos_embed"  # Flat path of a stored position table (pos_t
 
 def _tree_from_state(
   state: dict[str, np.ndarray],
-  network: build_lib.Network,
+  network: network_lib.Network,
   stage: str,
   source: str,
   stored_pos: np.ndarray | None = None,
@@ -414,7 +414,7 @@ def from_torch(
     total_steps=int(saved.get("total_steps", 1)),
     steps_per_epoch=1,
   )
-  network = build_lib.build(config, meta)
+  network = network_lib.build(config, meta)
   params, frozen, filled = _tree_from_state(state, network, stage, source, stored)
   if filled:
     notes.append(

@@ -11,6 +11,9 @@
   # --paper_model=m2d_clap_2024 sets another official model's numbers in the paper column;
   # --finetune_set=epochs=3,batch=16 overrides the fine-tuning rows' recipes.
 
+  # A run's own in-loop evaluators (config.evaluate) on its checkpoint, by the loop's code:
+  python -m jaxclap.evaluate --checkpoint=RUN_DIR --run_evaluators --workdir=OUT
+
 Prints a Markdown table and writes OUT/eval.json and OUT/eval.md (plus OUT/plots/*.png
 with --plots). Zero-shot and retrieval use the test split; the probes and fine-tuning train
 on the train split, pick the best epoch on the validation split and report the test split.
@@ -37,7 +40,8 @@ from ml_collections import config_flags
 from jaxclap import cli, convert, inference, metrics
 from jaxclap.eval import crossval, plots, presets, probe, suite
 from jaxclap.eval import data as eval_data
-from jaxclap.eval import finetune as finetune_lib
+from jaxclap.eval import finetune_task as finetune_lib
+from jaxclap.train import evaluators
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
 
@@ -449,6 +453,12 @@ _FOLDS_SPLIT = flags.DEFINE_string(
   "ESC-50 built as one split) instead of --splits.",
 )
 _PLOTS = flags.DEFINE_bool("plots", False, "Also write the demo plots under workdir/plots.")
+_RUN_EVALUATORS = flags.DEFINE_bool(
+  "run_evaluators",
+  False,
+  "Score --checkpoint with its run's own evaluators (config.evaluate), by the training "
+  "loop's code: the numbers the loop logs; writes workdir/evaluators.json.",
+)
 _FINETUNE = config_flags.DEFINE_config_file(
   "finetune_config",
   None,
@@ -462,6 +472,15 @@ _FINETUNE = config_flags.DEFINE_config_file(
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _RUN_EVALUATORS.value:
+    with cli.exit_on(ValueError, FileNotFoundError):
+      scores = evaluators.score_checkpoint(_CHECKPOINT.value, data_dir=_DATA_DIR.value)
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    with open(os.path.join(_WORKDIR.value, "evaluators.json"), "w") as f:
+      json.dump(scores, f, indent=2)
+    for name, values in scores.items():
+      print(f"{name}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+    return
   if _SUITE.value:
     with cli.exit_on(ValueError, FileNotFoundError):
       table = run_suite(

@@ -7,7 +7,7 @@ Configs (in the repository's configs/ folder):
   configs/stage1.py       the paper's stage 1: M2D + 0.01 CLAP, ViT-B, 80x608, batch 2048
   configs/stage2.py       the paper's stage 2 (--config.init.workdir=STAGE1.1, a text model)
   configs/stage2_1.py     the paper's stage 2.1 (--config.init.workdir=STAGE2)
-  configs/finetune.py     stage 1.1 presets, run through jaxclap.eval.finetune (see README)
+  configs/finetune.py     stage 1.1 (fine-tuning; :as2m, :as20k, :esc50, :spcv2, :vc1 presets)
 
 Common overrides (every field of jaxclap/train/config.py can be set as --config.x.y=v):
   --config.data.data_dir=~/jaxclap_data   where built TFDS datasets are read

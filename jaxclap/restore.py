@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxclap.audio import frontend as fe
-from jaxclap.models import build as build_lib
+from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
@@ -32,7 +32,7 @@ class Restored:
   step: int  # Updates applied when the checkpoint was written.
   config: ml_collections.ConfigDict  # The run's config, as saved.
   meta: RunMeta  # The run metadata (norm_stats, text_models, input_frames, ...).
-  network: build_lib.Network  # model, init, text_inputs/text_embed.
+  network: network_lib.Network  # model, init, text_inputs/text_embed.
   params: dict[str, Any]  # Everything `network.model` applies (numpy arrays).
   target: dict[str, Any] | None  # Stage 1: the EMA target body; else None.
   frontend_cfg: fe.FrontendConfig
@@ -62,7 +62,7 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
   config = config_lib.config_from_meta(meta, source)
   if text_model:
     config.text.model = text_model
-  network = build_lib.build(config, meta, text_assets=saved.text)
+  network = network_lib.build(config, meta, text_assets=saved.text)
   params, frozen = state["params"], state["frozen"]
   if config.stage == "stage1":
     merged, target = dict(params), dict(frozen)
@@ -83,12 +83,12 @@ def restore(path: str, *, text_model: str | None = None) -> Restored:
   )
 
 
-def _check_tree(network: build_lib.Network, params: dict[str, Any], source: str) -> None:
+def _check_tree(network: network_lib.Network, params: dict[str, Any], source: str) -> None:
   """Saved params must match the rebuilt network exactly (names and shapes)."""
   params_shape, frozen_shape = jax.eval_shape(network.init, jax.random.key(0))
   expected = (
     {**frozen_shape, **params_shape}
-    if isinstance(network, build_lib.CLAPNetwork)
+    if isinstance(network, network_lib.CLAPNetwork)
     else dict(params_shape)
   )
   problems = handoff.mismatches(nn.unbox(expected), params, "params")

@@ -1,7 +1,7 @@
 """The run metadata saved beside every checkpoint (`<step>/meta`): what rebuilds its network.
 
 Written by training (`train/loop.py`), import (`convert.from_torch`) and fine-tuning
-(`eval/ft_checkpoint.py`); read by restore, the next stage's hand-off and conversion.
+(`train/export.py`); read by restore, the next stage's hand-off and conversion.
 `to_dict`/`from_dict` keep the JSON layout every jaxclap version wrote: keys absent from an
 old checkpoint stay absent, keys this class does not know are carried along unchanged.
 """

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from conftest import HashEmbedder, small_config, write_wav
 
 from jaxclap.data import build, caption_table, embed_captions, pipeline
-from jaxclap.models import build as models_build
+from jaxclap.models import network as models_network
 from jaxclap.text import sentence
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import loop
@@ -115,8 +115,8 @@ def test_prompts_use_the_tables_runtime(monkeypatch):
     sentence, "load_sentence_embedder", lambda *a, **k: seen.append((a, k)) or HashEmbedder()
   )
   runtime = {"backend": "st", "trust_remote_code": True}
-  models_build._lazy_sentence_embedder("nvidia/NV-Embed-v2", runtime)(["a dog barks"])
-  models_build._lazy_sentence_embedder("some-bert")(["a dog barks"])
+  models_network._lazy_sentence_embedder("nvidia/NV-Embed-v2", runtime)(["a dog barks"])
+  models_network._lazy_sentence_embedder("some-bert")(["a dog barks"])
   assert seen == [
     (("nvidia/NV-Embed-v2", "st"), {"trust_remote_code": True}),
     (("some-bert", "auto"), {}),

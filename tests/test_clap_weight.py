@@ -86,7 +86,7 @@ def test_stage1_loss_divides_only_the_clap_feature_path():
   batch = {
     "audio": jax.random.normal(k1, (4, s)) * 0.1,
     "audio_len": jnp.full((4,), s, jnp.int32),
-    "text_embedding": jax.random.normal(k2, (4, 48)),
+    "caption_embedding": jax.random.normal(k2, (4, 48)),
   }
 
   def loss_fn(o, divisor):

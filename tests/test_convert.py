@@ -187,7 +187,7 @@ def test_stage1_parity_with_torch_reference(stage1_workdir, stage1_export):
   emb = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
   with torch.no_grad():
     text = torch.nn.functional.normalize(ref.text_proj(torch.from_numpy(emb)), dim=-1)
-  ours = r.network.text_embed(r.params, r.target, {"text_embedding": emb})
+  ours = r.network.text_embed(r.params, r.target, {"caption_embedding": emb})
   assert _maxdiff(text.numpy(), ours) < TOL
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import small_config
 
+from jaxclap.train import closed_form, evaluators
 from jaxclap.train import config as config_lib
-from jaxclap.train import evaluators, probes
 
 
 def _blobs(n_per_class: int, num_classes: int, dim: int, spread: float, seed: int = 0):
@@ -25,7 +25,7 @@ def _blobs(n_per_class: int, num_classes: int, dim: int, spread: float, seed: in
 
 def test_stratified_folds_spread_each_class():
   y = np.repeat(np.arange(4), [2, 5, 3, 10])
-  fold = probes.stratified_folds(y, 5, seed=3)
+  fold = closed_form.stratified_folds(y, 5, seed=3)
   for c in range(4):
     counts = np.bincount(fold[y == c], minlength=5)
     assert counts.max() - counts.min() <= 1, (c, counts)
@@ -34,11 +34,11 @@ def test_stratified_folds_spread_each_class():
 @pytest.mark.parametrize("dim", [6, 64])  # Primal (n > d) and dual (n <= d) ridge solves.
 def test_ridge_and_knn_separate_clusters_and_not_noise(dim):
   x, y = _blobs(8, 5, dim, spread=0.5)
-  assert probes.ridge_probe(x, y, num_classes=5) > 0.95
-  assert probes.knn_probe(x, y, num_classes=5) > 0.95
+  assert closed_form.ridge_probe(x, y, num_classes=5) > 0.95
+  assert closed_form.knn_probe(x, y, num_classes=5) > 0.95
   noise = np.random.default_rng(1).normal(size=x.shape)
-  assert probes.ridge_probe(noise, y, num_classes=5) < 0.6
-  assert probes.knn_probe(noise, y, num_classes=5) < 0.6
+  assert closed_form.ridge_probe(noise, y, num_classes=5) < 0.6
+  assert closed_form.knn_probe(noise, y, num_classes=5) < 0.6
 
 
 def _ridge_fit(xs, y, lam_n, num_classes):
@@ -51,9 +51,9 @@ def _ridge_fit(xs, y, lam_n, num_classes):
 def test_ridge_scores_and_leave_one_out_match_normal_equations():
   x, y = _blobs(4, 3, 5, spread=3.0)  # Overlapping classes: LOO accuracy 7/12, not 0 or 1.
   x_te = x[:5] + 0.1
-  loo_acc, scores = probes.ridge_loo_and_scores(x, y, x_te, 3, (0.5,))
+  loo_acc, scores = closed_form.ridge_loo_and_scores(x, y, x_te, 3, (0.5,))
   assert 0.0 < loo_acc[0] < 1.0
-  xs, xt = (a.astype(np.float64) for a in probes.standardize(x, x_te))
+  xs, xt = (a.astype(np.float64) for a in closed_form.standardize(x, x_te))
   n = len(xs)
   w = _ridge_fit(xs, y, 0.5 * n, 3)
   np.testing.assert_allclose(scores[0], np.hstack([xt, np.ones((5, 1))]) @ w, atol=1e-6)
@@ -143,3 +143,11 @@ def test_short_run_logs_every_evaluator_with_baselines(demo_data_dir, tmp_path, 
   saved = json.loads((tmp_path / "checkpoints" / "2" / "evals" / "metadata").read_text())
   assert saved["latest"]["probe"]["step"] == 2
   assert set(saved["baselines"]["probe"]) == {"logmel", "init"}
+  # The same checkpoint scored offline (python -m jaxclap.evaluate --run_evaluators runs this)
+  # gives the numbers the loop logged at its last step.
+  offline = evaluators.score_checkpoint(str(tmp_path))
+  in_loop = {h["name"]: h for h in ev["history"] if h["step"] == 2}
+  assert set(offline) == set(want_steps)
+  for name, got in offline.items():
+    want = {k: v for k, v in in_loop[name].items() if k not in ("step", "name")}
+    assert got == pytest.approx(want, abs=1e-6), name

@@ -18,7 +18,7 @@ from jaxclap import convert, restore, sharding
 from jaxclap.audio import frontend
 from jaxclap.data import build, labelled, pipeline
 from jaxclap.data.schema import BadInputError
-from jaxclap.eval import finetune
+from jaxclap.eval import finetune_task as finetune
 from jaxclap.models import classifier, features, masks, patches
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import augment, export, handoff, objectives
@@ -265,6 +265,10 @@ def test_config_presets():
 
 def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   c = _config(epochs=4, warmup_epochs=0.5, batch=32)
+  # An in-loop evaluator probes the encoder being fine-tuned, beside its starting point.
+  probe = dict(kind="knn", data="jaxclap_demo:validation", every=10)
+  c.evaluate.evaluators.probe = ml_collections.ConfigDict(probe)
+  c.evaluate.plot = False
   result = finetune.run_finetune(
     stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=c, workdir=str(tmp_path)
   )
@@ -273,6 +277,10 @@ def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   assert len(result["history"]) == 4
   assert result["val"] == max(h["val"] for h in result["history"])
   assert result["test"] >= 3 / 13, result  # Chance is 1/13.
+  evals = json.loads((tmp_path / "summary.json").read_text())["evaluators"]
+  assert [h["step"] for h in evals["history"]] == [10, 20, 28]  # Every 10 steps and the end.
+  assert set(evals["baselines"]["probe"]) == {"logmel", "init"}
+  assert all(0 <= h["acc"] <= 1 for h in evals["history"])
   saved = json.loads((tmp_path / "finetune.json").read_text())
   assert saved["test"] == result["test"] and saved["unit_frames"] == 64
   clf = finetune.load_classifier(str(tmp_path))
@@ -584,7 +592,7 @@ def test_rerun_returns_the_stored_result(ft_run, stage1_workdir, ft_demo_dir):
   assert again == json.loads(json.dumps(result))
   assert os.path.getmtime(os.path.join(workdir, "finetune.json")) == stamp
   other = ml_collections.ConfigDict(c.to_dict())
-  other.lr = 1.0
+  other.finetune.lr = 1.0
   with pytest.raises(ValueError, match="with another config; use a new workdir"):
     finetune.run_finetune(
       stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=other, workdir=workdir

@@ -13,9 +13,8 @@ import pytest
 
 from configs import finetune as ft_config
 from jaxclap.data import sampling
-from jaxclap.train import augment
 from jaxclap.models import masks
-from jaxclap.train import optim
+from jaxclap.train import augment, optim
 
 # ---------------------------------------------------------------------- update rule
 

@@ -202,3 +202,15 @@ def test_layer_rule_itself(module, target, ok):
   (lm, gm), (lt, gt) = _layer(module), _layer(target)
   allowed = not (lt > lm or (lt == lm == 1 and gm != gt and (gm, gt) not in SIDEWAYS_ALLOWED))
   assert allowed == ok
+
+
+def test_module_names_are_unique_across_packages():
+  """A name says one job: no two modules share a file name (data/build vs models/build,
+  probe vs probes once made newcomers open the wrong one)."""
+  seen: dict[str, list[str]] = {}
+  for path in sorted(ROOT.rglob("*.py")):
+    if path.name != "__init__.py":
+      seen.setdefault(path.stem, []).append(str(path.relative_to(ROOT.parent)))
+  assert not {k: v for k, v in seen.items() if len(v) > 1}
+  near = {"probe", "probes"} & set(seen)
+  assert len(near) < 2, near

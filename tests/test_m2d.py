@@ -36,7 +36,7 @@ def make_batch(batch: int, frames: int, text_dim: int, seed: int = 0) -> dict:
   return {
     "audio": jnp.asarray(audio, jnp.float32),
     "audio_len": jnp.asarray(lens),
-    "text_embedding": jax.random.normal(k2, (batch, text_dim)),
+    "caption_embedding": jax.random.normal(k2, (batch, text_dim)),
   }
 
 
@@ -51,7 +51,7 @@ def clap_embeddings(online, batch, *, model):
   """L2-normalised (audio, text) CLAP embeddings with all patches visible."""
   x = frontend.waveform_input(batch, FE, NORM)
   audio = features.clap_audio_embedding(online, x, model=model)
-  text = model.apply({"params": online}, batch["text_embedding"], method=m2d.M2D.project_text)
+  text = model.apply({"params": online}, batch["caption_embedding"], method=m2d.M2D.project_text)
   return audio, losses.l2_normalize(text.astype(jnp.float32))
 
 
@@ -66,7 +66,7 @@ def abstract_batch(batch: int, frames: int, text_dim: int) -> dict:
   return {
     "audio": jax.ShapeDtypeStruct((batch, s), jnp.float32),
     "audio_len": jax.ShapeDtypeStruct((batch,), jnp.int32),
-    "text_embedding": jax.ShapeDtypeStruct((batch, text_dim), jnp.float32),
+    "caption_embedding": jax.ShapeDtypeStruct((batch, text_dim), jnp.float32),
   }
 
 
@@ -193,7 +193,7 @@ def test_base_shapes(frames):
       {"params": o},
       frontend.waveform_input(b, FE, NORM),
       *m2d.sample_masks(jax.random.key(0), 2, n, 0.7),
-      b["text_embedding"],
+      b["caption_embedding"],
       method=m2d.M2D.stage1,
     ),
     online,

@@ -36,7 +36,7 @@ rng = np.random.default_rng(0)
 samples = 63 * 160
 batches = [{"audio": rng.standard_normal((8, samples)).astype(np.float32) * 0.1,
             "audio_len": rng.integers(samples // 2, samples + 1, 8).astype(np.int32),
-            "text_embedding": rng.standard_normal((8, 24)).astype(np.float32)} for _ in range(3)]
+            "caption_embedding": rng.standard_normal((8, 24)).astype(np.float32)} for _ in range(3)]
 mesh = shd.make_mesh(fsdp=2)
 state, sh = state_lib.create_sharded_state(init_params=objective.init, tx=tx, seed=0,
     norm_stats=(-7.1, 4.2), mesh=mesh, rules=[("embed", "fsdp")])

@@ -37,14 +37,14 @@ def test_batch_layout_and_values(train):
   batch = _take(_loader(train, global_batch=6, caption="first", random_crop=False), 1)[0]
   assert batch["audio"].shape == (6, CROP) and batch["audio"].dtype == np.float32
   assert batch["audio_len"].dtype == np.int32 and batch["label"].dtype == np.int32
-  assert batch["index"].dtype == np.int64 and batch["text_embedding"].shape == (6, 384)
-  assert batch["text_embedding"].dtype == np.float32
+  assert batch["index"].dtype == np.int64 and batch["caption_embedding"].shape == (6, 384)
+  assert batch["caption_embedding"].dtype == np.float32
   for row in range(6):
     rec = train[int(batch["index"][row])]
     np.testing.assert_array_equal(batch["audio"][row], rec["audio"][:CROP] / 32768.0)
     assert batch["audio_len"][row] == CROP  # Every demo clip is longer than 1 s.
     np.testing.assert_array_equal(
-      batch["text_embedding"][row], rec["caption_embeddings"][0].astype(np.float32)
+      batch["caption_embedding"][row], rec["caption_embeddings"][0].astype(np.float32)
     )
     assert batch["label"][row] == rec["label"]
 
@@ -60,7 +60,7 @@ def test_random_crop_and_caption_come_from_the_record(train):
     assert any(np.array_equal(windows[h], pcm) for h in hits)
     starts.append(hits[0])
     emb = rec["caption_embeddings"].astype(np.float32)
-    assert any(np.array_equal(batch["text_embedding"][row], e) for e in emb)
+    assert any(np.array_equal(batch["caption_embedding"][row], e) for e in emb)
   assert max(starts) > 0  # Random crops do not all start at 0.
 
 
@@ -86,7 +86,7 @@ def test_epochs_cover_all_records_and_reshuffle(train):
   n = len(train)
   batches = _take(_loader(train, global_batch=4, num_epochs=2, drop_remainder=False), 10**6)
   index = np.concatenate([b["index"] for b in batches])
-  emb = np.concatenate([b["text_embedding"] for b in batches])
+  emb = np.concatenate([b["caption_embedding"] for b in batches])
   assert index.size == 2 * n
   first, second = index[:n], index[n:]
   assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))

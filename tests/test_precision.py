@@ -107,7 +107,7 @@ def loss_curve(dtype: str, steps: int, params: tuple[dict, dict]) -> np.ndarray:
   batch = {
     "audio": jnp.asarray(0.1 * rng.standard_normal((BATCH, s)), jnp.float32),
     "audio_len": jnp.full((BATCH,), s, jnp.int32),
-    "text_embedding": jnp.asarray(rng.standard_normal((BATCH, TEXT_DIM)), jnp.float32),
+    "caption_embedding": jnp.asarray(rng.standard_normal((BATCH, TEXT_DIM)), jnp.float32),
   }
   tx = optax.adamw(1e-3, weight_decay=0.05)
 

@@ -22,9 +22,8 @@ from jaxclap import evaluate
 from jaxclap import restore as restore_lib
 from jaxclap.data import build
 from jaxclap.eval import crossval, ft_suite, layouts, presets, probe, suite
-from jaxclap.train import augment
-from jaxclap.train import finetune as ft_step
-from jaxclap.train import optim
+from jaxclap.train import augment, optim
+from jaxclap.train import finetune as ft_lib
 
 SR = 16000
 FAST = probe.ProbeConfig(max_epochs=30, patience=5)
@@ -533,7 +532,7 @@ def test_rrc_adamw_and_class_mean_loss_follow_torch():
   np.testing.assert_allclose(np.asarray(p), tp.detach().numpy(), atol=1e-6)
   logits, target = rng.normal(size=(4, 7)), np.eye(7)[[0, 3, 3, 6]]
   nll = -torch.mean(torch.tensor(target) * torch.log_softmax(torch.tensor(logits), -1))
-  assert float(ft_step.loss_fn(logits, target, False, class_mean=True)) == pytest.approx(
+  assert float(ft_lib.loss_fn(logits, target, False, class_mean=True)) == pytest.approx(
     float(nll), rel=1e-5
   )
 

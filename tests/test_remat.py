@@ -33,7 +33,7 @@ def _loss_and_grad(remat: str, batch: int = 2, size: str = "test"):
   data = {
     "audio": jnp.asarray(rng.standard_normal((batch, samples)), jnp.float32) * 0.1,
     "audio_len": jnp.full((batch,), samples, jnp.int32),
-    "text_embedding": jnp.asarray(rng.standard_normal((batch, 16)), jnp.float32),
+    "caption_embedding": jnp.asarray(rng.standard_normal((batch, 16)), jnp.float32),
   }
 
   def loss(p):

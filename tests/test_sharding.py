@@ -31,7 +31,7 @@ _SCRIPT = textwrap.dedent("""
     samples = (c.data.crop_frames - 1) * fcfg.hop_length
     batches = [{"audio": rng.standard_normal((8, samples)).astype(np.float32) * 0.1,
                 "audio_len": rng.integers(samples // 2, samples + 1, 8).astype(np.int32),
-                "text_embedding": rng.standard_normal((8, 24)).astype(np.float32)}
+                "caption_embedding": rng.standard_normal((8, 24)).astype(np.float32)}
                for _ in range(3)]
     out = {}
     for name, devices, fsdp in [("one", jax.devices()[:1], 1), ("data", jax.devices(), 1),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxclap.data import spm as spm_cli
+from jaxclap.data import caption_spm as spm_cli
 from jaxclap.data import synth
 from jaxclap.text import spm, tokenize
 from jaxclap.text import tower as text_tower
@@ -143,7 +143,7 @@ def test_cli_trains_on_a_built_split(hash_demo_data_dir, tmp_path):
   cmd = [
     sys.executable,
     "-m",
-    "jaxclap.data.spm",
+    "jaxclap.data.caption_spm",
     "--dataset=jaxclap_demo",
     f"--data_dir={hash_demo_data_dir}",
     "--split=train",

@@ -1,5 +1,6 @@
 """Stage 1 → 2 → 2.1 handoff through Orbax checkpoints, frozen encoder, clear errors."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def test_stage2_takes_encoder_bit_exactly_and_keeps_it_frozen(chain):
   # The pooler and the text tower did train.
   assert set(s2["params"]) >= {"audio_proj", "text_tower", "logit_scale"}
   assert float(s2["params"]["logit_scale"]) <= np.log(100) + 1e-6
+  # Stage 1 was not fine-tuned (stage 1.1): the run says it departs from the official chain.
+  (note,) = json.loads((chain / "s2" / "summary.json").read_text())["warnings"]
+  assert "not fine-tuned" in note and "stage 1.1" in note
 
 
 @pytest.mark.slow

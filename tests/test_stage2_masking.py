@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxclap.audio import frontend as fe
-from jaxclap.models import build, clap, masks
+from jaxclap.models import clap, masks, network
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import config as config_lib
 from jaxclap.train import objectives
@@ -37,7 +37,7 @@ def _tokenize(texts):
 
 def _stage2(variants) -> objectives.Stage2:
   model = clap.CLAP(text_tower=_TinyText(), size="test", input_frames=N_FRAMES, clap_dim=64)
-  net = build.CLAPNetwork(
+  net = network.CLAPNetwork(
     model=model,
     frontend_cfg=fe.FrontendConfig(),
     n_frames=N_FRAMES,

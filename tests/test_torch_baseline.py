@@ -50,7 +50,7 @@ def pair():
   batch = {
     "audio": (0.1 * rng.standard_normal((4, s))).astype(np.float32),
     "audio_len": np.full((4,), s, np.int32),
-    "text_embedding": rng.standard_normal((4, CFG["text_dim"])).astype(np.float32),
+    "caption_embedding": rng.standard_normal((4, CFG["text_dim"])).astype(np.float32),
   }
   return model, online, target, tmodel, batch
 
@@ -70,7 +70,7 @@ def test_torch_loss_matches_jax(pair):
   with torch.no_grad():
     tloss, tmetrics = tmodel(
       torch.from_numpy(batch["audio"]),
-      torch.from_numpy(batch["text_embedding"]),
+      torch.from_numpy(batch["caption_embedding"]),
       torch.from_numpy(vis).long(),
       torch.from_numpy(msk).long(),
     )
@@ -81,7 +81,7 @@ def test_torch_loss_matches_jax(pair):
   with torch.no_grad():
     other, _ = tmodel(
       torch.from_numpy(batch["audio"]),
-      torch.from_numpy(batch["text_embedding"]),
+      torch.from_numpy(batch["caption_embedding"]),
       torch.from_numpy(msk[:, :6]).long(),
       torch.from_numpy(np.concatenate([vis, msk[:, 6:]], 1)).long(),
     )
@@ -103,7 +103,7 @@ def test_torch_train_step_updates_and_ema(pair):
   opt = torch_m2d.make_optimizer(model, lr=1e-3)
   before = {k: v.clone() for k, v in model.state_dict().items()}
   wave = torch.from_numpy(batch["audio"])
-  text = torch.from_numpy(batch["text_embedding"])
+  text = torch.from_numpy(batch["caption_embedding"])
   metrics = torch_m2d.train_step(model, opt, wave, text, ema_decay=0.9)
   after = model.state_dict()
   assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0

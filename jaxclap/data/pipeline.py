@@ -176,7 +176,7 @@ class CropAndPick(grain.transforms.RandomMap):
       "caption": caption.decode("utf-8") if isinstance(caption, bytes) else str(caption),
       "audio": out,
       "audio_len": np.int32(length),
-      "text_embedding": embeddings[pick].astype(np.float32),
+      "caption_embedding": embeddings[pick].astype(np.float32),
       "label": np.int32(record["label"]),
       "index": np.int64(element["index"]),
       "source": np.int32(element["source"]),

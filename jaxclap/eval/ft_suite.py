@@ -1,6 +1,6 @@
 """Fine-tuning rows of the paper suite: EVAR's `finetune.py` protocol on a layout's clips.
 
-Fine-tuning (`finetune.run_finetune`) reads a labelled TFDS set, while the suite reads
+Fine-tuning (`finetune_task.run_finetune`) reads a labelled TFDS set, while the suite reads
 datasets as distributed (`layouts`). The bridge: per round of the task (`crossval.rounds`:
 one per ESC-50 fold, one for a split task) the clips are listed in a labels.csv (file,
 labels, split) beside links to the audio, built with the `labelled_folder` builder and
@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxclap.data import build
 from jaxclap.eval import crossval, layouts
-from jaxclap.eval import finetune as finetune_lib
+from jaxclap.eval import finetune_task as finetune_lib
 
 _REPO = Path(__file__).resolve().parents[2]  # configs/ sits beside the jaxclap package.
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxclap import metrics
-from jaxclap.train.probes import standardize  # One copy, shared with training's probes.
+from jaxclap.train.closed_form import standardize  # One copy, shared with training's probes.
 
 
 class Split(NamedTuple):

@@ -3,7 +3,8 @@
 Special ids are fixed so the text tower can rely on them: pad=0, unk=1, bos=2, eos=3. Text is
 NFKC-normalised and case-folded by the model itself (SentencePiece's ``nmt_nfkc_cf`` rule), as
 an uncased BERT would see it, so a small caption set is not split between "A" and "a" and
-callers never lower-case by hand. Train one on a built dataset with ``python -m jaxclap.data.spm``.
+callers never lower-case by hand. Train one on a built dataset with
+``python -m jaxclap.data.caption_spm``.
 """
 
 from __future__ import annotations
@@ -78,13 +79,13 @@ def load_spm(path: str | Path | bytes) -> sentencepiece.SentencePieceProcessor:
     if not path.is_file():
       raise FileNotFoundError(
         f"SentencePiece model {path} does not exist; train one with "
-        "`python -m jaxclap.data.spm --output=PREFIX`"
+        "`python -m jaxclap.data.caption_spm --output=PREFIX`"
       )
     sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
   ids = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
   if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
     raise ValueError(
       f"{path}: special ids (pad, unk, bos, eos) are {ids}, expected "
-      f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; retrain it with `python -m jaxclap.data.spm`"
+      f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; retrain it with `python -m jaxclap.data.caption_spm`"
     )
   return sp

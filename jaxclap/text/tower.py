@@ -214,7 +214,8 @@ def build_text_tower(
     spm_model = "the checkpoint's model" if assets is not None else _get(text_cfg, "spm_model")
     if not spm_model:
       raise ValueError(
-        "text.kind='scratch' needs text.spm_model (train one with `python -m jaxclap.data.spm`)"
+        "text.kind='scratch' needs text.spm_model "
+        "(train one with `python -m jaxclap.data.caption_spm`)"
       )
     tokenizer = (
       assets.tokenizer(max_len) if assets is not None else tokenize.SpmTokenizer(spm_model, max_len)

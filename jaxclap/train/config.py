@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   # smallest power of two >= 16 that holds its longest caption (capped here), so the jitted
   # step compiles once per length bucket (text_tower.length_buckets).
   c.text.max_len = 512
-  c.text.spm_model = ""  # SentencePiece .model path (kind=scratch; python -m jaxclap.data.spm).
+  c.text.spm_model = (
+    ""  # SentencePiece .model path (kind=scratch; python -m jaxclap.data.caption_spm).
+  )
   c.text.vocab_size = 8000  # kind=scratch: must match the SentencePiece model.
   c.text.width = 512  # kind=scratch tower width ...
   c.text.depth = 6  # ... blocks ...
@@ -358,6 +360,10 @@ def _check_finetune(c: ml_collections.ConfigDict) -> None:
   ]
   for key, ok, why in checks:
     _check(ok, f"finetune.{key}", f[key], why)
+  _check_evaluators(c)
+  for name, e in c.evaluate.evaluators.items():  # The classifier has no text side.
+    ok = e.kind in ("linear_probe", "knn")
+    _check(ok, f"evaluate.evaluators.{name}.kind", e.kind, "fine-tuning runs linear_probe or knn")
 
 
 def _check_evaluators(c: ml_collections.ConfigDict) -> None:
@@ -394,6 +400,9 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict[str, Any]) -> None:
     if key not in config:
       continue  # A knob that no longer exists: ignore, the model keys are checked below.
     if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+      if not config[key].keys():  # A free-form group (evaluate.evaluators): taken whole.
+        config[key] = ml_collections.ConfigDict(value)
+        continue
       _overlay(config[key], value)
     else:
       config[key] = (

@@ -4,7 +4,7 @@ big_vision style: `config.evaluate.evaluators` names each with a kind, a "datase
 a period in steps. Per evaluation every split passes once (bounded to `max_clips`) through
 one jitted, batch-sharded function that returns clip features (mean-pooled frozen encoder
 features, as the linear-probe eval), log-mel statistics and CLAP embeddings; the probes are
-closed-form (`probes.py`). The baselines (log-mel statistics, the encoder at initialisation)
+closed-form (`closed_form.py`). The baselines (log-mel statistics, the encoder at initialisation)
 go through the same code once per run and are logged beside the model at every evaluation.
 """
 
@@ -19,16 +19,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import threadpoolctl
 from jax.experimental import multihost_utils
 
 from jaxclap import metrics as eval_metrics
+from jaxclap import paths
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
+from jaxclap.data import info as data_info
 from jaxclap.data import pipeline
 from jaxclap.models import features
+from jaxclap.train import checkpoint as ckpt
+from jaxclap.train import closed_form, handoff, objectives, step
 from jaxclap.train import config as config_lib
-from jaxclap.train import probes, step
+from jaxclap.train import state as state_lib
 
 # What each baseline can be scored on: log-mel statistics have no text side.
 BASELINES = {"logmel": ("linear_probe", "knn"), "init": config_lib.EVAL_KINDS}
@@ -67,6 +72,12 @@ def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
   def fn(state, batch):
     x = fe.waveform_input(batch, fcfg, state.norm_stats)
     model = objective.model
+    logmel = jnp.concatenate([x.mean(axis=-1), x.std(axis=-1)], axis=-1)
+    if stage == "finetune":  # The classifier's pooled head input; no text side.
+      valid = fe.valid_frames(batch["audio_len"], fcfg)
+      variables = {"params": state.params, "batch_stats": state.frozen["batch_stats"]}
+      clip = model.apply(variables, x, valid, method="features")
+      return {"features": clip, "logmel": logmel}
     if stage == "stage1":
       clip, audio = features.clip_features_and_clap(state.params, x, model=model)
     else:
@@ -77,7 +88,7 @@ def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
     return {
       "features": clip,
       # Per-band mean and std over time of the normalised log-mel: the free baseline.
-      "logmel": jnp.concatenate([x.mean(axis=-1), x.std(axis=-1)], axis=-1),
+      "logmel": logmel,
       "audio": audio,
       "text": objective.text_embed(state.params, state.frozen, batch),
     }
@@ -115,6 +126,7 @@ class Evaluators:
     self._objective = objective
     self._mesh = mesh
     self._crop = crop_samples
+    self._stage = config.stage
     self._outputs = jax.jit(
       _outputs_fn(objective, fcfg, config.stage),
       in_shardings=(state_sh, shd.batch_sharding(mesh)),
@@ -148,11 +160,17 @@ class Evaluators:
     for i, b in enumerate(loader):
       if i * batch >= n:
         break
-      got = jax.device_get(self._outputs(state, step.device_batch(b, self._objective, self._mesh)))
+      got = jax.device_get(self._outputs(state, self._device_batch(b)))
       got["label"] = multihost_utils.process_allgather(np.asarray(b["label"]), tiled=True)
       for k, v in got.items():
         out.setdefault(k, []).append(np.asarray(v))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+  def _device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+    """What the outputs read: audio (fine-tuning), or the stage's own inputs."""
+    if self._stage == "finetune":
+      return shd.global_batch({k: batch[k] for k in ("audio", "audio_len")}, self._mesh)
+    return step.device_batch(batch, self._objective, self._mesh)
 
   def _class_names(self, spec: Spec) -> list[str]:
     return list(self._facts[spec.dataset]["class_names"])
@@ -177,8 +195,10 @@ class Evaluators:
   def _probe(self, kind: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> float:
     """k-fold accuracy of the closed-form probe `kind` on features `x`."""
     if kind == "linear_probe":
-      return probes.ridge_probe(x, y, num_classes=num_classes, folds=self._cfg.folds)
-    return probes.knn_probe(x, y, num_classes=num_classes, k=self._cfg.knn_k, folds=self._cfg.folds)
+      return closed_form.ridge_probe(x, y, num_classes=num_classes, folds=self._cfg.folds)
+    return closed_form.knn_probe(
+      x, y, num_classes=num_classes, k=self._cfg.knn_k, folds=self._cfg.folds
+    )
 
   def _passes(self, state, specs: list[Spec]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """Each split the `specs` read, passed once (features shared by its evaluators)."""
@@ -233,3 +253,62 @@ class Evaluators:
     """The newest result of each evaluator and the baselines: saved with the checkpoint."""
     newest = {h["name"]: h for h in self.history}
     return {"latest": newest, "baselines": self.baselines}
+
+
+class _NoProgress:
+  """`Evaluators.run`'s progress sink outside training: nothing is logged."""
+
+  def log_scalars(self, step_: int, scalars: dict[str, float]) -> None:
+    del step_, scalars
+
+
+def score_checkpoint(path: str, *, data_dir: str | None = None) -> dict[str, dict[str, float]]:
+  """A stage-1/2 checkpoint scored by its run's evaluators (`config.evaluate`), with the
+  code, inputs and jitted function the training loop uses: {evaluator name: metrics}.
+
+  `data_dir` overrides the run's (the datasets moved); the mesh takes every device.
+  """
+  saved = ckpt.load(path)
+  config = config_lib.config_from_meta(saved.meta, saved.source)
+  if config.stage not in ("stage1", "stage2"):
+    raise ValueError(f"{saved.source}: stage {config.stage!r} has no in-loop evaluators to rerun")
+  if data_dir:
+    config.data.data_dir = data_dir
+  specs = parse(config)
+  if not specs:
+    raise ValueError(f"{saved.source}: its run configured no evaluators (config.evaluate)")
+  data_dir = paths.data_dir(config.data.data_dir)
+  facts = {s.dataset: data_info.eval_facts(s.dataset, {}, config, data_dir) for s in specs}
+  meta = saved.meta
+  objective = objectives.build(config, meta, sentence_model=meta.sentence_model)
+  mesh = shd.make_mesh(data=-1, fsdp=config.mesh.fsdp)
+  identity = optax.identity()
+  state, state_sh = state_lib.create_sharded_state(
+    init_params=objective.init,
+    tx=identity,
+    seed=config.seed,
+    norm_stats=tuple(float(x) for x in np.asarray(saved.state["norm_stats"])),
+    mesh=mesh,
+    rules=[tuple(r) for r in config.mesh.rules],
+  )
+  state = handoff.apply(state, saved.state, parts="all", source=saved.source)
+  steps = step.jit_steps(
+    mesh=mesh, state_sh=state_sh, objective=objective, tx=identity, schedule=lambda _: 0.0
+  )
+  fcfg = fe.FrontendConfig.for_sample_rate(config.frontend.sample_rate)
+  evals = Evaluators(
+    specs,
+    config=config,
+    facts=facts,
+    data_dir=data_dir,
+    objective=objective,
+    mesh=mesh,
+    state_sh=state_sh,
+    crop_samples=(config.data.crop_frames - 1) * fcfg.hop_length,
+    fcfg=fcfg,
+  )
+  at = int(np.asarray(saved.state["step"]))
+  evals.run(at, state, steps, _NoProgress(), specs=specs)
+  return {
+    h["name"]: {k: v for k, v in h.items() if k not in ("step", "name")} for h in evals.history
+  }

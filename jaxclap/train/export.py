@@ -14,7 +14,7 @@ fitted to the fine-tuning input (as the official 80x1001 release, resized bicubi
 from 38 to 62 columns), and meta's input_frames/unit_frames are that input's frames.
 `head` = {"classifier": {"kernel" [d, classes], "bias"}, "batch_stats": {"norm": {"mean",
 "var"}}} is the classifier (BatchNorm running statistics + Linear) of the same epoch; the
-other readers ignore it, `eval.finetune.load_classifier` rebuilds the whole classifier.
+other readers ignore it, `eval.finetune_task.load_classifier` rebuilds the whole classifier.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.data import info as data_info
 from jaxclap.data import labelled, pipeline, sampling
-from jaxclap.models import build as build_lib
 from jaxclap.models import classifier, features, masks, patches
+from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import augment, export, optim
 from jaxclap.train import checkpoint as ckpt
@@ -193,7 +193,7 @@ class Plan:
   config: ml_collections.ConfigDict
   saved: ckpt.Saved  # The checkpoint fine-tuned (`init.workdir`).
   source_config: ml_collections.ConfigDict
-  source_network: build_lib.Network
+  source_network: network_lib.Network
   info: dict[str, Any]
   val_split: str
   objective: Finetune
@@ -318,7 +318,7 @@ def make_plan(
   knobs = config.finetune
   saved = ckpt.load(config.init.workdir)
   source_config = config_lib.config_from_meta(saved.meta, saved.source)
-  network = build_lib.build(source_config, saved.meta, text_assets=saved.text)
+  network = network_lib.build(source_config, saved.meta, text_assets=saved.text)
   model = network.model
   fcfg = network.frontend_cfg
   info, val_split = data_info.finetune_splits(knobs, data_dir)

@@ -145,6 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
   n_dev = mesh.size
+  # The data is read and checked before anything is written to the workdir.
+  if finetuning:
+    ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
+  else:
+    ft, pretrain_data = None, _pretrain_data(config, data_dir)
   manager = ckpt.make_manager(
     workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint
   )
@@ -166,19 +171,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "the model: " + "; ".join(diffs) + ". Use a new --workdir."
       )
 
-  ft = None
-  if finetuning:
-    ft = ft_lib.make_plan(config, data_dir=data_dir, workdir=workdir, n_devices=n_dev)
+  notes: list[str] = []  # Warnings about the run's set-up, kept in summary.json.
+  if ft:
     logging.info("%s", ft.describe())
     init, init_meta = (ft.saved, ft.saved.meta) if latest is None else (None, None)
     global_batch, steps_per_epoch, total_steps = ft.batch, ft.steps_per_epoch, ft.total_steps
     crop_samples = ft.crop_samples
     tx, schedule, seed = ft.tx, ft.schedule, config.seed
     train_loader = ft.train_loader
-    facts, eval_specs, mixture_shares = {}, [], None
+    facts, mixture_shares, fcfg = {}, None, ft.objective.frontend_cfg
+    eval_specs = evaluators.parse(config)  # Probes of the encoder being fine-tuned.
     val_specs = zs_specs = []
   else:
-    train_specs, val_specs, zs_specs, facts = _pretrain_data(config, data_dir)
+    train_specs, val_specs, zs_specs, facts = pretrain_data
     global_batch, seed = config.train.global_batch, config.seed
     if global_batch % n_dev:
       raise ValueError(
@@ -229,6 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           "the official chain starts it from stage 1.1 (configs/finetune.py:as2m)"
         )
         logging.warning("%s", message)
+        notes.append(message)
         if jax.process_index() == 0:
           print(f"WARNING: {message}", flush=True)
   eval_facts = {
@@ -287,6 +293,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rules=rules,
   )
   init_state = state  # The encoder at initialisation: an evaluator baseline.
+  if ft and latest is None and init is not None:
+    # Fine-tuning's baseline is the encoder it starts from (the init above is all zeros).
+    state = init_state = handoff.apply(state, init.state, parts="audio_encoder", source=init.source)
+    init = None
   if latest is not None:
     state, latest = ckpt.restore_intact(
       manager, latest, abstract_state=state_lib.abstract_state(state_sh, state), iterator=iterator
@@ -393,6 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     "total_steps": total_steps,
     "norm_stats": list(norm_stats),
     "mixture": mixture_shares,
+    "warnings": notes,
   }
   if start == 0:
     summary["initial_validation"] = run_validation(0)

@@ -1,7 +1,7 @@
 """What each stage trains: its loss, post-update rule and embeddings.
 
 The one trainer (`loop.py`, `step.py`) calls these; stages differ only here. The network
-comes from `models/build.py`; `params` are trained by the optimizer, `frozen` are not
+comes from `models/network.py`; `params` are trained by the optimizer, `frozen` are not
 (stage 1: the EMA target; stage 2: the audio encoder unless it is fine-tuned).
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from jaxclap import losses
 from jaxclap.audio import frontend as fe
-from jaxclap.models import build as build_lib
 from jaxclap.models import clap, features, m2d, masks, patches
+from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
 
 
@@ -27,7 +27,7 @@ from jaxclap.run_meta import RunMeta
 class _Objective:
   """What every stage takes from its network: the model, initial parameters, text side."""
 
-  net: build_lib.Network
+  net: network_lib.Network
 
   @property
   def model(self) -> Any:
@@ -47,13 +47,13 @@ class _Objective:
 class Stage1(_Objective):
   """M2D + λ·CLAP against precomputed sentence embeddings; EMA target update."""
 
-  net: build_lib.M2DNetwork
+  net: network_lib.M2DNetwork
   clap_weight: float
   clap_grad_divisor: float
   ema_start: float
   ema_end: float
   total_steps: int
-  batch_keys: tuple[str, ...] = ("audio", "audio_len", "text_embedding")
+  batch_keys: tuple[str, ...] = ("audio", "audio_len", "caption_embedding")
 
   def loss(self, params, frozen, batch, rng, norm_stats):
     return stage1_loss(
@@ -83,7 +83,7 @@ class Stage1(_Objective):
 class Stage2(_Objective):
   """CLAP between the (frozen) stage-1 audio encoder + fresh pooler and a text tower."""
 
-  net: build_lib.CLAPNetwork
+  net: network_lib.CLAPNetwork
   # Structured masking: (rows, columns, probability) per batch draw, `masks.stage2_variants`;
   # the drawn counts of whole frequency rows and time columns are dropped per example.
   mask_variants: tuple[tuple[int, int, float], ...] = ((0, 0, 1.0),)
@@ -142,7 +142,7 @@ def build(
 ) -> Stage1 | Stage2:
   """The objective of `config.stage` on the network `models.build` makes of (config, meta);
   `meta.total_steps` sets stage 1's EMA schedule."""
-  net = build_lib.build(config, meta, sentence_model=sentence_model)
+  net = network_lib.build(config, meta, sentence_model=sentence_model)
   if config.stage == "stage1":
     return Stage1(
       net=net,
@@ -188,7 +188,12 @@ def stage1_loss(
   grid = patches.grid_size(x.shape[1], x.shape[2], model.patch_size)
   visible_idx, masked_idx = m2d.sample_masks(rng, x.shape[0], grid[0] * grid[1], model.mask_ratio)
   out = model.apply(
-    {"params": online}, x, visible_idx, masked_idx, batch["text_embedding"], method=m2d.M2D.stage1
+    {"params": online},
+    x,
+    visible_idx,
+    masked_idx,
+    batch["caption_embedding"],
+    method=m2d.M2D.stage1,
   )
   target_out = m2d.target_body(model).apply(
     {"params": target}, jax.lax.stop_gradient(out["target_in"])

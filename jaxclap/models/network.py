@@ -51,13 +51,13 @@ class M2DNetwork:
     """Host-side text inputs for captions/prompts (None: no sentence model at hand)."""
     if self.sentence_embedder is None:
       return None
-    return {"text_embedding": np.asarray(self.sentence_embedder(captions), np.float32)}
+    return {"caption_embedding": np.asarray(self.sentence_embedder(captions), np.float32)}
 
   def text_embed(self, params, frozen, text_inputs) -> jax.Array:
     """L2-normalised CLAP text embeddings [N, C]."""
     del frozen
     text = self.model.apply(
-      {"params": params}, text_inputs["text_embedding"], method=m2d.M2D.project_text
+      {"params": params}, text_inputs["caption_embedding"], method=m2d.M2D.project_text
     )
     return losses.l2_normalize(text.astype(jnp.float32))
 

@@ -1,6 +1,6 @@
 """CLI: trains a SentencePiece tokenizer on a built dataset's captions (`jaxclap.text.spm`).
 
-    python -m jaxclap.data.spm --dataset=jaxclap_demo --data_dir=DIR --split=train \
+    python -m jaxclap.data.caption_spm --dataset=jaxclap_demo --data_dir=DIR --split=train \
         --vocab_size=1000 --model_type=unigram --output=PATH_PREFIX
 
 writes ``PATH_PREFIX.model`` and ``PATH_PREFIX.vocab`` (special ids and normalisation: see
