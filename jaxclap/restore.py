@@ -3,7 +3,7 @@
 Inference, evaluation, fine-tuning and conversion all start here. The checkpoint's
 metadata (config, norm_stats, stage, position-table width, sentence model) and, for stage 2,
 its text tower's architecture and tokenizer rebuild the exact network that was trained
-(`models.build`); nothing is taken from the caller's config.
+(`models.network`); nothing is taken from the caller's config.
 """
 
 from __future__ import annotations

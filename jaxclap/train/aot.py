@@ -33,8 +33,8 @@ from tokenizers import models as tok_models
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.data import builders, mixture
-from jaxclap.models import build as build_lib
 from jaxclap.models import flops, masks, patches
+from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
 from jaxclap.text import bert, registry, tokenize
 from jaxclap.text.assets import TextAssets
@@ -275,7 +275,7 @@ def _objective(config: ml_collections.ConfigDict, meta: RunMeta):
     tokenizer_json=_stand_in_tokenizer(),
     lowercase=True,
   )
-  net = build_lib.build(config, meta, text_assets=assets)
+  net = network_lib.build(config, meta, text_assets=assets)
   # As objectives.build does for stage 2: the structured-mask variants of the patch grid.
   gf, gt = patches.grid_size(
     net.frontend_cfg.n_mels, config.data.crop_frames, patches.of_config(config.model)
@@ -297,7 +297,7 @@ def batch_fields(config: ml_collections.ConfigDict, batch: int) -> dict[str, tup
   return {
     "audio": ((batch, samples), jnp.float32),
     "audio_len": ((batch,), jnp.int32),
-    "text_embedding": ((batch, config.model.text_dim), jnp.float32),
+    "caption_embedding": ((batch, config.model.text_dim), jnp.float32),
     "input_ids": ((batch, tokens), jnp.int32),
     "attention_mask": ((batch, tokens), jnp.int32),
   }

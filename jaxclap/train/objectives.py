@@ -140,7 +140,7 @@ class Stage2(_Objective):
 def build(
   config: ml_collections.ConfigDict, meta: RunMeta, *, sentence_model: str | None = None
 ) -> Stage1 | Stage2:
-  """The objective of `config.stage` on the network `models.build` makes of (config, meta);
+  """The objective of `config.stage` on the network `models.network` makes of (config, meta);
   `meta.total_steps` sets stage 1's EMA schedule."""
   net = network_lib.build(config, meta, sentence_model=sentence_model)
   if config.stage == "stage1":
