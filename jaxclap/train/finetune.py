@@ -19,7 +19,6 @@ epoch's copy), "record": {"best_val", "best_epoch", "best_step", "history" [epoc
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -398,22 +397,20 @@ def make_plan(
 
 
 def jit_evaluation(plan: Plan, mesh, state_sh) -> dict[str, Callable]:
-  """Jitted logits of the current ("current") and the kept best ("best") parameters, and
-  the best-epoch update ("keep_best", state donated)."""
+  """Jitted logits of the current ("current") and the kept best ("best") parameters, one
+  compiled program for both, and the best-epoch update ("keep_best", state donated)."""
   repl = shd.replicated(mesh)
-  batch_sh = shd.batch_sharding(mesh)
   obj = plan.objective
-
-  def logits(state, batch, best: bool):
-    tree = state.frozen["best"] if best else {"params": state.params, **state.frozen}
-    return obj.logits(tree["params"], tree["batch_stats"], batch, state.norm_stats)
-
-  one = lambda best: jax.jit(
-    functools.partial(logits, best=best), in_shardings=(state_sh, batch_sh), out_shardings=repl
+  variables_sh = {"params": state_sh.params, "batch_stats": state_sh.frozen["batch_stats"]}
+  logits = jax.jit(
+    lambda v, norm_stats, batch: obj.logits(v["params"], v["batch_stats"], batch, norm_stats),
+    in_shardings=(variables_sh, repl, shd.batch_sharding(mesh)),
+    out_shardings=repl,
   )
+  current = lambda st: {"params": st.params, "batch_stats": st.frozen["batch_stats"]}
   return {
-    "current": one(False),
-    "best": one(True),
+    "current": lambda st, batch: logits(current(st), st.norm_stats, batch),
+    "best": lambda st, batch: logits(st.frozen["best"], st.norm_stats, batch),
     "keep_best": jax.jit(
       keep_best,
       in_shardings=(state_sh, repl, repl, repl, repl),
