@@ -36,9 +36,6 @@ def _leaves(tree) -> dict:
   }
 
 
-DEMO_FT_CLIPS = 300  # 240 train / 30 validation / 30 test clips.
-
-
 def _config(seed=0, **overrides):
   """The demo preset shrunk for tests; `overrides` are `finetune` knobs."""
   c = ft_config.get_config()
@@ -50,11 +47,10 @@ def _config(seed=0, **overrides):
 
 
 @pytest.fixture(scope="module")
-def ft_demo_dir(tmp_path_factory) -> str:
-  """A 300-clip demo set (hash caption embeddings: fine-tuning reads only audio + labels)."""
-  data_dir = str(tmp_path_factory.mktemp("ft_demo"))
-  build.build_dataset(build.DEMO, data_dir, num_clips=DEMO_FT_CLIPS, embedder=HashEmbedder())
-  return data_dir
+def ft_demo_dir(demo400_data_dir) -> str:
+  """The session's 400-clip demo set (320 train / 40 validation / 40 test clips), shared with
+  the evaluation tests: fine-tuning reads only its audio and labels."""
+  return demo400_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +260,7 @@ def test_config_presets():
 
 
 def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
-  c = _config(epochs=4, warmup_epochs=0.5, batch=32)
+  c = _config(epochs=3, warmup_epochs=0.5, batch=32)
   # An in-loop evaluator probes the encoder being fine-tuned, beside its starting point.
   probe = dict(kind="knn", data="jaxclap_demo:validation", every=10)
   c.evaluate.evaluators.probe = ml_collections.ConfigDict(probe)
@@ -273,12 +269,12 @@ def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
     stage1_workdir, data_dir=ft_demo_dir, dataset="jaxclap_demo", config=c, workdir=str(tmp_path)
   )
   assert result["task"] == "finetune" and result["metric"] == "accuracy"
-  assert result["epochs"] == 4 and result["steps"] == 4 * (240 // 32)
-  assert len(result["history"]) == 4
+  assert result["epochs"] == 3 and result["steps"] == 3 * (320 // 32)
+  assert len(result["history"]) == 3
   assert result["val"] == max(h["val"] for h in result["history"])
   assert result["test"] >= 3 / 13, result  # Chance is 1/13.
   evals = json.loads((tmp_path / "summary.json").read_text())["evaluators"]
-  assert [h["step"] for h in evals["history"]] == [10, 20, 28]  # Every 10 steps and the end.
+  assert [h["step"] for h in evals["history"]] == [10, 20, 30]  # Every 10 steps, the end.
   assert set(evals["baselines"]["probe"]) == {"logmel", "init"}
   assert all(0 <= h["acc"] <= 1 for h in evals["history"])
   saved = json.loads((tmp_path / "finetune.json").read_text())
@@ -407,7 +403,7 @@ FT_CROP_SECONDS = 127 * 160 / 16000  # 128 frames: the stage-1 table's 4 columns
 @pytest.fixture(scope="module")
 def ft_run(stage1_workdir, ft_demo_dir, tmp_path_factory):
   """A short run with the AS2M recipe's structure: mean-token head, masking drawn per
-  batch, weighted epochs of 64 of the 240 clips, best epoch on the test split, 128-frame
+  batch, weighted epochs of 64 of the 320 clips, best epoch on the test split, 128-frame
   crops (the position table fitted to twice the trained width)."""
   workdir = str(tmp_path_factory.mktemp("ft_run"))
   c = _config(
