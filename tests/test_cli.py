@@ -73,3 +73,16 @@ def test_run_exits_with_mains_value(monkeypatch):
     assert logging.get_verbosity() == logging.WARNING  # Library INFO logs hidden.
   finally:
     logging.set_verbosity(before)
+
+
+def test_an_installed_libtpu_without_chips_leaves_jax_on_the_cpu():
+  """libtpu (the tpu extra) on a laptop: commands run on the CPU instead of JAX trying the
+  TPU, whose library prints errors on every start; a TPU VM, a GPU plugin or JAX_PLATFORMS
+  keep JAX's own choice."""
+  only = lambda *names: lambda module: module in names
+  choose = cli.platforms_without_absent_tpu
+  assert choose({}, only("libtpu"), lambda: False) == "cpu"
+  assert choose({}, only("libtpu"), lambda: True) is None  # A TPU VM.
+  assert choose({}, only(), lambda: False) is None  # No libtpu.
+  assert choose({}, only("libtpu", "jax_cuda12_plugin"), lambda: False) is None
+  assert choose({"JAX_PLATFORMS": "tpu"}, only("libtpu"), lambda: False) is None
