@@ -117,6 +117,18 @@ class FinetuneNet(nn.Module):
     return self.head(self.features(x, valid_frames, keep, kept_grid), train)
 
 
+def fresh_head(net: FinetuneNet, seed: int, width: int) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(classifier {kernel, bias}, batch_stats {norm: {mean, var}}) of a new head on a
+  `width`-d feature: the kernel drawn from N(0, head_init_std²) with `seed`, bias 0,
+  BatchNorm statistics mean 0, var 1."""
+  kernel = nn.initializers.normal(net.head_init_std)(
+    jax.random.key(seed), (width, net.num_classes), jnp.float32
+  )
+  head = {"kernel": kernel, "bias": jnp.zeros((net.num_classes,), jnp.float32)}
+  stats = {"norm": {"mean": jnp.zeros(width, jnp.float32), "var": jnp.ones(width, jnp.float32)}}
+  return head, stats
+
+
 def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[Any, Any]:
   """(params, batch_stats): a fresh head on the pre-trained encoder parameters.
 
@@ -133,22 +145,11 @@ def init_variables(net: FinetuneNet, encoder_params: Any, seed: int) -> tuple[An
   have = jax.tree_util.tree_map(np.shape, encoder_params)
   if jax.tree_util.tree_map(lambda a: a.shape, shapes["params"]["encoder"]) != have:
     raise ValueError(f"checkpoint encoder parameters do not fit a {net.size!r} ViT encoder")
-  kernel = shapes["params"]["classifier"]["kernel"]
+  head, stats = fresh_head(net, seed, shapes["params"]["classifier"]["kernel"].shape[0])
   params = {
     # Copies: the step donates its inputs, which must not alias the caller's arrays.
     "encoder": jax.tree_util.tree_map(jnp.array, encoder_params),
-    "classifier": {
-      "kernel": nn.initializers.normal(net.head_init_std)(
-        jax.random.key(seed), kernel.shape, kernel.dtype
-      ),
-      "bias": jnp.zeros((net.num_classes,), jnp.float32),
-    },
-  }
-  stats = {
-    "norm": {
-      "mean": jnp.zeros(kernel.shape[0], jnp.float32),
-      "var": jnp.ones(kernel.shape[0], jnp.float32),
-    }
+    "classifier": head,
   }
   expected = jax.tree_util.tree_map(lambda a: a.shape, {**shapes["params"]})
   if jax.tree_util.tree_map(np.shape, params) != expected or jax.tree_util.tree_map(

@@ -103,17 +103,9 @@ class Finetune:
       ),
       jax.random.key(0),
     )
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    params = dict(zeros["params"])
-    kernel = nn.unbox(params["classifier"])["kernel"]
-    params["classifier"] = {
-      "kernel": nn.initializers.normal(net.head_init_std)(
-        jax.random.key(self.head_seed), kernel.shape, kernel.dtype
-      ),
-      "bias": jnp.zeros((net.num_classes,), jnp.float32),
-    }
-    stats = jax.tree.map(jnp.ones_like, zeros["batch_stats"])
-    stats = {"norm": {"mean": jnp.zeros_like(stats["norm"]["mean"]), "var": stats["norm"]["var"]}}
+    params = dict(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["params"]))
+    width = nn.unbox(params["classifier"])["kernel"].shape[0]
+    params["classifier"], stats = classifier.fresh_head(net, self.head_seed, width)
     record = {
       "best_val": jnp.full((), -jnp.inf, jnp.float32),
       "best_epoch": jnp.zeros((), jnp.int32),
@@ -463,9 +455,10 @@ def history(state) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   return rows, best
 
 
-def result(plan: Plan, state, test: float, seconds: float) -> dict[str, Any]:
-  """The run's result (finetune.json): scores, best epoch, history, what ran."""
-  rows, best = history(state)
+def result(plan: Plan, state, test: float, seconds: float, record: tuple) -> dict[str, Any]:
+  """The run's result (finetune.json): scores, best epoch, history (`record`, as `history`
+  reads it from the state), what ran."""
+  rows, best = record
   net = plan.objective.net
   return {
     "task": "finetune",

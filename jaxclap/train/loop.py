@@ -483,12 +483,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _finish_finetune(ft, ft_steps, state, mesh, workdir: str, summary, started: float) -> dict:
   """Scores the best epoch on the test split, writes it as the workdir's final checkpoint
   and finetune.json (the run's result, also summary.json's "finetune")."""
-  rows, best = ft_lib.history(state)
+  record = ft_lib.history(state)
   if ft.val_split == ft.knobs.test_split:
-    test = best["val"]
+    test = record[1]["val"]
   else:
     test = ft_lib.evaluate_split(ft, "test", state, ft_steps["best"], mesh)
-  out = ft_lib.result(ft, state, test, time.perf_counter() - started)
+  out = ft_lib.result(ft, state, test, time.perf_counter() - started, record)
   out["workdir_checkpoint"] = ft_lib.write_export(ft, state, out, workdir)
   print(
     f"[finetune] best epoch {out['best_epoch']} (step {out['best_step']}): val {out['val']:.4f}"
