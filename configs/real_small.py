@@ -50,7 +50,7 @@ def get_config(dataset: str = DATA) -> ml_collections.ConfigDict:
   held_out = f"{dataset}:test"
   c.evaluate.evaluators = ml_collections.ConfigDict(
     {
-      "probe": {"kind": "linear_probe", "data": held_out, "every": 75},
+      "probe": {"kind": "ridge", "data": held_out, "every": 75},
       "knn": {"kind": "knn", "data": held_out, "every": 75},
       "zero_shot": {"kind": "zero_shot", "data": held_out, "every": 150},
       "retrieval": {"kind": "retrieval", "data": held_out, "every": 150},

@@ -18,7 +18,7 @@ Prints a Markdown table and writes OUT/eval.json and OUT/eval.md (plus OUT/plots
 with --plots). Zero-shot and retrieval use the test split; the probes and fine-tuning train
 on the train split, pick the best epoch on the validation split and report the test split.
 With --folds_split=SPLIT (ESC-50 built as one split with its folds) zero-shot and the probes
-cross-validate over that split's official folds instead (`eval/crossval.py`: each fold is
+cross-validate over that split's official folds instead (`score/crossval.py`: each fold is
 the test set once, the others train, no validation split; the probes average the folds,
 zero-shot pools them). A multi-label set (some clip with several classes) reports mAP.
 """
@@ -38,9 +38,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxclap import cli, convert, inference, metrics
-from jaxclap.eval import crossval, plots, presets, probe, suite
 from jaxclap.eval import data as eval_data
 from jaxclap.eval import finetune_task as finetune_lib
+from jaxclap.eval import plots, presets, suite
+from jaxclap.score import crossval, kinds, probe
 from jaxclap.train import evaluators
 
 DEFAULT_TASKS = ("zero_shot", "retrieval", "linear_probe", "few_shot")
@@ -124,10 +125,48 @@ class Evaluation:
       ) or eval_data.multilabel(self.split("folds" if self.folds_split else "test"))
     return self._facts["multilabel"]
 
-  def probe_splits(self, kind: str = "clip_features") -> tuple[probe.Split, ...]:
-    """(train, validation, test) features and labels for the probes."""
-    roles = ("train", "validation", "test")
-    return tuple(probe.Split(self.embed(kind, r), self.targets(r)) for r in roles)
+  def inputs(self, kind: str) -> kinds.Inputs:
+    """What evaluator `kind` reads here: the folds split's clips in rounds, else the train,
+    validation and test splits as one round (the test split alone for kinds that train
+    nothing)."""
+    k = kinds.KINDS[kind]
+    field, source = (
+      ("audio", "audio_embedding") if "audio" in k.needs else ("features", "clip_features")
+    )
+    if kind == "retrieval":
+      texts, caption_clip = metrics.flatten_captions(self.split("test").captions)
+      return kinds.Inputs(
+        audio=self.embed(source, "test"),
+        captions=np.asarray(self.model.text_embedding(texts)),
+        caption_clip=caption_clip,
+      )
+    roles = (
+      ["folds"] if self.folds_split else ["train", "validation", "test"] if k.trains else ["test"]
+    )
+    y = [self.targets(r) for r in roles]
+    if self.folds_split:
+      plan = self.fold_plan()
+    elif k.trains:
+      ends = np.cumsum([len(t) for t in y])
+      train, valid, test = (np.arange(a, b) for a, b in zip([0, *ends[:-1]], ends))
+      plan = [crossval.Round("split", train, valid, test)]
+    else:
+      plan = crossval.everything(len(y[0]))
+    class_text = None
+    if "class_text" in k.needs:
+      prompts = [self.template.format(n) for n in self.class_names]
+      class_text = np.asarray(self.model.text_embedding(prompts))
+    return kinds.Inputs(
+      plan=plan,
+      labels=np.concatenate(y),
+      num_classes=len(self.class_names),
+      class_text=class_text,
+      **{field: np.concatenate([self.embed(source, r) for r in roles])},
+    )
+
+  def options(self) -> kinds.Options:
+    """The knobs of the kinds that train a probe."""
+    return kinds.Options(seeds=tuple(self.seeds), shots=tuple(self.shots), probe=self.probe_config)
 
   def fold_plan(self) -> list[crossval.Round]:
     """One round per official fold of the folds split."""
@@ -138,72 +177,18 @@ def _chance(ev: Evaluation) -> dict[str, float]:
   return {} if ev.multilabel() else {"chance": 1.0 / len(ev.class_names)}
 
 
-def zero_shot(ev: Evaluation) -> dict[str, float]:
-  """Top-1 accuracy (mAP when multi-label) of the class prompts on the test split, or on
-  every fold's test clips pooled."""
-  prompts = [ev.template.format(n) for n in ev.class_names]
-  class_emb = np.asarray(ev.model.text_embedding(prompts))
-  if ev.folds_split:
-    emb, y = ev.embed("audio_embedding", "folds"), ev.targets("folds")
-    return {**crossval.zero_shot(emb, y, class_emb, ev.fold_plan()), **_chance(ev)}
-  emb, y = ev.embed("audio_embedding", "test"), ev.targets("test")
-  if ev.multilabel():
-    return {"mAP": metrics.zero_shot_map(emb, y, class_emb)}
-  return {"accuracy": metrics.zero_shot_accuracy(emb, y, class_emb), **_chance(ev)}
+def _scored(kind: str) -> Callable[[Evaluation], dict[str, float]]:
+  """The task that scores evaluator `kind` (score/kinds.py) on the evaluated dataset."""
 
-
-def retrieval(ev: Evaluation) -> dict[str, float]:
-  """a2t / t2a R@1/5/10 and mAP@10 over every caption of every test clip."""
-  texts, caption_clip = metrics.flatten_captions(ev.split("test").captions)
-  text_emb = np.asarray(ev.model.text_embedding(texts))
-  out = metrics.retrieval_from_embeddings(
-    ev.embed("audio_embedding", "test"), text_emb, caption_clip
-  )
-  return {**out, "clips": len(ev.split("test")), "captions": len(texts)}
-
-
-def linear_probe(ev: Evaluation) -> dict[str, float]:
-  """Linear probe on frozen clip features: test accuracy (or mAP) at the best validation
-  epoch; over folds, the mean of the folds' scores, each the mean over `seeds`."""
-  n = len(ev.class_names)
-  if ev.folds_split:
-    x, y = ev.embed("clip_features", "folds"), ev.targets("folds")
-    out = crossval.linear_eval(
-      x, y, ev.fold_plan(), num_classes=n, seeds=ev.seeds, config=ev.probe_config
-    )
+  def task(ev: Evaluation) -> dict[str, float]:
+    inputs = ev.inputs(kind)
+    out = kinds.score(kind, inputs, ev.options())
+    if kind == "retrieval":
+      return {**out, "clips": len(inputs.audio), "captions": len(inputs.captions)}
     return {**out, **_chance(ev)}
-  train, valid, test = ev.probe_splits()
-  out = probe.linear_probe(
-    train, valid, test, num_classes=n, multilabel=ev.multilabel(), config=ev.probe_config
-  )
-  return {**out, **_chance(ev)}
 
-
-def few_shot(ev: Evaluation) -> dict[str, float]:
-  """Linear probes on k clips per class (k in `shots`), averaged over `seeds` (and folds)."""
-  if ev.folds_split:
-    x, y = ev.embed("clip_features", "folds"), ev.targets("folds")
-    out = crossval.few_shot(
-      x,
-      y,
-      ev.fold_plan(),
-      num_classes=len(ev.class_names),
-      shots=ev.shots,
-      seeds=ev.seeds,
-      config=ev.probe_config,
-    )
-    return {**out, **_chance(ev)}
-  train, valid, test = ev.probe_splits()
-  out = probe.few_shot(
-    train,
-    valid,
-    test,
-    num_classes=len(ev.class_names),
-    shots=ev.shots,
-    seeds=ev.seeds,
-    config=ev.probe_config,
-  )
-  return {**out, **_chance(ev)}
+  task.__doc__ = f"The `{kind}` evaluator kind on the evaluated dataset."
+  return task
 
 
 def finetune(ev: Evaluation) -> dict[str, float]:
@@ -242,11 +227,8 @@ def finetune(ev: Evaluation) -> dict[str, float]:
 # Task name -> function of the Evaluation returning flat {metric: number}: the one place a
 # task name picks code.
 TASKS: dict[str, Callable[[Evaluation], dict[str, float]]] = {
-  "zero_shot": zero_shot,
-  "retrieval": retrieval,
-  "linear_probe": linear_probe,
-  "few_shot": few_shot,
-  "finetune": finetune,
+  **{k: _scored(k) for k in kinds.KINDS if k != "finetune"},
+  "finetune": finetune,  # Runs the trainer; its score is the `finetune` kind (train/finetune.py).
 }
 
 

@@ -76,16 +76,6 @@ def zero_shot_scores(audio_emb: np.ndarray, class_emb: np.ndarray) -> np.ndarray
   return _as_2d(audio_emb, "audio_emb") @ _as_2d(class_emb, "class_emb").T
 
 
-def zero_shot_accuracy(audio_emb: np.ndarray, labels: np.ndarray, class_emb: np.ndarray) -> float:
-  """Single-label zero-shot top-1 accuracy (argmax = argmax of the softmax of the scores)."""
-  return accuracy(zero_shot_scores(audio_emb, class_emb), labels)
-
-
-def zero_shot_map(audio_emb: np.ndarray, targets: np.ndarray, class_emb: np.ndarray) -> float:
-  """Multi-label zero-shot mAP (the sigmoid of the scores ranks clips as the scores do)."""
-  return mean_average_precision(zero_shot_scores(audio_emb, class_emb), targets)
-
-
 def _ranked_metrics(
   scores: np.ndarray, relevant: np.ndarray, ks: Sequence[int], prefix: str
 ) -> dict[str, float]:

@@ -218,7 +218,7 @@ def test_cli_writes_eval_json_md_and_plots(stage1_workdir, demo_data_dir, tmp_pa
   assert report["template"] == "the sound of {}" and report["stage"] == "stage1"
   res = report["results"]
   assert list(res) == ["zero_shot", "retrieval", "linear_probe", "few_shot"]
-  assert set(res["zero_shot"]) == {"accuracy", "chance"}
+  assert set(res["zero_shot"]) == {"accuracy", "clips", "chance"}
   assert set(res["retrieval"]) == {
     f"{d}_{m}" for d in ("a2t", "t2a") for m in ("R@1", "R@5", "R@10", "mAP@10")
   } | {"clips", "captions"}

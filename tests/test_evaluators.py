@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from jaxclap.train import closed_form, evaluators
+from jaxclap.score import closed_form, crossval, kinds
 from jaxclap.train import config as config_lib
+from jaxclap.train import evaluators
 
 
 def _blobs(n_per_class: int, num_classes: int, dim: int, spread: float, seed: int = 0):
@@ -34,11 +35,45 @@ def test_stratified_folds_spread_each_class():
 @pytest.mark.parametrize("dim", [6, 64])  # Primal (n > d) and dual (n <= d) ridge solves.
 def test_ridge_and_knn_separate_clusters_and_not_noise(dim):
   x, y = _blobs(8, 5, dim, spread=0.5)
-  assert closed_form.ridge_probe(x, y, num_classes=5) > 0.95
-  assert closed_form.knn_probe(x, y, num_classes=5) > 0.95
   noise = np.random.default_rng(1).normal(size=x.shape)
-  assert closed_form.ridge_probe(noise, y, num_classes=5) < 0.6
-  assert closed_form.knn_probe(noise, y, num_classes=5) < 0.6
+  for kind in ("ridge", "knn"):
+    score = lambda f: kinds.score(  # noqa: E731
+      kind, kinds.Inputs(crossval.kfold(y, 5), y, 5, features=f)
+    )["accuracy"]
+    assert score(x) > 0.95, kind
+    assert score(noise) < 0.6, kind
+
+
+def test_kfold_pooled_accuracy_counts_each_clip_once():
+  """ridge/knn pool the folds' test clips: accuracy = hits over all clips, computed here by
+  fitting each fold's model independently."""
+  x, y = _blobs(6, 3, 4, spread=2.5, seed=2)
+  plan = crossval.kfold(y, 4, seed=0)
+  assert sorted(np.concatenate([r.test for r in plan]).tolist()) == list(range(len(y)))
+  hits = 0
+  fold = closed_form.stratified_folds(y, 4, seed=0)
+  for f in range(4):
+    te = fold == f
+    scores = closed_form.knn_scores(x[~te], y[~te], x[te], 3, 3)
+    hits += int(np.sum(np.argmax(scores, 1) == y[te]))
+  got = kinds.score("knn", kinds.Inputs(plan, y, 3, features=x))["accuracy"]
+  assert got == pytest.approx(hits / len(y))
+
+
+def test_kinds_name_what_they_lack_and_probe_kinds_run_on_kfold_plans():
+  x, y = _blobs(6, 3, 8, spread=0.3)
+  with pytest.raises(ValueError, match="unknown evaluator kind 'svm'"):
+    kinds.score("svm", kinds.Inputs())
+  with pytest.raises(ValueError, match="'zero_shot' needs \\['audio', 'class_text'\\]"):
+    kinds.score("zero_shot", kinds.Inputs(crossval.kfold(y, 3), y, 3))
+  with pytest.raises(ValueError, match="no training clips"):
+    kinds.score("ridge", kinds.Inputs(crossval.everything(len(y)), y, 3, features=x))
+  fast = kinds.Options(probe=kinds.probe.ProbeConfig(max_epochs=30, patience=5), shots=(2,))
+  plan = crossval.kfold(y, 3)
+  lin = kinds.score("linear_probe", kinds.Inputs(plan, y, 3, features=x), fast)
+  assert lin["accuracy"] > 0.9 and {f"fold{k}_accuracy" for k in (1, 2, 3)} <= set(lin)
+  few = kinds.score("few_shot", kinds.Inputs(plan, y, 3, features=x), fast)
+  assert set(few) == {"2shot_accuracy", "2shot_accuracy_std"}
 
 
 def _ridge_fit(xs, y, lam_n, num_classes):
@@ -93,7 +128,7 @@ def _scalars(logdir) -> dict[str, list[tuple[int, float]]]:
 def _with_evaluators(c: ml_collections.ConfigDict, every: int) -> ml_collections.ConfigDict:
   c.evaluate.evaluators = ml_collections.ConfigDict(
     {
-      "probe": {"kind": "linear_probe", "data": "jaxclap_demo:train", "every": every},
+      "probe": {"kind": "ridge", "data": "jaxclap_demo:train", "every": every},
       "knn": {"kind": "knn", "data": "jaxclap_demo:train", "every": every},
       "zs": {"kind": "zero_shot", "data": "jaxclap_demo:train", "every": 2 * every},
       "ret": {"kind": "retrieval", "data": "jaxclap_demo:train", "every": 2 * every},
@@ -130,13 +165,13 @@ def test_short_run_logs_every_evaluator_with_baselines(demo_data_dir, tmp_path, 
   scalars = _scalars(tmp_path / "tensorboard")
   for name in ("probe", "knn"):
     for suffix in ("", "_logmel", "_init"):
-      events = scalars[f"eval/{name}/acc{suffix}"]
+      events = scalars[f"eval/{name}/accuracy{suffix}"]
       assert [s for s, _ in events] == [1, 2], (name, suffix)
       assert all(0.0 <= v <= 1.0 for _, v in events)
-  assert [s for s, _ in scalars["eval/zs/acc_init"]] == [2]
+  assert [s for s, _ in scalars["eval/zs/accuracy_init"]] == [2]
   # tensorboardX writes "@" in a tag as "_".
   assert "eval/ret/a2t_R_1" in scalars and "eval/ret/a2t_R_1_init" in scalars
-  assert "eval/zs/acc_logmel" not in scalars
+  assert "eval/zs/accuracy_logmel" not in scalars
   ev = summary["evaluators"]
   assert 0.0 < ev["time_share"] < 1.0
   assert {r["evaluator"] for r in ev["table"]} == set(want_steps)

@@ -276,7 +276,7 @@ def test_finetune_demo_beats_chance(stage1_workdir, ft_demo_dir, tmp_path):
   evals = json.loads((tmp_path / "summary.json").read_text())["evaluators"]
   assert [h["step"] for h in evals["history"]] == [10, 20, 30]  # Every 10 steps, the end.
   assert set(evals["baselines"]["probe"]) == {"logmel", "init"}
-  assert all(0 <= h["acc"] <= 1 for h in evals["history"])
+  assert all(0 <= h["accuracy"] <= 1 for h in evals["history"])
   saved = json.loads((tmp_path / "finetune.json").read_text())
   assert saved["test"] == result["test"] and saved["unit_frames"] == 64
   clf = finetune.load_classifier(str(tmp_path))

@@ -93,7 +93,7 @@ def test_plots_without_matplotlib_say_which_extra(monkeypatch, caplog):
 
 def test_learning_curve_with_matplotlib(tmp_path):
   spec = evaluators.Spec("zs", "zero_shot", "jaxclap_demo", "test", 10)
-  history = [{"name": "zs", "step": s, "acc": 0.1 * s} for s in (10, 20)]
-  baselines = {"zs": {"logmel": {"acc": 0.08}}}
+  history = [{"name": "zs", "step": s, "accuracy": 0.1 * s} for s in (10, 20)]
+  baselines = {"zs": {"logmel": {"accuracy": 0.08}}}
   path = eval_report.plot_curves(str(tmp_path / "c.png"), [spec], history, baselines)
   assert path is not None and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

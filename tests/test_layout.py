@@ -37,7 +37,7 @@ TOP_ROOT = {
   "jaxclap.releases",
   "jaxclap.models_list",
 }
-PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "data": 2, "train": 3, "eval": 4}
+PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "score": 1, "data": 2, "train": 3, "eval": 4}
 # eval/ sits with the top-level tools (restore, inference, convert), which it uses.
 # Within layer 1: text and audio stand on their own; models may use both.
 SIDEWAYS_ALLOWED = {("models", "audio"), ("models", "text")}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxclap import metrics
+from jaxclap.score import crossval, kinds
 
 
 def _brute_retrieval(sims: np.ndarray, caption_clip: np.ndarray) -> dict[str, float]:
@@ -130,11 +131,18 @@ def test_accuracy_and_zero_shot():
   ) == pytest.approx(2 / 3)
   class_emb = np.eye(3)
   audio = np.array([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])
-  assert metrics.zero_shot_accuracy(audio, [0, 2], class_emb) == 1.0
-  assert metrics.zero_shot_accuracy(audio, [1, 2], class_emb) == 0.5
-  assert metrics.zero_shot_map(audio, np.array([[1, 0, 0], [0, 0, 1]]), class_emb) == 1.0
+
+  def zero_shot(labels):
+    inputs = kinds.Inputs(
+      crossval.everything(2), np.asarray(labels), 3, audio=audio, class_text=class_emb
+    )
+    return kinds.score("zero_shot", inputs)
+
+  assert zero_shot([0, 2]) == {"accuracy": 1.0, "clips": 2}
+  assert zero_shot([1, 2])["accuracy"] == 0.5
+  assert zero_shot([[1, 0, 0], [0, 0, 1]]) == {"mAP": 1.0, "clips": 2}
   with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-    metrics.zero_shot_accuracy(audio, [0, 3], class_emb)
+    zero_shot([0, 3])
 
 
 def test_flatten_captions():

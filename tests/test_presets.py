@@ -21,7 +21,8 @@ from conftest import HashEmbedder, write_wav
 from jaxclap import evaluate
 from jaxclap import restore as restore_lib
 from jaxclap.data import build
-from jaxclap.eval import crossval, ft_suite, layouts, presets, probe, suite
+from jaxclap.eval import ft_suite, layouts, presets, suite
+from jaxclap.score import crossval, probe
 from jaxclap.train import augment, optim
 from jaxclap.train import finetune as ft_lib
 
@@ -294,7 +295,7 @@ def test_every_preset_runs_end_to_end_and_multi_label_gives_map(stand_in_root):
   plan = crossval.rounds(None, data.splits)
   assert plan[0].valid is not None and plan[0].valid.size == 1
   out = crossval.linear_eval(x, y, plan, num_classes=3, config=FAST)
-  assert set(out) == {"mAP"} and 0 < out["mAP"] <= 1
+  assert set(out) == {"mAP", "val_mAP", "best_epoch", "epochs"} and 0 < out["mAP"] <= 1
   shots = crossval.few_shot(x, y, plan, num_classes=3, shots=(1,), seeds=(0,), config=FAST)
   assert set(shots) == {"1shot_mAP", "1shot_mAP_std"}
 
@@ -409,7 +410,7 @@ def test_built_datasets_cross_validate_folds_and_score_multi_label(stand_in_root
     workdir=str(tmp_path / "tags_out"),
     **opts,
   )["results"]
-  assert set(multi["zero_shot"]) == {"mAP"}
+  assert set(multi["zero_shot"]) == {"mAP", "clips"}
   assert set(multi["linear_probe"]) >= {"mAP", "val_mAP"} and "chance" not in multi["linear_probe"]
   assert set(multi["few_shot"]) == {"1shot_mAP", "1shot_mAP_std"}
   assert all(0 < v["mAP" if "mAP" in v else "1shot_mAP"] <= 1 for v in multi.values())

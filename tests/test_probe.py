@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxclap.eval import probe
+from jaxclap.score import probe
 
 CLASSES = 5
 FAST = probe.ProbeConfig(max_epochs=60, patience=10)

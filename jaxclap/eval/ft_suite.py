@@ -24,8 +24,9 @@ import ml_collections
 import numpy as np
 
 from jaxclap.data import build
-from jaxclap.eval import crossval, layouts
 from jaxclap.eval import finetune_task as finetune_lib
+from jaxclap.eval import layouts
+from jaxclap.score import crossval
 
 _REPO = Path(__file__).resolve().parents[2]  # configs/ sits beside the jaxclap package.
 

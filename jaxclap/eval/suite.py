@@ -4,10 +4,11 @@
 
 Each preset whose folder is under `data_root` is read by its layout reader, its clips are
 decoded (`audio.io`), cut or zero-padded to the preset's clip length from their start and
-embedded by the inference model; the protocol scores them (`crossval`). Fine-tuning
-presets fine-tune the checkpoint per round with their recipe (`ft_suite`; needs the
-checkpoint's path and a workdir). Presets without their data are listed as absent, with
-the reason. Clips of presets that share a folder and reader are decoded and embedded once.
+embedded by the inference model; the protocol's evaluator kind scores them
+(`score/kinds.py`). Fine-tuning presets fine-tune the checkpoint per round with their
+recipe (`ft_suite`; needs the checkpoint's path and a workdir). Presets without their
+data are listed as absent, with the reason. Clips of presets that share a folder and
+reader are decoded and embedded once.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from jaxclap import metrics
 from jaxclap.audio import io as audio_io
-from jaxclap.eval import crossval, ft_suite, layouts, presets, probe
+from jaxclap.eval import ft_suite, layouts, presets
+from jaxclap.score import crossval, kinds, probe
 
 CHUNK = 256  # Clips decoded and embedded per model call.
 
@@ -99,10 +101,10 @@ def _linear(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[str,
   data = ctx.data(p, root)
   keys, y = _labelled(data)
   plan = crossval.rounds(data.folds, data.splits)
-  x = ctx.embed(p, root, "clip_features")
-  out = crossval.linear_eval(
-    x, y, plan, num_classes=len(keys), seeds=opts["seeds"], config=opts["probe_config"]
+  inputs = kinds.Inputs(
+    plan=plan, labels=y, num_classes=len(keys), features=ctx.embed(p, root, "clip_features")
   )
+  out = kinds.score("linear_probe", inputs, opts["options"])
   return {**out, "classes": len(keys), "clips": len(data), "rounds": len(plan)}
 
 
@@ -116,17 +118,20 @@ def _zero_shot(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[s
   # Only the scored clips are embedded: every clip once for folds, the test split otherwise.
   emb = np.zeros((len(data), class_emb.shape[1]), np.float32)
   emb[test] = ctx.embed(p, root, "audio_embedding", test)
-  out = crossval.zero_shot(emb, y, class_emb, plan)
-  return {**out, "classes": len(keys)}
+  inputs = kinds.Inputs(plan=plan, labels=y, num_classes=len(keys), audio=emb, class_text=class_emb)
+  return {**kinds.score("zero_shot", inputs), "classes": len(keys)}
 
 
 def _retrieval(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[str, Any]:
   data = ctx.data(p, root)
   test = [i for i, s in enumerate(data.splits or []) if s == "test"]
   texts, owner = metrics.flatten_captions([data.captions[i] for i in test])
-  audio = ctx.embed(p, root, "audio_embedding", np.asarray(test, np.int64))
-  out = metrics.retrieval_from_embeddings(audio, np.asarray(ctx.model.text_embedding(texts)), owner)
-  return {**out, "clips": len(test), "captions": len(texts)}
+  inputs = kinds.Inputs(
+    audio=ctx.embed(p, root, "audio_embedding", np.asarray(test, np.int64)),
+    captions=np.asarray(ctx.model.text_embedding(texts)),
+    caption_clip=owner,
+  )
+  return {**kinds.score("retrieval", inputs), "clips": len(test), "captions": len(texts)}
 
 
 def _finetune(ctx: _Clips, p: presets.Preset, root: Path, opts: dict) -> dict[str, Any]:
@@ -191,8 +196,7 @@ def run(
   published = presets.REFERENCES[reference]
   ctx = _Clips(model, max_clips)
   opts = {
-    "seeds": tuple(seeds),
-    "probe_config": probe_config,
+    "options": kinds.Options(seeds=tuple(seeds), probe=probe_config),
     "checkpoint": checkpoint,
     "workdir": workdir,
     "finetune_overrides": finetune_overrides,

@@ -16,6 +16,7 @@ from jaxclap.data import sampling
 from jaxclap.data.info import DEFAULT_DATA_DIR, parse_sources
 from jaxclap.models import patches, sizes
 from jaxclap.run_meta import RunMeta
+from jaxclap.score import kinds
 from jaxclap.train import augment, optim
 
 # The paper's stage-1/2 corpora as built by `python -m jaxclap.data.build` (the corpus
@@ -182,7 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-EVAL_KINDS = ("linear_probe", "knn", "zero_shot", "retrieval")  # Kinds of evaluators.
+# Evaluator kinds a run can schedule (score/kinds.py); the fine-tune score is the fine-tuning
+# objective's own validation.
+EVAL_KINDS = tuple(k for k in kinds.KINDS if k != "finetune")
 
 _CHOICES = {  # Config keys that take one of a few values.
   # "finetune": stage 1.1, supervised fine-tuning of `init.workdir`'s encoder (the knobs of
@@ -362,8 +365,9 @@ def _check_finetune(c: ml_collections.ConfigDict) -> None:
     _check(ok, f"finetune.{key}", f[key], why)
   _check_evaluators(c)
   for name, e in c.evaluate.evaluators.items():  # The classifier has no text side.
-    ok = e.kind in ("linear_probe", "knn")
-    _check(ok, f"evaluate.evaluators.{name}.kind", e.kind, "fine-tuning runs linear_probe or knn")
+    ok = e.kind in kinds.FEATURE_KINDS
+    why = f"fine-tuning runs the kinds on clip features: {kinds.FEATURE_KINDS}"
+    _check(ok, f"evaluate.evaluators.{name}.kind", e.kind, why)
 
 
 def _check_evaluators(c: ml_collections.ConfigDict) -> None:

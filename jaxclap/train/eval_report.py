@@ -10,9 +10,11 @@ from absl import logging
 from jaxclap.train.evaluators import BASELINE_NAMES, Spec
 
 TABLE_METRICS = {  # Metrics shown in the table per kind (TensorBoard has them all).
-  "linear_probe": ("acc",),
-  "knn": ("acc",),
-  "zero_shot": ("acc",),
+  "linear_probe": ("accuracy",),
+  "few_shot": ("1shot_accuracy", "5shot_accuracy"),
+  "ridge": ("accuracy",),
+  "knn": ("accuracy",),
+  "zero_shot": ("accuracy",),
   "retrieval": ("a2t_R@10", "t2a_R@10", "a2t_R@1", "t2a_R@1"),  # The plot shows the first.
 }
 

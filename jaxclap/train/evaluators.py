@@ -1,11 +1,12 @@
-"""Evaluators run inside training: probe, k-NN, zero-shot and retrieval on labelled splits.
+"""Evaluators run inside training: any evaluator kind (`score/kinds.py`) on labelled splits.
 
 big_vision style: `config.evaluate.evaluators` names each with a kind, a "dataset:split" and
 a period in steps. Per evaluation every split passes once (bounded to `max_clips`) through
 one jitted, batch-sharded function that returns clip features (mean-pooled frozen encoder
-features, as the linear-probe eval), log-mel statistics and CLAP embeddings; the probes are
-closed-form (`closed_form.py`). The baselines (log-mel statistics, the encoder at initialisation)
-go through the same code once per run and are logged beside the model at every evaluation.
+features, as the linear-probe eval), log-mel statistics and CLAP embeddings; the kinds score
+them, the probes over `evaluate.folds` stratified folds of the split. The baselines (log-mel
+statistics, the encoder at initialisation) go through the same code once per run and are
+logged beside the model at every evaluation.
 """
 
 from __future__ import annotations
@@ -23,20 +24,20 @@ import optax
 import threadpoolctl
 from jax.experimental import multihost_utils
 
-from jaxclap import metrics as eval_metrics
 from jaxclap import paths
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.data import info as data_info
 from jaxclap.data import pipeline
 from jaxclap.models import features
+from jaxclap.score import crossval, kinds
 from jaxclap.train import checkpoint as ckpt
-from jaxclap.train import closed_form, handoff, objectives, step
 from jaxclap.train import config as config_lib
+from jaxclap.train import handoff, objectives, step
 from jaxclap.train import state as state_lib
 
 # What each baseline can be scored on: log-mel statistics have no text side.
-BASELINES = {"logmel": ("linear_probe", "knn"), "init": config_lib.EVAL_KINDS}
+BASELINES = {"logmel": kinds.FEATURE_KINDS, "init": config_lib.EVAL_KINDS}
 BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder"}
 
 
@@ -177,28 +178,30 @@ class Evaluators:
 
   def _score(self, spec: Spec, outs: dict[str, np.ndarray], state, steps, feats: str) -> dict:
     """The metrics of one evaluator on one pass; `feats` picks the features probed."""
-    labels = outs["label"]
-    if spec.kind == "retrieval":
-      return eval_metrics.retrieval_from_embeddings(outs["audio"], outs["text"])
-    keep = labels >= 0
-    num_classes = len(self._class_names(spec)) or int(labels.max()) + 1
-    if spec.kind == "zero_shot":
+    kind = kinds.KINDS[spec.kind]
+    if spec.kind == "retrieval":  # Every clip against its first caption.
+      inputs = kinds.Inputs(audio=outs["audio"], captions=outs["text"])
+    else:
+      keep = outs["label"] >= 0
+      y = outs["label"][keep]
       names = self._class_names(spec)
-      prompts = self._objective.text_inputs([self._template.format(c) for c in names])
-      class_emb = np.asarray(steps["text"](state, prompts))
-      acc = eval_metrics.zero_shot_accuracy(outs["audio"][keep], labels[keep], class_emb)
-      return {"acc": float(acc)}
-    x, y = outs[feats][keep], labels[keep]
+      class_text = None
+      if "class_text" in kind.needs:
+        prompts = self._objective.text_inputs([self._template.format(c) for c in names])
+        class_text = np.asarray(steps["text"](state, prompts))
+      plan = crossval.kfold(y, self._cfg.folds) if kind.trains else crossval.everything(y.size)
+      inputs = kinds.Inputs(
+        plan=plan,
+        labels=y,
+        num_classes=len(names) or int(y.max()) + 1,
+        features=outs[feats][keep],
+        audio=outs["audio"][keep] if "audio" in outs else None,
+        class_text=class_text,
+      )
+    options = kinds.Options(knn_k=self._cfg.knn_k)
     with _one_blas_thread():
-      return {"acc": self._probe(spec.kind, x, y, num_classes)}
-
-  def _probe(self, kind: str, x: np.ndarray, y: np.ndarray, num_classes: int) -> float:
-    """k-fold accuracy of the closed-form probe `kind` on features `x`."""
-    if kind == "linear_probe":
-      return closed_form.ridge_probe(x, y, num_classes=num_classes, folds=self._cfg.folds)
-    return closed_form.knn_probe(
-      x, y, num_classes=num_classes, k=self._cfg.knn_k, folds=self._cfg.folds
-    )
+      got = kinds.score(spec.kind, inputs, options)
+    return {k: v for k, v in got.items() if k != "clips"}
 
   def _passes(self, state, specs: list[Spec]) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """Each split the `specs` read, passed once (features shared by its evaluators)."""

@@ -35,7 +35,6 @@ import optax
 import tensorflow_datasets as tfds
 from absl import logging
 
-from jaxclap import metrics
 from jaxclap import sharding as shd
 from jaxclap.audio import frontend as fe
 from jaxclap.data import info as data_info
@@ -43,6 +42,7 @@ from jaxclap.data import labelled, pipeline, sampling
 from jaxclap.models import classifier, features, masks, patches
 from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
+from jaxclap.score import kinds
 from jaxclap.train import augment, export, optim
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
@@ -63,10 +63,10 @@ def loss_fn(
 
 
 def score(y_score: np.ndarray, y_true: np.ndarray, multi_label: bool) -> float:
-  """mAP (multi-label) or top-1 accuracy."""
-  if multi_label:
-    return metrics.mean_average_precision(y_score, y_true)
-  return metrics.accuracy(y_score, np.argmax(y_true, axis=1))
+  """mAP (multi-label) or top-1 accuracy: the `finetune` evaluator kind."""
+  labels = np.asarray(y_true) if multi_label else np.argmax(y_true, axis=1)
+  (value,) = kinds.score("finetune", kinds.Inputs(labels=labels, logits=y_score)).values()
+  return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Validation during training: losses, audio↔text retrieval and zero-shot accuracy."""
+"""Validation in training: losses, and the `retrieval` and `zero_shot` kinds (score/kinds.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxclap import metrics as eval_metrics
+from jaxclap.score import crossval, kinds
 from jaxclap.train import step
 
 
@@ -34,7 +34,8 @@ def retrieval(
   out = {
     f"val_{k}": float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k.startswith("loss")
   }
-  out.update(eval_metrics.retrieval_from_embeddings(np.concatenate(audio), np.concatenate(text)))
+  inputs = kinds.Inputs(audio=np.concatenate(audio), captions=np.concatenate(text))
+  out.update(kinds.score("retrieval", inputs))
   return out
 
 
@@ -60,5 +61,12 @@ def zero_shot(
     labels.append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)))
   if not audio:
     return {}
-  acc = eval_metrics.zero_shot_accuracy(np.concatenate(audio), np.concatenate(labels), class_emb)
+  labels = np.concatenate(labels)
+  inputs = kinds.Inputs(
+    plan=crossval.everything(labels.size),
+    labels=labels,
+    audio=np.concatenate(audio),
+    class_text=class_emb,
+  )
+  acc = kinds.score("zero_shot", inputs)["accuracy"]
   return {"zero_shot_acc": acc, "zero_shot_chance": 1.0 / len(class_names)}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxclap import metrics
-from jaxclap.eval import probe
+from jaxclap.score import closed_form, probe
 
 VALID_NAMES = ("valid", "validation", "val")  # Names sources give their validation split.
 
@@ -58,6 +58,17 @@ def rounds(
   return [Round("split", train, valid if valid.size else None, test)]
 
 
+def kfold(labels: np.ndarray, folds: int, seed: int = 0) -> list[Round]:
+  """k stratified rounds over one labelled split (`closed_form.stratified_folds`): each fold
+  is scored once by a model fitted on the others; the in-training probes' plan."""
+  return rounds(closed_form.stratified_folds(labels, folds, seed) + 1, None)
+
+
+def everything(n: int) -> list[Round]:
+  """One round scoring all `n` clips and training on none (zero-shot, retrieval)."""
+  return [Round("all", np.zeros(0, np.int64), None, np.arange(n))]
+
+
 def targets(
   label_sets: Sequence[Sequence[int]], num_classes: int, multilabel: bool | None = None
 ) -> tuple[np.ndarray, bool]:
@@ -90,13 +101,14 @@ def linear_eval(
   seeds: Sequence[int] = (0,),
   config: probe.ProbeConfig = probe.ProbeConfig(),
 ) -> dict[str, float]:
-  """Linear probe per round and seed; the score is the mean over rounds of the seed means."""
+  """Linear probe per round and seed: each output (score, validation score, epochs) is the
+  mean over rounds of its seed means; several rounds also report each round's score."""
   multilabel = np.asarray(y).ndim == 2
   name = metric_name(multilabel)
   per_round = []
   for r in plan:
     valid = None if r.valid is None else probe.Split(x[r.valid], y[r.valid])
-    scores = [
+    runs = [
       probe.linear_probe(
         probe.Split(x[r.train], y[r.train]),
         valid,
@@ -105,13 +117,13 @@ def linear_eval(
         multilabel=multilabel,
         seed=seed,
         config=config,
-      )[name]
+      )
       for seed in seeds
     ]
-    per_round.append(float(np.mean(scores)))
-  out: dict[str, float] = {name: float(np.mean(per_round))}
+    per_round.append({k: float(np.mean([o[k] for o in runs])) for k in runs[0]})
+  out: dict[str, float] = {k: float(np.mean([o[k] for o in per_round])) for k in per_round[0]}
   if len(plan) > 1:
-    out.update({f"{r.name}_{name}": s for r, s in zip(plan, per_round)})
+    out.update({f"{r.name}_{name}": o[name] for r, o in zip(plan, per_round)})
   return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from jaxclap import metrics
-from jaxclap.train.closed_form import standardize  # One copy, shared with training's probes.
+from jaxclap.score.closed_form import standardize  # One copy, shared with the ridge and k-NN kinds.
 
 
 class Split(NamedTuple):

@@ -1,7 +1,7 @@
-"""Closed-form probes on frozen clip features: ridge classifier and cosine k-NN, k-fold.
+"""Closed-form classifiers on frozen clip features: ridge and cosine k-NN, and k-fold plans.
 
-Cheap enough to run inside training (`evaluators.py`): no optimiser, one N×N
-eigendecomposition per fold. Everything is a pure numpy function of arrays and a seed.
+Cheap enough to run inside training (the `ridge` and `knn` evaluator kinds, `kinds.py`):
+no optimiser, one N×N eigendecomposition per fit. Pure numpy functions of arrays and a seed.
 """
 
 from __future__ import annotations
@@ -61,39 +61,20 @@ def ridge_loo_and_scores(
   return np.asarray(loo_acc), scores
 
 
-def _cross_validate(x, y, fold, scores_fn) -> float:
-  """Accuracy over all clips, each scored by a model fitted on the other folds."""
-  correct = 0
-  for f in np.unique(fold):
-    te = fold == f
-    scores = scores_fn(x[~te], y[~te], x[te])
-    correct += int(np.sum(np.argmax(scores, axis=1) == y[te]))
-  return correct / len(y)
-
-
-def ridge_probe(
-  x: np.ndarray,
-  y: np.ndarray,
-  *,
+def ridge_scores(
+  x_tr: np.ndarray,
+  y_tr: np.ndarray,
+  x_te: np.ndarray,
   num_classes: int,
-  folds: int = 5,
-  seed: int = 0,
   grid: tuple[float, ...] = RIDGE_GRID,
-) -> float:
-  """k-fold accuracy of a ridge classifier; λ picked per fold by leave-one-out on its training part.
-
-  One n×n eigendecomposition per fold: keep N bounded (`evaluate.max_clips`).
-  """
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.int64)
-
-  def fit_score(x_tr, y_tr, x_te):
-    loo_acc, scores = ridge_loo_and_scores(x_tr, y_tr, x_te, num_classes, grid)
-    return scores[int(np.argmax(loo_acc))]
-
-  return _cross_validate(x, y, stratified_folds(y, folds, seed), fit_score)
+) -> np.ndarray:
+  """Class scores of `x_te` from a ridge classifier fitted on `x_tr`, λ picked by leave-one-out."""
+  x_tr, x_te = np.asarray(x_tr, np.float64), np.asarray(x_te, np.float64)
+  loo_acc, scores = ridge_loo_and_scores(x_tr, np.asarray(y_tr, np.int64), x_te, num_classes, grid)
+  return scores[int(np.argmax(loo_acc))]
 
 
-def _knn_scores(x_tr, y_tr, x_te, num_classes: int, k: int) -> np.ndarray:
+def knn_scores(x_tr, y_tr, x_te, num_classes: int, k: int) -> np.ndarray:
   """Similarity-weighted votes of the k nearest training clips (cosine, standardised)."""
   x_tr, x_te = standardize(x_tr, x_te)
   x_tr = x_tr / np.maximum(np.linalg.norm(x_tr, axis=1, keepdims=True), 1e-8)
@@ -108,12 +89,3 @@ def _knn_scores(x_tr, y_tr, x_te, num_classes: int, k: int) -> np.ndarray:
     votes, (rows, y_tr[top].reshape(-1)), (1.0 + np.take_along_axis(sim, top, 1)).reshape(-1)
   )
   return votes
-
-
-def knn_probe(
-  x: np.ndarray, y: np.ndarray, *, num_classes: int, k: int = 3, folds: int = 5, seed: int = 0
-) -> float:
-  """k-fold accuracy of cosine k-NN on standardised features."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.int64)
-  fold = stratified_folds(y, folds, seed)
-  return _cross_validate(x, y, fold, lambda a, b, c: _knn_scores(a, b, c, num_classes, k))

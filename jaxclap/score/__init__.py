@@ -1,0 +1,1 @@
+"""Scoring of frozen outputs: the evaluator kinds (`kinds.py`) and the probes they use."""
