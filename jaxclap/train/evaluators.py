@@ -31,13 +31,14 @@ from jaxclap.data import info as data_info
 from jaxclap.data import pipeline
 from jaxclap.models import features
 from jaxclap.train import checkpoint as ckpt
-from jaxclap.train import closed_form, handoff, objectives, step
+from jaxclap.train import closed_form, distill_eval, handoff, objectives, step
 from jaxclap.train import config as config_lib
 from jaxclap.train import state as state_lib
 
 # What each baseline can be scored on: log-mel statistics have no text side.
 BASELINES = {"logmel": ("linear_probe", "knn"), "init": config_lib.EVAL_KINDS}
-BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder"}
+# A distillation also scores its teacher (train/distill_eval.py); other runs have no column.
+BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder", "teacher": "teacher"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,9 @@ def eval_batch_size(n: int, cap: int, n_dev: int) -> int:
 
 def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
   """(state, batch) -> clip features, log-mel statistics, CLAP audio and text embeddings."""
+
+  if stage == "distill":  # The student and its teacher.
+    return distill_eval.outputs_fn(objective, fcfg)
 
   def fn(state, batch):
     x = fe.waveform_input(batch, fcfg, state.norm_stats)
@@ -178,6 +182,8 @@ class Evaluators:
   def _score(self, spec: Spec, outs: dict[str, np.ndarray], state, steps, feats: str) -> dict:
     """The metrics of one evaluator on one pass; `feats` picks the features probed."""
     labels = outs["label"]
+    if spec.kind == "fidelity":
+      return distill_eval.fidelity(outs)
     if spec.kind == "retrieval":
       return eval_metrics.retrieval_from_embeddings(outs["audio"], outs["text"])
     keep = labels >= 0
@@ -216,6 +222,9 @@ class Evaluators:
         for base, kinds in BASELINES.items()
         if s.kind in kinds
       }
+      if self._stage == "distill" and s.kind != "fidelity":
+        teacher = distill_eval.as_teacher(outs)
+        self.baselines[s.name]["teacher"] = self._score(s, teacher, init_state, steps, "features")
     self.seconds += time.perf_counter() - t0
 
   def due(self, step_: int) -> list[Spec]:
