@@ -93,12 +93,13 @@ def build(
   dtype: str = "f16",
   min_recall: float = 0.9,
   force: bool = False,
+  expansions: tuple[int, ...] = EXPANSIONS,
   seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
   """(usearch index over `vectors` [N, C] keyed by row, its measured facts).
 
   Refuses (ValueError) when audio or text queries keep recall@10 under `min_recall` at
-  every breadth in EXPANSIONS, unless `force`.
+  every search breadth in `expansions`, unless `force`.
   """
   if dtype not in DTYPES:
     raise ValueError(f"ann dtype must be one of {DTYPES}, got {dtype!r}")
@@ -107,7 +108,7 @@ def build(
   rng = np.random.default_rng(seed)
   audio_q = vectors[rng.choice(len(vectors), min(_AUDIO_PROBES, len(vectors)), replace=False)]
   facts: dict[str, Any] = {"dtype": dtype, "rows": len(vectors), "min_recall": min_recall}
-  for expansion in EXPANSIONS:
+  for expansion in expansions:
     index.expansion_search = expansion
     audio_r = recall_at_k(index, vectors, audio_q)
     text_r = None if text_queries is None else recall_at_k(index, vectors, text_queries)

@@ -44,8 +44,9 @@ def text_probe(model: inference.Model) -> list[list[float]] | None:
   return np.round(emb.astype(np.float64), 6).tolist()
 
 
-def of_model(model: inference.Model, name: str) -> dict[str, Any]:
-  """The identity an index records: what makes two models' embeddings comparable."""
+def of_model(model: inference.Model, name: str, *, text: bool = True) -> dict[str, Any]:
+  """The identity an index records: what makes two models' embeddings comparable
+  (`text=False` leaves out the text probe, which may load a sentence model)."""
   facts = {
     "name": name,
     "stage": model.stage,
@@ -56,9 +57,20 @@ def of_model(model: inference.Model, name: str) -> dict[str, Any]:
     "unit_frames": model.unit_frames,
     "patch_frames": model.patch_size,
     "embedding_dim": model.embedding_dim,
-    "text_probe": text_probe(model),
   }
+  if text:
+    facts["text_probe"] = text_probe(model)
   return json.loads(json.dumps(facts))  # As the manifest will read back (tuples → lists).
+
+
+def mismatch(recorded: dict[str, Any], model: inference.Model, name: str) -> list[str]:
+  """What differs between an index's recorded model and `model`; the text side is probed
+  only when everything else agrees (a refusal then needs no sentence model)."""
+  cheap = of_model(model, name, text=False)
+  diff = differences({k: v for k, v in recorded.items() if k != "text_probe"}, cheap)
+  if diff:
+    return diff
+  return differences(recorded, {**cheap, "text_probe": text_probe(model)})
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -118,10 +118,14 @@ def build(
     raise ValueError(f"commit_every must be >= 1, got {commit_every}")
   start = time.perf_counter()
   root = os.path.realpath(audio_dir)
-  ident = identity.of_model(model, model_name)
+  if os.path.exists(os.path.join(index_dir, store_lib.MANIFEST)):
+    existing = store_lib.Store.open(index_dir)
+    _check_same(existing, root, model, model_name, index_dir)
+    ident = existing.manifest["model"]
+  else:
+    ident = identity.of_model(model, model_name)
   store = store_lib.Store.writer(index_dir, {"root": root, "model": ident})
   try:
-    _check_same(store, root, ident, index_dir)
     report = _update(model, store, root, commit_every, progress)
     store.compact()
   finally:
@@ -131,17 +135,19 @@ def build(
   return report
 
 
-def _check_same(store: store_lib.Store, root: str, ident: dict[str, Any], index_dir: str) -> None:
+def _check_same(
+  store: store_lib.Store, root: str, model: inference.Model, name: str, index_dir: str
+) -> None:
   """Refuses an index made from another folder or by another model."""
   if store.manifest["root"] != root:
     raise store_lib.BadIndexError(
       f"{index_dir} indexes {store.manifest['root']}, not {root}; build a new index for it"
     )
-  diff = identity.differences(store.manifest["model"], ident)
+  diff = identity.mismatch(store.manifest["model"], model, name)
   if diff:
     raise store_lib.BadIndexError(
       f"{index_dir} holds embeddings of another model ({store.manifest['model']['name']}); "
-      f"refusing to mix in {ident['name']}'s: " + "; ".join(diff)
+      f"refusing to mix in {name}'s: " + "; ".join(diff)
     )
 
 

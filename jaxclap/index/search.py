@@ -81,6 +81,7 @@ class Index:
     audio: str,
     index: str,
     *,
+    name: str | None = None,
     ann: str | None = None,
     min_recall: float = 0.9,
     force: bool = False,
@@ -89,11 +90,14 @@ class Index:
     progress: bool | None = None,
   ) -> Index:
     """Indexes `audio`'s new and changed files into `index` (indexer.py); `ann` (a dtype,
-    e.g. "f16") also builds the approximate graph. The report is `.report`."""
+    e.g. "f16") also builds the approximate graph. The report is `.report`.
+
+    `name`: what the index records as the model (default: the workdir's absolute path or the
+    release name given), from which a later search loads it.
+    """
     loaded = _load(model, batch_size)
-    report = indexer.build(
-      loaded, model_name(model), audio, index, commit_every=commit_every, progress=progress
-    )
+    name = name or model_name(model)
+    report = indexer.build(loaded, name, audio, index, commit_every=commit_every, progress=progress)
     store_lib.atomic_write(os.path.join(index, REPORT), json.dumps(report.to_json()).encode())
     out = cls(index, loaded)
     out._model = loaded  # Identity was checked by the build.
@@ -110,9 +114,7 @@ class Index:
     if self._model is None:
       name = self._model_arg or self.manifest["model"]["name"]
       model = _load(name, self._batch_size)
-      diff = identity.differences(
-        self.manifest["model"], identity.of_model(model, model_name(name))
-      )
+      diff = identity.mismatch(self.manifest["model"], model, model_name(name))
       if diff:
         raise store_lib.BadIndexError(
           f"{self.folder} was built by another model than {model_name(name)}: " + "; ".join(diff)
