@@ -1,5 +1,6 @@
 """Distillation (train/distill.py) on the one trainer: the student learns its teacher, is a
-normal jaxclap model in the teacher's space, names its teacher, and resumes bit-exactly."""
+normal jaxclap model in the teacher's space, names its teacher, resumes bit-exactly, and
+exports to PyTorch and ONNX (jaxclap/onnx_export.py) with the JAX student's outputs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
 import jaxclap
 from configs import distill as distill_config
+from jaxclap import onnx_export
+from jaxclap.models import features
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
 from jaxclap.train import distill, loop
@@ -48,16 +54,10 @@ def small_distill(teacher: str, data_dir: str, steps: int = 12) -> ml_collection
   return c
 
 
-@pytest.fixture(scope="module")
-def distilled(stage2_workdir, demo_data_dir, tmp_path_factory):
-  """A 12-step distillation of the session's stage-2 model into a `nano` student."""
-  workdir = str(tmp_path_factory.mktemp("distill") / "run")
+def test_distilled_student_end_to_end(stage2_workdir, demo_data_dir, tmp_path):
+  """12 steps into a `nano` student; then the student as a model, and its exports."""
+  workdir = str(tmp_path / "run")
   out = loop.train_and_evaluate(small_distill(stage2_workdir, demo_data_dir), workdir)
-  return workdir, out
-
-
-def test_fidelity_rises_and_student_is_a_model(distilled, stage2_workdir):
-  workdir, out = distilled
   evals = out["evaluators"]
   final = {h["name"]: h for h in evals["history"]}
   base = evals["baselines"]
@@ -79,9 +79,7 @@ def test_fidelity_rises_and_student_is_a_model(distilled, stage2_workdir):
   assert student.logit_scale == teacher.logit_scale
   rng = np.random.default_rng(0)
   wave = rng.normal(0, 0.1, (3, 16000)).astype(np.float32)
-  emb_s = student.audio_embedding(wave, sample_rate=16000)
-  emb_t = teacher.audio_embedding(wave, sample_rate=16000)
-  assert emb_s.shape == emb_t.shape
+  assert student.audio_embedding(wave, sample_rate=16000).shape == (3, teacher.embedding_dim)
   assert student.feature_dim < teacher.feature_dim
   probs = student.zero_shot(wave, ["dog", "rain"], sample_rate=16000)
   np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -91,12 +89,32 @@ def test_fidelity_rises_and_student_is_a_model(distilled, stage2_workdir):
   again = loop.train_and_evaluate(small_distill(stage2_workdir, ""), workdir)
   assert again["distill"] == out["distill"]
 
+  # PyTorch (the official-layout .pth, strictly loaded) and ONNX Runtime match JAX.
+  exported = onnx_export.export(workdir, str(tmp_path / "export"))
+  assert all(size > 0 for size in exported["bytes"].values()), exported
+  onnx.checker.check_model(exported["onnx"])
+  assert student.embedding_dim != student.token_dim  # The pooler's out_proj is exported.
+  x = rng.normal(size=(3, 80, student.unit_frames)).astype(np.float32)
+  frames = np.asarray(features.frame_features(student.params, x, model=student.model))
+  emb = np.asarray(features.clap_audio_embedding(student.params, x, model=student.model))
+  module, norm_stats = onnx_export.load_torch(exported["pth"])
+  np.testing.assert_allclose(norm_stats, student.norm_stats, rtol=1e-6)
+  with torch.inference_mode():
+    t_frames, t_emb = (v.numpy() for v in module(torch.from_numpy(x)))
+  np.testing.assert_allclose(t_frames, frames, atol=1e-4)
+  np.testing.assert_allclose(t_emb, emb, atol=1e-4)
+  session = ort.InferenceSession(exported["onnx"], providers=["CPUExecutionProvider"])
+  o_frames, o_emb = session.run(None, {"log_mel": x})
+  assert o_frames.shape == (3, student.unit_frames // 16, 80 // 16 * student.token_dim)
+  np.testing.assert_allclose(o_frames, frames, atol=1e-4)
+  np.testing.assert_allclose(o_emb, emb, atol=1e-4)
+
 
 def test_resume_is_bit_exact(stage1_workdir, demo_data_dir, tmp_path):
-  """A stage-1 teacher, InfoNCE on, another patch grid: 4 steps straight equal 2 + resume."""
+  """A stage-1 teacher, InfoNCE on, another patch grid: 2 steps straight equal 1 + resume."""
 
   def config(stop_after: int = -1) -> ml_collections.ConfigDict:
-    c = small_distill(stage1_workdir, demo_data_dir, steps=4)
+    c = small_distill(stage1_workdir, demo_data_dir, steps=2)
     c.model.patch_time = 8  # 16x8 patches: the adapter resizes to the teacher's 16x16 grid.
     c.distill.infonce_weight = 0.5
     c.evaluate.evaluators = ml_collections.ConfigDict()
@@ -105,9 +123,9 @@ def test_resume_is_bit_exact(stage1_workdir, demo_data_dir, tmp_path):
 
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
   loop.train_and_evaluate(config(), straight)
-  first = loop.train_and_evaluate(config(stop_after=2), split)
-  assert first["end_step"] == 2
-  loop.train_and_evaluate(config(), split)
+  first = loop.train_and_evaluate(config(stop_after=1), split)
+  assert first["end_step"] == 1
+  assert loop.train_and_evaluate(config(), split)["start_step"] == 1
   a, b = ckpt.load(straight), ckpt.load(split)
   assert a.meta.stage == "stage1" and a.meta.distill["weights"]["infonce"] == 0.5
   for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):

@@ -36,6 +36,7 @@ TOP_ROOT = {
   "jaxclap.main",
   "jaxclap.releases",
   "jaxclap.models_list",
+  "jaxclap.onnx_export",
 }
 PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "data": 2, "train": 3, "eval": 4, "index": 4}
 # eval/ and index/ sit with the top-level tools (restore, inference, convert), which they use.

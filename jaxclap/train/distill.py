@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxclap import layers, losses
 from jaxclap.audio import frontend as fe
-from jaxclap.models import features, patches, sizes
+from jaxclap.models import features, flops, patches, sizes
 from jaxclap.models import network as network_lib
 from jaxclap.run_meta import RunMeta
 from jaxclap.text.assets import TextAssets
@@ -209,8 +209,10 @@ class Distill:
     """(params, frozen) boxed with logical axes: a fresh student and adapter, and a zero
     teacher (its parameters are laid in by `lay_in`: no constants in the compiled init)."""
     student_key, adapter_key = jax.random.split(rng)
-    params, frozen = self.net.init(student_key)
-    tree = {**params, **(frozen if self.teacher.stage == "stage2" else {})}
+    # Only the audio path (encoder + head): the text side is the teacher's.
+    x = jnp.zeros((1, self.net.frontend_cfg.n_mels, self.crop_frames), jnp.float32)
+    audio = lambda m, x: m.project_audio(m.encode(x))
+    tree = self.model.init(student_key, x, method=audio)["params"]
     student = {k: tree[k] for k in STUDENT_KEYS}
     s, _ = self.grids()
     d = sizes.get_size(self.student_config.model.size).width
@@ -356,13 +358,21 @@ def student_tree(objective: Distill, state: Any) -> tuple[dict[str, Any], dict[s
   head, the teacher's text side; stage 1's predictor is its initial one (inference never
   reads it) and its EMA target a copy of the trained encoder body."""
   net = objective.net
-  fresh_params, fresh_frozen = nn.unbox(net.init(jax.random.key(objective.student_config.seed)))
   merged = _host(objective.merged(state.params, state.frozen))
-  if objective.teacher.stage == "stage1":
-    params = {**_host(fresh_params), **merged}
-    return params, _host(merged["encoder"]["body"])
-  tree = {**_host(fresh_params), **_host(fresh_frozen), **merged}
-  return {k: tree[k] for k in fresh_params}, {k: tree[k] for k in fresh_frozen}
+  if objective.teacher.stage == "stage1":  # M2D without a text tower: a cheap init.
+    fresh, _ = nn.unbox(jax.jit(net.init)(jax.random.key(objective.student_config.seed)))
+    return {**_host(fresh), **merged}, _host(merged["encoder"]["body"])
+  params_shape, frozen_shape = jax.eval_shape(net.init, jax.random.key(0))
+  return {k: merged[k] for k in params_shape}, {k: merged[k] for k in frozen_shape}
+
+
+def encoder_flops(model: nn.Module, n_mels: int, frames: int) -> float:
+  """Forward matmul FLOPs of `model`'s encoder and CLAP head on one chunk of `frames`."""
+  w, depth, _ = sizes.get_size(model.size)
+  ph, pw = patches.hw(model.patch_size)
+  n = (n_mels // ph) * (frames // pw)
+  head = flops.blocks_flops(n + 1, w, 1, mlp_ratio=1.0)
+  return 2 * n * ph * pw * w + flops.blocks_flops(n + 1, w, depth) + head
 
 
 def encoder_params(tree: dict[str, Any]) -> int:
@@ -395,6 +405,7 @@ def facts(objective: Distill, state: Any) -> dict[str, Any]:
   """What meta["distill"] records: the teacher, the sizes, the losses' weights."""
   teacher = objective.teacher
   student = objective.merged(state.params, state.frozen)
+  n_mels = objective.net.frontend_cfg.n_mels
   return {
     "teacher": teacher.name,
     "teacher_checkpoint": teacher.source,
@@ -403,6 +414,9 @@ def facts(objective: Distill, state: Any) -> dict[str, Any]:
     "teacher_encoder_params": encoder_params(teacher.params["encoder"]),
     "student_size": objective.student_config.model.size,
     "student_encoder_params": encoder_params(jax.device_get(student["encoder"])),
+    # Forward GFLOPs of encoder + head on one training crop.
+    "teacher_gflops": encoder_flops(teacher.net.model, n_mels, objective.crop_frames) / 1e9,
+    "student_gflops": encoder_flops(objective.model, n_mels, objective.crop_frames) / 1e9,
     "weights": {
       "feature": objective.feature_weight,
       "embedding": objective.embedding_weight,
