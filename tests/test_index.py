@@ -175,8 +175,18 @@ def test_build_reports_bad_files_and_finds_captions_and_examples(built, corpus, 
   assert len(hit.timeline) == -(-frames // 64) and hit.chunk_s == pytest.approx(0.64)
 
 
-def test_incremental_update_embeds_only_what_changed(built, corpus, model, clap_workdir, tmp_path):
+def test_incremental_update_embeds_only_what_changed(
+  built, corpus, model, clap_workdir, tmp_path, capsys
+):
   folder, out = _copy(corpus[0], built, tmp_path)
+  # The approximate graph (recall checked for text and audio) ranks as exact search here.
+  facts = search.Index(str(out), model).build_ann("f16")
+  assert facts["recall_audio"] >= 0.9 and facts["recall_text"] >= 0.9, facts
+  caption = corpus[1]["clip06.wav"]
+  code, approx, _ = _cli(capsys, "search", "--index", str(out), caption, "--approximate")
+  code2, exact, _ = _cli(capsys, "search", "--index", str(out), caption)
+  assert code == code2 == 0 and approx == exact and len(exact.splitlines()) == 10
+
   changed, removed = "clip01.wav", "clip02.wav"
   shutil.copyfile(folder / "clip07.wav", folder / changed)  # New content: clip07's sound.
   os.remove(folder / removed)
@@ -192,6 +202,8 @@ def test_incremental_update_embeds_only_what_changed(built, corpus, model, clap_
   )
   same = built.arrays.clip[built.paths["clip05.wav"]]
   np.testing.assert_array_equal(index.arrays.clip[index.paths["clip05.wav"]], same)
+  code, _, err = _cli(capsys, "search", "--index", str(out), caption, "--approximate")
+  assert code == 2 and "approximate index is older than the index's files" in err
 
 
 def test_another_models_index_is_refused(built, corpus, stage1_workdir, tmp_path, capsys):

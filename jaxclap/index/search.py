@@ -160,30 +160,32 @@ class Index:
       raise ValueError(f"query has {q.shape[0]} dims; the index holds {self.arrays.clip.shape[1]}")
     if not len(self):
       return []
+    if approximate:  # The graph's candidates, rescored exactly (their rows only).
+      found = [self._rescore(i, q) for i in self._approximate_files(q, k, text is not None)]
+      return sorted(found, key=lambda h: (-h.score, h.path))[:k]
     chunk_scores = self.arrays.chunk @ q
-    if approximate:
-      files = self._approximate_files(q, k, text_query=text is not None)
-      scores = {i: self._file_score(i, q, chunk_scores) for i in files}
-      order = sorted(files, key=lambda i: (-scores[i], i))
-    else:
-      clip_scores = self.arrays.clip @ q
-      best_chunk = np.maximum.reduceat(chunk_scores, self.arrays.chunk_start)
-      total = np.maximum(clip_scores, best_chunk)
-      order = list(np.argsort(-total, kind="stable")[:k])
-      scores = {i: float(total[i]) for i in order}
-    return [self._hit(int(i), scores[i], chunk_scores) for i in order[:k]]
+    best_chunk = np.maximum.reduceat(chunk_scores, self.arrays.chunk_start)
+    total = np.maximum(self.arrays.clip @ q, best_chunk)
+    order = np.argsort(-total, kind="stable")[:k]
+    return [self._hit(int(i), float(total[i]), self._timeline(int(i), chunk_scores)) for i in order]
 
-  def _file_score(self, i: int, q: np.ndarray, chunk_scores: np.ndarray) -> float:
-    c0, n = self.arrays.chunk_start[i], self.arrays.files[i].num_chunks
-    return float(max(self.arrays.clip[i] @ q, chunk_scores[c0 : c0 + n].max()))
+  def _timeline(self, i: int, chunk_scores: np.ndarray) -> np.ndarray:
+    """File i's chunk cosines out of all chunks' [M]."""
+    c0 = self.arrays.chunk_start[i]
+    return chunk_scores[c0 : c0 + self.arrays.files[i].num_chunks]
 
-  def _hit(self, i: int, score: float, chunk_scores: np.ndarray) -> Hit:
-    rec, c0 = self.arrays.files[i], self.arrays.chunk_start[i]
-    timeline = chunk_scores[c0 : c0 + rec.num_chunks]
+  def _rescore(self, i: int, q: np.ndarray) -> Hit:
+    """File i's exact hit for query q (its own rows only)."""
+    c0 = self.arrays.chunk_start[i]
+    timeline = self.arrays.chunk[c0 : c0 + self.arrays.files[i].num_chunks] @ q
+    return self._hit(i, float(max(self.arrays.clip[i] @ q, timeline.max())), timeline)
+
+  def _hit(self, i: int, score: float, timeline: np.ndarray) -> Hit:
+    rec = self.arrays.files[i]
     j = int(np.argmax(timeline))
     return Hit(
       path=rec.path,
-      score=round(float(score), 6),
+      score=round(score, 6),
       start_s=round(j * self.chunk_s, 4),
       end_s=round(min(rec.duration_s, (j + 1) * self.chunk_s), 4),
       duration_s=rec.duration_s,
