@@ -9,6 +9,16 @@ batched likewise. Prints clips/s of each, the ratio and the max abs difference o
 features.
 
   python bench/inference.py [--clips 4] [--rounds 3] [--size base] [--seconds 10]
+
+Distillation (`--student DIR --teacher DIR`): end-to-end CLAP audio embeddings
+(`jaxclap.load(...).audio_embedding`: decode-free waveform → log-mel → chunks → encoder →
+head) of the student and its teacher, interleaved rounds, clips/s min and median of each and
+their ratio; then the student exported by `jaxclap.onnx_export` under ONNX Runtime (CPU
+provider): the same log-mel and chunks, the chunks in one ONNX batch (frame features and
+per-chunk embeddings), clips/s beside JAX's frame features, the largest difference to JAX,
+and the files' sizes on disk.
+
+  python bench/inference.py --student DIR --teacher DIR [--clips 16] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -55,6 +66,78 @@ def torch_frame_features(
   return torch.cat(outs, dim=1)
 
 
+def _rates(clips: int, times: list[float]) -> str:
+  return f"min {clips / max(times):7.2f}  median {clips / statistics.median(times):7.2f} clips/s"
+
+
+def distill_bench(args: argparse.Namespace) -> None:
+  """Student vs teacher clips/s (JAX, end to end), and the student under ONNX Runtime."""
+  import onnxruntime as ort  # The onnx extra.
+
+  from jaxclap import onnx_export
+
+  student = inference.load(args.student, batch_size=args.clips, progress=False)
+  teacher = inference.load(args.teacher, batch_size=args.clips, progress=False)
+  sr = student.sample_rate
+  rng = np.random.default_rng(0)
+  clips = (0.1 * rng.standard_normal((args.clips, int(args.seconds * sr)))).astype(np.float32)
+  for name, m in (("teacher", teacher), ("student", student)):
+    n_params = sum(np.size(v) for v in jax.tree.leaves(m.params["encoder"]))
+    print(f"{name}: {m.model.size} encoder, {n_params / 1e6:.2f} M params, chunk {m.unit_frames}")
+    t = time.perf_counter()
+    m.audio_embedding(clips, sample_rate=sr)
+    print(f"  first call (compile + run): {time.perf_counter() - t:.1f} s")
+  times = {"teacher": [], "student": []}
+  for _ in range(args.rounds):  # Interleaved so machine noise hits both alike.
+    for name, m in (("teacher", teacher), ("student", student)):
+      t = time.perf_counter()
+      m.audio_embedding(clips, sample_rate=sr)
+      times[name].append(time.perf_counter() - t)
+  for name, ts in times.items():
+    print(f"JAX {name} audio_embedding: {_rates(args.clips, ts)}")
+  ratios = [t / s for t, s in zip(times["teacher"], times["student"])]
+  speedup = statistics.median(times["teacher"]) / statistics.median(times["student"])
+  print(
+    f"student/teacher clips/s: {speedup:.2f}x"
+    f" (ratio of medians), per-round ratios min {min(ratios):.2f}x median "
+    f"{statistics.median(ratios):.2f}x"
+  )
+
+  with tempfile.TemporaryDirectory() as tmp:
+    out = onnx_export.export(args.student, tmp)
+    for name, size in out["bytes"].items():
+      print(f"export {name}: {size / 1e6:.2f} MB")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(out["onnx"], opts, providers=["CPUExecutionProvider"])
+
+    def ort_frames(waves: np.ndarray) -> list[np.ndarray]:
+      chunks = [
+        inference.time_chunks(student._log_mel(w), student.unit_frames, student.patch_size)
+        for w in waves
+      ]
+      full = [c for cs in chunks for c in cs if c.shape[-1] == student.unit_frames]
+      if len(full) != sum(len(cs) for cs in chunks):
+        raise ValueError("--seconds: use a whole number of the student's chunks for ONNX")
+      feats, _ = session.run(None, {"log_mel": np.stack(full)})
+      per = len(chunks[0])
+      return [np.concatenate(feats[i * per : (i + 1) * per]) for i in range(len(waves))]
+
+    got = ort_frames(clips)
+    want = student.frame_features(clips, sample_rate=sr)
+    print(f"ONNX vs JAX frame features: max abs diff {np.abs(np.stack(got) - want).max():.3g}")
+    ort_t, jax_t = [], []
+    for _ in range(args.rounds):
+      t = time.perf_counter()
+      ort_frames(clips)
+      ort_t.append(time.perf_counter() - t)
+      t = time.perf_counter()
+      student.frame_features(clips, sample_rate=sr)
+      jax_t.append(time.perf_counter() - t)
+    print(f"ONNX Runtime student frame features: {_rates(args.clips, ort_t)}")
+    print(f"JAX student frame features:          {_rates(args.clips, jax_t)}")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--clips", type=int, default=4, help="Clips per round (also the batch).")
@@ -62,6 +145,8 @@ def main() -> None:
   parser.add_argument("--size", default="base")
   parser.add_argument("--seconds", type=float, default=10.0)
   parser.add_argument("--input_frames", type=int, default=608)
+  parser.add_argument("--student", help="A distilled student's workdir (with --teacher).")
+  parser.add_argument("--teacher", help="Its teacher's workdir.")
   args = parser.parse_args()
 
   torch.set_num_threads(os.cpu_count() or 1)
@@ -73,6 +158,11 @@ def main() -> None:
     f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
     f"({torch.get_num_threads()} threads)"
   )
+  if args.student or args.teacher:
+    if not (args.student and args.teacher):
+      parser.error("--student and --teacher go together")
+    distill_bench(args)
+    return
   cfg = {"size": args.size, "text_dim": 768, "input_frames": args.input_frames}
   model = m2d.build_model(cfg)
   fcfg = frontend.FrontendConfig()

@@ -15,3 +15,12 @@ def list_models() -> dict:
   from jaxclap import releases  # Keeps `import jaxclap` light.
 
   return releases.table()
+
+
+def __getattr__(name: str):
+  """`jaxclap.Index` (search your audio: `jaxclap.index.search.Index`), imported on first use."""
+  if name == "Index":
+    from jaxclap.index import Index  # Keeps `import jaxclap` light.
+
+    return Index
+  raise AttributeError(f"module 'jaxclap' has no attribute {name!r}")

@@ -135,6 +135,9 @@ _PREFIXES = (  # (jaxclap prefix, official prefix) after block renaming; first m
   ("audio_proj.sem_token", "audio_proj.sem_token"),
   ("audio_proj.sem_blocks.", "audio_proj.sem_blocks."),
   ("audio_proj.norm.", "audio_proj.norm."),
+  # Not in the official models: a pooler whose width differs from the CLAP space (a
+  # distilled student's, train/distill.py); jaxclap.onnx_export's module reads it.
+  ("audio_proj.out_proj.", "audio_proj.out_proj."),
   ("text_proj.proj.", "text_proj."),  # Stage 1: sentence embedding → CLAP space.
   ("text_tower.proj.", "text_proj."),  # Stage 2: text tower width → CLAP space.
   ("logit_scale", "logit_scale"),
@@ -151,8 +154,7 @@ def official_name(path: str) -> str:
       return re.sub(r"\.(kernel|scale)$", ".weight", key)
   raise ValueError(
     f"jaxclap parameter {path!r} has no counterpart in the official layout "
-    "(audio_proj.out_proj: CLAP width != encoder width; text_tower.encoder: "
-    "a from-scratch text tower)"
+    "(text_tower.encoder: a from-scratch text tower)"
   )
 
 

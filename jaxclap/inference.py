@@ -14,6 +14,7 @@ the encoder chunk batch by chunk batch; only the frame features are kept, on the
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +47,16 @@ def load(
 ) -> Model:
   """A `Model` from a jaxclap workdir, checkpoints dir or step dir (latest step), or the name
   of an official release (`jaxclap.list_models()`), downloaded and imported once."""
-  if not os.path.exists(path) and path in releases.table():
+  if not os.path.exists(path) and "://" not in str(path):  # gs:// workdirs go to restore.
+    known = releases.table()
+    if path not in known:
+      # Neither: say so and list the names (checkpoint.locate would say only "does not exist").
+      close = difflib.get_close_matches(str(path), list(known), n=1)
+      raise ValueError(
+        f"{path!r} is neither a folder on this machine (a jaxclap workdir) nor a released "
+        "model name." + (f" Did you mean {close[0]!r}?" if close else "") + " Known names "
+        "(python -m jaxclap.models_list): " + ", ".join(known)
+      )
     path, text_model = str(releases.fetch(path, text_model=text_model)), None
   r = restore.restore(path, text_model=text_model)
   return Model(

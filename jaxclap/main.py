@@ -8,6 +8,7 @@ Configs (in the repository's configs/ folder):
   configs/stage2.py       the paper's stage 2 (--config.init.workdir=STAGE1.1, a text model)
   configs/stage2_1.py     the paper's stage 2.1 (--config.init.workdir=STAGE2)
   configs/finetune.py     stage 1.1 (fine-tuning; :as2m, :as20k, :esc50, :spcv2, :vc1 presets)
+  configs/distill.py      a small student of a trained model (--config.distill.teacher=...)
 
 Common overrides (every field of jaxclap/train/config.py can be set as --config.x.y=v):
   --config.data.data_dir=~/jaxclap_data   where built TFDS datasets are read
@@ -21,11 +22,13 @@ A run resumes from its workdir's last checkpoint; SIGTERM saves before exiting.
 
 from __future__ import annotations
 
+import os
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxclap import cli, sequence
+from jaxclap import cli, releases, sequence
 from jaxclap.train import aot, loop
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -81,7 +84,18 @@ def main(argv: list[str]) -> None:
     if "stages" in _CONFIG.value:
       sequence.run_stages(_CONFIG.value, _WORKDIR.value)
     else:
+      if _CONFIG.value.stage == "distill":
+        _fetch_teacher(_CONFIG.value)
       loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _fetch_teacher(config) -> None:
+  """A distillation teacher named by release: downloaded and imported once (the cache's
+  workdir is read), the name kept for the student's metadata."""
+  name = config.distill.teacher
+  if name and not os.path.exists(name) and name in releases.table():
+    config.distill.teacher_name = name
+    config.distill.teacher = str(releases.fetch(name))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The run metadata saved beside every checkpoint (`<step>/meta`): what rebuilds its network.
 
-Written by training (`train/loop.py`), import (`convert.from_torch`) and fine-tuning
-(`train/export.py`); read by restore, the next stage's hand-off and conversion.
+Written by training (`train/loop.py`), import (`convert.from_torch`), fine-tuning
+(`train/export.py`) and distillation (`train/distill.py`); read by restore, the next stage's
+hand-off and conversion.
 `to_dict`/`from_dict` keep the JSON layout every jaxclap version wrote: keys absent from an
 old checkpoint stay absent, keys this class does not know are carried along unchanged.
 """
@@ -26,6 +27,7 @@ _ORDER = (
   "imported",
   "finetune",
   "text_runtime",
+  "distill",
 )
 
 
@@ -48,6 +50,8 @@ class RunMeta:
   # Stage 1 from a caption table: the runtime that embedded it ({"backend": "st"|"jax",
   # "trust_remote_code": bool}); prompts go through the same one. None: the default runtime.
   text_runtime: dict[str, Any] | None = None
+  # A distilled student (train/distill.py): its teacher, sizes and the losses' weights.
+  distill: dict[str, Any] | None = None
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # Keys this class predates.
 
   @classmethod

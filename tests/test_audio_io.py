@@ -96,15 +96,33 @@ def test_unreadable_file(tmp_path, monkeypatch):
     raise PermissionError(13, "Permission denied", p)
 
   monkeypatch.setattr(audio_io, "_read_soundfile", denied)
-  monkeypatch.setattr(audio_io, "_read_librosa", denied)
   with pytest.raises(audio_io.AudioDecodeError, match="locked.wav.*Permission denied"):
     audio_io.load_audio(path)
 
 
-def test_corrupt_mp3_tries_fallback_decoder(tmp_path):
+def test_corrupt_mp3_names_the_file(tmp_path):
   (tmp_path / "bad.mp3").write_bytes(b"\xff\xfb" + b"not an mp3 frame" * 50)
-  with pytest.raises(audio_io.AudioDecodeError, match="bad.mp3.*cannot decode.*librosa"):
+  with pytest.raises(audio_io.AudioDecodeError, match="bad.mp3: cannot decode audio") as e:
     audio_io.load_audio(tmp_path / "bad.mp3")
+  assert "supported" not in str(e.value)  # MP3 is a supported format; the file is bad.
+
+
+def test_unsupported_format_lists_the_supported_ones(tmp_path):
+  (tmp_path / "clip.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(200))
+  with pytest.raises(audio_io.AudioDecodeError, match=r"clip.m4a: cannot decode.*supported: .wav"):
+    audio_io.load_audio(tmp_path / "clip.m4a")
+
+
+def test_mp3_is_decoded_without_audioread(tmp_path, monkeypatch):
+  """libsndfile reads MP3 itself: the deprecated audioread path is never needed."""
+  import sys
+
+  monkeypatch.setitem(sys.modules, "audioread", None)  # Any import of it now fails.
+  path = tmp_path / "x.mp3"
+  sf.write(str(path), _tone(22050, channels=2), 22050, format="MP3")
+  data, sr = audio_io.decode(path)
+  assert sr == 22050 and data.shape[1] == 2 and data.dtype == np.float32
+  assert abs(_peak_hz(data[:, 0], sr) - 440.0) < 3.0
 
 
 def test_directory_instead_of_file(tmp_path):

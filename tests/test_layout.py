@@ -36,9 +36,19 @@ TOP_ROOT = {
   "jaxclap.main",
   "jaxclap.releases",
   "jaxclap.models_list",
+  "jaxclap.onnx_export",
 }
-PACKAGE_LAYER = {"audio": 1, "text": 1, "models": 1, "score": 1, "data": 2, "train": 3, "eval": 4}
-# eval/ sits with the top-level tools (restore, inference, convert), which it uses.
+PACKAGE_LAYER = {
+  "audio": 1,
+  "text": 1,
+  "models": 1,
+  "score": 1,
+  "data": 2,
+  "train": 3,
+  "eval": 4,
+  "index": 4,
+}
+# eval/ and index/ sit with the top-level tools (restore, inference, convert), which they use.
 # Within layer 1: text and audio stand on their own; models may use both.
 SIDEWAYS_ALLOWED = {("models", "audio"), ("models", "text")}
 
@@ -52,10 +62,12 @@ OPTIONAL = {
   "pyarrow",  # The "parquet" extra: embed --format=parquet.
   "matplotlib",  # The "plots" extra: eval/plots.py, train/eval_report.py.
   "transformers",
+  "usearch",  # The "ann" extra: approximate search in jaxclap/index/ann.py.
 }
 LAZY = {
   ("jaxclap", "jaxclap.inference"),
   ("jaxclap", "jaxclap.releases"),
+  ("jaxclap", "jaxclap.index.Index"),
   # sklearn (+ scipy) takes ~1.3 s to import; every jaxclap.main start imports plots, few
   # runs draw the t-SNE that needs it.
   ("jaxclap.eval.plots", "sklearn.manifold.TSNE"),

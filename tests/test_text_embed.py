@@ -257,7 +257,7 @@ def test_hub_id_uses_snapshot_download(monkeypatch, tmp_path):
 
   seen = {}
 
-  def fake_snapshot(repo_id, local_files_only):
+  def fake_snapshot(repo_id, allow_patterns, local_files_only):
     seen.update(repo_id=repo_id, local_files_only=local_files_only)
     return str(tmp_path)
 

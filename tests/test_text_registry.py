@@ -5,6 +5,8 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from jaxclap.text import registry
@@ -36,7 +38,7 @@ def test_default_stage2_text_model_is_a_hub_id(monkeypatch, tmp_path, name):
   monkeypatch.setattr(
     huggingface_hub,
     "snapshot_download",
-    lambda repo_id, local_files_only: seen.append(repo_id) or str(tmp_path),
+    lambda repo_id, allow_patterns, local_files_only: seen.append(repo_id) or str(tmp_path),
   )
   assert registry.resolve_text_model(name) == tmp_path
   assert seen == [name]
@@ -90,3 +92,84 @@ def test_tampered_weights_are_refused(monkeypatch, tmp_path, spelling):
     registry.resolve_text_model(spelling)
   message = str(e.value)
   assert str(weights.resolve()) in message and got in message and want in message
+
+
+# google-bert/bert-base-uncased's files (the stage-2 default) and those of an ST repository.
+BERT_REPO = (
+  ".gitattributes", "LICENSE", "README.md", "config.json", "flax_model.msgpack", "model.onnx",
+  "model.safetensors", "pytorch_model.bin", "rust_model.ot", "tf_model.h5", "tokenizer.json",
+  "tokenizer_config.json", "vocab.txt", "coreml/fill-mask/float32_model.mlpackage/Manifest.json",
+  "coreml/fill-mask/float32_model.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+)  # fmt: skip
+EXTRA_ST_FILES = ("onnx/model.onnx", "openvino/openvino_model.bin", "train_script.py")
+
+
+def _fake_hub(monkeypatch, repo: Path, calls: list) -> None:
+  """snapshot_download over a local folder, filtering with huggingface_hub's own matcher."""
+  import huggingface_hub
+  from huggingface_hub.utils import filter_repo_objects
+
+  def snapshot_download(repo_id, *, allow_patterns, local_files_only):
+    calls.append((repo_id, tuple(allow_patterns)))
+    out = repo.parent / "snapshot"
+    shutil.rmtree(out, ignore_errors=True)
+    files = [str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()]
+    for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
+      (out / rel).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(repo / rel, out / rel)
+    return str(out)
+
+  monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+
+def test_bert_download_asks_only_for_what_the_loader_reads(monkeypatch, tmp_path):
+  repo = tmp_path / "repo"
+  for rel in BERT_REPO:
+    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+    (repo / rel).write_text(rel)
+  calls = []
+  _fake_hub(monkeypatch, repo, calls)
+  got = registry.resolve_text_model("google-bert/bert-base-uncased")
+  assert calls == [("google-bert/bert-base-uncased", registry.HUB_FILES["jax"])]
+  fetched = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+  assert fetched == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+
+
+def test_sentence_model_from_the_filtered_download_embeds_as_the_full_folder(monkeypatch, tmp_path):
+  """The files the patterns keep are enough: the same vectors as the complete folder."""
+  from jaxclap.text import sentence
+
+  full = registry.resolve_text_model(PACKAGE)
+  repo = tmp_path / "repo"
+  shutil.copytree(full, repo)
+  for rel in EXTRA_ST_FILES:  # Other formats of the weights, never read.
+    (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+    (repo / rel).write_text(rel)
+  calls = []
+  _fake_hub(monkeypatch, repo, calls)
+  got = registry.resolve_text_model("org/minilm")
+  fetched = sorted(str(p.relative_to(got)) for p in got.rglob("*") if p.is_file())
+  assert fetched == [
+    "1_Pooling/config.json", "config.json", "model.safetensors", "modules.json",
+    "sentence_bert_config.json", "tokenizer.json", "tokenizer_config.json",
+  ]  # fmt: skip
+  # Same parameters, pipeline, length limit and token ids: the same vectors (no compile here).
+  want = sentence.load_sentence_embedder(str(full), backend="jax")
+  have = sentence.load_sentence_embedder("org/minilm", backend="jax")
+  assert have.pipeline.pooling == want.pipeline.pooling == ("mean",)
+  assert (have.pipeline.normalize, have.max_seq_length) == (want.pipeline.normalize, 256)
+  texts = ["a dog barks", "rain on a tin roof"]
+  assert have.tokenize(texts) == want.tokenize(texts)
+  for a, b in zip(jax.tree.leaves(have.params), jax.tree.leaves(want.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_st_backend_asks_for_its_wider_set(monkeypatch, tmp_path):
+  calls = []
+  _fake_hub(monkeypatch, tmp_path / "repo", calls)
+  (tmp_path / "repo").mkdir()
+  registry.resolve_text_model("org/model", backend="st")
+  assert calls == [("org/model", registry.HUB_FILES["st"])]
+  with pytest.raises(ValueError, match="backend='torch'; expected one of"):
+    registry.resolve_text_model("org/model", backend="torch")

@@ -2,22 +2,21 @@
 
 Every dataset builder goes through `load_audio`, so all data reaches the front end
 at one sample rate, in one channel layout and in one value range, whatever the
-source format (wav / flac / mp3 / ogg, any rate, mono or multi-channel).
+source format (wav / flac / mp3 / ogg, any rate, mono or multi-channel). libsndfile (through
+soundfile >= 0.12, whose wheels bundle libsndfile >= 1.1) decodes all four itself; there is no
+fallback decoder (librosa's audioread path is deprecated).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 
-import librosa
 import numpy as np
 import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
-_NATIVE_EXTENSIONS = (".wav", ".flac", ".ogg")  # No fallback decoder is tried for these.
 # int16 full scale; `pcm16_to_float` divides by the same constant, so the round trip
 # is exact for values already on the int16 grid.
 _PCM16_SCALE = 32768.0
@@ -33,16 +32,6 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
   return data, int(sr)
 
 
-def _read_librosa(path: str) -> tuple[np.ndarray, int]:
-  """Fallback reader (audioread backends) for what libsndfile cannot open."""
-  with warnings.catch_warnings():
-    # librosa warns that it falls back to audioread; the caller already knows.
-    warnings.simplefilter("ignore")
-    data, sr = librosa.load(path, sr=None, mono=False, dtype=np.float32)
-  data = np.atleast_2d(data).T  # librosa gives [channels, time].
-  return np.ascontiguousarray(data), int(sr)
-
-
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   """Decodes a file to ([time, channels] float32, native sample rate)."""
   path = os.fspath(path)
@@ -51,19 +40,13 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   if os.path.getsize(path) == 0:
     raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
   try:
-    data, sr = _read_soundfile(path)
-  except Exception as sf_error:  # libsndfile raises several types; try the fallback.
-    if os.path.splitext(path)[1].lower() in _NATIVE_EXTENSIONS:
-      # libsndfile is the reference decoder for these; a failure means a bad file.
-      raise AudioDecodeError(f"{path}: cannot decode audio ({sf_error})") from sf_error
-    try:
-      data, sr = _read_librosa(path)
-    except Exception as fallback_error:
-      raise AudioDecodeError(
-        f"{path}: cannot decode audio (soundfile: {sf_error}; "
-        f"librosa/audioread: {fallback_error!r})"
-      ) from fallback_error
-  return data, sr
+    return _read_soundfile(path)
+  except (
+    Exception
+  ) as e:  # libsndfile raises several types (LibsndfileError, RuntimeError, OSError).
+    ext = os.path.splitext(path)[1].lower()
+    hint = "" if ext in AUDIO_EXTENSIONS else f" (supported: {', '.join(AUDIO_EXTENSIONS)})"
+    raise AudioDecodeError(f"{path}: cannot decode audio ({e}){hint}") from e
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

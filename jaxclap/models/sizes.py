@@ -1,4 +1,5 @@
-"""ViT sizes by name: (width, depth, heads). "test" is a tiny size for fast CPU tests."""
+"""ViT sizes by name: (width, depth, heads). "test" is a tiny size for fast CPU tests;
+"nano" and "mini" are distillation students (train/distill.py) of "test" and "tiny"."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ class ViTSize(NamedTuple):
 
 SIZES = types.MappingProxyType(
   {
+    "nano": ViTSize(32, 2, 2),
     "test": ViTSize(64, 2, 2),
+    "mini": ViTSize(96, 6, 3),
     "tiny": ViTSize(192, 12, 3),
     "small": ViTSize(384, 12, 6),
     "base": ViTSize(768, 12, 12),

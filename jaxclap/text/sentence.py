@@ -304,7 +304,7 @@ class STSentenceEmbedder:
         "backend='st' needs PyTorch and sentence-transformers: pip install 'jaxclap[st]'"
       ) from e
     self.name = name or str(text_model)
-    folder = resolve_text_model(text_model)
+    folder = resolve_text_model(text_model, backend="st")
     self.recipe = recipe or recipe_for(text_model, folder) or EmbeddingRecipe()
     if self.recipe.padding_side not in (None, "left", "right"):
       raise ValueError(

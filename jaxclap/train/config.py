@@ -183,14 +183,16 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Evaluator kinds a run can schedule (score/kinds.py); the fine-tune score is the fine-tuning
-# objective's own validation.
+# Evaluator kinds a run can schedule (score/kinds.py); "fidelity" scores a distillation only,
+# and the fine-tune score is the fine-tuning objective's own validation.
 EVAL_KINDS = tuple(k for k in kinds.KINDS if k != "finetune")
 
 _CHOICES = {  # Config keys that take one of a few values.
   # "finetune": stage 1.1, supervised fine-tuning of `init.workdir`'s encoder (the knobs of
   # the `finetune` group, configs/finetune.py; train/finetune.py).
-  "stage": ("stage1", "stage2", "finetune"),
+  # "distill": a small student of a trained model (the `distill` group, configs/distill.py;
+  # train/distill.py).
+  "stage": ("stage1", "stage2", "finetune", "distill"),
   "model.structured_mask_counts": ("official", "fixed"),
   "optim.decay_rule": ("timm045", "timm_new", "jaxclap"),
   "init.parts": ("audio_encoder", "all"),
@@ -225,6 +227,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.stage == "finetune":
     _check_finetune(c)
     return
+  if c.stage == "distill":
+    _check_distill(c)
   _check(
     0.0 <= c.model.structured_mask < 1.0,
     "model.structured_mask",
@@ -232,7 +236,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     "must be in [0, 1)",
   )
   _check(
-    c.stage == "stage1" or c.init.workdir or c.init.parts == "all",
+    c.stage in ("stage1", "distill") or c.init.workdir or c.init.parts == "all",
     "init.workdir",
     c.init.workdir,
     "stage 2 starts from the stage-1.1 (fine-tuned) workdir: set --config.init.workdir",
@@ -268,7 +272,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   )
   patch_frames = patches.hw(patches.of_config(c.model))[1]  # The patch's time width.
   _check(
-    c.data.crop_frames >= patch_frames,
+    c.data.crop_frames >= patch_frames or (c.stage == "distill" and c.data.crop_frames == 0),
     "data.crop_frames",
     c.data.crop_frames,
     f"must be >= the patch width {patch_frames} frames (frames past the last whole "
@@ -370,6 +374,23 @@ def _check_finetune(c: ml_collections.ConfigDict) -> None:
     _check(ok, f"evaluate.evaluators.{name}.kind", e.kind, why)
 
 
+def _check_distill(c: ml_collections.ConfigDict) -> None:
+  """A distillation config's `distill` group: the teacher and the losses' weights."""
+  _check("distill" in c, "distill", None, "stage distill needs the distill group")
+  d = c.distill
+  _check(bool(d.teacher), "distill.teacher", d.teacher, "name the teacher's workdir or release")
+  for key in ("feature_weight", "embedding_weight", "infonce_weight"):
+    _check(d[key] >= 0, f"distill.{key}", d[key], "must be >= 0")
+  total = d.feature_weight + d.embedding_weight + d.infonce_weight
+  _check(total > 0, "distill.embedding_weight", d.embedding_weight, "all weights are 0")
+  _check(
+    d.captions or d.infonce_weight == 0,
+    "distill.infonce_weight",
+    d.infonce_weight,
+    "InfoNCE needs captions (distill.captions=True)",
+  )
+
+
 def _check_evaluators(c: ml_collections.ConfigDict) -> None:
   """Each evaluator has a known kind, one "dataset:split" and a period >= 1."""
   ev = c.evaluate
@@ -385,6 +406,8 @@ def _check_evaluators(c: ml_collections.ConfigDict) -> None:
     n_sources = len(parse_sources(e.data, with_weight=False))
     _check(n_sources == 1, f"{key}.data", e.data, "expected one name:split")
     _check(e.every >= 1, f"{key}.every", e.every, "must be >= 1")
+    ok = e.kind != "fidelity" or c.stage == "distill"
+    _check(ok, f"{key}.kind", e.kind, "fidelity scores a distillation (stage distill)")
 
 
 def config_from_meta(meta: RunMeta, where: str) -> ml_collections.ConfigDict:

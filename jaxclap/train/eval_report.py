@@ -16,6 +16,7 @@ TABLE_METRICS = {  # Metrics shown in the table per kind (TensorBoard has them a
   "knn": ("accuracy",),
   "zero_shot": ("accuracy",),
   "retrieval": ("a2t_R@10", "t2a_R@10", "a2t_R@1", "t2a_R@1"),  # The plot shows the first.
+  "fidelity": ("cosine",),  # Distillation: student-teacher cosine of CLAP audio embeddings.
 }
 
 
@@ -28,6 +29,9 @@ def final_table(
 ) -> tuple[str, list[dict[str, Any]]]:
   """Markdown table of each evaluator's last result beside its baselines, and its rows."""
   newest = {h["name"]: h for h in history}
+  # The teacher's column only in a distillation (the one run that scores a teacher).
+  has_teacher = any("teacher" in v for v in baselines.values())
+  bases = [b for b in BASELINE_NAMES if b != "teacher" or has_teacher]
   rows = []
   for s in specs:
     got = newest.get(s.name, {})
@@ -36,14 +40,15 @@ def final_table(
         continue
       row = {"evaluator": s.name, "kind": s.kind, "data": f"{s.dataset}:{s.split}"}
       row.update(metric=metric, step=got["step"], model=got[metric])
-      for base in BASELINE_NAMES:
+      for base in bases:
         row[base] = baselines.get(s.name, {}).get(base, {}).get(metric)
       rows.append(row)
-  head = ["evaluator", "kind", "data", "metric", "step", "model"] + list(BASELINE_NAMES.values())
+  head = ["evaluator", "kind", "data", "metric", "step", "model"]
+  head += [BASELINE_NAMES[b] for b in bases]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     cells = [r["evaluator"], r["kind"], r["data"], r["metric"], str(r["step"]), _cell(r["model"])]
-    cells += [_cell(r[b]) for b in BASELINE_NAMES]
+    cells += [_cell(r[b]) for b in bases]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines), rows
 

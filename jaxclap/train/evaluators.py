@@ -33,12 +33,13 @@ from jaxclap.models import features
 from jaxclap.score import crossval, kinds
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
-from jaxclap.train import handoff, objectives, step
+from jaxclap.train import distill_eval, handoff, objectives, step
 from jaxclap.train import state as state_lib
 
 # What each baseline can be scored on: log-mel statistics have no text side.
 BASELINES = {"logmel": kinds.FEATURE_KINDS, "init": config_lib.EVAL_KINDS}
-BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder"}
+# A distillation also scores its teacher (train/distill_eval.py); other runs have no column.
+BASELINE_NAMES = {"logmel": "log-mel stats", "init": "initial encoder", "teacher": "teacher"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,9 @@ def eval_batch_size(n: int, cap: int, n_dev: int) -> int:
 
 def _outputs_fn(objective, fcfg: fe.FrontendConfig, stage: str) -> Callable:
   """(state, batch) -> clip features, log-mel statistics, CLAP audio and text embeddings."""
+
+  if stage == "distill":  # The student and its teacher.
+    return distill_eval.outputs_fn(objective, fcfg)
 
   def fn(state, batch):
     x = fe.waveform_input(batch, fcfg, state.norm_stats)
@@ -181,6 +185,8 @@ class Evaluators:
     kind = kinds.KINDS[spec.kind]
     if spec.kind == "retrieval":  # Every clip against its first caption.
       inputs = kinds.Inputs(audio=outs["audio"], captions=outs["text"])
+    elif spec.kind == "fidelity":  # A distillation's student against its teacher.
+      inputs = kinds.Inputs(audio=outs["audio"], teacher_audio=outs["teacher_audio"])
     else:
       keep = outs["label"] >= 0
       y = outs["label"][keep]
@@ -216,9 +222,12 @@ class Evaluators:
       outs = passes[(s.dataset, s.split)]
       self.baselines[s.name] = {
         base: self._score(s, outs, init_state, steps, "logmel" if base == "logmel" else "features")
-        for base, kinds in BASELINES.items()
-        if s.kind in kinds
+        for base, allowed in BASELINES.items()
+        if s.kind in allowed
       }
+      if self._stage == "distill" and s.kind != "fidelity":
+        teacher = distill_eval.as_teacher(outs)
+        self.baselines[s.name]["teacher"] = self._score(s, teacher, init_state, steps, "features")
     self.seconds += time.perf_counter() - t0
 
   def due(self, step_: int) -> list[Spec]:

@@ -23,6 +23,7 @@ from jaxclap.data import mixture, pipeline
 from jaxclap.run_meta import RunMeta
 from jaxclap.train import checkpoint as ckpt
 from jaxclap.train import config as config_lib
+from jaxclap.train import distill as distill_lib
 from jaxclap.train import eval_report, evaluators, handoff, objectives, optim, validation
 from jaxclap.train import finetune as ft_lib
 from jaxclap.train import state as state_lib
@@ -141,6 +142,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     done = ft_lib.finished(workdir, config)
     if done is not None:
       return done
+  distilling, teacher = config.stage == "distill", None
+  if distilling:
+    done = distill_lib.finished(workdir)
+    if done is not None:
+      return done
+    teacher = distill_lib.load_teacher(config.distill.teacher, config.distill.teacher_name)
+    config = distill_lib.student_config(config, teacher)  # The teacher's front end and crop.
 
   mesh = shd.make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp)
   rules = [tuple(r) for r in config.mesh.rules]
@@ -163,6 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ft_lib.write_result(workdir, out)
       manager.close()
       return out
+    if distilling and resume_meta.distill:  # The student written, then stopped before the result.
+      manager.close()
+      return _finish_distill(workdir, resume_meta.distill)
     keys = ckpt.MODEL_KEYS + (ckpt.TEXT_KEYS if config.stage == "stage2" else ())
     diffs = ckpt.model_config_diff(resume_meta.config, config, keys)
     if diffs:
@@ -281,7 +292,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sentence_model = next(
       (f["text_model"] for n, f in facts.items() if n in meta.text_models), None
     )
-    objective = objectives.build(config, meta, sentence_model=sentence_model)
+    objective = (
+      distill_lib.build(config, teacher)
+      if distilling
+      else objectives.build(config, meta, sentence_model=sentence_model)
+    )
     # Stage 2 saves its text tower's architecture and tokenizer: restoring needs no folder.
     text_assets = objective.net.text_assets() if config.stage == "stage2" else None
   state, state_sh = state_lib.create_sharded_state(
@@ -292,6 +307,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh=mesh,
     rules=rules,
   )
+  if distilling:  # The frozen teacher (a resumed run restores the same arrays).
+    state = objective.lay_in(state)
   init_state = state  # The encoder at initialisation: an evaluator baseline.
   if ft and latest is None and init is not None:
     # Fine-tuning's baseline is the encoder it starts from (the init above is all zeros).
@@ -459,7 +476,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run_validation(step)
     if evals and not preempted:
       evals.run(step, state, steps, progress, specs=evals.specs)  # Every evaluator at the end.
-    if not (ft and step == total_steps):  # A finished fine-tune writes its export instead.
+    if not ((ft or distilling) and step == total_steps):  # Finished: the export instead.
       save(step)
     manager.wait_until_finished()
   finally:
@@ -475,9 +492,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.close()
   if ft and step == total_steps:
     return _finish_finetune(ft, ft_steps, state, mesh, workdir, summary, started)
+  if distilling and step == total_steps:
+    facts = {**distill_lib.facts(objective, state), "summary": summary}
+    distill_lib.write_student(objective, state, workdir=workdir, step=step, facts=facts)
+    return _finish_distill(workdir, facts)
   if jax.process_index() == 0:
     (workdir_path / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
+
+
+def _finish_distill(workdir: str, facts: dict[str, Any]) -> dict[str, Any]:
+  """A finished distillation: summary.json and distill.json from the student's facts."""
+  out = {**facts["summary"], "distill": {k: v for k, v in facts.items() if k != "summary"}}
+  if jax.process_index() == 0:
+    (paths.resolve(workdir) / "summary.json").write_text(json.dumps(out, indent=2))
+  distill_lib.write_result(workdir, out)
+  return out
 
 
 def _finish_finetune(ft, ft_steps, state, mesh, workdir: str, summary, started: float) -> dict:

@@ -77,7 +77,8 @@ class Progress:
       eta = means["step_time"] * (self._total - step)
       shown = [
         f"{k.replace('loss_', '')} {means[k]:.4f}"
-        for k in ("loss", "loss_m2d", "loss_clap")
+        # Distillation's terms too (train/distill.py); absent keys are skipped.
+        for k in ("loss", "loss_m2d", "loss_clap", "loss_feature", "loss_embedding", "fidelity")
         if k in means
       ]
       print(
