@@ -6,33 +6,37 @@
 Each release is a zip (nttcslab/m2d GitHub releases) holding `<name>/<checkpoint>.pth`; the
 folder name encodes the architecture (`convert_keys.parse_folder_name`). `fetch` downloads it
 once into the cache (`$JAXCLAP_CACHE`, else `$XDG_CACHE_HOME/jaxclap`, else
-`~/.cache/jaxclap`), checks its sha256 when the table records one (and prints it when not),
-unzips it, imports it with `convert.from_torch` and only then renames the result into place,
-so an interrupted, truncated or corrupt download leaves nothing behind. `$JAXCLAP_RELEASES`
-may name a JSON file of extra rows ({"name", "url", "sha256", "description"}), e.g. models
-this project publishes or a local mirror.
+`~/.cache/jaxclap`): pooch downloads it, checks its sha256 when the table records one (it is
+printed when not) and unzips it; `convert.from_torch` imports it, and only then is the result
+renamed into place, so an interrupted, truncated or corrupt download leaves nothing behind.
+`$JAXCLAP_RELEASES` may name a JSON file of extra rows ({"name", "url", "sha256",
+"description"}), e.g. models this project publishes or a local mirror.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-import http.client
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pooch
+import requests
 
 from jaxclap import convert
 from jaxclap import convert_keys as ck
 
 _GITHUB = "https://github.com/nttcslab/m2d/releases/download"
-_CHUNK = 1 << 20  # Download / hash block size.
+_TIMEOUT_S = 60  # Per connection attempt and read, as requests counts it.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,34 +136,52 @@ def _import_hint(release: Release) -> str:
   )
 
 
-def _download(release: Release, dest: Path) -> str:
-  """Streams the zip to `dest`; its sha256. Truncated bodies and bad checksums raise."""
-  digest, size = hashlib.sha256(), 0
+@contextlib.contextmanager
+def _pooch_quiet() -> Iterator[None]:
+  """Silences pooch's INFO lines (its hash hint names pooch's API); our own message says it."""
+  logger = pooch.get_logger()
+  level = logger.level
+  logger.setLevel(logging.WARNING)
   try:
-    with urllib.request.urlopen(release.url, timeout=60) as response, open(dest, "wb") as out:
-      expected = response.headers.get("Content-Length")
-      for block in iter(lambda: response.read(_CHUNK), b""):
-        digest.update(block)
-        out.write(block)
-        size += len(block)
-  except (urllib.error.URLError, OSError) as e:  # Offline, DNS, refused, HTTP 4xx/5xx.
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def _download_unzip(release: Release, folder: Path, *, progress: bool) -> Path:
+  """The release zip downloaded into `folder` (sha256 checked), unzipped to `folder/official`."""
+  known = f"sha256:{release.sha256.lower()}" if release.sha256 else None
+  try:
+    with _pooch_quiet():
+      pooch.retrieve(
+        release.url,
+        known_hash=known,
+        fname=f"{release.name}.zip",
+        path=folder,
+        processor=pooch.Unzip(extract_dir="official"),
+        downloader=pooch.HTTPDownloader(progressbar=progress, timeout=_TIMEOUT_S),
+      )
+  except requests.exceptions.ChunkedEncodingError as e:  # The body ended before its length.
+    raise DownloadError(
+      f"{release.name}: download truncated or cut short from {release.url} ({e}); nothing was "
+      "cached. Try again."
+    ) from e
+  except (requests.exceptions.RequestException, OSError) as e:  # Offline, DNS, HTTP 4xx/5xx.
     raise DownloadError(f"{release.name}: could not download ({e}). {_import_hint(release)}") from e
-  except http.client.HTTPException as e:  # IncompleteRead: the connection was cut.
-    raise DownloadError(f"{release.name}: download cut short ({e!r}); nothing was cached") from e
-  if expected is not None and size != int(expected):
+  except zipfile.BadZipFile as e:
+    raise DownloadError(f"{release.name}: {release.url} is not a valid zip ({e})") from e
+  except ValueError as e:  # pooch: the hash differs from known_hash (it deleted the file).
+    got = re.search(r"but got ([0-9a-f]{64})", str(e))
     raise DownloadError(
-      f"{release.name}: download truncated ({size} of {expected} bytes from {release.url}); "
-      "nothing was cached. Try again."
-    )
-  got = digest.hexdigest()
-  if release.sha256 and got != release.sha256.lower():
-    raise DownloadError(
-      f"{release.name}: {release.url} has sha256 {got}, but the release table records "
-      f"{release.sha256}; refused (nothing was cached)."
-    )
+      f"{release.name}: {release.url} has sha256 {got[1] if got else '(another)'}, but the "
+      f"release table records {release.sha256}; refused (nothing was cached)."
+    ) from e
+  zipped = folder / f"{release.name}.zip"
   if not release.sha256:
+    got = pooch.file_hash(str(zipped))
     print(f"jaxclap: {release.name}.zip sha256 {got} (not recorded in the table)", file=sys.stderr)
-  return got
+  zipped.unlink()  # The unzipped folder is what the cache keeps.
+  return folder / "official"
 
 
 def _checkpoint_in(folder: Path, release: Release) -> Path:
@@ -196,19 +218,13 @@ def fetch(name: str, *, text_model: str | None = None, quiet: bool = False) -> P
   if (workdir / "checkpoints").is_dir():
     return workdir
   home.mkdir(parents=True, exist_ok=True)
+  # Own staging, not pooch's cache: the cache entry is the imported workdir, which exists
+  # only once convert.from_torch has run, so both folders are renamed in only after it.
   tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=home))
   try:
     official = home / "official"
     if not official.is_dir():
-      zipped = tmp / f"{name}.zip"
-      _download(release, zipped)
-      try:
-        with zipfile.ZipFile(zipped) as z:
-          z.extractall(tmp / "official")
-      except zipfile.BadZipFile as e:
-        raise DownloadError(f"{name}: {release.url} is not a valid zip ({e})") from e
-      zipped.unlink()
-      _checkpoint_in(tmp / "official", release)
+      _checkpoint_in(_download_unzip(release, tmp, progress=not quiet), release)
     source = _checkpoint_in(official if official.is_dir() else tmp / "official", release)
     out = convert.from_torch(
       str(source), str(tmp / "jax"), text_model=text_model or release.text_model

@@ -174,3 +174,11 @@ def test_four_workers_equal_one(tmp_path):
       assert sorted(ra) == sorted(rb)
       for key in ra:
         np.testing.assert_array_equal(ra[key], rb[key], err_msg=f"{split}[{i}].{key}")
+
+
+@pytest.mark.parametrize("split,key", [("train", "a/b.wav"), ("test", "dir\\clip.mp3"), ("x", "é")])
+def test_worker_split_follows_tfds_record_order(split, key):
+  """parallel_build's written-out key hash is TFDS's (read here from its internal module)."""
+  from tensorflow_datasets.core import hashing
+
+  assert build.parallel_build.key_hash(split, key) == hashing.Hasher(split).hash_key(key)

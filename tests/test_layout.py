@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -226,3 +227,45 @@ def test_module_names_are_unique_across_packages():
   assert not {k: v for k, v in seen.items() if len(v) > 1}
   near = {"probe", "probes"} & set(seen)
   assert len(near) < 2, near
+
+
+# The public faces of the data libraries: `tensorflow_datasets` (as `tfds`, its `tfds.core`
+# classes) and grain's top-level modules. Their internals move between releases.
+_INTERNAL_IMPORT = re.compile(r"^(tensorflow_datasets\.|grain\.(_|python\._))")
+_INTERNAL_ATTRIBUTE = re.compile(r"\btfds\.core\.[a-z_]+\.")  # A module inside tfds.core.
+
+
+def test_no_internal_module_of_tfds_or_grain():
+  found = []
+  for module, tree in _modules().items():
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and not node.level:
+        names = [node.module or ""]
+      else:
+        continue
+      found += [f"{module}:{node.lineno} imports {n}" for n in names if _INTERNAL_IMPORT.match(n)]
+    path = ROOT.parent / (module.replace(".", "/") + ".py")
+    path = path if path.is_file() else path.with_suffix("") / "__init__.py"
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+      if _INTERNAL_ATTRIBUTE.search(line.split("#")[0]):
+        found.append(f"{module}:{lineno} uses {line.strip()}")
+  assert not found, found
+
+
+@pytest.mark.parametrize(
+  "line,internal",
+  [
+    ("from tensorflow_datasets.core import hashing", True),
+    ("import grain._src.python.data_loader", True),
+    ("import tensorflow_datasets as tfds", False),
+    ("from grain.multiprocessing import SharedMemoryArray", False),
+  ],
+)
+def test_internal_import_rule_itself(line, internal):
+  node = ast.parse(line).body[0]
+  name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+  assert bool(_INTERNAL_IMPORT.match(name)) == internal
+  assert bool(_INTERNAL_ATTRIBUTE.search("tfds.core.registered.DatasetNotFoundError"))
+  assert not _INTERNAL_ATTRIBUTE.search("tfds.core.DatasetNotFoundError")

@@ -128,7 +128,7 @@ def is_built(name: str, data_dir: str) -> bool:
   """Whether a complete build of `name` exists (incomplete.* folders do not count)."""
   try:
     tfds.builder(name, data_dir=data_dir)
-  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError):
+  except (tfds.core.DatasetNotFoundError, FileNotFoundError):
     return False
   return True
 

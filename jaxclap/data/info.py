@@ -39,7 +39,7 @@ def dataset_info(name: str, data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
   """Split sizes, text model, embedding dim, sample rate and classes of a built dataset."""
   try:
     builder = tfds.builder(name, data_dir=paths.data_dir(data_dir))
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except tfds.core.DatasetNotFoundError as e:
     raise FileNotFoundError(
       f"dataset {name!r} is not built under {data_dir}; build it with "
       f"{build_command(name, data_dir)}"

@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--force", action="store_true", help="keep a graph under --min-recall")
   b.add_argument("--commit-every", type=int, default=32, help="files per committed batch")
   b.add_argument("--batch-size", type=int, default=16, help="encoder chunks per batch")
+  b.add_argument("--quiet", action="store_true", help="no progress bar (files, ETA) on stderr")
   s = sub.add_parser("search", help="the files that best match a text or an example clip")
   s.add_argument("--index", required=True)
   s.add_argument("query", nargs="?", help="text query")
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> int:
         force=args.force,
         commit_every=args.commit_every,
         batch_size=args.batch_size,
+        progress=not args.quiet,
       )
       r = index.report
       print(

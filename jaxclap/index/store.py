@@ -300,8 +300,10 @@ class Store:
   def state_sha256(self) -> str:
     """sha256 of the journal: changes with every commit (what an approximate index is of)."""
     path = os.path.join(self.folder, JOURNAL)
-    data = open(path, "rb").read() if os.path.exists(path) else b""
-    return hashlib.sha256(data).hexdigest()
+    if not os.path.exists(path):
+      return hashlib.sha256(b"").hexdigest()
+    with open(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
 
   def arrays(self) -> Arrays:
     """The embedded files in path order with their clip and chunk vectors."""
