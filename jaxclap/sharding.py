@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -16,7 +16,12 @@ BATCH_AXES = ("data", "fsdp")  # The batch is split over every device, FSDP styl
 
 
 def make_mesh(*, data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-  """A ('data', 'fsdp') mesh over `devices` (all by default); data=-1 takes the rest."""
+  """A ('data', 'fsdp') mesh over `devices` (all by default); data=-1 takes the rest.
+
+  `jax.make_mesh` orders the devices by their physical topology (TPU torus coordinates) so
+  that each mesh axis runs over neighbouring chips; elsewhere that is the list order. Auto
+  axes: shardings come from the rules and `jit`, not from JAX's explicit-sharding types.
+  """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
   if fsdp < 1 or n % fsdp:
@@ -25,7 +30,9 @@ def make_mesh(*, data: int = -1, fsdp: int = 1, devices: Sequence[Any] | None = 
     data = n // fsdp
   if data * fsdp != n:
     raise ValueError(f"mesh.data={data} × mesh.fsdp={fsdp} must equal the device count {n}")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), MESH_AXES)
+  return jax.make_mesh(
+    (data, fsdp), MESH_AXES, devices=devices, axis_types=(AxisType.Auto,) * len(MESH_AXES)
+  )
 
 
 def _divisible(shape: tuple[int, ...], spec: P, mesh: Mesh) -> P:

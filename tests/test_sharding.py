@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from conftest import xla_flags
 
@@ -114,3 +115,41 @@ def test_fsdp_divides_per_device_parameter_and_optimizer_bytes(sharded_result):
     / sharded_result["vit_b_fsdp"]["param_bytes_per_device"]
   )
   assert 7.95 <= ratio <= 8, ratio
+
+
+def test_make_mesh_names_shape_and_auto_axes():
+  import jax
+  from jax.sharding import AxisType
+
+  from jaxclap import sharding as shd
+
+  devices = [jax.devices()[0]] * 1
+  mesh = shd.make_mesh(devices=devices)
+  assert mesh.axis_names == ("data", "fsdp") and dict(mesh.shape) == {"data": 1, "fsdp": 1}
+  assert tuple(mesh.axis_types) == (AxisType.Auto, AxisType.Auto)  # jax.make_mesh: Explicit.
+  with pytest.raises(ValueError, match="mesh.fsdp=3 must divide the device count 1"):
+    shd.make_mesh(fsdp=3, devices=devices)
+  with pytest.raises(ValueError, match=r"mesh.data=2 × mesh.fsdp=1 must equal"):
+    shd.make_mesh(data=2, devices=devices)
+
+
+def _is_box(group) -> bool:
+  """Whether TPU devices fill a box of the torus: physical neighbours, no hop across it."""
+  coords = [d.coords for d in group]
+  spans = [max(c[a] for c in coords) - min(c[a] for c in coords) + 1 for a in range(3)]
+  return int(np.prod(spans)) == len(coords)
+
+
+def test_tpu_mesh_axes_follow_the_torus():
+  """v5p-32 (2x2x4 chips, libtpu's compile-only devices) with mesh.fsdp=8: every fsdp group
+  and every data pair is a box of neighbouring chips (in list order the data pairs are not)."""
+  from jaxclap import sharding as shd
+  from jaxclap.train import aot
+
+  devices = aot.devices(aot.parse_slice("v5p-32"))
+  mesh = shd.make_mesh(fsdp=8, devices=devices)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 8}
+  assert all(_is_box(group) for group in mesh.devices)
+  assert all(_is_box(pair) for pair in mesh.devices.T)
+  in_list_order = np.asarray(devices).reshape(2, 8)
+  assert not all(_is_box(pair) for pair in in_list_order.T)  # What the topology order fixes.

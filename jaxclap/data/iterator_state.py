@@ -64,6 +64,8 @@ def records_consumed(
       f"iterator state has neither 'records_consumed' nor grain's 'last_seen_indices' "
       f"(keys {sorted(s)}): not an input position this pipeline wrote"
     )
+  # Kept on purpose: checkpoints from before batching moved into the workers hold grain
+  # DataLoader states, and no public grain API turns one into a record count.
   seen = s["last_seen_indices"]
   workers = max(int(s["worker_count"]), 1)  # 0 workers reads like one, in grain's formulas.
   stride = workers * process_count
