@@ -151,14 +151,21 @@ def test_build_reports_bad_files_and_finds_captions_and_examples(built, corpus, 
   assert json.loads((Path(built.folder) / search.REPORT).read_text())["bad"] == r.bad
 
   # A demo caption finds its clip in the top 5 (of 13 files): most captions, far above chance.
-  found = {p: [h.path for h in built.search(c, k=5)] for p, c in captions.items()}
+  queries = dict(zip(captions, built.model.text_embedding(list(captions.values()))))
+  found = {p: [h.path for h in built.search(vector=q, k=5)] for p, q in queries.items()}
   hits = [p for p in captions if p in found[p]]
   assert len(hits) >= NUM_CLIPS - 2, found
   # The command line gives the same ranking, with scores and windows.
   path = hits[0]
   code, out, _ = _cli(capsys, "search", "--index", built.folder, captions[path], "--k", "5")
   assert code == 0
-  assert [line.split()[-1] for line in out.splitlines()] == found[path]
+  api = built.search(captions[path], k=5)
+  want = [
+    [str(r), f"{h.score:.4f}", f"{h.start_s:.2f}-{h.end_s:.2f}s", h.path]
+    for r, h in enumerate(api, 1)
+  ]
+  assert [line.split() for line in out.splitlines()] == want
+  assert path in [h.path for h in api]
 
   # An example finds itself first (the same file, embedded again: cosine 1).
   code, out, _ = _cli(capsys, "search", "--index", built.folder, "--like", str(folder / path))

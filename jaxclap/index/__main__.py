@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 def _print_hits(hits: list[search.Hit]) -> None:
   """One line per hit: rank, score, best window and path."""
   for rank, h in enumerate(hits, 1):
-    print(f"{rank:3d}  {h.score:.4f}  {h.start_s:8.2f}-{h.end_s:<8.2f}s  {h.path}")
+    window = f"{h.start_s:.2f}-{h.end_s:.2f}s"
+    print(f"{rank:3d}  {h.score:.4f}  {window:>17}  {h.path}")
 
 
 def main(argv: list[str]) -> int:

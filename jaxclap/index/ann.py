@@ -26,7 +26,8 @@ from jaxclap.index import store as store_lib
 ANN_FILE, ANN_META = "ann.usearch", "ann.json"
 DTYPES = ("f32", "f16", "bf16", "i8")
 EXPANSIONS = (64, 128, 256, 512, 1024)  # Search breadths tried, smallest first.
-# Generic sound captions: text queries for the recall check (the index's model embeds them).
+# Generic sound captions: text queries for the recall check (the index's model embeds them;
+# 16, one jitted batch of the text model).
 PROBE_CAPTIONS = (
   "a dog barking",
   "people talking in a crowded room",
@@ -42,14 +43,6 @@ PROBE_CAPTIONS = (
   "a baby crying",
   "a guitar being strummed",
   "thunder rumbling in the distance",
-  "a man speaking on the phone",
-  "typing on a keyboard",
-  "a siren passing by",
-  "a cat meowing",
-  "glass breaking",
-  "an orchestra tuning up",
-  "a high pitched beep",
-  "white noise hiss",
   "a drum beat",
   "a low humming tone",
 )

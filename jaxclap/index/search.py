@@ -95,6 +95,8 @@ class Index:
     `name`: what the index records as the model (default: the workdir's absolute path or the
     release name given), from which a later search loads it.
     """
+    if not os.path.isdir(audio):  # Before loading the model: a typo should fail at once.
+      raise FileNotFoundError(f"--audio {audio}: no such folder")
     loaded = _load(model, batch_size)
     name = name or model_name(model)
     report = indexer.build(loaded, name, audio, index, commit_every=commit_every, progress=progress)
