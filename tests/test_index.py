@@ -22,9 +22,11 @@ from conftest import _built_once, small_config
 
 import jaxclap
 from jaxclap.audio import io as audio_io
+from jaxclap.data import pipeline
 from jaxclap.index import __main__ as index_cli
 from jaxclap.index import indexer, search, serve
 from jaxclap.index import store as store_lib
+from jaxclap.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLIPS = 12
@@ -40,8 +42,6 @@ def _clip_name(i: int) -> str:
 def clap_workdir(demo_data_dir, tmp_path_factory, worker_id) -> str:
   """Stage 1 trained until captions find their clips: 60 steps of 16 clips, CLAP weight 1
   (the session's stage1_workdir has 3 steps: its text and audio spaces are still apart)."""
-  from jaxclap.train import loop
-
   c = small_config("stage1", demo_data_dir)
   c.train.num_steps = 60
   c.train.global_batch = 16
@@ -61,8 +61,6 @@ def model(clap_workdir):
 def _write_corpus(folder: str, data_dir: str) -> None:
   """Demo clips as wav and flac (one subfolder), a 6-clip long file, an undecodable file, an
   empty one and a text file the walk ignores; corpus.json: captions and long.wav's parts."""
-  from jaxclap.data import pipeline
-
   src = pipeline.open_source("jaxclap_demo", "train", data_dir)
   folder = Path(folder)
   captions, spans, waves = {}, {}, []
@@ -345,7 +343,7 @@ def test_server_answers_and_refuses(served, built, corpus, tmp_path):
 def test_page_in_headless_chromium(served, built, corpus, tmp_path):
   """The page in a real browser: a text search shows results whose audio URL answers with
   the file's audio bytes; a screenshot is saved."""
-  from selenium import webdriver
+  from selenium import webdriver  # Optional dependency (the test extra), as torch elsewhere.
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import WebDriverWait
 

@@ -84,8 +84,10 @@ class Handler(BaseHTTPRequestHandler):
       self._json({"error": str(e)}, e.status)
     except (ValueError, audio_io.AudioDecodeError) as e:  # A query the model refuses.
       self._json({"error": str(e)}, 400)
-    except BrokenPipeError:  # The browser went away mid-answer (e.g. a seeking player).
+    except (BrokenPipeError, ConnectionResetError):  # The browser left mid-answer (seeking).
       pass
+    except OSError as e:  # E.g. the model's workdir moved: say so instead of a dropped line.
+      self._json({"error": f"server: {e}"}, 500)
 
   def do_GET(self) -> None:  # noqa: N802 - http.server's name.
     url = urllib.parse.urlsplit(self.path)
