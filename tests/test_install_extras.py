@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import json
 import re
 import subprocess
@@ -63,8 +64,13 @@ def test_one_feature_packages_are_extras():
   extras = {k: _requirements(v) for k, v in cfg["options.extras_require"].items()}
   assert not core & set(OPTIONAL), core & set(OPTIONAL)
   assert {"librosa", "tensorflow-datasets", "grain", "orbax-checkpoint"} <= core  # Training.
-  assert extras["plots"] == {"matplotlib"} and extras["parquet"] == {"pyarrow"}
-  assert {"matplotlib", "pyarrow", "torch"} <= extras["test"]
+  assert extras["plots"] == {"matplotlib", "scikit-learn"}  # scikit-learn: the t-SNE maps.
+  assert {"matplotlib", "scikit-learn", "torch"} <= extras["test"]
+  assert "scikit-learn" not in core and "array-record" not in core  # TFDS brings array-record.
+  # The parquet extra is empty (kept so `jaxclap[parquet]` installs): TFDS requires pyarrow.
+  assert extras["parquet"] == set()
+  tfds_needs = _requirements("\n".join(importlib.metadata.requires("tensorflow-datasets")))
+  assert {"pyarrow", "array_record"} <= tfds_needs, tfds_needs
 
 
 def test_load_and_embed_without_optional_packages(stage1_workdir):
