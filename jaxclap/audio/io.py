@@ -3,13 +3,17 @@
 Every dataset builder goes through `load_audio`, so all data reaches the front end
 at one sample rate, in one channel layout and in one value range, whatever the
 source format (wav / flac / mp3 / ogg, any rate, mono or multi-channel). libsndfile (through
-soundfile >= 0.12, whose wheels bundle libsndfile >= 1.1) decodes all four itself; there is no
-fallback decoder (librosa's audioread path is deprecated).
+soundfile >= 0.12, whose wheels bundle libsndfile >= 1.1) decodes all four itself. Video files
+(VGGSound's .mp4) go through the ffmpeg command line, which is what librosa's deprecated
+audioread fallback ran for them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 
 import numpy as np
 import soundfile as sf
@@ -17,6 +21,7 @@ import soxr
 
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+FFMPEG_EXTENSIONS = (".mp4",)  # Read through ffmpeg: libsndfile reads no video container.
 # int16 full scale; `pcm16_to_float` divides by the same constant, so the round trip
 # is exact for values already on the int16 grid.
 _PCM16_SCALE = 32768.0
@@ -32,6 +37,24 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
   return data, int(sr)
 
 
+def _read_ffmpeg(path: str) -> tuple[np.ndarray, int]:
+  """A video file's audio track through ffmpeg (to a temporary float WAV), at its own rate."""
+  exe = shutil.which("ffmpeg")
+  if exe is None:
+    raise AudioDecodeError(
+      f"{path}: {os.path.splitext(path)[1]} files need the ffmpeg command on PATH "
+      "(e.g. apt-get install ffmpeg)"
+    )
+  with tempfile.TemporaryDirectory(prefix="jaxclap-ffmpeg-") as tmp:
+    wav = os.path.join(tmp, "audio.wav")
+    cmd = [exe, "-nostdin", "-v", "error", "-i", path, "-vn", "-c:a", "pcm_f32le", wav]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not os.path.isfile(wav):
+      why = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+      raise AudioDecodeError(f"{path}: ffmpeg cannot decode its audio ({why[0]})")
+    return _read_soundfile(wav)
+
+
 def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
   """Decodes a file to ([time, channels] float32, native sample rate)."""
   path = os.fspath(path)
@@ -39,13 +62,14 @@ def decode(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     raise AudioDecodeError(f"{path}: audio file not found")
   if os.path.getsize(path) == 0:
     raise AudioDecodeError(f"{path}: file is empty (0 bytes)")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in FFMPEG_EXTENSIONS:
+    return _read_ffmpeg(path)
   try:
     return _read_soundfile(path)
-  except (
-    Exception
-  ) as e:  # libsndfile raises several types (LibsndfileError, RuntimeError, OSError).
-    ext = os.path.splitext(path)[1].lower()
-    hint = "" if ext in AUDIO_EXTENSIONS else f" (supported: {', '.join(AUDIO_EXTENSIONS)})"
+  except Exception as e:  # libsndfile raises several types (LibsndfileError, RuntimeError).
+    supported = AUDIO_EXTENSIONS + FFMPEG_EXTENSIONS
+    hint = "" if ext in AUDIO_EXTENSIONS else f" (supported: {', '.join(supported)})"
     raise AudioDecodeError(f"{path}: cannot decode audio ({e}){hint}") from e
 
 

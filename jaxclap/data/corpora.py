@@ -55,7 +55,7 @@ AUDIOSET_CSVS = {
   "eval_segments.csv": "test",
 }
 VGGSOUND_CSV = "vggsound.csv"
-VIDEO_EXTENSIONS = (".mp4",)  # VGGSound ships video; decoded through audioread/ffmpeg.
+VIDEO_EXTENSIONS = (".mp4",)  # VGGSound ships video; audio.io decodes it through ffmpeg.
 _SHOWN = 20  # Missing clips kept as examples.
 
 
