@@ -239,10 +239,12 @@ def test_kill9_mid_build_resumes_to_the_same_index(built, corpus, model, clap_wo
   journal = out / store_lib.JOURNAL
   cmd = [sys.executable, "-m", "jaxclap.index", "build", "--model", clap_workdir]
   cmd += ["--audio", str(folder), "--index", str(out), "--commit-every", "1", "--batch-size", "1"]
+  cmd += ["--quiet"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   deadline = time.monotonic() + 120
   while proc.poll() is None and time.monotonic() < deadline:
-    if journal.exists() and journal.read_bytes().count(b'"op": "add"') >= 2:
+    whole_lines = journal.read_bytes().rpartition(b"\n")[0] if journal.exists() else b""
+    if whole_lines.count(b'"op": "add"') >= 2:  # Two batches committed (lines ended).
       break
     time.sleep(0.005)
   os.kill(proc.pid, signal.SIGKILL)
