@@ -97,4 +97,6 @@ def _brief(key: str, value: Any) -> str:
   """A fact as the error shows it (a hash by its first 12 digits)."""
   if key == "weights_sha256" and isinstance(value, str):
     return value[:12]
+  if key == "text_probe":
+    return "a text side" if value is not None else "no text side"
   return repr(value)
