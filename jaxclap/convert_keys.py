@@ -324,6 +324,9 @@ def run_config(
     if "audio_proj.2.weight" not in state:
       raise ValueError(f"{source}: missing key 'audio_proj.2.weight' of the 2024 MLP head")
     config.model.clap_head, config.model.clap_dim = "mlp", state["audio_proj.2.weight"].shape[0]
+  elif "audio_proj.out_proj.weight" in state:  # jaxclap's semantic head with a projection.
+    config.model.clap_head = "semantic"
+    config.model.clap_dim = state["audio_proj.out_proj.weight"].shape[0]
   else:
     config.model.clap_head, config.model.clap_dim = "semantic", width
   config.model.text_dim = (

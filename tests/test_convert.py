@@ -455,3 +455,27 @@ def test_vit_base_parity():
   # One chunk: the chunked long-input path is size-independent, and the test-size parity
   # tests run it on clips of up to 40 chunks.
   _audio_parity(ref, r, lengths=(201,))
+
+
+def test_clap_width_of_a_projected_semantic_head_is_read_back():
+  """A jaxclap stage-1 file whose CLAP space is narrower than the encoder carries the
+  projection `audio_proj.out_proj`; its import takes clap_dim from it, not the width."""
+  name = ck.parse_folder_name("m2d_clap_vit_test-80x208p16x16p16k")
+  width, depth = 64, 2  # ViT size "test".
+  state = {
+    "cls_token": np.zeros((1, 1, width), np.float32),
+    "pos_embed": np.zeros((1, 1 + 5 * 13, width), np.float32),
+    "patch_embed.proj.weight": np.zeros((width, 1, 16, 16), np.float32),
+    **{f"blocks.{i}.norm1.weight": np.zeros(width, np.float32) for i in range(depth)},
+    "audio_proj.out_proj.weight": np.zeros((32, width), np.float32),
+    "text_proj.weight": np.zeros((32, 24), np.float32),
+  }
+  config = ck.run_config(name, state, None, "stage1", None, "stand-in.pth")
+  assert (config.model.clap_head, config.model.clap_dim, config.model.text_dim) == (
+    "semantic",
+    32,
+    24,
+  )
+  del state["audio_proj.out_proj.weight"]  # The official semantic head: CLAP width = width.
+  config = ck.run_config(name, state, None, "stage1", None, "stand-in.pth")
+  assert config.model.clap_dim == width
