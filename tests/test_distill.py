@@ -30,6 +30,7 @@ def small_distill(teacher: str, data_dir: str, steps: int = 12) -> ml_collection
   """configs/distill.py's demo preset shrunk for tests: a `nano` student, batch 8."""
   c = distill_config.get_config("demo")
   c.distill.teacher = teacher
+  c.distill.infonce_weight = 0.0  # Fidelity from the cosine and feature terms alone.
   c.data.data_dir = data_dir
   c.data.build_demo = False
   c.data.val = ""
