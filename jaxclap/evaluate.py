@@ -166,7 +166,9 @@ class Evaluation:
 
   def options(self) -> kinds.Options:
     """The knobs of the kinds that train a probe."""
-    return kinds.Options(seeds=tuple(self.seeds), shots=tuple(self.shots), probe=self.probe_config)
+    return kinds.Options(
+      seeds=tuple(self.seeds), shots=tuple(self.shots), probe_config=self.probe_config
+    )
 
   def fold_plan(self) -> list[crossval.Round]:
     """One round per official fold of the folds split."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from jaxclap.score import closed_form, crossval, kinds
+from jaxclap.score import closed_form, crossval, kinds, probe
 from jaxclap.train import config as config_lib
 from jaxclap.train import evaluators
 
@@ -68,7 +68,7 @@ def test_kinds_name_what_they_lack_and_probe_kinds_run_on_kfold_plans():
     kinds.score("zero_shot", kinds.Inputs(crossval.kfold(y, 3), y, 3))
   with pytest.raises(ValueError, match="no training clips"):
     kinds.score("ridge", kinds.Inputs(crossval.everything(len(y)), y, 3, features=x))
-  fast = kinds.Options(probe=kinds.probe.ProbeConfig(max_epochs=30, patience=5), shots=(2,))
+  fast = kinds.Options(probe_config=probe.ProbeConfig(max_epochs=30, patience=5), shots=(2,))
   plan = crossval.kfold(y, 3)
   lin = kinds.score("linear_probe", kinds.Inputs(plan, y, 3, features=x), fast)
   assert lin["accuracy"] > 0.9 and {f"fold{k}_accuracy" for k in (1, 2, 3)} <= set(lin)

@@ -196,7 +196,7 @@ def run(
   published = presets.REFERENCES[reference]
   ctx = _Clips(model, max_clips)
   opts = {
-    "options": kinds.Options(seeds=tuple(seeds), probe=probe_config),
+    "options": kinds.Options(seeds=tuple(seeds), probe_config=probe_config),
     "checkpoint": checkpoint,
     "workdir": workdir,
     "finetune_overrides": finetune_overrides,

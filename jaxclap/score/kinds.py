@@ -50,7 +50,7 @@ class Options:
 
   seeds: tuple[int, ...] = (0,)  # linear_probe, few_shot: the mean over these seeds.
   shots: tuple[int, ...] = (1, 5)  # few_shot: clips per class.
-  probe: probe.ProbeConfig = probe.ProbeConfig()  # linear_probe, few_shot: optimisation.
+  probe_config: probe.ProbeConfig = probe.ProbeConfig()  # linear_probe, few_shot: optimiser.
   knn_k: int = 3  # knn: neighbours that vote.
 
 
@@ -79,7 +79,7 @@ def _linear_probe(inp: Inputs, opt: Options) -> dict[str, float]:
     inp.plan,
     num_classes=inp.num_classes,
     seeds=opt.seeds,
-    config=opt.probe,
+    config=opt.probe_config,
   )
 
 
@@ -91,7 +91,7 @@ def _few_shot(inp: Inputs, opt: Options) -> dict[str, float]:
     num_classes=inp.num_classes,
     shots=opt.shots,
     seeds=opt.seeds,
-    config=opt.probe,
+    config=opt.probe_config,
   )
 
 
