@@ -98,8 +98,22 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
   }
 
 
+def _write_replicas_whole_on_cpu() -> None:
+  """On CPU devices, replicated arrays are written by one replica, not sliced among them.
+
+  Orbax (0.12 on) splits a replicated array among its replicas so that hosts share the
+  writing; on CPU the devices share one host's memory, so the split only adds an eager
+  slice per array and replica, each compiled on first use: 7 of a 4-step run's 40 s on 8
+  simulated devices. The files are the same either way. Accelerators keep Orbax's default.
+  """
+  if jax.default_backend() == "cpu":
+    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
   """A CheckpointManager keeping the newest `keep` steps under `<workdir>/checkpoints`."""
+  _write_replicas_whole_on_cpu()
   directory = paths.resolve(workdir) / "checkpoints"
   options = ocp.CheckpointManagerOptions(
     max_to_keep=keep, create=True, enable_async_checkpointing=async_save
