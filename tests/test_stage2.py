@@ -37,16 +37,14 @@ def _equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def chain(demo_data_dir, tmp_path_factory):
-  root = tmp_path_factory.mktemp("chain")
-  loop.train_and_evaluate(_stage1(demo_data_dir), str(root / "s1"))
-  loop.train_and_evaluate(_stage2(demo_data_dir, root / "s1"), str(root / "s2"))
-  return root
+def chain(stage1_workdir, stage2_workdir) -> dict[str, Path]:
+  """The session's stage 1 (3 steps) and the stage 2 started from it (2 steps); read-only."""
+  return {"s1": Path(stage1_workdir), "s2": Path(stage2_workdir)}
 
 
 @pytest.mark.slow
 def test_stage2_takes_encoder_bit_exactly_and_keeps_it_frozen(chain):
-  s1, s2 = _state(chain / "s1", 3), _state(chain / "s2", 2)
+  s1, s2 = _state(chain["s1"], 3), _state(chain["s2"], 2)
   # Trained for 2 steps, yet the frozen encoder still equals stage 1's, bit for bit.
   assert _equal(s2["frozen"]["encoder"], s1["params"]["encoder"])
   assert "encoder" not in s2["params"]
@@ -54,19 +52,19 @@ def test_stage2_takes_encoder_bit_exactly_and_keeps_it_frozen(chain):
   assert set(s2["params"]) >= {"audio_proj", "text_tower", "logit_scale"}
   assert float(s2["params"]["logit_scale"]) <= np.log(100) + 1e-6
   # Stage 1 was not fine-tuned (stage 1.1): the run says it departs from the official chain.
-  (note,) = json.loads((chain / "s2" / "summary.json").read_text())["warnings"]
+  (note,) = json.loads((chain["s2"] / "summary.json").read_text())["warnings"]
   assert "not fine-tuned" in note and "stage 1.1" in note
 
 
 @pytest.mark.slow
-def test_stage2_1_starts_from_stage2(chain, demo_data_dir):
-  cfg = _stage2(demo_data_dir, chain / "s2", stage="stage2_1")
-  s2 = ckpt.load(str(chain / "s2"))
+def test_stage2_1_starts_from_stage2(chain, demo_data_dir, tmp_path):
+  cfg = _stage2(demo_data_dir, chain["s2"], stage="stage2_1")
+  s2 = ckpt.load(str(chain["s2"]))
   saved, meta = s2.state, s2.meta
   assert meta.stage == "stage2" and meta.input_frames == 64
-  summary = loop.train_and_evaluate(cfg, str(chain / "s21"))
+  summary = loop.train_and_evaluate(cfg, str(tmp_path / "s21"))
   assert summary["start_step"] == 0 and summary["end_step"] == 2
-  s21 = _state(chain / "s21", 2)
+  s21 = _state(tmp_path / "s21", 2)
   assert _equal(s21["frozen"]["encoder"], saved["frozen"]["encoder"])
   # Continued, not restarted: the text tower is near stage 2's, not MiniLM's fresh copy.
   s2_proj = np.asarray(saved["params"]["text_tower"]["proj"]["kernel"])
@@ -84,7 +82,7 @@ def test_missing_init_path_is_named(demo_data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_mismatched_model_size_lists_parameters(chain, demo_data_dir, tmp_path):
-  c = _stage2(demo_data_dir, chain / "s1")
+  c = _stage2(demo_data_dir, chain["s1"])
   c.model.size = "tiny"
   c.model.clap_dim = 192
   with pytest.raises(ValueError, match=r"Cannot start from .*shape of encoder/"):
@@ -96,7 +94,7 @@ def test_stage2_restores_from_its_checkpoint_alone(chain, demo_data_dir, tmp_pat
   """The text tower's config and tokenizer travel with the checkpoint: no folder is read."""
   folder = tmp_path / "minilm"
   shutil.copytree(resolve_text_model(DEFAULT_TEXT_MODEL), folder)
-  c = _stage2(demo_data_dir, chain / "s1")
+  c = _stage2(demo_data_dir, chain["s1"])
   c.text.model = str(folder)
   workdir = str(tmp_path / "s2")
   loop.train_and_evaluate(c, workdir)
