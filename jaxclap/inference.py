@@ -256,7 +256,7 @@ class Model:
         elif kind == "clip":
           yield frames.mean(axis=0)
         else:
-          yield self._clap_from_frames(frames)
+          yield self.clap_from_frames(frames)
 
   def _frame_stream(self, waves: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """Frame features per clip, in order; chunks of many clips share encoder batches.
@@ -303,8 +303,12 @@ class Model:
       parts[clip][slot] = out[row]
     queue.clear()
 
-  def _clap_from_frames(self, frames: np.ndarray) -> np.ndarray:
-    """CLAP embedding of one clip from its frame features (the head ignores token order)."""
+  def clap_from_frames(self, frames: np.ndarray) -> np.ndarray:
+    """L2-normalised CLAP embedding [C] of one clip from its frame features [T', F'·D].
+
+    `audio_embedding` is this on `frame_features`; any run of frames (e.g. one chunk of a
+    long file, as the search index does) pools the same way, as the head ignores token order.
+    """
     t = frames.shape[0]
     padded_t = -(-t // _POOL_BUCKET) * _POOL_BUCKET
     tokens = np.zeros((1, padded_t, frames.shape[1]), np.float32)

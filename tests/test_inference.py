@@ -71,6 +71,8 @@ def test_matches_features_module_on_chunked_input(models, demo_audio, stage):
   want_emb = np.asarray(features.clap_audio_embedding(m.params, lm, model=m.model))
   np.testing.assert_allclose(emb, want_emb, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(emb, axis=-1), 1.0, atol=1e-5)
+  # The public pooling of given frames (what the search index uses per chunk) is the same.
+  np.testing.assert_allclose(m.clap_from_frames(frames[0]), emb[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])

@@ -61,12 +61,12 @@ def chunk_embeddings(model: inference.Model, frames: np.ndarray) -> tuple[np.nda
 
   A chunk is one input unit of the encoder (`unit_frames` log-mel frames), which gives
   `unit_frames // patch` frame features; the last chunk may be shorter. Both use the
-  model's own CLAP head on the frames (`Model._clap_from_frames`, as `audio_embedding`).
+  model's own CLAP head on the frames (`Model.clap_from_frames`, as `audio_embedding`).
   """
   per_chunk = max(1, model.unit_frames // model.patch_size)
-  whole = model._clap_from_frames(frames)
+  whole = model.clap_from_frames(frames)
   chunks = [
-    model._clap_from_frames(frames[i : i + per_chunk]) for i in range(0, len(frames), per_chunk)
+    model.clap_from_frames(frames[i : i + per_chunk]) for i in range(0, len(frames), per_chunk)
   ]
   return whole, np.stack(chunks)
 
