@@ -105,8 +105,9 @@ def _write_replicas_whole_on_cpu() -> None:
 
   Orbax (0.12 on) splits a replicated array among its replicas so that hosts share the
   writing; on CPU the devices share one host's memory, so the split only adds an eager
-  slice per array and replica, each compiled on first use: 7 of a 4-step run's 40 s on 8
-  simulated devices. The files are the same either way. Accelerators keep Orbax's default.
+  slice per array and replica, each compiled on first use: a 4-step run on 8 simulated
+  devices took 39.7 s with it, 22.8 s without. The files are the same either way.
+  Accelerators keep Orbax's default.
   """
   if jax.default_backend() != "cpu":
     return
