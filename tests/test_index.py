@@ -37,16 +37,11 @@ def _clip_name(i: int) -> str:
   return f"sub/clip{i:02d}.flac" if i % 4 == 0 else f"clip{i:02d}.wav"
 
 
-@pytest.fixture(scope="session")
-def clap_workdir(learned_workdir) -> str:
-  """Stage 1 trained until captions find their clips (conftest.LEARNED; the session's
-  stage1_workdir has 3 steps: its text and audio spaces are still apart)."""
-  return learned_workdir
-
-
 @pytest.fixture(scope="module")
-def model(clap_workdir):
-  return jaxclap.load(clap_workdir, progress=False)
+def model(learned_workdir):
+  """The session's stage 1 trained until captions find their clips (conftest.LEARNED; its
+  3-step stage1_workdir would not do: the text and audio spaces are still apart)."""
+  return jaxclap.load(learned_workdir, progress=False)
 
 
 def _write_corpus(folder: str, data_dir: str) -> None:
@@ -86,13 +81,13 @@ def corpus(demo_data_dir, tmp_path_factory, worker_id) -> tuple[Path, dict[str, 
 
 
 @pytest.fixture(scope="module")
-def built(model, clap_workdir, corpus, tmp_path_factory, worker_id) -> search.Index:
+def built(model, learned_workdir, corpus, tmp_path_factory, worker_id) -> search.Index:
   """The corpus's index, built once per session; `.report` is the build's report."""
   folder = _built_once(
     tmp_path_factory,
     worker_id,
     "index_built",
-    lambda d: search.Index.build(model, str(corpus[0]), d, name=clap_workdir, commit_every=4),
+    lambda d: search.Index.build(model, str(corpus[0]), d, name=learned_workdir, commit_every=4),
   )
   index = search.Index(folder, model)
   index.report = indexer.Report(**json.loads((Path(folder) / search.REPORT).read_text()))
@@ -114,11 +109,11 @@ _LOADED: dict[str, object] = {}  # Models loaded by this module's commands, by n
 
 
 @pytest.fixture(autouse=True)
-def _reuse_model(monkeypatch, model, clap_workdir):
+def _reuse_model(monkeypatch, model, learned_workdir):
   """Commands run in this process get the module's loaded model for the trained workdir
   (loading and compiling it again per command would add seconds each); others load."""
   load = search._load
-  monkeypatch.setattr(search, "_load", lambda m, bs: model if m == clap_workdir else load(m, bs))
+  monkeypatch.setattr(search, "_load", lambda m, bs: model if m == learned_workdir else load(m, bs))
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -173,7 +168,7 @@ def test_build_reports_bad_files_and_finds_captions_and_examples(built, corpus, 
 
 
 def test_incremental_update_embeds_only_what_changed(
-  built, corpus, model, clap_workdir, tmp_path, capsys
+  built, corpus, model, learned_workdir, tmp_path, capsys
 ):
   folder, out = _copy(corpus[0], built, tmp_path)
   # The approximate graph (recall checked for text and audio) ranks as exact search here.
@@ -189,7 +184,7 @@ def test_incremental_update_embeds_only_what_changed(
   os.remove(folder / removed)
   shutil.copy2(folder / "clip03.wav", folder / "sub" / "new.wav")
   os.utime(folder / "clip05.wav")  # Touched, same bytes: not embedded again.
-  index = search.Index.build(model, str(folder), str(out), name=clap_workdir)
+  index = search.Index.build(model, str(folder), str(out), name=learned_workdir)
   r = index.report
   assert sorted(r.embedded) == [changed, "sub/new.wav"]
   assert r.removed == [removed] and r.unchanged == NUM_CLIPS - 2 + 1 + 2  # + long, 2 bad.
@@ -224,12 +219,12 @@ def test_unknown_model_name_lists_the_releases():
   assert all(name in message for name in jaxclap.list_models())
 
 
-def test_kill9_mid_build_resumes_to_the_same_index(built, corpus, model, clap_workdir, tmp_path):
+def test_kill9_mid_build_resumes_to_the_same_index(built, corpus, model, learned_workdir, tmp_path):
   """A build killed with SIGKILL after its first commits, rerun: nothing committed is
   embedded again and the index equals an uninterrupted build's."""
   folder, out = corpus[0], tmp_path / "index"
   journal = out / store_lib.JOURNAL
-  cmd = [sys.executable, "-m", "jaxclap.index", "build", "--model", clap_workdir]
+  cmd = [sys.executable, "-m", "jaxclap.index", "build", "--model", learned_workdir]
   cmd += ["--audio", str(folder), "--index", str(out), "--commit-every", "1", "--batch-size", "1"]
   cmd += ["--quiet"]
   proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -245,7 +240,7 @@ def test_kill9_mid_build_resumes_to_the_same_index(built, corpus, model, clap_wo
   committed = set(store_lib.Store.open(str(out)).files)
   assert 2 <= len(committed) < NUM_CLIPS + 1, committed  # Killed mid-build.
 
-  resumed = search.Index.build(model, str(folder), str(out), name=clap_workdir)
+  resumed = search.Index.build(model, str(folder), str(out), name=learned_workdir)
   assert not committed & set(resumed.report.embedded)  # Nothing committed is redone...
   assert committed | set(resumed.report.embedded) == set(built.paths)  # ...and all is done.
   assert resumed.arrays.files == built.arrays.files
